@@ -1,0 +1,41 @@
+# Two commands for people: `make demo` and `make test`. Everything else supports them.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+
+.PHONY: demo test lint typecheck unit services slurm-up slurm-down clean
+
+$(PY):
+	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+
+$(VENV)/.demo-installed: pyproject.toml | $(PY)
+	$(PIP) -e '.[demo,train]'
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(PY)
+	$(PIP) -e '.[dev]'
+	touch $@ $(VENV)/.demo-installed
+
+demo: $(VENV)/.demo-installed
+	$(VENV)/bin/trainwarden demo
+
+services:
+	bash tests/infra/ensure-services.sh
+
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check . || true
+
+typecheck: $(VENV)/.dev-installed
+	$(VENV)/bin/mypy
+
+test: $(VENV)/.dev-installed services
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -q -ra
+
+unit: $(VENV)/.dev-installed
+	$(VENV)/bin/pytest -q -m "not integration and not slurm and not e2e"
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

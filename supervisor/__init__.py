@@ -1,0 +1,3 @@
+"""Login-node side of trainwarden: ingest, state, detectors, actions, store, API, CLI, daemon."""
+
+from __future__ import annotations

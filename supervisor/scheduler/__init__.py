@@ -1,0 +1,3 @@
+"""Scheduler back-ends behind one interface (``base.Scheduler``): local processes, Slurm."""
+
+from __future__ import annotations
