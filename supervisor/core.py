@@ -1,0 +1,386 @@
+"""The supervisor's brain: messages in, detections, policy decisions, actions out.
+
+``handle`` does the per-message work (parse, update memory, maybe detect) and must stay
+cheap; ``tick`` runs the time-based detectors and polls runs; actions run as background
+tasks so a slow scheduler never stalls ingestion. Everything time-related goes through the
+injected clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from health.clock import Clock
+from health.errors import ReportError
+from health.faults import XidCatalog
+from health.report import (
+    CheckpointReport,
+    ControlMessage,
+    FaultReport,
+    HealthReport,
+    Heartbeat,
+    NodeStatus,
+    StepReport,
+    parse_message,
+)
+from policies.model import (
+    ActionKind,
+    ActionRecordView,
+    Actor,
+    Condition,
+    ConditionType,
+    Decision,
+    Event,
+    EventKind,
+    Verdict,
+)
+from supervisor.detectors.conditions import ConditionBook
+from supervisor.detectors.node_faults import NodeHealthTracker, Observation
+from supervisor.detectors.progress import ProgressTracker
+from supervisor.lifecycle import LifecycleError, NodePhase, RunPhase
+from supervisor.persist import AsyncStore
+from supervisor.runs import RunManager
+from supervisor.scheduler.base import JobState, Scheduler
+from supervisor.state import ClusterState, NodeInfo, RunInfo
+
+log = logging.getLogger(__name__)
+
+Publisher = Callable[[str, bytes], Awaitable[None]]
+
+
+class PolicyLike:
+    """What the core needs from the policy engine (``policies.engine.PolicyEngine``)."""
+
+    def on_condition(self, cond: Condition, view: Any, history: Sequence[Event]
+                     ) -> list[Decision]:
+        raise NotImplementedError
+
+    def on_event(self, event: Event, view: Any, history: Sequence[Event]) -> list[Decision]:
+        raise NotImplementedError
+
+    def tick(self, view: Any) -> list[Decision]:
+        raise NotImplementedError
+
+    def record_result(self, decision: Decision, ok: bool, ts: float) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class CoreConfig:
+    heartbeat_misses: float = 3.0
+    will_confirm_s: float = 2.0
+    hang_k: float = 2.0
+    hang_floor_s: float = 30.0
+    startup_timeout_s: float = 300.0
+    settle_s: float = 3.0  # after an attempt dies, wait this long for the node fault to show
+    checkpoint_wait_s: float = 120.0  # checkpoint-before-eviction bound
+    xid_overrides: dict[int | str, str] = field(default_factory=dict)
+
+
+class Supervisor:
+    """Owns the state, the detectors and the run manager; asks the policy what to do."""
+
+    def __init__(self, config: CoreConfig, clock: Clock, store: AsyncStore,
+                 scheduler: Scheduler, policy: Any, metrics: Any,
+                 publish: Publisher | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = store
+        self.scheduler = scheduler
+        self.policy = policy
+        self.metrics = metrics
+        self.publish = publish
+        self.state = ClusterState()
+        self.book = ConditionBook()
+        self.nodes = NodeHealthTracker(
+            XidCatalog(dict(config.xid_overrides.items())),
+            heartbeat_misses=config.heartbeat_misses, will_confirm_s=config.will_confirm_s,
+        )
+        self.progress = ProgressTracker(k=config.hang_k, floor_s=config.hang_floor_s,
+                                        startup_timeout_s=config.startup_timeout_s)
+        self.runs = RunManager(self.state, scheduler, clock, self.progress, self.record_events,
+                               self._save_attempt)
+        self.history: deque[Event] = deque(maxlen=2000)
+        self.recent_actions: deque[ActionRecordView] = deque(maxlen=2000)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.rejected = 0
+        self._checkpoint_waiters: dict[str, asyncio.Event] = {}
+        self._origin: dict[tuple[str, ConditionType], float] = {}
+
+    # -- ingestion -----------------------------------------------------------------
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        """One MQTT message. Bad input is counted, logged and recorded; never raised."""
+        now = self.clock.now()
+        try:
+            msg = parse_message(topic, payload)
+        except ReportError as exc:
+            await self._reject(str(exc), now)
+            return
+        self.metrics.message(msg.kind)
+        obs: list[Observation] = []
+        if isinstance(msg, Heartbeat):
+            node = self.state.node(msg.node)
+            node.last_heartbeat_at = now
+            self.store.batch.heartbeat(msg.node, now)
+            obs = self.nodes.on_heartbeat(msg.node, now, msg.interval_s)
+        elif isinstance(msg, NodeStatus):
+            self.state.node(msg.node)
+            obs = self.nodes.on_status(msg.node, msg.state, msg.reason, now)
+        elif isinstance(msg, FaultReport):
+            self.state.node(msg.node)
+            obs = self.nodes.on_faults(msg.node, [f.to_fault() for f in msg.faults], now)
+            for o in obs:
+                if o.ctype is not None:
+                    self._origin[(msg.node, o.ctype)] = msg.ts
+        elif isinstance(msg, HealthReport):
+            self.state.node(msg.node).last_report_at = now
+            obs = self.nodes.on_health(msg.node, msg, now)
+        elif isinstance(msg, StepReport):
+            obs = self._on_steps(msg, now)
+        elif isinstance(msg, CheckpointReport):
+            obs = await self._on_checkpoint(msg, now)
+        elif isinstance(msg, ControlMessage):
+            return
+        if obs:
+            await self.observe(obs)
+
+    async def _reject(self, why: str, now: float) -> None:
+        self.rejected += 1
+        self.metrics.message_rejected(why.split(":", maxsplit=1)[0][:40])
+        # Log and record the first ones and then one in a hundred: a flood must not
+        # become a flood of log lines and rows.
+        if self.rejected <= 20 or self.rejected % 100 == 0:
+            log.warning("rejected message: %s", why)
+            await self.record_events([Event(now, EventKind.REJECTED_MESSAGE, message=why,
+                                            data={"count": self.rejected})])
+
+    def _on_steps(self, msg: StepReport, now: float) -> list[Observation]:
+        run = self.state.runs.get(msg.run)
+        if run is None:
+            return []
+        obs = self.progress.on_steps(msg.run, msg.attempt, msg.rank, msg.node,
+                                     list(msg.samples), now)
+        if msg.attempt == run.attempt:
+            top = max(s.step for s in msg.samples)
+            if run.last_step is None or top > run.last_step:
+                run.last_step = top
+            if run.attempt_first_step is None:
+                run.attempt_first_step = min(s.step for s in msg.samples)
+        return obs
+
+    async def _on_checkpoint(self, msg: CheckpointReport, now: float) -> list[Observation]:
+        run = self.state.runs.get(msg.run)
+        if run is None:
+            return []
+        if run.last_checkpoint_step is None or msg.step >= run.last_checkpoint_step:
+            run.last_checkpoint_step = msg.step
+            run.last_checkpoint_path = msg.path
+        from supervisor.store.records import CheckpointRecord
+
+        await self.store.call(self.store.store.add_checkpoint, CheckpointRecord(
+            run=msg.run, step=msg.step, path=msg.path, reported_at=now, attempt=msg.attempt))
+        waiter = self._checkpoint_waiters.get(msg.run)
+        if waiter is not None:
+            waiter.set()
+        return [Observation(Event(now, EventKind.CHECKPOINT_SAVED, run=msg.run, node=msg.node,
+                                  message=f"checkpoint of step {msg.step} saved in {msg.path}",
+                                  data={"step": msg.step, "path": msg.path,
+                                        "attempt": msg.attempt}))]
+
+    # -- detections -> conditions -> policy ------------------------------------------
+
+    async def record_events(self, events: list[Event]) -> list[int]:
+        ids: list[int] = await self.store.call(self.store.store.append_events, events)
+        for ev, eid in zip(events, ids, strict=True):
+            self.history.append(_with_id(ev, eid))
+        return ids
+
+    async def observe(self, obs: Sequence[Observation]) -> None:
+        ids = await self.record_events([o.event for o in obs])
+        changed: list[Condition] = []
+        for o, eid in zip(obs, ids, strict=True):
+            if o.ctype is None or o.subject is None:
+                continue
+            cond = self.book.apply(o.subject, o.ctype, o.status, o.reason, o.event.ts, (eid,))
+            if cond is None:
+                continue
+            changed.append(cond)
+            if cond.status:
+                origin = self._origin.pop((cond.subject, cond.type), None)
+                latency = cond.since - origin if origin is not None else 0.0
+                self.metrics.detection(cond.type.value, max(0.0, latency))
+        if not changed:
+            return
+        await self.store.call(self.store.store.save_conditions, changed)
+        for cond in changed:
+            self._update_phase(cond)
+        view = self.view()
+        for cond in changed:
+            decisions = self.policy.on_condition(cond, view, list(self.history))
+            self.execute(decisions)
+
+    def _update_phase(self, cond: Condition) -> None:
+        node = self.state.nodes.get(cond.subject)
+        if node is None:
+            return
+        types = self.book.types_of(node.name)
+        failing = bool(types & {ConditionType.NODE_DEAD, ConditionType.GPU_FATAL})
+        target = node.phase
+        if node.drained:
+            return
+        if failing:
+            target = NodePhase.FAILED
+        elif self.nodes.node(node.name).suspect:
+            target = NodePhase.SUSPECT
+        else:
+            target = NodePhase.HEALTHY
+        try:
+            node.move(target)
+        except LifecycleError as exc:
+            log.warning("node %s: %s", node.name, exc)
+
+    def view(self) -> Any:
+        causes = {n: frozenset(self.nodes.node(n).causes) for n in self.state.nodes}
+        return self.state.view(self.clock.now(), self.book, self.recent_actions, causes)
+
+    async def tick(self) -> None:
+        """Time-based detection, run polling, held decisions; called every ~0.5 s."""
+        now = self.clock.now()
+        for run in list(self.state.runs.values()):
+            ended = await self.runs.poll(run)
+            if ended is not None and ended is not JobState.COMPLETED:
+                self._spawn(self._after_attempt_failed(run, run.attempt, ended))
+            elif ended is JobState.COMPLETED:
+                await self.record_events([Event(now, EventKind.ATTEMPT_ENDED, run=run.name,
+                                                message=f"run completed at step "
+                                                        f"{run.last_step}",
+                                                data={"state": "completed",
+                                                      "attempt": run.attempt})])
+        obs = self.nodes.tick(now) + self.progress.tick(now)
+        if obs:
+            await self.observe(obs)
+        self.execute(self.policy.tick(self.view()))
+        await self.store.flush()
+
+    async def _after_attempt_failed(self, run: RunInfo, attempt: int, state: JobState) -> None:
+        """Give node detections a moment to arrive, then let the policy decide."""
+        await self.clock.sleep(self.config.settle_s)
+        if run.attempt != attempt or run.phase in (RunPhase.RESTARTING, RunPhase.COMPLETED,
+                                                   RunPhase.GAVE_UP):
+            return
+        now = self.clock.now()
+        ev = Event(now, EventKind.ATTEMPT_ENDED, run=run.name,
+                   message=f"attempt {attempt} ended: {state.value} at step {run.last_step}",
+                   data={"state": state.value, "attempt": attempt, "last_step": run.last_step})
+        [eid] = await self.record_events([ev])
+        self.execute(self.policy.on_event(_with_id(ev, eid), self.view(), list(self.history)))
+
+    # -- actions ---------------------------------------------------------------------
+
+    def execute(self, decisions: Sequence[Decision]) -> None:
+        if decisions:
+            self._spawn(self._execute(list(decisions)))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    async def _execute(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            await self.carry_out(d)
+
+    async def carry_out(self, d: Decision) -> tuple[int, bool, str]:
+        """Record one decision and, if allowed, do it. Returns (action id, ok, result)."""
+        from supervisor.actions import perform
+
+        now = self.clock.now()
+        action_id: int = await self.store.call(self.store.store.record_action, d, now)
+        self.recent_actions.append(ActionRecordView(now, d.request.kind, d.request.node,
+                                                    d.request.run, d.verdict))
+        [eid] = await self.record_events([Event(
+            now, EventKind.ACTION, node=d.request.node, run=d.request.run,
+            message=f"{d.request.kind.value} ({d.verdict.value}) by "
+                    f"{d.request.who or d.request.rule or d.request.actor.value}: "
+                    f"{d.request.reason}",
+            data={"action_id": action_id, "kind": d.request.kind.value,
+                  "actor": d.request.actor.value, "verdict": d.verdict.value,
+                  "who": d.request.who, "rule": d.request.rule,
+                  "evidence": list(d.request.evidence)})])
+        del eid
+        if d.verdict is not Verdict.ALLOW:
+            self.metrics.action(d.request.kind.value, d.verdict.value, "skipped")
+            return action_id, True, d.verdict.value
+        await self.store.call(self.store.store.update_action, action_id, status="running",
+                              result=None, finished_at=None)
+        ok, result = await perform(self, d, action_id)
+        done = self.clock.now()
+        await self.store.call(self.store.store.update_action, action_id,
+                              status="succeeded" if ok else "failed", result=result,
+                              finished_at=done)
+        self.policy.record_result(d, ok, done)
+        self.metrics.action(d.request.kind.value, d.verdict.value,
+                            "succeeded" if ok else "failed")
+        if not ok:
+            log.error("action %s %s failed: %s", action_id, d.request.kind.value, result)
+        return action_id, ok, result
+
+    # -- helpers used by actions ------------------------------------------------------
+
+    async def wait_for_checkpoint(self, run: str, timeout_s: float) -> bool:
+        ev = self._checkpoint_waiters.setdefault(run, asyncio.Event())
+        ev.clear()
+        try:
+            await asyncio.wait_for(ev.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._checkpoint_waiters.pop(run, None)
+
+    async def save_node(self, node: NodeInfo) -> None:
+        from supervisor.store.records import NodeRecord
+
+        self.store.batch.nodes.append(NodeRecord(
+            name=node.name, state=node.phase.value, scheduler_state=node.scheduler_state,
+            drained_by=node.drained_by, drain_reason=node.drain_reason,
+            last_heartbeat_at=node.last_heartbeat_at, last_report_at=node.last_report_at,
+            updated_at=self.clock.now()))
+
+    async def _save_attempt(self, run: RunInfo, fields: dict[str, Any]) -> None:
+        from supervisor.store.records import AttemptRecord
+
+        st = self.store.store
+        if fields.get("state") == "submitted":
+            await self.store.call(st.add_attempt, AttemptRecord(
+                run=run.name, attempt=run.attempt, state="submitted",
+                job_id=fields["job_id"], nodes=tuple(run.nodes),
+                excluded=tuple(fields["excluded"]), resumed_from=fields["resumed_from"],
+                resumed_from_step=run.resumed_from_step, submitted_at=fields["submitted_at"]))
+        else:
+            await self.store.call(st.update_attempt, run.name, run.attempt, **fields)
+        await self.store.call(st.update_run, run.name, state=run.phase.value,
+                              current_attempt=run.attempt, restarts=run.restarts)
+
+
+def _with_id(ev: Event, eid: int) -> Event:
+    return Event(ev.ts, ev.kind, ev.node, ev.run, ev.message, ev.data, eid)
+
+
+def actor_of(who: str | None) -> Actor:
+    return Actor.OPERATOR if who else Actor.RULE
+
+
+__all__ = ["ActionKind", "CoreConfig", "Supervisor"]
+

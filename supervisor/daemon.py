@@ -1,0 +1,214 @@
+"""``trainwarden daemon``: wires the broker, the store, the scheduler, the policy and the API.
+
+The MQTT session is persistent (``clean_session=False``, QoS 1 subscriptions) so messages
+published while the daemon restarts are delivered when it comes back; the store keeps
+everything else. SIGHUP reloads the policy (an invalid file keeps the last good one);
+SIGTERM/SIGINT stop cleanly. systemd: READY=1 once serving, WATCHDOG=1 from the main loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+
+from health.clock import Clock, SystemClock
+from health.report import SUBSCRIPTIONS
+from supervisor import ops
+from supervisor.core import CoreConfig, Supervisor
+from supervisor.errors import ConfigError
+from supervisor.persist import AsyncStore
+from supervisor.scheduler.base import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DaemonConfig:
+    db_url: str
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    api_host: str = "127.0.0.1"
+    api_port: int = 8470
+    scheduler: str = "local"  # local | slurm
+    local_nodes: tuple[str, ...] = ()
+    local_log_dir: str = "/tmp/trainwarden-local"
+    slurm_conf: str | None = None
+    policy_file: str | None = None
+    mode: str = "enforce"
+    client_id: str = "trainwarden-daemon"
+    tick_s: float = 0.5
+    core: CoreConfig = field(default_factory=CoreConfig)
+
+
+def build_scheduler(cfg: DaemonConfig) -> Scheduler:
+    if cfg.scheduler == "local":
+        from supervisor.scheduler.local import LocalScheduler
+
+        if not cfg.local_nodes:
+            raise ConfigError("the local scheduler needs --local-nodes (e.g. n1,n2,n3,n4)")
+        return LocalScheduler(cfg.local_nodes, cfg.local_log_dir)
+    if cfg.scheduler == "slurm":
+        from supervisor.scheduler.slurm import SlurmScheduler
+
+        return SlurmScheduler(slurm_conf=cfg.slurm_conf)
+    raise ConfigError(f"unknown scheduler {cfg.scheduler!r}: use local or slurm")
+
+
+def build_policy(cfg: DaemonConfig) -> Any:
+    from policies.engine import Mode, PolicyEngine
+    from policies.rules import load_policy
+
+    try:
+        mode = Mode(cfg.mode)
+    except ValueError:
+        raise ConfigError(f"unknown mode {cfg.mode!r}: use enforce, dry-run or approve") from None
+    return PolicyEngine(load_policy(cfg.policy_file), mode)
+
+
+class Daemon:
+    """One daemon process. ``run`` returns when ``stop`` is set."""
+
+    def __init__(self, cfg: DaemonConfig, *, clock: Clock | None = None,
+                 scheduler: Scheduler | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock or SystemClock()
+        self._scheduler = scheduler
+        self.sup: Supervisor | None = None
+        self.api_url: str | None = None
+        self.connected = False
+        self.ready = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+
+    async def _publish(self, topic: str, payload: bytes) -> None:
+        if self._client is None:
+            raise ConfigError("not connected to the broker")
+        await self._client.publish(topic, payload, qos=1)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from supervisor.api import ApiServer, create_app
+        from supervisor.metrics import Metrics
+        from supervisor.sdnotify import Notifier
+        from supervisor.service import DaemonService
+        from supervisor.store import open_store
+
+        cfg = self.cfg
+        policy = build_policy(cfg)  # refuse to start with an invalid policy
+        store = AsyncStore(await asyncio.to_thread(open_store, cfg.db_url))
+        scheduler = self._scheduler or build_scheduler(cfg)
+        metrics = Metrics()
+        sup = Supervisor(cfg.core, self.clock, store, scheduler, policy, metrics, self._publish)
+        self.sup = sup
+        await ops.load(sup)
+        service = DaemonService(sup, broker_connected=lambda: self.connected)
+        api = ApiServer(create_app(service, metrics), cfg.api_host, cfg.api_port)
+        await api.start()
+        self.api_url = api.url
+        notifier = Notifier()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self._reload_policy)
+        tasks = [loop.create_task(self._mqtt_loop(sup, stop)),
+                 loop.create_task(self._tick_loop(sup, notifier, stop))]
+        try:
+            await asyncio.wait_for(self.ready.wait(), 30)
+        except TimeoutError:
+            log.warning("broker %s:%d not reachable yet; serving and retrying",
+                        cfg.broker_host, cfg.broker_port)
+        notifier.ready(f"serving API on {api.url}")
+        log.info("trainwarden daemon ready: API %s, broker %s:%d, scheduler %s, mode %s",
+                 api.url, cfg.broker_host, cfg.broker_port, scheduler.name, cfg.mode)
+        try:
+            await stop.wait()
+        finally:
+            notifier.stopping()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for t in list(sup.tasks):
+                t.cancel()
+            await asyncio.gather(*sup.tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await store.flush()
+            await api.stop()
+            store.close()
+
+    def _reload_policy(self) -> None:
+        if self.sup is None:
+            return
+        try:
+            new = build_policy(self.cfg)
+        except Exception as exc:
+            log.error("policy reload failed, keeping the last good policy: %s", exc)
+            return
+        self.sup.policy = new
+        log.info("policy reloaded from %s", self.cfg.policy_file or "the shipped default")
+
+    async def _mqtt_loop(self, sup: Supervisor, stop: asyncio.Event) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                async with aiomqtt.Client(self.cfg.broker_host, self.cfg.broker_port,
+                                          identifier=self.cfg.client_id, clean_session=False,
+                                          keepalive=15, timeout=10) as client:
+                    self._client = client
+                    for topic in SUBSCRIPTIONS:
+                        await client.subscribe(topic, qos=1)
+                    self.connected = True
+                    sup.metrics.set_broker_connected(True)
+                    self.ready.set()
+                    backoff = 0.5
+                    async for message in client.messages:
+                        payload = message.payload
+                        if not isinstance(payload, bytes | bytearray):
+                            payload = str(payload).encode()
+                        await sup.handle(str(message.topic), bytes(payload))
+            except aiomqtt.MqttError as exc:
+                log.warning("broker connection lost (%s); retrying in %.1f s", exc, backoff)
+            finally:
+                self._client = None
+                self.connected = False
+                sup.metrics.set_broker_connected(False)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    async def _tick_loop(self, sup: Supervisor, notifier: Any, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await sup.tick()
+                counts: dict[str, int] = {}
+                for n in sup.state.nodes.values():
+                    counts[n.phase.value] = counts.get(n.phase.value, 0) + 1
+                sup.metrics.set_node_states(counts)
+                runs: dict[str, int] = {}
+                for r in sup.state.runs.values():
+                    runs[r.phase.value] = runs.get(r.phase.value, 0) + 1
+                sup.metrics.set_run_states(runs)
+                if sup.store.last_batch_size:
+                    sup.metrics.store_flush(sup.store.last_flush_s, sup.store.last_batch_size)
+                    sup.store.last_batch_size = 0
+                notifier.watchdog()
+            except Exception:
+                log.exception("tick failed; continuing")
+            await asyncio.sleep(self.cfg.tick_s)
+
+
+def run_daemon(cfg: DaemonConfig, on_ready: Callable[[Daemon], None] | None = None) -> int:
+    """Run until SIGTERM/SIGINT. Returns the exit code."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        daemon = Daemon(cfg)
+        await daemon.run(stop)
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,225 @@
+"""``trainwarden demo``: the whole product on an embedded default, in about a minute.
+
+An MQTT broker embedded in this process, SQLite in a temporary folder, four simulated nodes
+each with its agent, the example PyTorch job (torchrun on gloo, DCP checkpoints) running on
+them through the ``local`` back-end. At a chosen step a fatal XID is injected into one
+node's simulated GPU -- and, as a real "GPU fell off the bus" does, the rank on that node
+dies. The daemon must detect it, drain the node, and restart the run from its last valid
+checkpoint on the remaining nodes, which then reaches its final step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from health.agent import Agent, AgentConfig
+from health.probes.registry import ProbeConfig
+from health.sim.hardware import SimulatedHardware
+from policies.model import ConditionType, Event, EventKind
+from supervisor import ops
+from supervisor.core import CoreConfig
+from supervisor.daemon import Daemon, DaemonConfig
+from supervisor.errors import ConfigError
+from supervisor.lifecycle import RunPhase
+from supervisor.scheduler.local import LocalScheduler
+from supervisor.state import RunSpec
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train.py"
+
+
+@dataclass
+class DemoConfig:
+    nodes: int = 4
+    steps: int = 60
+    ckpt_every: int = 10
+    fault_at_step: int = 35
+    fault: str = "xid:79"
+    step_time_s: float = 0.25
+    timeout_s: float = 170.0
+    keep: bool = False
+    workdir: str | None = None
+
+
+@dataclass
+class DemoResult:
+    fault: dict[str, Any] = field(default_factory=dict)
+    detected_after_s: float | None = None
+    drained: list[str] = field(default_factory=list)
+    restarts: int = 0
+    resumed_from_step: int | None = None
+    last_checkpoint_before_fault: int | None = None
+    final_step: int | None = None
+    target_step: int = 0
+    steps_lost: int | None = None
+    checkpoint_interval: int = 0
+    wall_s: float = 0.0
+    recovered: bool = False
+    workdir: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Timeline:
+    """Prints the story as it happens: one line per event that matters to a person."""
+
+    SHOWN = {EventKind.FAULT, EventKind.NODE_OFFLINE, EventKind.CONDITION_CHANGED,
+             EventKind.ACTION, EventKind.RUN_STARTED, EventKind.CHECKPOINT_SAVED,
+             EventKind.ATTEMPT_ENDED, EventKind.RUN_PROGRESS_STALLED}
+
+    def __init__(self, out: TextIO, t0: float) -> None:
+        from rich.console import Console
+
+        self.console = Console(file=out, highlight=False, soft_wrap=True)
+        self.t0 = t0
+        self.seen = 0
+
+    def say(self, text: str, style: str = "") -> None:
+        self.console.print(f"[dim]t+{time.time() - self.t0:6.1f}s[/dim]  "
+                           + (f"[{style}]{text}[/{style}]" if style else text))
+
+    def show(self, history: list[Event]) -> None:
+        for ev in history:
+            if ev.id is None or ev.id <= self.seen:
+                continue
+            self.seen = ev.id
+            if ev.kind not in self.SHOWN:
+                continue
+            style = {EventKind.FAULT: "bold red", EventKind.ACTION: "bold yellow",
+                     EventKind.RUN_STARTED: "green", EventKind.CONDITION_CHANGED: "red"}.get(
+                ev.kind, "")
+            who = ev.node or ev.run or ""
+            self.console.print(f"[dim]t+{ev.ts - self.t0:6.1f}s[/dim]  {ev.kind.value:<17} "
+                               f"{who:<6} " + (f"[{style}]{ev.message}[/{style}]" if style
+                                               else ev.message))
+
+
+async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
+    from supervisor.broker import EmbeddedBroker
+    from supervisor.store.migrate import upgrade
+
+    if not EXAMPLE.is_file():
+        raise ConfigError(f"the example training job is missing: {EXAMPLE} (run the demo from "
+                          "a checkout of trainwarden)")
+    started = time.time()
+    work = Path(cfg.workdir or tempfile.mkdtemp(prefix="trainwarden-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    result = DemoResult(target_step=cfg.steps, checkpoint_interval=cfg.ckpt_every,
+                        workdir=str(work))
+    tl = Timeline(out, started)
+    names = [f"n{i}" for i in range(1, cfg.nodes + 1)]
+    db_url = f"sqlite:///{work / 'trainwarden.db'}"
+    await asyncio.to_thread(upgrade, db_url)
+    tl.say(f"work dir {work}; store {db_url}")
+    async with EmbeddedBroker(port=0) as broker:
+        tl.say(f"embedded MQTT broker on 127.0.0.1:{broker.port}")
+        sched = LocalScheduler(names, work / "logs")
+        dcfg = DaemonConfig(db_url=db_url, broker_port=broker.port, api_port=0,
+                            scheduler="local", local_nodes=tuple(names),
+                            client_id="trainwarden-demo-daemon",
+                            core=CoreConfig(will_confirm_s=1.5, hang_floor_s=20.0,
+                                            startup_timeout_s=120.0, settle_s=2.0))
+        daemon = Daemon(dcfg, scheduler=sched)
+        stop = asyncio.Event()
+        dtask = asyncio.create_task(daemon.run(stop))
+        hw = {n: SimulatedHardware(n, gpus=4, state_dir=work / "hw" / n) for n in names}
+        agent_stop = asyncio.Event()
+        agents = [asyncio.create_task(Agent(AgentConfig(
+            node=n, broker_port=broker.port, report_interval_s=5.0, heartbeat_interval_s=1.0,
+            probes=ProbeConfig(expected_gpus=4, storage_paths=(str(work),), timeout_s=3.0),
+        ), hw[n]).run(agent_stop)) for n in names]
+        try:
+            await _wait(lambda: daemon.ready.is_set() and daemon.sup is not None, 30,
+                        "the daemon did not start")
+            sup = daemon.sup
+            assert sup is not None
+            tl.say(f"daemon up; operator API {daemon.api_url}")
+            await _wait(lambda: all(n in sup.state.nodes and
+                                    sup.state.nodes[n].last_heartbeat_at for n in names),
+                        20, "agents did not report")
+            tl.say(f"{len(names)} simulated nodes reporting: {', '.join(names)}")
+            ckpt = work / "checkpoints"
+            spec = RunSpec(
+                command=(sys.executable, "-m", "torch.distributed.run", "--nnodes={nnodes}",
+                         "--node-rank={node_rank}", "--nproc-per-node=1",
+                         "--master-addr={master_addr}", "--master-port={master_port}",
+                         str(EXAMPLE), "--steps", str(cfg.steps), "--ckpt-every",
+                         str(cfg.ckpt_every), "--ckpt-dir", str(ckpt), "--step-time",
+                         str(cfg.step_time_s)),
+                nodes=cfg.nodes, min_nodes=2, checkpoint_dir=str(ckpt),
+                env={"TRAINWARDEN_BROKER": f"127.0.0.1:{broker.port}",
+                     "OMP_NUM_THREADS": "1"},
+                target_step=cfg.steps)
+            run = await ops.add_run(sup, "demo", "local", spec, "demo")
+            injected_at: float | None = None
+            deadline = time.time() + cfg.timeout_s
+            while time.time() < deadline:
+                tl.show(list(sup.history))
+                if run.phase in (RunPhase.COMPLETED, RunPhase.GAVE_UP):
+                    break
+                if (injected_at is None and run.attempt == 1 and run.last_step is not None
+                        and run.last_step >= cfg.fault_at_step and run.nodes):
+                    victim = run.nodes[-1]
+                    result.fault = {"node": victim, "kind": cfg.fault,
+                                    "at_step": run.last_step}
+                    result.last_checkpoint_before_fault = run.last_checkpoint_step
+                    injected_at = time.time()
+                    hw[victim].inject(cfg.fault)
+                    sched.crash_processes(victim)  # the rank on that GPU dies with it
+                    tl.say(f"INJECT {cfg.fault} on {victim} at step {run.last_step} "
+                           f"(last checkpoint: step {run.last_checkpoint_step})", "bold magenta")
+                await asyncio.sleep(0.2)
+            tl.show(list(sup.history))
+            result.restarts = run.restarts
+            result.resumed_from_step = run.resumed_from_step
+            result.final_step = run.last_step
+            result.drained = sorted(n.name for n in await sched.nodes()
+                                    if n.state.value in ("drained", "draining"))
+            if injected_at is not None:
+                victim = result.fault["node"]
+                detected = [e.ts for e in sup.history if e.node == victim and
+                            e.kind in (EventKind.FAULT, EventKind.CONDITION_CHANGED)
+                            and e.ts >= injected_at]
+                if detected:
+                    result.detected_after_s = round(min(detected) - injected_at, 3)
+                if run.failure_steps and run.failure_steps[0] is not None \
+                        and run.resumed_from_step is not None:
+                    result.steps_lost = run.failure_steps[0] - run.resumed_from_step
+            cond = sup.book.get(result.fault.get("node", ""), ConditionType.GPU_FATAL)
+            result.recovered = bool(
+                run.phase is RunPhase.COMPLETED and result.final_step == cfg.steps
+                and result.fault and result.fault["node"] in result.drained
+                and cond is not None and cond.status
+                and result.resumed_from_step == result.last_checkpoint_before_fault)
+        finally:
+            agent_stop.set()
+            await asyncio.gather(*agents, return_exceptions=True)
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(dtask, 30)
+            for job in list(sched._jobs):
+                await sched.cancel(job)
+    result.wall_s = round(time.time() - started, 1)
+    if not cfg.keep and cfg.workdir is None and result.recovered:
+        shutil.rmtree(work, ignore_errors=True)
+    tl.say(("RECOVERED" if result.recovered else "NOT RECOVERED") +
+           f": final step {result.final_step}/{cfg.steps}, resumed from step "
+           f"{result.resumed_from_step}, drained {result.drained}, "
+           f"{result.wall_s:.0f} s", "bold green" if result.recovered else "bold red")
+    return result
+
+
+async def _wait(cond: Any, timeout_s: float, what: str) -> None:
+    deadline = time.time() + timeout_s
+    while not cond():
+        if time.time() > deadline:
+            raise ConfigError(f"demo: {what} within {timeout_s:.0f} s")
+        await asyncio.sleep(0.1)

@@ -1,0 +1,253 @@
+"""Node liveness and hardware faults -> events and node conditions, in virtual time.
+
+Inputs are what agents publish (heartbeats, the last will, fault events, periodic health
+reports), each with the time it was received. Outputs are :class:`Observation` objects: an
+event to record and, optionally, the condition it moves. Nothing here does I/O or reads a
+clock, so the daemon and the simulator share it.
+
+Liveness: a last will makes a node *suspect* at once; it is confirmed dead when no heartbeat
+follows within ``will_confirm_s`` (a reconnect beats the will). Without a will, a node is
+dead after ``heartbeat_misses`` missed heartbeat intervals. A graceful stop ("agent
+stopped") is not a death.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from health import faults as fk
+from health.faults import XidCatalog
+from health.probes.base import Fault, Health, Severity
+from health.report import HealthReport
+from policies.model import ConditionType, Event, EventKind
+
+# Fault kinds that are about the GPU (fatal ones give GpuFatal, which is sticky).
+GPU_FAULT_KINDS = frozenset({
+    fk.XID, fk.GPU_LOST, fk.GPU_MISSING, fk.ECC_DBE, fk.ROW_REMAP_FAILURE, fk.NVLINK_DOWN,
+    fk.PCIE_DEGRADED, fk.ROW_REMAP_PENDING, fk.THERMAL_THROTTLE, fk.POWER_THROTTLE,
+    fk.GPU_MEM_HELD,
+})
+GRACEFUL_STOP = "agent stopped"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """An event to record, and the condition change it implies (if any)."""
+
+    event: Event
+    subject: str | None = None
+    ctype: ConditionType | None = None
+    status: bool = False
+    reason: str = ""
+
+
+@dataclass
+class NodeLiveness:
+    """What the tracker knows about one node's agent."""
+
+    last_heartbeat: float | None = None
+    interval_s: float = 2.0
+    offline_since: float | None = None
+    offline_reason: str = ""
+    stopped: bool = False
+    dead: bool = False
+    gpu_fatal: bool = False
+    unhealthy: bool = False
+    degraded: bool = False
+    seen_faults: set[tuple[str, int | None, int | None]] = field(default_factory=set)
+    causes: set[str] = field(default_factory=set)
+
+    @property
+    def suspect(self) -> bool:
+        return self.offline_since is not None and not self.dead and not self.stopped
+
+
+def describe_fault(f: Fault) -> str:
+    where = f" on GPU {f.gpu}" if f.gpu is not None else ""
+    if f.kind == fk.XID and f.code is not None:
+        return f"XID {f.code}{where}: {f.detail}" if f.detail else f"XID {f.code}{where}"
+    return f"{f.kind}{where}: {f.detail}" if f.detail else f"{f.kind}{where}"
+
+
+class NodeHealthTracker:
+    """Turns agent messages into events and NodeDead/GpuFatal/NodeUnhealthy/NodeDegraded."""
+
+    def __init__(
+        self,
+        xids: XidCatalog | None = None,
+        *,
+        heartbeat_misses: float = 3.0,
+        heartbeat_grace_s: float = 1.0,
+        will_confirm_s: float = 2.0,
+    ) -> None:
+        self.xids = xids or XidCatalog()
+        self.heartbeat_misses = heartbeat_misses
+        self.heartbeat_grace_s = heartbeat_grace_s
+        self.will_confirm_s = will_confirm_s
+        self._nodes: dict[str, NodeLiveness] = {}
+
+    # -- queries -------------------------------------------------------------------
+
+    def node(self, name: str) -> NodeLiveness:
+        return self._nodes.setdefault(name, NodeLiveness())
+
+    def known(self) -> list[str]:
+        return sorted(self._nodes)
+
+    # -- inputs --------------------------------------------------------------------
+
+    def on_heartbeat(self, node: str, now: float, interval_s: float) -> list[Observation]:
+        n = self.node(node)
+        first = n.last_heartbeat is None
+        n.last_heartbeat = now
+        n.interval_s = interval_s
+        out: list[Observation] = []
+        if n.dead or n.offline_since is not None or n.stopped or first:
+            was_dead = n.dead
+            n.dead = False
+            n.offline_since = None
+            n.stopped = False
+            msg = "agent back online" if was_dead else "agent online"
+            out.append(Observation(
+                Event(now, EventKind.NODE_ONLINE, node=node, message=msg),
+                node, ConditionType.NODE_DEAD, False, msg,
+            ))
+        return out
+
+    def on_status(self, node: str, state: str, reason: str, now: float) -> list[Observation]:
+        n = self.node(node)
+        if state == "online":
+            return []
+        if reason == GRACEFUL_STOP:
+            n.stopped = True
+            n.offline_since = None
+            return [Observation(Event(now, EventKind.NODE_OFFLINE, node=node,
+                                      message="agent stopped gracefully; not a node failure",
+                                      data={"graceful": True}))]
+        if n.dead or n.offline_since is not None:
+            return []
+        n.offline_since = now
+        n.offline_reason = reason or "connection lost"
+        obs = [Observation(Event(now, EventKind.NODE_OFFLINE, node=node,
+                                 message=f"last will: {n.offline_reason}; node suspect",
+                                 data={"graceful": False}))]
+        if self.will_confirm_s <= 0:
+            obs += self._declare_dead(node, n, now, f"last will ({n.offline_reason})")
+        return obs
+
+    def on_faults(self, node: str, faults: Iterable[Fault], now: float) -> list[Observation]:
+        """Faults that arrived as events (XIDs). Fatal GPU faults set GpuFatal at once."""
+        n = self.node(node)
+        out: list[Observation] = []
+        for raw in faults:
+            f = self._classify(raw)
+            key = (f.kind, f.gpu, f.code)
+            new = key not in n.seen_faults
+            n.seen_faults.add(key)
+            if f.cause:
+                n.causes.add(f.cause)
+            if not new:
+                continue
+            text = describe_fault(f)
+            ev = Event(now, EventKind.FAULT, node=node, message=text, data=_fault_data(f))
+            if f.severity is Severity.FATAL and f.kind in GPU_FAULT_KINDS:
+                n.gpu_fatal = True
+                out.append(Observation(ev, node, ConditionType.GPU_FATAL, True, text))
+            elif f.severity is Severity.FATAL:
+                n.unhealthy = True
+                out.append(Observation(ev, node, ConditionType.NODE_UNHEALTHY, True, text))
+            else:
+                out.append(Observation(ev))
+        return out
+
+    def on_health(self, node: str, report: HealthReport, now: float) -> list[Observation]:
+        """A periodic report: new faults become events; NodeUnhealthy/Degraded follow it."""
+        faults = [f.to_fault() for p in report.probes for f in p.faults]
+        out = self.on_faults(node, faults, now)
+        n = self.node(node)
+        bad = [p for p in report.probes if p.health is Health.UNHEALTHY
+               and not any(self._classify(f.to_fault()).kind in GPU_FAULT_KINDS
+                           and f.severity is Severity.FATAL for f in p.faults)]
+        deg = [p for p in report.probes if p.health is Health.DEGRADED]
+        n.causes = {f.cause for p in report.probes for f in p.faults if f.cause}
+        if bad and not n.unhealthy:
+            n.unhealthy = True
+            reason = "; ".join(f"{p.probe}: {p.reason}" for p in bad)
+            out.append(Observation(Event(now, EventKind.CONDITION_CHANGED, node=node,
+                                         message=reason), node, ConditionType.NODE_UNHEALTHY,
+                                   True, reason))
+        elif not bad and n.unhealthy:
+            n.unhealthy = False
+            out.append(Observation(Event(now, EventKind.CONDITION_CHANGED, node=node,
+                                         message="all probes healthy again"), node,
+                                   ConditionType.NODE_UNHEALTHY, False, "probes healthy again"))
+        if deg and not n.degraded:
+            n.degraded = True
+            reason = "; ".join(f"{p.probe}: {p.reason}" for p in deg)
+            out.append(Observation(Event(now, EventKind.CONDITION_CHANGED, node=node,
+                                         message=reason), node, ConditionType.NODE_DEGRADED,
+                                   True, reason))
+        elif not deg and n.degraded:
+            n.degraded = False
+            out.append(Observation(Event(now, EventKind.CONDITION_CHANGED, node=node,
+                                         message="no probe degraded"), node,
+                                   ConditionType.NODE_DEGRADED, False, "no probe degraded"))
+        return out
+
+    def tick(self, now: float) -> list[Observation]:
+        """Confirm deaths: a will not followed by a heartbeat, or heartbeats that stopped."""
+        out: list[Observation] = []
+        for name, n in self._nodes.items():
+            if n.dead or n.stopped:
+                continue
+            if n.offline_since is not None:
+                if now - n.offline_since >= self.will_confirm_s:
+                    out += self._declare_dead(
+                        name, n, now,
+                        f"last will ({n.offline_reason}) and no heartbeat for "
+                        f"{now - n.offline_since:.1f} s",
+                    )
+                continue
+            if n.last_heartbeat is None:
+                continue
+            limit = self.heartbeat_misses * n.interval_s + self.heartbeat_grace_s
+            silent = now - n.last_heartbeat
+            if silent > limit:
+                out.append(Observation(Event(now, EventKind.HEARTBEAT_MISSED, node=name,
+                                             message=f"no heartbeat for {silent:.1f} s")))
+                out += self._declare_dead(name, n, now, f"no heartbeat for {silent:.1f} s")
+        return out
+
+    def reset(self, node: str) -> list[Observation]:
+        """Forget sticky faults after an operator returned the node to service."""
+        n = self.node(node)
+        out: list[Observation] = []
+        n.seen_faults.clear()
+        if n.gpu_fatal:
+            n.gpu_fatal = False
+            out.append(Observation(Event(0.0, EventKind.CONDITION_CHANGED, node=node,
+                                         message="GPU fault cleared by return to service"),
+                                   node, ConditionType.GPU_FATAL, False, "returned to service"))
+        return out
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _declare_dead(self, node: str, n: NodeLiveness, now: float, why: str) -> list[Observation]:
+        n.dead = True
+        return [Observation(Event(now, EventKind.CONDITION_CHANGED, node=node,
+                                  message=f"node dead: {why}"),
+                            node, ConditionType.NODE_DEAD, True, why)]
+
+    def _classify(self, f: Fault) -> Fault:
+        """XIDs are re-classified with the daemon's catalogue (central operator overrides)."""
+        if f.kind != fk.XID or f.code is None:
+            return f
+        cls = self.xids.classify(f.code)
+        detail = f.detail or cls.name
+        return Fault(f.kind, cls.severity, detail, f.gpu, f.code, f.cause)
+
+
+def _fault_data(f: Fault) -> dict[str, object]:
+    return {"kind": f.kind, "severity": f.severity.value, "gpu": f.gpu, "code": f.code,
+            "cause": f.cause, "detail": f.detail}

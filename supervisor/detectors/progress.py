@@ -1,0 +1,134 @@
+"""Training progress and hangs, per run attempt, in virtual time.
+
+A run is hung when no rank has finished a new step for ``max(k x median step time, floor)``
+(before the first step: ``startup_timeout_s``). The ranks and nodes that stopped reporting
+first are named as the likely culprits -- evidence for the policy, not a verdict.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+
+from health.report import StepSample
+from policies.model import ConditionType, Event, EventKind
+from supervisor.detectors.node_faults import Observation
+
+
+@dataclass
+class RankProgress:
+    node: str
+    last_step: int = -1
+    last_report_at: float = 0.0
+
+
+@dataclass
+class AttemptProgress:
+    run: str
+    attempt: int
+    started_at: float
+    first_step: int | None = None
+    first_step_at: float | None = None
+    last_step: int | None = None
+    last_progress_at: float | None = None
+    step_times: deque[float] = field(default_factory=lambda: deque(maxlen=200))
+    ranks: dict[int, RankProgress] = field(default_factory=dict)
+    hung: bool = False
+    active: bool = True
+
+    def median_step_s(self) -> float | None:
+        return statistics.median(self.step_times) if self.step_times else None
+
+
+def hang_culprits(ranks: dict[int, RankProgress]) -> list[tuple[int, str, int, float]]:
+    """Ranks that stopped first: those at the lowest last step, oldest report first.
+
+    Returns (rank, node, last step, last report time) tuples.
+    """
+    if not ranks:
+        return []
+    low = min(r.last_step for r in ranks.values())
+    behind = [(rank, r.node, r.last_step, r.last_report_at) for rank, r in ranks.items()
+              if r.last_step == low]
+    return sorted(behind, key=lambda c: (c[3], c[0]))
+
+
+class ProgressTracker:
+    """Follows the step reports of every active run attempt."""
+
+    def __init__(self, *, k: float = 2.0, floor_s: float = 30.0,
+                 startup_timeout_s: float = 300.0) -> None:
+        self.k = k
+        self.floor_s = floor_s
+        self.startup_timeout_s = startup_timeout_s
+        self._runs: dict[str, AttemptProgress] = {}
+
+    def get(self, run: str) -> AttemptProgress | None:
+        return self._runs.get(run)
+
+    def start_attempt(self, run: str, attempt: int, now: float) -> None:
+        self._runs[run] = AttemptProgress(run, attempt, now)
+
+    def stop(self, run: str) -> None:
+        p = self._runs.get(run)
+        if p is not None:
+            p.active = False
+
+    def on_steps(self, run: str, attempt: int, rank: int, node: str,
+                 samples: list[StepSample], now: float) -> list[Observation]:
+        p = self._runs.get(run)
+        if p is None or attempt != p.attempt or not p.active:
+            return []  # a report from an older attempt or an unknown run changes nothing
+        r = p.ranks.setdefault(rank, RankProgress(node))
+        r.node = node
+        r.last_report_at = now
+        out: list[Observation] = []
+        for s in sorted(samples, key=lambda s: s.step):
+            r.last_step = max(r.last_step, s.step)
+            if p.last_step is not None and s.step <= p.last_step:
+                continue
+            if p.first_step is None:
+                p.first_step, p.first_step_at = s.step, now
+                out.append(Observation(Event(now, EventKind.RUN_STARTED, run=run,
+                                             message=f"attempt {attempt}: first step {s.step}",
+                                             data={"attempt": attempt, "step": s.step})))
+            p.last_step = s.step
+            p.last_progress_at = now
+            if s.step_s > 0:
+                p.step_times.append(s.step_s)
+        if p.hung and p.last_progress_at == now:
+            p.hung = False
+            out.append(Observation(Event(now, EventKind.CONDITION_CHANGED, run=run,
+                                         message="progress resumed"),
+                                   run, ConditionType.RUN_HUNG, False, "progress resumed"))
+        return out
+
+    def threshold_s(self, p: AttemptProgress) -> float:
+        med = p.median_step_s()
+        if p.last_progress_at is None or med is None:
+            return self.startup_timeout_s
+        return max(self.k * med, self.floor_s)
+
+    def tick(self, now: float) -> list[Observation]:
+        out: list[Observation] = []
+        for run, p in self._runs.items():
+            if not p.active or p.hung:
+                continue
+            since = p.last_progress_at if p.last_progress_at is not None else p.started_at
+            limit = self.threshold_s(p)
+            if now - since <= limit:
+                continue
+            p.hung = True
+            culprits = hang_culprits(p.ranks)
+            where = ", ".join(f"rank {c[0]} on {c[1]} (step {c[2]})" for c in culprits[:8])
+            what = (f"no step for {now - since:.1f} s (limit {limit:.1f} s)"
+                    + (f"; stopped first: {where}" if where else ""))
+            out.append(Observation(
+                Event(now, EventKind.RUN_PROGRESS_STALLED, run=run, message=what,
+                      data={"attempt": p.attempt, "last_step": p.last_step,
+                            "silent_s": round(now - since, 3), "limit_s": limit,
+                            "culprits": [{"rank": c[0], "node": c[1], "step": c[2]}
+                                         for c in culprits]}),
+                run, ConditionType.RUN_HUNG, True, what))
+        return out
