@@ -215,35 +215,37 @@ class Supervisor:
                 origin = self._origin.pop((cond.subject, cond.type), None)
                 latency = cond.since - origin if origin is not None else 0.0
                 self.metrics.detection(cond.type.value, max(0.0, latency))
+        for name in {o.event.node for o in obs if o.event.node}:
+            self._update_phase(name)
         if not changed:
             return
         await self.store.call(self.store.store.save_conditions, changed)
-        for cond in changed:
-            self._update_phase(cond)
         view = self.view()
         for cond in changed:
             decisions = self.policy.on_condition(cond, view, list(self.history))
             self.execute(decisions)
 
-    def _update_phase(self, cond: Condition) -> None:
-        node = self.state.nodes.get(cond.subject)
-        if node is None:
+    def _update_phase(self, name: str) -> None:
+        """Derive a node's phase from its conditions and liveness (drains are actions')."""
+        node = self.state.nodes.get(name)
+        if node is None or node.drained:
             return
-        types = self.book.types_of(node.name)
-        failing = bool(types & {ConditionType.NODE_DEAD, ConditionType.GPU_FATAL})
-        target = node.phase
-        if node.drained:
-            return
-        if failing:
+        types = self.book.types_of(name)
+        if types & {ConditionType.NODE_DEAD, ConditionType.GPU_FATAL}:
             target = NodePhase.FAILED
-        elif self.nodes.node(node.name).suspect:
+        elif self.nodes.node(name).suspect:
             target = NodePhase.SUSPECT
-        else:
+        elif self.nodes.node(name).last_heartbeat is not None:
             target = NodePhase.HEALTHY
-        try:
-            node.move(target)
-        except LifecycleError as exc:
-            log.warning("node %s: %s", node.name, exc)
+        else:
+            return
+        if target is not node.phase:
+            try:
+                node.move(target)
+            except LifecycleError as exc:
+                log.warning("node %s: %s", name, exc)
+                return
+            self.store.batch.nodes.append(self._node_record(node))
 
     def view(self) -> Any:
         causes = {n: frozenset(self.nodes.node(n).causes) for n in self.state.nodes}
@@ -277,7 +279,8 @@ class Supervisor:
         now = self.clock.now()
         ev = Event(now, EventKind.ATTEMPT_ENDED, run=run.name,
                    message=f"attempt {attempt} ended: {state.value} at step {run.last_step}",
-                   data={"state": state.value, "attempt": attempt, "last_step": run.last_step})
+                   data={"state": state.value, "attempt": attempt, "last_step": run.last_step,
+                         "failed": True})
         [eid] = await self.record_events([ev])
         self.execute(self.policy.on_event(_with_id(ev, eid), self.view(), list(self.history)))
 
@@ -306,7 +309,7 @@ class Supervisor:
         from supervisor.actions import perform
 
         now = self.clock.now()
-        action_id: int = await self.store.call(self.store.store.record_action, d, now)
+        action_id: int = await self.store.call(self.store.store.record_action, d, ts=now)
         self.recent_actions.append(ActionRecordView(now, d.request.kind, d.request.node,
                                                     d.request.run, d.verdict))
         [eid] = await self.record_events([Event(
@@ -349,14 +352,17 @@ class Supervisor:
         finally:
             self._checkpoint_waiters.pop(run, None)
 
-    async def save_node(self, node: NodeInfo) -> None:
+    def _node_record(self, node: NodeInfo) -> Any:
         from supervisor.store.records import NodeRecord
 
-        self.store.batch.nodes.append(NodeRecord(
+        return NodeRecord(
             name=node.name, state=node.phase.value, scheduler_state=node.scheduler_state,
             drained_by=node.drained_by, drain_reason=node.drain_reason,
             last_heartbeat_at=node.last_heartbeat_at, last_report_at=node.last_report_at,
-            updated_at=self.clock.now()))
+            updated_at=self.clock.now())
+
+    async def save_node(self, node: NodeInfo) -> None:
+        self.store.batch.nodes.append(self._node_record(node))
 
     async def _save_attempt(self, run: RunInfo, fields: dict[str, Any]) -> None:
         from supervisor.store.records import AttemptRecord

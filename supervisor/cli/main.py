@@ -15,7 +15,11 @@ from collections.abc import Sequence
 from health.errors import TrainwardenError
 
 # The explicit list of command modules (no import side effects decide what exists).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "agent", "policy", "nodes", "drain", "runs", "events", "actions", "stragglers", "db",
+    "vet", "hw",
+    "daemon", "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

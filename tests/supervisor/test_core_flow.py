@@ -1,0 +1,169 @@
+"""The supervisor's whole decision path on real parts: SQLite store, the shipped policy,
+the local scheduler with real processes -- messages fed as they arrive from the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from health.clock import SystemClock
+from health.probes.base import Severity
+from health.report import (
+    FaultModel,
+    FaultReport,
+    Heartbeat,
+    NodeStatus,
+    encode,
+    node_topic,
+)
+from policies.engine import PolicyEngine
+from policies.model import ActionKind, ConditionType, EventKind
+from policies.rules import load_policy
+from supervisor import ops
+from supervisor.core import CoreConfig, Supervisor
+from supervisor.explain import explain
+from supervisor.lifecycle import NodePhase
+from supervisor.metrics import Metrics
+from supervisor.persist import AsyncStore
+from supervisor.scheduler.base import NodeState
+from supervisor.scheduler.local import LocalScheduler
+from supervisor.service import DaemonService
+from supervisor.state import RunSpec
+from supervisor.store import open_store, upgrade
+
+NODES = ["n1", "n2", "n3"]
+
+
+@pytest.fixture
+async def sup(tmp_path: Path) -> AsyncIterator[Supervisor]:
+    url = f"sqlite:///{tmp_path / 'tw.db'}"
+    upgrade(url)
+    store = AsyncStore(open_store(url))
+    sched = LocalScheduler(NODES, tmp_path / "logs", stop_grace_s=3.0)
+    s = Supervisor(CoreConfig(will_confirm_s=0.5, settle_s=0.5), SystemClock(), store, sched,
+                   PolicyEngine(load_policy()), Metrics())
+    yield s
+    for t in list(s.tasks):
+        t.cancel()
+    for job in list(sched._jobs):
+        await sched.cancel(job)
+    store.close()
+
+
+async def until(pred: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def beat(sup: Supervisor, *nodes: str) -> None:
+    for n in nodes:
+        await sup.handle(node_topic(n, "heartbeat"),
+                         encode(Heartbeat(node=n, ts=time.time(), seq=1, interval_s=1.0)))
+
+
+async def start_run(sup: Supervisor, tmp_path: Path) -> None:
+    spec = RunSpec(command=(sys.executable, "-c", "import time; time.sleep(120)"), nodes=2,
+                   checkpoint_dir=str(tmp_path / "ck"))
+    run = await ops.add_run(sup, "r1", "local", spec, "tester")
+    assert run.attempt == 1 and run.nodes == ("n1", "n2")
+
+
+async def test_fatal_xid_drains_the_node_and_restarts_the_run_elsewhere(
+        sup: Supervisor, tmp_path: Path) -> None:
+    await beat(sup, *NODES)
+    await start_run(sup, tmp_path)
+    xid = FaultReport(node="n2", ts=time.time(), faults=[FaultModel(
+        kind="xid", severity=Severity.FATAL, detail="GPU has fallen off the bus", gpu=1,
+        code=79)])
+    await sup.handle(node_topic("n2", "fault"), encode(xid))
+    run = sup.state.runs["r1"]
+    await until(lambda: run.attempt == 2)
+    await until(lambda: not sup.tasks)
+    assert run.nodes == ("n1", "n3") and "n2" in run.excluded
+    sched_nodes = {n.name: n for n in await sup.scheduler.nodes()}
+    assert sched_nodes["n2"].state is NodeState.DRAINED
+    assert sched_nodes["n2"].reason.startswith("trainwarden: GpuFatal")
+    assert sup.state.nodes["n2"].phase is NodePhase.DRAINED
+    assert sup.book.is_true("n2", ConditionType.GPU_FATAL)
+
+    st = sup.store.store
+    actions = {a.kind: a for a in st.actions()}
+    assert actions[ActionKind.DRAIN].status == "succeeded"
+    assert actions[ActionKind.RESTART_RUN].status == "succeeded"
+    assert actions[ActionKind.DRAIN].rule == "gpu-fatal"
+    fault_events = st.events(node="n2", kinds=[EventKind.FAULT])
+    assert actions[ActionKind.DRAIN].evidence == (fault_events[0].id,)
+    attempts = st.attempts("r1")
+    assert [a.attempt for a in attempts] == [1, 2]
+    assert attempts[0].state == "stopped" and "n2" in attempts[1].excluded
+    why = await explain(sup, actions[ActionKind.DRAIN].id, "action")
+    text = "\n".join(why.lines)
+    assert "rule gpu-fatal" in text and "XID 79" in text and "guard" in text
+
+
+async def test_last_will_then_silence_marks_node_dead_within_seconds(
+        sup: Supervisor, tmp_path: Path) -> None:
+    await beat(sup, *NODES)
+    await start_run(sup, tmp_path)
+    t0 = time.time()
+    will = NodeStatus(node="n1", state="offline", reason="connection lost")
+    await sup.handle(node_topic("n1", "status"), encode(will))
+    assert sup.state.nodes["n1"].phase is NodePhase.SUSPECT
+    while not sup.book.is_true("n1", ConditionType.NODE_DEAD):
+        await beat(sup, "n2", "n3")
+        await sup.tick()
+        await asyncio.sleep(0.1)
+        assert time.time() - t0 < 5
+    run = sup.state.runs["r1"]
+    await until(lambda: run.attempt == 2)
+    assert "n1" not in run.nodes
+
+
+async def test_operator_drain_is_recorded_with_who_and_why(
+        sup: Supervisor, tmp_path: Path) -> None:
+    await beat(sup, *NODES)
+    svc = DaemonService(sup)
+    row = await svc.drain("n3", "bad fan", "alice")
+    assert row.kind is ActionKind.DRAIN and row.who == "alice" and row.status == "succeeded"
+    nodes = {n.name: n for n in await svc.list_nodes()}
+    assert nodes["n3"].state == "drained" and nodes["n3"].drained_by == "operator"
+    assert "bad fan" in (nodes["n3"].drain_reason or "")
+    back = await svc.undrain("n3", "fan replaced", "alice")
+    assert back.kind is ActionKind.UNDRAIN
+    assert {n.name: n.state for n in await svc.list_nodes()}["n3"] == "healthy"
+    from supervisor.errors import NotFoundError
+    with pytest.raises(NotFoundError, match="unknown node 'n9'"):
+        await svc.drain("n9", "x", "alice")
+
+
+@pytest.mark.parametrize(("topic", "payload", "why"), [
+    ("trainwarden/v1/node/n1/heartbeat", b"{not json", "not JSON"),
+    ("trainwarden/v1/node/n1/heartbeat", b"x" * 300_000, "over the"),
+    ("trainwarden/v1/node/n1/heartbeat",
+     json.dumps({"v": 9, "kind": "heartbeat"}).encode(), "schema version 9"),
+    ("trainwarden/v1/node/n1/heartbeat",
+     json.dumps({"v": 1, "kind": "heartbeat", "node": "n2", "ts": 1, "seq": 1,
+                 "interval_s": 1}).encode(), "claims node 'n2'"),
+    ("trainwarden/v1/node/n1/fault",
+     json.dumps({"v": 1, "kind": "fault", "node": "n1", "ts": 1, "faults": []}).encode(),
+     "faults"),
+])
+async def test_bad_messages_are_rejected_recorded_and_harmless(
+        sup: Supervisor, topic: str, payload: bytes, why: str) -> None:
+    await beat(sup, "n1")
+    before = sup.store.store.nodes()
+    await sup.handle(topic, payload)
+    assert sup.rejected == 1
+    rejected = sup.store.store.events(kinds=[EventKind.REJECTED_MESSAGE])
+    assert why in rejected[0].message
+    await sup.store.flush()
+    assert {n.name for n in sup.store.store.nodes()} >= {n.name for n in before}
+    assert "n2" not in sup.state.nodes
