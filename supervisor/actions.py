@@ -67,6 +67,10 @@ async def _drain(sup: Supervisor, d: Decision, action_id: int) -> tuple[bool, st
 
 async def _undrain(sup: Supervisor, d: Decision) -> tuple[bool, str]:
     node = sup.state.node(d.request.node or "")
+    if d.request.actor is not Actor.OPERATOR and node.drained_by != "trainwarden":
+        # never undrain automatically what trainwarden did not drain
+        return False, (f"{node.name} was drained by {node.drained_by or 'someone else'}; "
+                       "only an operator may return it")
     await sup.scheduler.resume(node.name)
     node.drained_by = None
     node.drain_reason = None

@@ -79,6 +79,7 @@ class CoreConfig:
     startup_timeout_s: float = 300.0
     settle_s: float = 3.0  # after an attempt dies, wait this long for the node fault to show
     checkpoint_wait_s: float = 120.0  # checkpoint-before-eviction bound
+    scheduler_sync_s: float = 5.0  # how often the scheduler's node states are read
     xid_overrides: dict[int | str, str] = field(default_factory=dict)
 
 
@@ -111,6 +112,7 @@ class Supervisor:
         self.rejected = 0
         self._checkpoint_waiters: dict[str, asyncio.Event] = {}
         self._origin: dict[tuple[str, ConditionType], float] = {}
+        self._last_sync = float("-inf")
 
     # -- ingestion -----------------------------------------------------------------
 
@@ -264,11 +266,52 @@ class Supervisor:
                                                         f"{run.last_step}",
                                                 data={"state": "completed",
                                                       "attempt": run.attempt})])
+        if now - self._last_sync >= self.config.scheduler_sync_s:
+            self._last_sync = now
+            await self.sync_scheduler()
         obs = self.nodes.tick(now) + self.progress.tick(now)
         if obs:
             await self.observe(obs)
         self.execute(self.policy.tick(self.view()))
         await self.store.flush()
+
+    async def sync_scheduler(self) -> None:
+        """The scheduler's view is an input: external drains and DOWN nodes are reflected."""
+        from supervisor.scheduler.base import NodeState
+
+        try:
+            sched_nodes = await self.scheduler.nodes()
+        except Exception as exc:  # a scheduler outage must not stop the daemon
+            log.warning("cannot read node states from %s: %s", self.scheduler.name, exc)
+            return
+        now = self.clock.now()
+        events: list[Event] = []
+        for sn in sched_nodes:
+            node = self.state.node(sn.name)
+            before = node.scheduler_state
+            node.scheduler_state = sn.state.value
+            if before == sn.state.value:
+                continue
+            if sn.state in (NodeState.DRAINED, NodeState.DRAINING) and not node.drained:
+                node.drained_by, node.drain_reason = "external", sn.reason
+                node.phase = NodePhase.DRAINED
+                events.append(Event(now, EventKind.CONDITION_CHANGED, node=sn.name,
+                                    message=f"drained outside trainwarden: {sn.reason}",
+                                    data={"scheduler_state": sn.state.value}))
+            elif sn.state is NodeState.DOWN and before is not None:
+                events.append(Event(now, EventKind.CONDITION_CHANGED, node=sn.name,
+                                    message=f"{self.scheduler.name} marks the node down"
+                                            + (f": {sn.reason}" if sn.reason else ""),
+                                    data={"scheduler_state": sn.state.value}))
+            elif (sn.state in (NodeState.IDLE, NodeState.ALLOCATED) and node.drained
+                  and node.drained_by == "external"):
+                node.drained_by = node.drain_reason = None
+                node.phase = NodePhase.HEALTHY
+                events.append(Event(now, EventKind.CONDITION_CHANGED, node=sn.name,
+                                    message="returned to service outside trainwarden"))
+            self.store.batch.nodes.append(self._node_record(node))
+        if events:
+            await self.record_events(events)
 
     async def _after_attempt_failed(self, run: RunInfo, attempt: int, state: JobState) -> None:
         """Give node detections a moment to arrive, then let the policy decide."""

@@ -167,3 +167,41 @@ async def test_bad_messages_are_rejected_recorded_and_harmless(
     await sup.store.flush()
     assert {n.name for n in sup.store.store.nodes()} >= {n.name for n in before}
     assert "n2" not in sup.state.nodes
+
+
+async def test_restart_of_the_daemon_loses_nothing(sup: Supervisor, tmp_path: Path) -> None:
+    await beat(sup, *NODES)
+    await start_run(sup, tmp_path)
+    xid = FaultReport(node="n1", ts=time.time(), faults=[FaultModel(
+        kind="xid", severity=Severity.FATAL, detail="", gpu=0, code=48)])
+    await sup.handle(node_topic("n1", "fault"), encode(xid))
+    await until(lambda: sup.state.runs["r1"].attempt == 2)
+    await until(lambda: not sup.tasks)
+    await sup.store.flush()
+    again = Supervisor(CoreConfig(), SystemClock(), sup.store, sup.scheduler,
+                       PolicyEngine(load_policy()), Metrics())
+    await ops.load(again)
+    n1 = again.state.nodes["n1"]
+    assert n1.phase is NodePhase.DRAINED and n1.drained_by == "trainwarden"
+    assert again.book.is_true("n1", ConditionType.GPU_FATAL)
+    run = again.state.runs["r1"]
+    assert (run.attempt, run.restarts, run.job_id) == (2, 1, sup.state.runs["r1"].job_id)
+    assert run.nodes == sup.state.runs["r1"].nodes and "n1" in run.excluded
+
+
+async def test_drains_made_outside_trainwarden_are_reflected_and_kept(
+        sup: Supervisor) -> None:
+    await beat(sup, *NODES)
+    await sup.sync_scheduler()
+    await sup.scheduler.drain("n3", "admin: bad DIMM")
+    await sup.sync_scheduler()
+    n3 = sup.state.nodes["n3"]
+    assert n3.phase is NodePhase.DRAINED and n3.drained_by == "external"
+    assert "outside trainwarden" in sup.store.store.events(node="n3")[0].message
+    # a rule may never return a node someone else drained
+    from policies.model import ActionRequest, Actor, Decision, Verdict
+    undrain = Decision(ActionRequest(ActionKind.UNDRAIN, Actor.RULE, "vetted", node="n3"),
+                       Verdict.ALLOW)
+    _id, ok, result = await sup.carry_out(undrain)
+    assert not ok and "only an operator" in result
+    assert {n.name: n.state for n in await sup.scheduler.nodes()}["n3"] is NodeState.DRAINED
