@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,7 @@ from supervisor.persist import AsyncStore
 from supervisor.scheduler.base import Scheduler
 
 log = logging.getLogger(__name__)
+LEASE = "trainwarden-daemon"
 
 
 @dataclass
@@ -44,6 +47,7 @@ class DaemonConfig:
     mode: str = "enforce"
     client_id: str = "trainwarden-daemon"
     tick_s: float = 0.5
+    lease_ttl_s: float = 15.0  # leader lease: a standby daemon takes over after this
     core: CoreConfig = field(default_factory=CoreConfig)
 
 
@@ -85,6 +89,7 @@ class Daemon:
         self.connected = False
         self.ready = asyncio.Event()
         self._client: aiomqtt.Client | None = None
+        self.leader = False
 
     async def _publish(self, topic: str, payload: bytes) -> None:
         if self._client is None:
@@ -101,12 +106,16 @@ class Daemon:
         cfg = self.cfg
         policy = build_policy(cfg)  # refuse to start with an invalid policy
         store = AsyncStore(await asyncio.to_thread(open_store, cfg.db_url))
+        if not await self._lead(store, stop):
+            store.close()
+            return
         scheduler = self._scheduler or build_scheduler(cfg)
         metrics = Metrics()
         sup = Supervisor(cfg.core, self.clock, store, scheduler, policy, metrics, self._publish)
         self.sup = sup
         await ops.load(sup)
-        service = DaemonService(sup, broker_connected=lambda: self.connected)
+        service = DaemonService(sup, broker_connected=lambda: self.connected,
+                                leader=lambda: self.leader)
         api = ApiServer(create_app(service, metrics), cfg.api_host, cfg.api_port)
         await api.start()
         self.api_url = api.url
@@ -136,8 +145,37 @@ class Daemon:
             await asyncio.gather(*sup.tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await store.flush()
+            if self.leader:
+                with contextlib.suppress(Exception):
+                    await store.call(store.store.release_lease, LEASE, self.holder)
             await api.stop()
             store.close()
+
+    @property
+    def holder(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+
+    async def _lead(self, store: AsyncStore, stop: asyncio.Event) -> bool:
+        """Wait until this daemon holds the leader lease (a standby waits here)."""
+        announced = False
+        while not stop.is_set():
+            if await store.call(store.store.acquire_lease, LEASE, self.holder,
+                                self.cfg.lease_ttl_s, self.clock.now()):
+                self.leader = True
+                return True
+            if not announced:
+                log.info("standing by: another daemon holds the leader lease")
+                announced = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.cfg.lease_ttl_s / 3)
+        return False
+
+    async def _renew(self, store: AsyncStore, stop: asyncio.Event) -> None:
+        if not await store.call(store.store.acquire_lease, LEASE, self.holder,
+                                self.cfg.lease_ttl_s, self.clock.now()):
+            log.error("lost the leader lease to another daemon; stopping")
+            self.leader = False
+            stop.set()
 
     def _reload_policy(self) -> None:
         if self.sup is None:
@@ -179,8 +217,14 @@ class Daemon:
             backoff = min(backoff * 2, 10.0)
 
     async def _tick_loop(self, sup: Supervisor, notifier: Any, stop: asyncio.Event) -> None:
+        last_renew = self.clock.monotonic()
         while not stop.is_set():
             try:
+                if self.clock.monotonic() - last_renew >= self.cfg.lease_ttl_s / 3:
+                    last_renew = self.clock.monotonic()
+                    await self._renew(sup.store, stop)
+                    if stop.is_set():
+                        return
                 await sup.tick()
                 counts: dict[str, int] = {}
                 for n in sup.state.nodes.values():

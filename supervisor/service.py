@@ -20,10 +20,12 @@ VERSION = "0.1.0"
 class DaemonService:
     """Implements :class:`supervisor.operator.OperatorService` over a running Supervisor."""
 
-    def __init__(self, sup: Supervisor, *, broker_connected: Any = None) -> None:
+    def __init__(self, sup: Supervisor, *, broker_connected: Any = None,
+                 leader: Any = None) -> None:
         self.sup = sup
         self.started_at = time.time()
         self._broker_connected = broker_connected or (lambda: True)
+        self._leader = leader or (lambda: True)
 
     # -- nodes -----------------------------------------------------------------------
 
@@ -139,7 +141,7 @@ class DaemonService:
 
     def status(self) -> dict[str, Any]:
         broker = bool(self._broker_connected())
-        return {"ok": broker, "broker": broker, "db": True, "leader": True,
+        return {"ok": broker, "broker": broker, "db": True, "leader": bool(self._leader()),
                 "started_at": self.started_at, "version": VERSION,
                 "nodes": len(self.sup.state.nodes), "runs": len(self.sup.state.runs),
                 "rejected_messages": self.sup.rejected}

@@ -40,6 +40,8 @@ def register(sub: Any) -> None:
     p.add_argument("--hang-floor", type=float, default=30.0)
     p.add_argument("--hang-k", type=float, default=2.0)
     p.add_argument("--startup-timeout", type=float, default=300.0)
+    p.add_argument("--client-id", default="trainwarden-daemon",
+                   help="MQTT client id; the broker keeps this daemon's session under it")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         api_host=ahost, api_port=aport, scheduler=args.scheduler,
         local_nodes=tuple(n for n in args.local_nodes.split(",") if n),
         local_log_dir=args.local_log_dir, slurm_conf=args.slurm_conf,
-        policy_file=args.policy, mode=args.mode,
+        policy_file=args.policy, mode=args.mode, client_id=args.client_id,
         core=CoreConfig(heartbeat_misses=args.heartbeat_misses,
                         will_confirm_s=args.will_confirm, hang_floor_s=args.hang_floor,
                         hang_k=args.hang_k, startup_timeout_s=args.startup_timeout),
