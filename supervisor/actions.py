@@ -44,7 +44,7 @@ async def perform(sup: Supervisor, d: Decision, action_id: int) -> tuple[bool, s
             log.warning("ALERT %s%s: %s", req.node or "", req.run or "", req.reason)
             return True, "alert logged"
         if req.kind is ActionKind.VET and req.node:
-            return False, "vetting a node through the daemon is not supported yet"
+            return await _vet(sup, d)
     except SchedulerError as exc:
         return False, f"{sup.scheduler.name} refused: {exc}"
     return False, f"{req.kind.value} needs a {'node' if req.node is None else 'run'}"
@@ -87,6 +87,22 @@ async def _undrain(sup: Supervisor, d: Decision) -> tuple[bool, str]:
                          [c for c in sup.book.all() if c.subject == node.name])
     await sup.save_node(node)
     return True, f"{node.name} returned to service"
+
+
+async def _vet(sup: Supervisor, d: Decision) -> tuple[bool, str]:
+    """Start vetting a node trainwarden drained: it returns to service once its agent has
+    reported healthy for the vetting period with no condition set (see Supervisor.tick)."""
+    node = sup.state.node(d.request.node or "")
+    if node.drained_by != "trainwarden" and d.request.actor is not Actor.OPERATOR:
+        return False, f"{node.name} was not drained by trainwarden; only an operator may vet it"
+    try:
+        node.move(NodePhase.VETTING)
+    except LifecycleError as exc:
+        return False, str(exc)
+    node.vet_started_at = sup.clock.now()
+    await sup.save_node(node)
+    return True, (f"vetting {node.name}: back in service after "
+                  f"{sup.config.vet_period_s:.0f} s of healthy reports")
 
 
 async def _restart(sup: Supervisor, d: Decision) -> tuple[bool, str]:

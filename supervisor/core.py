@@ -28,21 +28,25 @@ from health.report import (
     StepReport,
     parse_message,
 )
+from policies.engine import PolicyEngine
 from policies.model import (
     ActionKind,
     ActionRecordView,
+    ActionRequest,
     Actor,
     Condition,
     ConditionType,
     Decision,
     Event,
     EventKind,
+    GuardVerdict,
     Verdict,
 )
 from supervisor.detectors.conditions import ConditionBook
 from supervisor.detectors.node_faults import NodeHealthTracker, Observation
 from supervisor.detectors.progress import ProgressTracker
 from supervisor.lifecycle import LifecycleError, NodePhase, RunPhase
+from supervisor.metrics import Metrics
 from supervisor.persist import AsyncStore
 from supervisor.runs import RunManager
 from supervisor.scheduler.base import JobState, Scheduler
@@ -51,23 +55,6 @@ from supervisor.state import ClusterState, NodeInfo, RunInfo
 log = logging.getLogger(__name__)
 
 Publisher = Callable[[str, bytes], Awaitable[None]]
-
-
-class PolicyLike:
-    """What the core needs from the policy engine (``policies.engine.PolicyEngine``)."""
-
-    def on_condition(self, cond: Condition, view: Any, history: Sequence[Event]
-                     ) -> list[Decision]:
-        raise NotImplementedError
-
-    def on_event(self, event: Event, view: Any, history: Sequence[Event]) -> list[Decision]:
-        raise NotImplementedError
-
-    def tick(self, view: Any) -> list[Decision]:
-        raise NotImplementedError
-
-    def record_result(self, decision: Decision, ok: bool, ts: float) -> None:
-        raise NotImplementedError
 
 
 @dataclass
@@ -80,6 +67,7 @@ class CoreConfig:
     settle_s: float = 3.0  # after an attempt dies, wait this long for the node fault to show
     checkpoint_wait_s: float = 120.0  # checkpoint-before-eviction bound
     scheduler_sync_s: float = 5.0  # how often the scheduler's node states are read
+    vet_period_s: float = 60.0  # healthy reports needed before a vetted node returns
     xid_overrides: dict[int | str, str] = field(default_factory=dict)
 
 
@@ -87,7 +75,7 @@ class Supervisor:
     """Owns the state, the detectors and the run manager; asks the policy what to do."""
 
     def __init__(self, config: CoreConfig, clock: Clock, store: AsyncStore,
-                 scheduler: Scheduler, policy: Any, metrics: Any,
+                 scheduler: Scheduler, policy: PolicyEngine, metrics: Metrics,
                  publish: Publisher | None = None) -> None:
         self.config = config
         self.clock = clock
@@ -154,7 +142,7 @@ class Supervisor:
 
     async def _reject(self, why: str, now: float) -> None:
         self.rejected += 1
-        self.metrics.message_rejected(why.split(":", maxsplit=1)[0][:40])
+        self.metrics.message_rejected(why)
         # Log and record the first ones and then one in a hundred: a flood must not
         # become a flood of log lines and rows.
         if self.rejected <= 20 or self.rejected % 100 == 0:
@@ -219,13 +207,16 @@ class Supervisor:
                 self.metrics.detection(cond.type.value, max(0.0, latency))
         for name in {o.event.node for o in obs if o.event.node}:
             self._update_phase(name)
-        if not changed:
-            return
-        await self.store.call(self.store.store.save_conditions, changed)
+        if changed:
+            await self.store.call(self.store.store.save_conditions, changed)
         view = self.view()
+        history = list(self.history)
+        decisions: list[Decision] = []
         for cond in changed:
-            decisions = self.policy.on_condition(cond, view, list(self.history))
-            self.execute(decisions)
+            decisions += self.policy.on_condition(cond, view, history)
+        for o, eid in zip(obs, ids, strict=True):
+            decisions += self.policy.on_event(_with_id(o.event, eid), view, history)
+        self.execute(decisions)
 
     def _update_phase(self, name: str) -> None:
         """Derive a node's phase from its conditions and liveness (drains are actions')."""
@@ -272,6 +263,7 @@ class Supervisor:
         obs = self.nodes.tick(now) + self.progress.tick(now)
         if obs:
             await self.observe(obs)
+        await self._vetting(now)
         self.execute(self.policy.tick(self.view()))
         await self.store.flush()
 
@@ -312,6 +304,30 @@ class Supervisor:
             self.store.batch.nodes.append(self._node_record(node))
         if events:
             await self.record_events(events)
+
+    async def _vetting(self, now: float) -> None:
+        """Nodes being vetted: back to service when healthy long enough, else drained again."""
+        for node in list(self.state.nodes.values()):
+            if node.phase is not NodePhase.VETTING or node.vet_started_at is None:
+                continue
+            bad = self.book.types_of(node.name) & {
+                ConditionType.NODE_DEAD, ConditionType.GPU_FATAL, ConditionType.NODE_UNHEALTHY}
+            if bad:
+                node.move(NodePhase.DRAINED)
+                node.vet_started_at = None
+                await self.record_events([Event(now, EventKind.CONDITION_CHANGED, node=node.name,
+                                                message="vetting failed: "
+                                                        + ", ".join(sorted(bad)))])
+                await self.save_node(node)
+                continue
+            fresh = (node.last_report_at or 0) > node.vet_started_at
+            if fresh and now - node.vet_started_at >= self.config.vet_period_s:
+                node.vet_started_at = None
+                await self.carry_out(Decision(
+                    ActionRequest(ActionKind.UNDRAIN, Actor.RULE, "vetting passed: healthy "
+                                  f"reports for {self.config.vet_period_s:.0f} s",
+                                  node=node.name, rule="vet"),
+                    Verdict.ALLOW, (GuardVerdict("vetting", True, "no condition set"),)))
 
     async def _after_attempt_failed(self, run: RunInfo, attempt: int, state: JobState) -> None:
         """Give node detections a moment to arrive, then let the policy decide."""

@@ -113,6 +113,7 @@ class Daemon:
         metrics = Metrics()
         sup = Supervisor(cfg.core, self.clock, store, scheduler, policy, metrics, self._publish)
         self.sup = sup
+        metrics.set_leader(True)
         await ops.load(sup)
         service = DaemonService(sup, broker_connected=lambda: self.connected,
                                 leader=lambda: self.leader)
@@ -175,6 +176,8 @@ class Daemon:
                                 self.cfg.lease_ttl_s, self.clock.now()):
             log.error("lost the leader lease to another daemon; stopping")
             self.leader = False
+            if self.sup is not None:
+                self.sup.metrics.set_leader(False)
             stop.set()
 
     def _reload_policy(self) -> None:

@@ -113,16 +113,21 @@ async def resolve_queued(sup: Supervisor, action_id: int, *, approve: bool, who:
                                             f"{who}: {reason}",
                                     data={"action_id": action_id, "who": who,
                                           "approved": approve})])
-    if not approve:
-        await sup.store.call(st.update_action, action_id, status="rejected",
-                              result=f"rejected by {who}: {reason}", finished_at=now)
+    queued = Decision(rec.request, Verdict.QUEUED, rec.guards)
+    resolved = sup.policy.resolve(queued, approve, sup.view(), who)
+    if resolved.verdict is not Verdict.ALLOW:
+        why = reason if not approve else "; ".join(
+            g.detail for g in resolved.guards if not g.passed) or resolved.verdict.value
+        await sup.store.call(st.update_action, action_id,
+                             status="rejected" if not approve else "skipped",
+                             result=f"{'rejected' if not approve else 'approved'} by {who}: "
+                                    f"{why}", finished_at=now)
         return
     await sup.store.call(st.update_action, action_id, status="approved",
-                          result=f"approved by {who}", finished_at=None)
-    decision = Decision(rec.request, Verdict.ALLOW, rec.guards)
-    ok, result = await perform(sup, decision, action_id)
+                         result=f"approved by {who}", finished_at=None)
+    ok, result = await perform(sup, resolved, action_id)
     await sup.store.call(st.update_action, action_id,
-                          status="succeeded" if ok else "failed",
-                          result=f"approved by {who}; {result}",
-                          finished_at=sup.clock.now())
-    sup.policy.record_result(decision, ok, sup.clock.now())
+                         status="succeeded" if ok else "failed",
+                         result=f"approved by {who}; {result}",
+                         finished_at=sup.clock.now())
+    sup.policy.record_result(resolved, ok, sup.clock.now())

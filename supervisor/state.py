@@ -64,6 +64,7 @@ class NodeInfo:
     last_report_at: float | None = None
     returned_at: float | None = None
     run: str | None = None
+    vet_started_at: float | None = None
 
     def move(self, target: NodePhase) -> None:
         self.phase = node_move(self.phase, target)

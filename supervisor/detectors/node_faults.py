@@ -53,6 +53,7 @@ class NodeLiveness:
     stopped: bool = False
     dead: bool = False
     gpu_fatal: bool = False
+    restarted_since_fatal: bool = False  # the agent came back (a reboot, a repair)
     unhealthy: bool = False
     degraded: bool = False
     seen_faults: set[tuple[str, int | None, int | None]] = field(default_factory=set)
@@ -105,6 +106,8 @@ class NodeHealthTracker:
         out: list[Observation] = []
         if n.dead or n.offline_since is not None or n.stopped or first:
             was_dead = n.dead
+            if n.gpu_fatal and not first:
+                n.restarted_since_fatal = True
             n.dead = False
             n.offline_since = None
             n.stopped = False
@@ -164,8 +167,19 @@ class NodeHealthTracker:
     def on_health(self, node: str, report: HealthReport, now: float) -> list[Observation]:
         """A periodic report: new faults become events; NodeUnhealthy/Degraded follow it."""
         faults = [f.to_fault() for p in report.probes for f in p.faults]
-        out = self.on_faults(node, faults, now)
         n = self.node(node)
+        out: list[Observation] = []
+        gpu_fatal_now = any(self._classify(f).severity is Severity.FATAL
+                            and f.kind in GPU_FAULT_KINDS for f in faults)
+        if n.gpu_fatal and n.restarted_since_fatal and not gpu_fatal_now:
+            # A GPU fault is sticky until the node has been through a restart (a reboot, a
+            # repair) and then reports its GPUs healthy.
+            n.gpu_fatal = n.restarted_since_fatal = False
+            n.seen_faults.clear()
+            msg = "GPUs healthy after the node came back"
+            out.append(Observation(Event(now, EventKind.CONDITION_CHANGED, node=node,
+                                         message=msg), node, ConditionType.GPU_FATAL, False, msg))
+        out += self.on_faults(node, faults, now)
         bad = [p for p in report.probes if p.health is Health.UNHEALTHY
                and not any(self._classify(f.to_fault()).kind in GPU_FAULT_KINDS
                            and f.severity is Severity.FATAL for f in p.faults)]
@@ -224,6 +238,7 @@ class NodeHealthTracker:
         n = self.node(node)
         out: list[Observation] = []
         n.seen_faults.clear()
+        n.restarted_since_fatal = False
         if n.gpu_fatal:
             n.gpu_fatal = False
             out.append(Observation(Event(0.0, EventKind.CONDITION_CHANGED, node=node,

@@ -56,8 +56,8 @@ async def sup(tmp_path: Path) -> AsyncIterator[Supervisor]:
     store.close()
 
 
-async def until(pred: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
+async def until(pred: Callable[[], bool], within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
     while not pred():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
@@ -205,3 +205,43 @@ async def test_drains_made_outside_trainwarden_are_reflected_and_kept(
     _id, ok, result = await sup.carry_out(undrain)
     assert not ok and "only an operator" in result
     assert {n.name: n.state for n in await sup.scheduler.nodes()}["n3"] is NodeState.DRAINED
+
+
+async def test_a_node_that_comes_back_is_vetted_then_returned(tmp_path: Path) -> None:
+    from importlib import resources
+
+    from health.probes.base import Health
+    from health.report import HealthReport
+
+    text = resources.files("policies").joinpath("data/default.yaml").read_text()
+    (tmp_path / "p.yaml").write_text(text.replace("cooldown: 10m", "cooldown: 0s"))
+    url = f"sqlite:///{tmp_path / 'tw.db'}"
+    upgrade(url)
+    store = AsyncStore(open_store(url))
+    s = Supervisor(CoreConfig(will_confirm_s=0.2, vet_period_s=0.5), SystemClock(), store,
+                   LocalScheduler(NODES, tmp_path / "logs"),
+                   PolicyEngine(load_policy(tmp_path / "p.yaml")), Metrics())
+    try:
+        await beat(s, *NODES)
+        await s.handle(node_topic("n3", "status"),
+                       encode(NodeStatus(node="n3", state="offline", reason="connection lost")))
+        await asyncio.sleep(0.3)
+        await s.tick()
+        await until(lambda: s.state.nodes["n3"].phase is NodePhase.DRAINED)
+        await until(lambda: not s.tasks)
+        await beat(s, "n3")  # the agent is back: NodeDead clears -> vet
+        await until(lambda: s.state.nodes["n3"].phase is NodePhase.VETTING)
+        report = HealthReport(node="n3", ts=time.time(), seq=1, overall=Health.HEALTHY,
+                              probes=[])
+        await s.handle(node_topic("n3", "health"), encode(report))
+        await asyncio.sleep(0.6)
+        await beat(s, *NODES)
+        await s.tick()
+        await until(lambda: s.state.nodes["n3"].phase is NodePhase.HEALTHY)
+        kinds = [a.kind for a in store.store.actions(node="n3")]
+        assert kinds == [ActionKind.UNDRAIN, ActionKind.VET, ActionKind.DRAIN]
+        assert {n.name: n.state for n in await s.scheduler.nodes()}["n3"] is NodeState.IDLE
+    finally:
+        for t in list(s.tasks):
+            t.cancel()
+        store.close()

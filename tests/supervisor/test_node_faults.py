@@ -108,3 +108,19 @@ def test_condition_book_changes_only_on_real_transitions() -> None:
     assert kept is not None and kept.since == T0 and kept.evidence == (7, 8)
     cleared = book.apply("n1", ConditionType.NODE_DEAD, False, "back", T0 + 9)
     assert cleared is not None and not cleared.status and cleared.since == T0 + 9
+
+
+def test_gpu_fault_is_sticky_until_the_node_came_back_with_healthy_gpus() -> None:
+    t = NodeHealthTracker(will_confirm_s=1.0)
+    t.on_heartbeat("n5", T0, 1.0)
+    xid = Fault(fk.XID, Severity.FATAL, "", gpu=3, code=79)
+    t.on_faults("n5", [xid], T0 + 1)
+    healthy = _report("n5", Health.HEALTHY)
+    assert t.on_health("n5", healthy, T0 + 2) == []  # same boot: still fatal
+    t.on_status("n5", "offline", "connection lost", T0 + 3)  # reboot for the repair
+    t.tick(T0 + 5)
+    t.on_heartbeat("n5", T0 + 300, 1.0)
+    obs = t.on_health("n5", healthy, T0 + 301)
+    assert conds(obs) == [("n5", ConditionType.GPU_FATAL, False)]
+    # and the same XID again after the repair is a new fault
+    assert conds(t.on_faults("n5", [xid], T0 + 400)) == [("n5", ConditionType.GPU_FATAL, True)]
