@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 Value = float | int | str | bool | None
 
@@ -107,3 +107,11 @@ class EventWatcher(Protocol):
     def name(self) -> str: ...
 
     def poll(self, timeout_s: float) -> list[Fault]: ...
+
+
+@runtime_checkable
+class HangSymptom(Protocol):
+    """A probe whose hang is itself the finding (a stuck mount): the runner asks it for
+    the verdict instead of reporting ``unknown`` when ``check`` runs past the timeout."""
+
+    def on_hang(self, timeout_s: float) -> CheckResult: ...
