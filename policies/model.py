@@ -165,3 +165,30 @@ class ClusterView:
     nodes: Mapping[str, NodeView]
     runs: Mapping[str, RunView]
     recent_actions: tuple[ActionRecordView, ...] = ()
+
+
+class IncidentKind(StrEnum):
+    """Why automation stopped and a person should look."""
+
+    CORRELATED = "correlated-failure"  # many nodes, one shared cause: a cluster event
+    CRASH_LOOP = "crash-loop"  # the run keeps dying at the same step / right after restart
+    RESTART_BUDGET = "restart-budget"  # too many restarts in the window
+    LEMON_NODE = "lemon-node"  # failed again soon after being returned to service
+
+
+@dataclass(frozen=True)
+class Incident:
+    """Something automation will not fix by itself; ``cleared_at`` is None while open."""
+
+    id: str
+    kind: IncidentKind
+    subject: str  # the shared cause, the run or the node
+    opened_at: float
+    detail: str
+    nodes: tuple[str, ...] = ()
+    cleared_at: float | None = None
+    evidence: tuple[int, ...] = ()
+
+    @property
+    def open(self) -> bool:
+        return self.cleared_at is None

@@ -1,0 +1,179 @@
+"""The simulated cluster and training run: node faults, drains, allocation, progress, checkpoints.
+
+Pure state in virtual time; no policy here. Training progress is counted in seconds of
+nominal training: it advances at ``1 / slowdown`` while the run is running, periodic
+checkpoints fall every ``checkpoint_interval`` of progress, and a failure rolls progress
+back to the last checkpoint. ETTR = kept progress / wall time, so lost work, restart time,
+hangs and time blocked by guards all count against it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from policies.model import ConditionType, NodeView, RunView
+from supervisor.sim.scenario import FaultSpec, RunSpec
+
+CONDITION_OF = {
+    "gpu-fatal": ConditionType.GPU_FATAL,
+    "node-dead": ConditionType.NODE_DEAD,
+    "node-unhealthy": ConditionType.NODE_UNHEALTHY,
+    "node-degraded": ConditionType.NODE_DEGRADED,
+    "straggler": ConditionType.STRAGGLER,
+}
+
+
+class RunState(StrEnum):
+    RUNNING = "running"
+    RESTARTING = "restarting"  # resubmitted; paying the restart cost
+    PENDING = "pending"  # not enough schedulable nodes
+    HUNG = "hung"
+    DOWN = "down"  # failed, waiting for a decision
+
+
+@dataclass
+class SimNode:
+    name: str
+    faults: list[FaultSpec] = field(default_factory=list)
+    detected: set[ConditionType] = field(default_factory=set)
+    causes: set[str] = field(default_factory=set)
+    drained: bool = False
+    by_trainwarden: bool = False
+    returned_at: float | None = None
+    run: str | None = None
+
+    @property
+    def dead(self) -> bool:
+        return any(f.kind == "node-dead" for f in self.faults)
+
+    def local_fault(self) -> bool:
+        """A fault of the node itself (shared-cause faults are not the node's fault)."""
+        return any(f.cause is None for f in self.faults)
+
+    def view(self) -> NodeView:
+        return NodeView(
+            self.name,
+            self.run,
+            self.drained,
+            self.by_trainwarden,
+            self.returned_at,
+            frozenset(self.detected),
+            frozenset(self.causes),
+        )
+
+
+@dataclass
+class SimRun:
+    spec: RunSpec
+    alloc: list[str] = field(default_factory=list)
+    state: RunState = RunState.RUNNING
+    progress: float = 0.0
+    ckpt: float = 0.0
+    updated: float = 0.0
+    attempt: int = 1
+    restarts: int = 0
+    restart_times: list[float] = field(default_factory=list)
+    failure_steps: list[int | None] = field(default_factory=list)
+    slowdown: float = 1.0
+    lost_work_s: float = 0.0
+    checkpoints: int = 0
+    time_in: dict[str, float] = field(default_factory=dict)  # wall seconds per state
+
+    def step(self) -> int:
+        return int(self.progress // self.spec.step_s)
+
+    def set_state(self, now: float, state: RunState) -> None:
+        self.advance(now)
+        self.state = state
+
+    def advance(self, now: float) -> None:
+        if now > self.updated:
+            self.time_in[self.state.value] = self.time_in.get(self.state.value, 0.0) + (
+                now - self.updated
+            )
+        if self.state is RunState.RUNNING and now > self.updated:
+            self.progress += (now - self.updated) / self.slowdown
+            periodic = math.floor(self.progress / self.spec.checkpoint_interval_s)
+            periodic_at = periodic * self.spec.checkpoint_interval_s
+            if periodic_at > self.ckpt:
+                self.checkpoints += max(
+                    1, int((periodic_at - self.ckpt) // self.spec.checkpoint_interval_s)
+                )
+                self.ckpt = periodic_at
+        self.updated = now
+
+    def lose(self, now: float) -> None:
+        """The attempt is gone: work since the last checkpoint is lost."""
+        self.advance(now)
+        self.lost_work_s += self.progress - self.ckpt
+        self.progress = self.ckpt
+
+    def view(self) -> RunView:
+        active = self.state is not RunState.DOWN
+        return RunView(
+            self.spec.name,
+            tuple(self.alloc),
+            active,
+            self.attempt,
+            self.restarts,
+            tuple(self.restart_times),
+            tuple(self.failure_steps),
+            self.step(),
+        )
+
+
+class SimCluster:
+    """Nodes plus one run; allocation is what a scheduler would do (drained/dead nodes skipped)."""
+
+    def __init__(self, names: list[str], run: RunSpec) -> None:
+        self.nodes = {n: SimNode(n) for n in names}
+        self.order = names
+        self.run = SimRun(run)
+        self.views: dict[str, NodeView] = {}
+        self.allocate(now=0.0, exclude=())
+        for n in names:
+            self.refresh(n)
+
+    def refresh(self, name: str) -> None:
+        self.views[name] = self.nodes[name].view()
+
+    def schedulable(self, name: str, exclude: set[str]) -> bool:
+        n = self.nodes[name]
+        return not n.drained and not n.dead and name not in exclude
+
+    def allocate(self, now: float, exclude: tuple[str, ...]) -> bool:
+        """Choose nodes for the run: keep good ones, fill from free nodes. False if short."""
+        excl = set(exclude)
+        old = list(self.run.alloc)
+        keep = [n for n in old if self.schedulable(n, excl)]
+        taken = set(keep)
+        need = self.run.spec.nodes - len(keep)
+        for name in self.order:
+            if need <= 0:
+                break
+            if name not in taken and self.nodes[name].run is None and self.schedulable(name, excl):
+                keep.append(name)
+                taken.add(name)
+                need -= 1
+        ok = need <= 0
+        new = keep if ok else []
+        for name in old:
+            if name not in taken or not ok:
+                self.nodes[name].run = None
+                self.refresh(name)
+        for name in new:
+            if self.nodes[name].run is None:
+                self.nodes[name].run = self.run.spec.name
+                self.refresh(name)
+        self.run.alloc = new
+        return ok
+
+    def recompute_slowdown(self) -> None:
+        slow = 1.0
+        for name in self.run.alloc:
+            for f in self.nodes[name].faults:
+                if f.effect == "slow":
+                    slow = max(slow, f.slowdown)
+        self.run.slowdown = slow
