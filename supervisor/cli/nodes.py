@@ -1,0 +1,66 @@
+"""``trainwarden nodes``: every compute node, its state, its run and why it is drained."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from supervisor.client import add_api_arguments
+
+STATE_STYLE = {
+    "healthy": "green",
+    "suspect": "yellow",
+    "failed": "bold red",
+    "draining": "magenta",
+    "drained": "red",
+    "vetting": "cyan",
+    "unknown": "dim",
+}
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "nodes", help="list compute nodes and their state",
+        description="List the compute nodes the daemon knows, with state, run and conditions.",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON rows for scripts")
+    parser.add_argument("--state", default=None, help="only nodes in this state")
+    add_api_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from supervisor.client import client_for, console, fmt_age, print_json
+
+    rows = client_for(args).nodes()
+    if args.state:
+        rows = [r for r in rows if r.state == args.state]
+    if args.json:
+        print_json(rows)
+        return 0
+    out = console()
+    if not rows:
+        out.print("no nodes known" + (f" in state {args.state}" if args.state else ""))
+        return 0
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("NODE", "STATE", "SCHEDULER", "RUN", "HEARTBEAT", "CONDITIONS", "DRAIN"):
+        table.add_column(column)
+    for r in rows:
+        drain = f"{r.drained_by}: {r.drain_reason or ''}".rstrip(": ") if r.drained_by else ""
+        table.add_row(
+            r.name,
+            f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]",
+            r.scheduler_state or "-",
+            r.run or "-",
+            fmt_age(r.last_heartbeat_at),
+            ",".join(r.conditions) or "-",
+            drain,
+        )
+    out.print(table)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    out.print(f"{len(rows)} nodes: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return 0

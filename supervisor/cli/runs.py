@@ -1,0 +1,173 @@
+"""``trainwarden runs``: supervised training runs; ``runs add`` and ``runs restart``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from supervisor.client import add_api_arguments
+
+STATE_STYLE = {"running": "green", "restarting": "yellow", "failed": "bold red",
+               "completed": "cyan", "pending": "dim", "stopped": "dim"}
+
+
+class _CommandAfterDashes(argparse.ArgumentParser):
+    """Takes everything after the first ``--`` as the job's command (``args.job_command``).
+
+    argparse alone cannot mix a leading positional (NAME), options and a trailing
+    command that has options of its own, on Python 3.11.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        words = list(sys.argv[1:] if args is None else args)
+        command: list[str] = []
+        if "--" in words:
+            cut = words.index("--")
+            words, command = words[:cut], words[cut + 1 :]
+        ns, extras = super().parse_known_args(words, namespace)
+        ns.job_command = command
+        return ns, extras
+
+
+def register(subparsers: Any) -> None:
+    runs: argparse.ArgumentParser = subparsers.add_parser(
+        "runs", help="list supervised runs; add or restart one",
+        description="List supervised training runs. `runs add` puts a new run under "
+        "supervision; `runs restart` restarts one from its last valid checkpoint.",
+    )
+    runs.add_argument("--json", action="store_true", help="print JSON rows for scripts")
+    add_api_arguments(runs)
+    runs.set_defaults(func=run_list)
+    sub = runs.add_subparsers(dest="runs_command", metavar="{add,restart}",
+                              parser_class=_CommandAfterDashes)
+
+    add: argparse.ArgumentParser = sub.add_parser(
+        "add", help="put a new run under supervision",
+        description="Submit a new run. Everything after `--` is the command: for the local "
+        "scheduler the command each node runs, for Slurm the sbatch script and its arguments.",
+        usage="trainwarden runs add NAME --scheduler {local,slurm} --nodes N "
+        "--checkpoint-dir DIR [--target-step N] [--env K=V ...] -- COMMAND...",
+    )
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--scheduler", choices=("local", "slurm"), required=True)
+    add.add_argument("--nodes", type=int, required=True, help="number of nodes")
+    add.add_argument("--checkpoint-dir", required=True, metavar="DIR",
+                     help="where the run writes checkpoints (made absolute here)")
+    add.add_argument("--target-step", type=int, default=None, metavar="N",
+                     help="the run is complete at this step")
+    add.add_argument("--env", action="append", default=[], metavar="K=V",
+                     help="environment for the job (repeatable)")
+    add.add_argument("--who", default=None, help="operator name (default: $SUDO_USER or $USER)")
+    add.add_argument("--json", action="store_true", help="print the new run as JSON")
+    add_api_arguments(add)
+    add.set_defaults(func=run_add)
+
+    restart: argparse.ArgumentParser = sub.add_parser(
+        "restart", help="restart a run from its last valid checkpoint",
+        description="Stop RUN and resubmit it from its newest valid checkpoint.",
+    )
+    restart.add_argument("run", metavar="RUN")
+    restart.add_argument("--reason", required=True, help="why (recorded)")
+    restart.add_argument("--who", default=None, help="operator name (default: $SUDO_USER or $USER)")
+    restart.add_argument("--json", action="store_true", help="print the recorded action as JSON")
+    add_api_arguments(restart)
+    restart.set_defaults(func=run_restart)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from supervisor.client import client_for, console, print_json
+
+    rows = client_for(args).runs()
+    if args.json:
+        print_json(rows)
+        return 0
+    out = console()
+    if not rows:
+        out.print("no runs under supervision")
+        return 0
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("RUN", "SCHEDULER", "STATE", "ATTEMPT", "RESTARTS", "NODES", "STEP",
+                   "CHECKPOINT", "RESUMED FROM"):
+        table.add_column(column)
+    for r in rows:
+        style = STATE_STYLE.get(r.state, "")
+        step = "-" if r.last_step is None else str(r.last_step)
+        if r.target_step is not None:
+            step += f"/{r.target_step}"
+        table.add_row(
+            r.name, r.scheduler, f"[{style}]{r.state}[/]" if style else r.state,
+            str(r.attempt), str(r.restarts), _nodes(r.nodes), step,
+            _opt(r.last_checkpoint_step), _opt(r.resumed_from_step),
+        )
+    out.print(table)
+    return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from supervisor.client import client_for, console, default_who, print_json
+    from supervisor.errors import SupervisorError
+    from supervisor.operator import RunSpecIn
+
+    command = list(args.job_command)
+    if not command:
+        raise SupervisorError("no command given: put it after `--`, e.g. -- python train.py")
+    env: dict[str, str] = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SupervisorError(f"--env {item!r} is not of the form KEY=VALUE")
+        env[key] = value
+    try:
+        spec = RunSpecIn(
+            name=args.name,
+            scheduler=args.scheduler,
+            command=command,
+            nodes=args.nodes,
+            checkpoint_dir=os.path.abspath(args.checkpoint_dir),
+            env=env,
+            target_step=args.target_step,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SupervisorError(
+            f"invalid run {where}: {first['msg'].removeprefix('Value error, ')}"
+        ) from None
+    row = client_for(args).add_run(spec, args.who or default_who())
+    if args.json:
+        print_json(row)
+    else:
+        console().print(f"run {row.name} added ({row.scheduler}, {len(row.nodes) or spec.nodes} "
+                        f"nodes): state {row.state}, attempt {row.attempt}", markup=False)
+    return 0
+
+
+def run_restart(args: argparse.Namespace) -> int:
+    from supervisor.cli.actions import report_action
+    from supervisor.client import client_for, default_who
+    from supervisor.errors import SupervisorError
+
+    if not args.reason.strip():
+        raise SupervisorError("--reason must not be empty: say why the run is restarted")
+    row = client_for(args).restart_run(args.run, args.reason, args.who or default_who())
+    return report_action(row, as_json=args.json)
+
+
+def _nodes(nodes: list[str]) -> str:
+    if not nodes:
+        return "-"
+    shown = ",".join(nodes[:4])
+    return shown + (f",... ({len(nodes)})" if len(nodes) > 4 else "")
+
+
+def _opt(value: int | None) -> str:
+    return "-" if value is None else str(value)

@@ -1,0 +1,319 @@
+"""The operator API over real HTTP: routes, JSON shapes, and a clear 4xx for every bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+from memory_service import MemoryService
+from prometheus_client import CollectorRegistry
+
+from supervisor.api import ApiServer, create_app
+from supervisor.errors import SupervisorError
+from supervisor.metrics import Metrics
+from supervisor.operator import ActionRow, EventRow, Explanation, NodeRow, RunRow
+
+RUN_SPEC: dict[str, Any] = {
+    "name": "finetune-7b",
+    "scheduler": "local",
+    "command": ["python", "train.py", "--lr", "3e-4"],
+    "nodes": 2,
+    "checkpoint_dir": "/scratch/ckpt/finetune-7b",
+    "env": {"OMP_NUM_THREADS": "8"},
+    "target_step": 5000,
+    "who": "alice",
+}
+
+
+async def _json(resp: aiohttp.ClientResponse, status: int) -> Any:
+    body = await resp.json()
+    assert resp.status == status, body
+    assert resp.content_type == "application/json"
+    return body
+
+
+async def _error(resp: aiohttp.ClientResponse, status: int) -> str:
+    body = await _json(resp, status)
+    assert set(body) == {"error"}
+    assert "Traceback" not in body["error"]
+    return str(body["error"])
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+async def test_nodes_are_listed_as_rows(http: aiohttp.ClientSession) -> None:
+    body = await _json(await http.get("/api/v1/nodes"), 200)
+    rows = [NodeRow.model_validate(r) for r in body]
+    assert [r.name for r in rows] == ["nid001", "nid002", "nid003", "nid004"]
+    failed = rows[2]
+    assert failed.state == "failed" and failed.conditions == ["GpuFatal"]
+    assert failed.run == "pretrain"
+    assert rows[3].drained_by == "external" and rows[3].drain_reason == "maintenance"
+
+
+async def test_runs_are_listed_as_rows(http: aiohttp.ClientSession) -> None:
+    body = await _json(await http.get("/api/v1/runs"), 200)
+    (run,) = [RunRow.model_validate(r) for r in body]
+    assert (run.name, run.attempt, run.restarts, run.last_checkpoint_step) == (
+        "pretrain", 2, 1, 1000)
+
+
+async def test_events_filters_reach_the_service(
+    http: aiohttp.ClientSession, service: MemoryService
+) -> None:
+    body = await _json(await http.get("/api/v1/events", params={
+        "node": "nid003", "kind": "fault", "limit": "5", "since_id": "0"}), 200)
+    rows = [EventRow.model_validate(r) for r in body]
+    assert [(r.kind, r.node) for r in rows] == [("fault", "nid003")]
+    assert rows[0].data == {"code": 79, "gpu": 2}
+    assert service.calls[-1] == ("list_events", {"limit": 5, "node": "nid003", "run": None,
+                                                 "kind": "fault", "since_id": 0})
+
+
+async def test_events_default_limit_and_order(
+    http: aiohttp.ClientSession, service: MemoryService
+) -> None:
+    body = await _json(await http.get("/api/v1/events"), 200)
+    assert [r["id"] for r in body] == [2, 1]  # newest first
+    assert service.calls[-1][1]["limit"] == 100
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ({"limit": "abc"}, "limit must be an integer, got 'abc'"),
+        ({"limit": "0"}, "limit must be between 1 and 10000, got 0"),
+        ({"limit": "10001"}, "limit must be between 1 and 10000, got 10001"),
+        ({"since_id": "-1"}, "since_id must be at least 0, got -1"),
+        ({"node": "bad/name"}, "invalid node name 'bad/name'"),
+        ({"run": "-run"}, "invalid run name '-run'"),
+        ({"kind": "k" * 65}, "kind must be at most 64 characters"),
+    ],
+)
+async def test_bad_event_queries_are_400(
+    http: aiohttp.ClientSession, query: dict[str, str], message: str
+) -> None:
+    assert message in await _error(await http.get("/api/v1/events", params=query), 400)
+
+
+async def test_actions_by_status(http: aiohttp.ClientSession) -> None:
+    body = await _json(await http.get("/api/v1/actions", params={"status": "pending"}), 200)
+    (row,) = [ActionRow.model_validate(r) for r in body]
+    assert (row.kind, row.actor, row.rule, row.verdict) == (
+        "drain", "rule", "gpu-fatal-drain", "queued")
+    assert row.guards == [{"guard": "max-drains-per-window", "passed": True, "detail": "0/4"}]
+    assert await _json(await http.get("/api/v1/actions?status=succeeded"), 200) == []
+    message = await _error(await http.get("/api/v1/actions?status=done"), 400)
+    assert message.startswith("unknown action status 'done'; use one of: pending")
+
+
+async def test_explain_action_and_event(http: aiohttp.ClientSession) -> None:
+    body = await _json(await http.get("/api/v1/actions/1/explain"), 200)
+    exp = Explanation.model_validate(body)
+    assert exp.subject == "action 1"
+    assert exp.action is not None and exp.action.id == 1
+    assert [e.id for e in exp.events] == [1]
+    assert "because GpuFatal: XID 79 on gpu 2" in exp.lines[0]
+    exp = Explanation.model_validate(await _json(await http.get("/api/v1/events/1/explain"), 200))
+    assert exp.subject == "event 1" and "led to action 1 (drain)" in exp.lines
+
+
+async def test_explain_unknown_or_malformed_id(http: aiohttp.ClientSession) -> None:
+    assert await _error(await http.get("/api/v1/actions/99/explain"), 404) == "unknown action 99"
+    assert await _error(await http.get("/api/v1/events/99/explain"), 404) == "unknown event 99"
+    message = await _error(await http.get("/api/v1/events/x1/explain"), 400)
+    assert message == "event id must be an integer, got 'x1'"
+
+
+# --- operator actions -----------------------------------------------------------------------------
+
+
+async def test_drain_records_an_operator_action(
+    http: aiohttp.ClientSession, service: MemoryService
+) -> None:
+    resp = await http.post("/api/v1/nodes/nid002/drain",
+                           json={"reason": "  bad HBM, ticket 4711 ", "who": "alice"})
+    row = ActionRow.model_validate(await _json(resp, 200))
+    assert (row.kind, row.actor, row.who, row.node, row.status) == (
+        "drain", "operator", "alice", "nid002", "succeeded")
+    assert row.reason == "bad HBM, ticket 4711"  # surrounding whitespace stripped
+    assert service.nodes["nid002"].state == "drained"
+    assert service.nodes["nid002"].drained_by == "operator"
+
+
+async def test_drain_unknown_node_is_404(http: aiohttp.ClientSession) -> None:
+    resp = await http.post("/api/v1/nodes/nosuchnode/drain", json={"reason": "x", "who": "a"})
+    assert await _error(resp, 404) == "unknown node 'nosuchnode'"
+
+
+async def test_service_refusal_is_400_with_its_sentence(http: aiohttp.ClientSession) -> None:
+    resp = await http.post("/api/v1/nodes/nid004/drain", json={"reason": "x", "who": "a"})
+    assert await _error(resp, 400) == "node 'nid004' is already drained (maintenance)"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "request body is not valid JSON: Expecting property name"),
+        (b"\xff\xfe", "request body is not valid JSON"),
+        (b"[1, 2]", "request body must be a JSON object, not list"),
+        (b"", "invalid request: missing field 'reason'; missing field 'who'"),
+        (b'{"who": "a"}', "invalid request: missing field 'reason'"),
+        (b'{"reason": "", "who": "a"}', "invalid request: reason: String should have at least"),
+        (b'{"reason": "x", "who": "a", "force": true}', "unknown field 'force'"),
+        (b'{"reason": 5, "who": "a"}', "reason: Input should be a valid string"),
+    ],
+)
+async def test_malformed_drain_bodies_are_400(
+    http: aiohttp.ClientSession, service: MemoryService, body: bytes, message: str
+) -> None:
+    resp = await http.post("/api/v1/nodes/nid001/drain", data=body,
+                           headers={"Content-Type": "application/json"})
+    assert message in await _error(resp, 400)
+    assert service.nodes["nid001"].state == "healthy"  # nothing changed
+
+
+async def test_invalid_node_name_in_path_is_400(http: aiohttp.ClientSession) -> None:
+    resp = await http.post("/api/v1/nodes/..hidden/drain", json={"reason": "x", "who": "a"})
+    assert "invalid node name '..hidden'" in await _error(resp, 400)
+
+
+async def test_undrain_reason_is_optional(
+    http: aiohttp.ClientSession, service: MemoryService
+) -> None:
+    resp = await http.post("/api/v1/nodes/nid004/undrain", json={"who": "bob"})
+    row = ActionRow.model_validate(await _json(resp, 200))
+    assert row.kind == "undrain" and row.reason == "returned to service by an operator"
+    assert service.nodes["nid004"].state == "healthy"
+
+
+async def test_add_run(http: aiohttp.ClientSession, service: MemoryService) -> None:
+    row = RunRow.model_validate(await _json(await http.post("/api/v1/runs", json=RUN_SPEC), 201))
+    assert (row.name, row.scheduler, row.state, row.target_step) == (
+        "finetune-7b", "local", "pending", 5000)
+    spec = service.specs["finetune-7b"]
+    assert spec.command == ["python", "train.py", "--lr", "3e-4"]
+    assert spec.env == {"OMP_NUM_THREADS": "8"}
+    assert service.calls[-1][1]["who"] == "alice"
+    again = await _error(await http.post("/api/v1/runs", json=RUN_SPEC), 400)
+    assert again == "a run named 'finetune-7b' already exists"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"name": "has space"}, "name: String should match pattern"),
+        ({"scheduler": "pbs"}, "scheduler: Input should be 'local' or 'slurm'"),
+        ({"nodes": 0}, "nodes: Input should be greater than or equal to 1"),
+        ({"command": []}, "command: List should have at least 1 item"),
+        ({"command": [" ", "x"]}, "command: the command's first word (the program) is empty"),
+        ({"checkpoint_dir": "ckpt"}, "checkpoint_dir: checkpoint_dir 'ckpt' is not an absolute"),
+        ({"env": {"1BAD": "x"}}, "env: '1BAD' is not a valid environment variable name"),
+        ({"target_step": -1}, "target_step: Input should be greater than or equal to 0"),
+        ({"who": None}, "who: Input should be a valid string"),
+        ({"gpus": 4}, "unknown field 'gpus'"),
+    ],
+)
+async def test_invalid_run_specs_are_400(
+    http: aiohttp.ClientSession, service: MemoryService, change: dict[str, Any], message: str
+) -> None:
+    resp = await http.post("/api/v1/runs", json={**RUN_SPEC, **change})
+    assert message in await _error(resp, 400)
+    assert "finetune-7b" not in service.runs
+
+
+async def test_restart_run(http: aiohttp.ClientSession, service: MemoryService) -> None:
+    resp = await http.post("/api/v1/runs/pretrain/restart", json={"reason": "hung", "who": "c"})
+    row = ActionRow.model_validate(await _json(resp, 200))
+    assert (row.kind, row.run, row.who) == ("restart-run", "pretrain", "c")
+    assert service.runs["pretrain"].restarts == 2
+    resp = await http.post("/api/v1/runs/nope/restart", json={"reason": "x", "who": "c"})
+    assert await _error(resp, 404) == "unknown run 'nope'"
+
+
+async def test_scheduler_failure_is_502(
+    http: aiohttp.ClientSession, service: MemoryService
+) -> None:
+    service.fail_scheduler = True
+    resp = await http.post("/api/v1/runs/pretrain/restart", json={"reason": "x", "who": "c"})
+    assert await _error(resp, 502) == "sbatch: error: Batch job submission failed"
+
+
+async def test_approve_and_reject(http: aiohttp.ClientSession) -> None:
+    row = await _json(await http.post("/api/v1/actions/1/approve", json={"who": "dana"}), 200)
+    assert (row["status"], row["result"]) == ("approved", "approved by dana")
+    again = await _error(await http.post("/api/v1/actions/1/approve", json={"who": "dana"}), 400)
+    assert again == "action 1 is not awaiting approval (status approved)"
+    resp = await http.post("/api/v1/actions/1/reject", json={"who": "dana"})
+    assert "missing field 'reason'" in await _error(resp, 400)
+    resp = await http.post("/api/v1/actions/7/reject", json={"who": "d", "reason": "no"})
+    assert await _error(resp, 404) == "unknown action 7"
+
+
+# --- plumbing -----------------------------------------------------------------------------------
+
+
+async def test_unknown_route_and_wrong_method_are_json(http: aiohttp.ClientSession) -> None:
+    assert await _error(await http.get("/api/v1/gpus"), 404) == (
+        "no such endpoint: GET /api/v1/gpus")
+    resp = await http.get("/api/v1/nodes/nid001/drain")
+    assert await _error(resp, 405) == (
+        "method GET is not allowed on /api/v1/nodes/nid001/drain (use POST)")
+
+
+async def test_oversized_body_is_413(http: aiohttp.ClientSession) -> None:
+    resp = await http.post("/api/v1/runs", data=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+                           headers={"Content-Type": "application/json"})
+    assert await _error(resp, 413) == "request body is larger than the 1048576-byte limit"
+
+
+class BrokenService(MemoryService):
+    async def list_nodes(self) -> list[NodeRow]:
+        raise RuntimeError("database cursor exploded")
+
+    def status(self) -> dict[str, Any]:
+        raise OSError("disk gone")
+
+
+async def test_unexpected_failure_is_500_without_traceback() -> None:
+    api = ApiServer(create_app(BrokenService(), Metrics(CollectorRegistry())), "127.0.0.1", 0)
+    async with api, aiohttp.ClientSession(base_url=api.url) as http:
+        message = await _error(await http.get("/api/v1/nodes"), 500)
+        assert message == "internal error: RuntimeError: database cursor exploded"
+        body = await _json(await http.get("/healthz"), 503)
+        assert body == {"ok": False, "error": "OSError: disk gone"}
+
+
+async def test_healthz(http: aiohttp.ClientSession, service: MemoryService) -> None:
+    body = await _json(await http.get("/healthz"), 200)
+    assert body["ok"] is True and body["leader"] is True and body["version"] == "0.1.0"
+    service.ok = False
+    body = await _json(await http.get("/healthz"), 503)
+    assert body["db"] is False
+
+
+async def test_metrics_endpoint_counts_requests(http: aiohttp.ClientSession) -> None:
+    await http.get("/api/v1/nodes")
+    await http.post("/api/v1/nodes/nosuchnode/drain", json={"reason": "x", "who": "a"})
+    resp = await http.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=")
+    text = await resp.text()
+    assert ('trainwarden_api_requests_total{code="200",method="GET",'
+            'route="/api/v1/nodes"} 1.0') in text
+    assert ('trainwarden_api_requests_total{code="404",method="POST",'
+            'route="/api/v1/nodes/{name}/drain"} 1.0') in text
+    assert 'trainwarden_nodes{state="healthy"} 0.0' in text
+    resp = await http.get("/metrics", headers={"Accept": "application/openmetrics-text"})
+    assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert (await resp.text()).rstrip().endswith("# EOF")
+
+
+async def test_server_reports_port_in_use(server: ApiServer) -> None:
+    assert server.port and server.url == f"http://127.0.0.1:{server.port}"
+    other = ApiServer(create_app(MemoryService(), Metrics(CollectorRegistry())),
+                      "127.0.0.1", server.port)
+    with pytest.raises(SupervisorError, match=f"cannot serve the API on 127.0.0.1:{server.port}"):
+        await other.start()
