@@ -16,7 +16,7 @@ from health.errors import TrainwardenError
 
 # The explicit list of command modules (no import side effects decide what exists).
 COMMAND_MODULES: tuple[str, ...] = (
-    "agent", "policy", "nodes", "drain", "runs", "events", "actions", "stragglers", "db",
+    "agent", "policy", "sim", "nodes", "drain", "runs", "events", "actions", "stragglers", "db",
     "vet", "hw",
     "daemon", "demo",
 )
