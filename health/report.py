@@ -69,7 +69,7 @@ class FaultModel(BaseModel):
 
 class ProbeReport(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
-    probe: str = Field(min_length=1, max_length=64)
+    probe: str = Field(min_length=1, max_length=512)  # storage:<path> names can be long
     health: Health
     reason: str = Field(default="", max_length=2000)
     action: Action = Action.NONE

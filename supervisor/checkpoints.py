@@ -127,6 +127,12 @@ def _list_shards(root: Path) -> Iterator[Path]:
             yield p
 
 
+def prewarm() -> bool:
+    """Import the exact validator's dependencies ahead of time (torch takes seconds to
+    import), so the first restart does not pay for it. True when torch is usable."""
+    return _torch_available()
+
+
 def _torch_available() -> bool:
     try:
         import torch.distributed.checkpoint  # noqa: F401

@@ -60,6 +60,9 @@ async def load(sup: Supervisor) -> None:
             newest = max(cks, key=lambda c: c.step)
             run.last_checkpoint_step, run.last_checkpoint_path = newest.step, newest.path
         sup.state.runs[run.name] = run
+    if sup.state.runs:
+        sup.runs.prewarm()
+
 
 async def add_run(sup: Supervisor, name: str, scheduler: str, spec: Any, who: str) -> RunInfo:
     from supervisor.store.records import RunRecord

@@ -50,11 +50,19 @@ class RunManager:
         self.save_attempt = save_attempt
         self.stop_timeout_s = stop_timeout_s
         self._locks: dict[str, asyncio.Lock] = {}
+        self._prewarm: asyncio.Task[bool] | None = None
 
     def lock(self, run: str) -> asyncio.Lock:
         return self._locks.setdefault(run, asyncio.Lock())
 
+    def prewarm(self) -> None:
+        """Have the checkpoint validator ready before the first restart needs it."""
+        if self._prewarm is None:
+            self._prewarm = asyncio.get_running_loop().create_task(
+                asyncio.to_thread(checkpoints.prewarm))
+
     async def start(self, run: RunInfo) -> RestartResult:
+        self.prewarm()
         async with self.lock(run.name):
             return await self._submit(run, resume=None, resume_step=None)
 
