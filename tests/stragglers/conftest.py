@@ -1,0 +1,12 @@
+"""Fixtures of the straggler tests (helpers live in straggler_sim.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor.detectors.stragglers import StragglerDetector
+
+
+@pytest.fixture
+def detector() -> StragglerDetector:
+    return StragglerDetector()
