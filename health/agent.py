@@ -32,6 +32,7 @@ import aiomqtt
 from pydantic import ValidationError
 
 from health.clock import Clock, SystemClock
+from health.mqtt import MqttAuth
 from health.probes.base import Action, CheckResult, EventWatcher, Fault, Health, Probe, worst
 from health.probes.registry import ProbeConfig, build_probes, build_watchers
 from health.probes.runner import run_probes
@@ -70,6 +71,7 @@ class AgentConfig:
     network_timeout_s: float = 5.0  # connect, publish, disconnect
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 15.0
+    auth: MqttAuth = field(default_factory=MqttAuth)
 
     def __post_init__(self) -> None:
         check_name("node", self.node)
@@ -167,6 +169,7 @@ class Agent:
             cfg.broker_host, cfg.broker_port, identifier=cfg.client_id, clean_session=True,
             keepalive=cfg.keepalive_s, timeout=cfg.network_timeout_s,
             will=aiomqtt.Will(node_topic(cfg.node, "status"), encode(will), qos=1),
+            **cfg.auth.aiomqtt_kwargs(),
         )
         try:
             async with asyncio.timeout(cfg.network_timeout_s + 1):

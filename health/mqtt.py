@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from health.errors import HealthError
 
@@ -42,3 +47,80 @@ def parse_broker(spec: str) -> tuple[str, int]:
 def short_hostname() -> str:
     """This machine's name without the domain (``nid001234.alps`` -> ``nid001234``)."""
     return socket.gethostname().split(".")[0] or "localhost"
+
+
+@dataclass(frozen=True)
+class MqttAuth:
+    """Credentials and TLS for a broker that does not allow anonymous clients.
+
+    The password comes from a file (never the command line, where ``ps`` shows it). With
+    a CA file the connection uses TLS and checks the broker's certificate; a client
+    certificate and key may be given too (per-node identities for the ACLs).
+    """
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, username: str | None = None,
+                 password_file: str | None = None, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None) -> MqttAuth:
+        """Arguments win over TRAINWARDEN_MQTT_USERNAME / _PASSWORD_FILE / _CA / _CERT / _KEY."""
+        e = os.environ if env is None else env
+        username = username or e.get("TRAINWARDEN_MQTT_USERNAME") or None
+        password_file = password_file or e.get("TRAINWARDEN_MQTT_PASSWORD_FILE") or None
+        password = None
+        if password_file:
+            try:
+                password = Path(password_file).read_text().strip()
+            except OSError as exc:
+                raise HealthError(f"cannot read the MQTT password file {password_file}: "
+                                  f"{exc.strerror or exc}") from None
+            if username is None:
+                raise HealthError("an MQTT password file was given without a username")
+        auth = cls(username, password, tls_ca or e.get("TRAINWARDEN_MQTT_CA") or None,
+                   tls_cert or e.get("TRAINWARDEN_MQTT_CERT") or None,
+                   tls_key or e.get("TRAINWARDEN_MQTT_KEY") or None)
+        for what, path in (("CA", auth.tls_ca), ("certificate", auth.tls_cert),
+                           ("key", auth.tls_key)):
+            if path and not Path(path).is_file():
+                raise HealthError(f"MQTT TLS {what} file {path} does not exist")
+        return auth
+
+    def aiomqtt_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``aiomqtt.Client``."""
+        import aiomqtt
+
+        kw: dict[str, Any] = {"username": self.username, "password": self.password}
+        if self.tls_ca or self.tls_cert:
+            kw["tls_params"] = aiomqtt.TLSParameters(
+                ca_certs=self.tls_ca, certfile=self.tls_cert, keyfile=self.tls_key)
+        return kw
+
+    def apply_to_paho(self, client: Any) -> None:
+        """Configure a ``paho.mqtt.client.Client`` the same way."""
+        if self.username:
+            client.username_pw_set(self.username, self.password)
+        if self.tls_ca or self.tls_cert:
+            client.tls_set(ca_certs=self.tls_ca, certfile=self.tls_cert, keyfile=self.tls_key)
+
+
+def add_auth_arguments(parser: Any) -> None:
+    """``--mqtt-username``/``--mqtt-password-file``/``--mqtt-ca``/``--mqtt-cert``/``--mqtt-key``."""
+    parser.add_argument("--mqtt-username", default=None,
+                        help="broker user name (or $TRAINWARDEN_MQTT_USERNAME)")
+    parser.add_argument("--mqtt-password-file", default=None,
+                        help="file holding the broker password "
+                             "(or $TRAINWARDEN_MQTT_PASSWORD_FILE)")
+    parser.add_argument("--mqtt-ca", default=None, help="CA file: connect with TLS")
+    parser.add_argument("--mqtt-cert", default=None, help="client certificate for TLS")
+    parser.add_argument("--mqtt-key", default=None, help="client key for TLS")
+
+
+def auth_from_args(args: Any) -> MqttAuth:
+    return MqttAuth.from_env(username=args.mqtt_username,
+                             password_file=args.mqtt_password_file, tls_ca=args.mqtt_ca,
+                             tls_cert=args.mqtt_cert, tls_key=args.mqtt_key)

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from health.errors import TrainwardenError
-from health.mqtt import parse_broker, short_hostname
+from health.mqtt import MqttAuth, parse_broker, short_hostname
 from health.report import (
     CheckpointReport,
     ControlMessage,
@@ -74,6 +74,7 @@ class Reporter:
         client_id: str | None = None,
         now: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,  # measures steps; batching uses real time
+        auth: MqttAuth | None = None,
     ) -> None:
         self.run = check_name("run", run)
         self.node = check_name("node", node or short_hostname())
@@ -97,6 +98,7 @@ class Reporter:
         self._client: Any = None
         self._thread: threading.Thread | None = None
         self.enabled = broker is not None
+        self._auth = auth or MqttAuth()
         if broker is not None:
             host, port = parse_broker(broker)
             self._start(host, port, client_id or f"tw-rank-{self.run}-{attempt}-{rank}")
@@ -116,6 +118,7 @@ class Reporter:
         try:
             attempt = int(e.get("TRAINWARDEN_ATTEMPT", "0"))
             rank = int(e.get("RANK", "0"))
+            kwargs.setdefault("auth", MqttAuth.from_env(e) if broker else None)
             return cls(broker, run, attempt, rank, e.get("TRAINWARDEN_NODE") or None,
                        e.get("TRAINWARDEN_GROUP") or None, **kwargs)
         except (ValueError, TrainwardenError) as exc:
@@ -128,6 +131,7 @@ class Reporter:
 
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                              clean_session=True)
+        self._auth.apply_to_paho(client)
         client.max_queued_messages_set(1000)
         client.reconnect_delay_set(min_delay=1, max_delay=15)
         client.on_connect = self._on_connect

@@ -21,6 +21,7 @@ from typing import Any
 import aiomqtt
 
 from health.clock import Clock, SystemClock
+from health.mqtt import MqttAuth
 from health.report import SUBSCRIPTIONS
 from supervisor import ops
 from supervisor.core import CoreConfig, Supervisor
@@ -47,6 +48,7 @@ class DaemonConfig:
     mode: str = "enforce"
     client_id: str = "trainwarden-daemon"
     tick_s: float = 0.5
+    mqtt_auth: MqttAuth = field(default_factory=MqttAuth)
     lease_ttl_s: float = 15.0  # leader lease: a standby daemon takes over after this
     core: CoreConfig = field(default_factory=CoreConfig)
 
@@ -197,7 +199,8 @@ class Daemon:
             try:
                 async with aiomqtt.Client(self.cfg.broker_host, self.cfg.broker_port,
                                           identifier=self.cfg.client_id, clean_session=False,
-                                          keepalive=15, timeout=10) as client:
+                                          keepalive=15, timeout=10,
+                                          **self.cfg.mqtt_auth.aiomqtt_kwargs()) as client:
                     self._client = client
                     for topic in SUBSCRIPTIONS:
                         await client.subscribe(topic, qos=1)

@@ -20,6 +20,8 @@ def register(subparsers: Any) -> None:
         description="Probe this node's GPUs, interconnect, storage and host and publish the "
                     "results over MQTT (or print one round with --once).",
     )
+    from health.mqtt import add_auth_arguments
+
     p.add_argument("--node", help="node name (default: the short hostname)")
     p.add_argument("--broker", default="127.0.0.1:1883", metavar="HOST:PORT",
                    help="MQTT broker (default: %(default)s)")
@@ -43,6 +45,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--once", action="store_true",
                    help="run one probe round, print it and exit (no broker needed)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_auth_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     p.set_defaults(func=run)
 
@@ -78,9 +81,11 @@ def run(args: argparse.Namespace) -> int:
         raise HealthError(f"cannot set up the simulated hardware: {exc}") from exc
     if args.node is None and args.simulated_hardware:
         node = hardware.node  # an existing simulated node keeps the name it was created with
+    from health.mqtt import auth_from_args
+
     config = AgentConfig(node=node, broker_host=host, broker_port=port,
                          report_interval_s=args.interval, heartbeat_interval_s=args.heartbeat,
-                         probes=probe_config)
+                         probes=probe_config, auth=auth_from_args(args))
     agent = Agent(config, hardware)
     if args.once:
         report = asyncio.run(agent.collect())

@@ -42,11 +42,15 @@ def register(sub: Any) -> None:
     p.add_argument("--startup-timeout", type=float, default=300.0)
     p.add_argument("--client-id", default="trainwarden-daemon",
                    help="MQTT client id; the broker keeps this daemon's session under it")
+    from health.mqtt import add_auth_arguments
+
+    add_auth_arguments(p)
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from health.mqtt import auth_from_args
     from supervisor.core import CoreConfig
     from supervisor.daemon import DaemonConfig, run_daemon
     from supervisor.store.engine import default_url
@@ -61,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         local_nodes=tuple(n for n in args.local_nodes.split(",") if n),
         local_log_dir=args.local_log_dir, slurm_conf=args.slurm_conf,
         policy_file=args.policy, mode=args.mode, client_id=args.client_id,
+        mqtt_auth=auth_from_args(args),
         core=CoreConfig(heartbeat_misses=args.heartbeat_misses,
                         will_confirm_s=args.will_confirm, hang_floor_s=args.hang_floor,
                         hang_k=args.hang_k, startup_timeout_s=args.startup_timeout),
