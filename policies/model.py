@@ -35,6 +35,7 @@ class EventKind(StrEnum):
     ATTEMPT_ENDED = "attempt-ended"
     STRAGGLER_FLAGGED = "straggler-flagged"
     STRAGGLER_CLEARED = "straggler-cleared"
+    STAGE_IMBALANCE = "stage-imbalance"  # a partitioning finding, never a node fault
     ACTION = "action"  # an action was taken (or would have been)
     REJECTED_MESSAGE = "rejected-message"
 

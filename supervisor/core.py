@@ -45,6 +45,8 @@ from policies.model import (
 from supervisor.detectors.conditions import ConditionBook
 from supervisor.detectors.node_faults import NodeHealthTracker, Observation
 from supervisor.detectors.progress import ProgressTracker
+from supervisor.detectors.straggler_model import GpuSignal
+from supervisor.detectors.stragglers import StragglerDetector
 from supervisor.lifecycle import LifecycleError, NodePhase, RunPhase
 from supervisor.metrics import Metrics
 from supervisor.persist import AsyncStore
@@ -66,6 +68,7 @@ class CoreConfig:
     startup_timeout_s: float = 300.0
     settle_s: float = 3.0  # after an attempt dies, wait this long for the node fault to show
     checkpoint_wait_s: float = 120.0  # checkpoint-before-eviction bound
+    straggler_eval_s: float = 1.0  # how often straggler scores are evaluated
     scheduler_sync_s: float = 5.0  # how often the scheduler's node states are read
     vet_period_s: float = 60.0  # healthy reports needed before a vetted node returns
     xid_overrides: dict[int | str, str] = field(default_factory=dict)
@@ -90,6 +93,9 @@ class Supervisor:
             XidCatalog(dict(config.xid_overrides.items())),
             heartbeat_misses=config.heartbeat_misses, will_confirm_s=config.will_confirm_s,
         )
+        self.stragglers = StragglerDetector()
+        self._imbalance_seen: set[tuple[str, str]] = set()
+        self._last_straggler_eval = float("-inf")
         self.progress = ProgressTracker(k=config.hang_k, floor_s=config.hang_floor_s,
                                         startup_timeout_s=config.startup_timeout_s)
         self.runs = RunManager(self.state, scheduler, clock, self.progress, self.record_events,
@@ -131,6 +137,9 @@ class Supervisor:
         elif isinstance(msg, HealthReport):
             self.state.node(msg.node).last_report_at = now
             obs = self.nodes.on_health(msg.node, msg, now)
+            signal = gpu_signal(msg, now)
+            if signal is not None:
+                self.stragglers.observe_gpu(msg.node, signal)
         elif isinstance(msg, StepReport):
             obs = self._on_steps(msg, now)
         elif isinstance(msg, CheckpointReport):
@@ -156,6 +165,8 @@ class Supervisor:
             return []
         obs = self.progress.on_steps(msg.run, msg.attempt, msg.rank, msg.node,
                                      list(msg.samples), now)
+        if msg.attempt == run.attempt:
+            self.stragglers.observe_report(msg)
         if msg.attempt == run.attempt:
             top = max(s.step for s in msg.samples)
             if run.last_step is None or top > run.last_step:
@@ -260,7 +271,7 @@ class Supervisor:
         if now - self._last_sync >= self.config.scheduler_sync_s:
             self._last_sync = now
             await self.sync_scheduler()
-        obs = self.nodes.tick(now) + self.progress.tick(now)
+        obs = self.nodes.tick(now) + self.progress.tick(now) + self._straggler_findings(now)
         if obs:
             await self.observe(obs)
         await self._vetting(now)
@@ -304,6 +315,33 @@ class Supervisor:
             self.store.batch.nodes.append(self._node_record(node))
         if events:
             await self.record_events(events)
+
+    def _straggler_findings(self, now: float) -> list[Observation]:
+        """Straggler flags and clears (node-level ones move the Straggler condition);
+        stage imbalance is recorded once per run and stage, as a finding, never a fault."""
+        if now - self._last_straggler_eval < self.config.straggler_eval_s:
+            return []
+        self._last_straggler_eval = now
+        out: list[Observation] = []
+        for f in self.stragglers.evaluate(now):
+            cond = f.condition()
+            if f.rank is None:
+                out.append(Observation(f.event(), cond.subject, cond.type, cond.status,
+                                       cond.reason))
+            else:
+                out.append(Observation(f.event()))
+        for imb in self.stragglers.stage_imbalance():
+            key = (imb.run, imb.slowest)
+            if key in self._imbalance_seen:
+                continue
+            self._imbalance_seen.add(key)
+            out.append(Observation(Event(
+                now, EventKind.STAGE_IMBALANCE, run=imb.run,
+                message=f"stage {imb.slowest} is {imb.ratio:.2f}x the fastest stage: a "
+                        "partitioning problem, not a bad node",
+                data={"levels": [list(lv) for lv in imb.levels], "ratio": imb.ratio,
+                      "step": imb.step})))
+        return out
 
     async def _vetting(self, now: float) -> None:
         """Nodes being vetted: back to service when healthy long enough, else drained again."""
@@ -437,6 +475,25 @@ class Supervisor:
             await self.store.call(st.update_attempt, run.name, run.attempt, **fields)
         await self.store.call(st.update_run, run.name, state=run.phase.value,
                               current_attempt=run.attempt, restarts=run.restarts)
+
+
+def gpu_signal(report: HealthReport, now: float) -> GpuSignal | None:
+    """A node's GPU evidence for the straggler detector, from its GPU probe's values:
+    the throttle reasons of all its GPUs, and its highest power draw against the limit."""
+    from health.nvml.backend import THROTTLE_NAMES
+
+    gpu = next((p for p in report.probes if p.probe == "gpu"), None)
+    if gpu is None or not gpu.values.get("nvml_available"):
+        return None
+    bits = 0
+    power: float | None = None
+    for key, value in gpu.values.items():
+        if key.endswith("_throttle_reasons") and isinstance(value, int):
+            bits |= value
+        elif key.endswith("_power_w") and isinstance(value, int | float):
+            power = max(power or 0.0, float(value))
+    reasons = tuple(name for bit, name in THROTTLE_NAMES.items() if bits & bit)
+    return GpuSignal(ts=now, throttle_reasons=reasons, power_w=power)
 
 
 def _with_id(ev: Event, eid: int) -> Event:

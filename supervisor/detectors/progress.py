@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from health.report import StepSample
 from policies.model import ConditionType, Event, EventKind
 from supervisor.detectors.node_faults import Observation
+from supervisor.detectors.straggler_hang import RankLast, hang_culprits
 
 
 @dataclass
@@ -39,19 +40,6 @@ class AttemptProgress:
 
     def median_step_s(self) -> float | None:
         return statistics.median(self.step_times) if self.step_times else None
-
-
-def hang_culprits(ranks: dict[int, RankProgress]) -> list[tuple[int, str, int, float]]:
-    """Ranks that stopped first: those at the lowest last step, oldest report first.
-
-    Returns (rank, node, last step, last report time) tuples.
-    """
-    if not ranks:
-        return []
-    low = min(r.last_step for r in ranks.values())
-    behind = [(rank, r.node, r.last_step, r.last_report_at) for rank, r in ranks.items()
-              if r.last_step == low]
-    return sorted(behind, key=lambda c: (c[3], c[0]))
 
 
 class ProgressTracker:
@@ -120,15 +108,19 @@ class ProgressTracker:
             if now - since <= limit:
                 continue
             p.hung = True
-            culprits = hang_culprits(p.ranks)
-            where = ", ".join(f"rank {c[0]} on {c[1]} (step {c[2]})" for c in culprits[:8])
-            what = (f"no step for {now - since:.1f} s (limit {limit:.1f} s)"
-                    + (f"; stopped first: {where}" if where else ""))
+            culprits = hang_culprits({rank: RankLast(r.node, r.last_step, r.last_report_at)
+                                      for rank, r in p.ranks.items()})
+            where = ", ".join(f"rank {r} on {p.ranks[r].node}" for r in culprits.ranks[:8])
+            what = (f"no step for {now - since:.1f} s (limit {limit:.1f} s); "
+                    + (f"stopped first: {where} ({culprits.reason})" if where
+                       else culprits.reason))
             out.append(Observation(
                 Event(now, EventKind.RUN_PROGRESS_STALLED, run=run, message=what,
                       data={"attempt": p.attempt, "last_step": p.last_step,
                             "silent_s": round(now - since, 3), "limit_s": limit,
-                            "culprits": [{"rank": c[0], "node": c[1], "step": c[2]}
-                                         for c in culprits]}),
+                            "culprits": [{"rank": r, "node": p.ranks[r].node,
+                                          "step": p.ranks[r].last_step}
+                                         for r in culprits.ranks],
+                            "culprit_nodes": list(culprits.nodes)}),
                 run, ConditionType.RUN_HUNG, True, what))
         return out

@@ -10,14 +10,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from health.nvml.backend import THROTTLE_NAMES
 from policies.model import Condition, ConditionType, Event, EventKind
 from supervisor.errors import ConfigError
 
 # NVML clock-throttle reasons that slow a GPU down (names as the agents report them).
-SLOWING_THROTTLE_REASONS = frozenset(
-    {"hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown", "sw_thermal_slowdown",
-     "sw_power_cap"}
-)
+# The agents' own names for NVML's clock-throttle reasons (health/nvml/backend.py); every
+# one of them slows the GPU down.
+SLOWING_THROTTLE_REASONS = frozenset(THROTTLE_NAMES.values())
 
 
 @dataclass(frozen=True)

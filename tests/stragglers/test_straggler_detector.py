@@ -107,7 +107,7 @@ def test_too_few_peers_is_no_judgement(detector) -> None:
 def test_gpu_evidence_and_events() -> None:
     det = StragglerDetector()
     det.observe_gpu("n1", GpuSignal(ts=0.0, sm_clock_mhz=900, max_sm_clock_mhz=1980,
-                                     throttle_reasons=("hw_thermal_slowdown",)))
+                                     throttle_reasons=("hw-thermal",)))
     x = synth(32, 30, slow={4: 1.3}, onset=5)
     found = []
     for i in range(30):
@@ -119,7 +119,7 @@ def test_gpu_evidence_and_events() -> None:
     assert node_flag.step - 5 + 1 <= 4 + 2  # persistence shortened to persist_steps_alert
     ev = node_flag.event()
     assert ev.kind is EventKind.STRAGGLER_FLAGGED and ev.node == "n1" and ev.run == "r"
-    assert ev.data["gpu"]["throttle_reasons"] == ("hw_thermal_slowdown",)
+    assert ev.data["gpu"]["throttle_reasons"] == ("hw-thermal",)
     cond = node_flag.condition()
     assert cond.type is ConditionType.STRAGGLER and cond.status and cond.subject == "n1"
 
@@ -127,7 +127,7 @@ def test_gpu_evidence_and_events() -> None:
 def test_healthy_gpu_signal_is_not_evidence() -> None:
     assert not GpuSignal(ts=0, sm_clock_mhz=1980, max_sm_clock_mhz=1980).degraded
     assert GpuSignal(ts=0, sm_clock_mhz=1200, max_sm_clock_mhz=1980).degraded
-    assert GpuSignal(ts=0, throttle_reasons=("sw_power_cap",)).degraded
+    assert GpuSignal(ts=0, throttle_reasons=("sw-power-cap",)).degraded
 
 
 def test_job_slowdown_against_the_runs_own_baseline(detector) -> None:
