@@ -37,5 +37,11 @@ test: $(VENV)/.dev-installed services
 unit: $(VENV)/.dev-installed
 	$(VENV)/bin/pytest -q -m "not integration and not slurm and not e2e"
 
+slurm-up:
+	bash tests/infra/slurm/start.sh
+
+slurm-down:
+	bash tests/infra/slurm/stop.sh
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
