@@ -107,6 +107,7 @@ class Supervisor:
         self._checkpoint_waiters: dict[str, asyncio.Event] = {}
         self._origin: dict[tuple[str, ConditionType], float] = {}
         self._last_sync = float("-inf")
+        self._held_actions: dict[ActionRequest, int] = {}
 
     # -- ingestion -----------------------------------------------------------------
 
@@ -406,10 +407,21 @@ class Supervisor:
         from supervisor.actions import perform
 
         now = self.clock.now()
-        action_id: int = await self.store.call(self.store.store.record_action, d, ts=now)
+        held = self._held_actions.pop(d.request, None)
+        if held is not None:  # a decision the policy held earlier, now released or dropped
+            action_id = held
+            await self.store.call(self.store.store.update_action, action_id,
+                                  status="pending" if d.verdict is Verdict.ALLOW else "skipped",
+                                  result=f"released: {d.verdict.value}; " + "; ".join(
+                                      f"{g.guard}: {g.detail}" for g in d.guards),
+                                  finished_at=None if d.verdict is Verdict.ALLOW else now)
+        else:
+            action_id = await self.store.call(self.store.store.record_action, d, ts=now)
+        if d.verdict is Verdict.HOLD:
+            self._held_actions[d.request] = action_id
         self.recent_actions.append(ActionRecordView(now, d.request.kind, d.request.node,
                                                     d.request.run, d.verdict))
-        [eid] = await self.record_events([Event(
+        await self.record_events([Event(
             now, EventKind.ACTION, node=d.request.node, run=d.request.run,
             message=f"{d.request.kind.value} ({d.verdict.value}) by "
                     f"{d.request.who or d.request.rule or d.request.actor.value}: "
@@ -418,7 +430,6 @@ class Supervisor:
                   "actor": d.request.actor.value, "verdict": d.verdict.value,
                   "who": d.request.who, "rule": d.request.rule,
                   "evidence": list(d.request.evidence)})])
-        del eid
         if d.verdict is not Verdict.ALLOW:
             self.metrics.action(d.request.kind.value, d.verdict.value, "skipped")
             return action_id, True, d.verdict.value

@@ -35,8 +35,13 @@ from supervisor.state import RunSpec
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train.py"
 
 
+SCENARIOS = ("gpu-fault", "straggler", "hang")
+
+
 @dataclass
 class DemoConfig:
+    scenario: str = "gpu-fault"  # gpu-fault | straggler | hang
+    slowdown: float = 2.0  # straggler scenario: how much slower the victim's rank runs
     nodes: int = 4
     steps: int = 60
     ckpt_every: int = 10
@@ -50,6 +55,7 @@ class DemoConfig:
 
 @dataclass
 class DemoResult:
+    scenario: str = "gpu-fault"
     fault: dict[str, Any] = field(default_factory=dict)
     detected_after_s: float | None = None
     drained: list[str] = field(default_factory=list)
@@ -112,8 +118,15 @@ async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
     started = time.time()
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="trainwarden-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    result = DemoResult(target_step=cfg.steps, checkpoint_interval=cfg.ckpt_every,
-                        workdir=str(work))
+    if cfg.scenario not in SCENARIOS:
+        raise ConfigError(f"unknown demo scenario {cfg.scenario!r}: use one of {SCENARIOS}")
+    result = DemoResult(scenario=cfg.scenario, target_step=cfg.steps,
+                        checkpoint_interval=cfg.ckpt_every, workdir=str(work))
+    policy = None
+    if cfg.scenario == "straggler":  # a policy that evicts stragglers (checkpoint first)
+        from importlib import resources
+
+        policy = str(resources.files("policies").joinpath("data/evict-stragglers.yaml"))
     tl = Timeline(out, started)
     names = [f"n{i}" for i in range(1, cfg.nodes + 1)]
     db_url = f"sqlite:///{work / 'trainwarden.db'}"
@@ -124,8 +137,8 @@ async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
         sched = LocalScheduler(names, work / "logs")
         dcfg = DaemonConfig(db_url=db_url, broker_port=broker.port, api_port=0,
                             scheduler="local", local_nodes=tuple(names),
-                            client_id="trainwarden-demo-daemon",
-                            core=CoreConfig(will_confirm_s=1.5, hang_floor_s=20.0,
+                            client_id="trainwarden-demo-daemon", policy_file=policy,
+                            core=CoreConfig(will_confirm_s=1.5, hang_floor_s=10.0,
                                             startup_timeout_s=120.0, settle_s=2.0))
         daemon = Daemon(dcfg, scheduler=sched)
         stop = asyncio.Event()
@@ -168,13 +181,19 @@ async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
                 if (injected_at is None and run.attempt == 1 and run.last_step is not None
                         and run.last_step >= cfg.fault_at_step and run.nodes):
                     victim = run.nodes[-1]
-                    result.fault = {"node": victim, "kind": cfg.fault,
-                                    "at_step": run.last_step}
+                    kind = {"gpu-fault": cfg.fault, "straggler": f"slowdown x{cfg.slowdown:g}",
+                            "hang": "rank frozen"}[cfg.scenario]
+                    result.fault = {"node": victim, "kind": kind, "at_step": run.last_step}
                     result.last_checkpoint_before_fault = run.last_checkpoint_step
                     injected_at = time.time()
-                    hw[victim].inject(cfg.fault)
-                    sched.crash_processes(victim)  # the rank on that GPU dies with it
-                    tl.say(f"INJECT {cfg.fault} on {victim} at step {run.last_step} "
+                    if cfg.scenario == "gpu-fault":
+                        hw[victim].inject(cfg.fault)
+                        sched.crash_processes(victim)  # the rank on that GPU dies with it
+                    elif cfg.scenario == "straggler":
+                        sched.throttle(victim, cfg.slowdown)  # e.g. a thermally throttled GPU
+                    else:
+                        sched.throttle(victim, float("inf"))  # the rank hangs (SIGSTOP)
+                    tl.say(f"INJECT {kind} on {victim} at step {run.last_step} "
                            f"(last checkpoint: step {run.last_checkpoint_step})", "bold magenta")
                 await asyncio.sleep(0.2)
             tl.show(list(sup.history))
@@ -185,20 +204,18 @@ async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
                                     if n.state.value in ("drained", "draining"))
             if injected_at is not None:
                 victim = result.fault["node"]
-                detected = [e.ts for e in sup.history if e.node == victim and
-                            e.kind in (EventKind.FAULT, EventKind.CONDITION_CHANGED)
-                            and e.ts >= injected_at]
+                kinds = {"gpu-fault": (EventKind.FAULT, EventKind.CONDITION_CHANGED),
+                         "straggler": (EventKind.STRAGGLER_FLAGGED,),
+                         "hang": (EventKind.RUN_PROGRESS_STALLED,)}[cfg.scenario]
+                detected = [e.ts for e in sup.history if e.kind in kinds
+                            and e.ts >= injected_at
+                            and (e.node == victim or cfg.scenario == "hang")]
                 if detected:
                     result.detected_after_s = round(min(detected) - injected_at, 3)
                 if run.failure_steps and run.failure_steps[0] is not None \
                         and run.resumed_from_step is not None:
-                    result.steps_lost = run.failure_steps[0] - run.resumed_from_step
-            cond = sup.book.get(result.fault.get("node", ""), ConditionType.GPU_FATAL)
-            result.recovered = bool(
-                run.phase is RunPhase.COMPLETED and result.final_step == cfg.steps
-                and result.fault and result.fault["node"] in result.drained
-                and cond is not None and cond.status
-                and result.resumed_from_step == result.last_checkpoint_before_fault)
+                    result.steps_lost = max(0, run.failure_steps[0] - run.resumed_from_step)
+            result.recovered = _recovered(cfg, result, run, sup)
         finally:
             agent_stop.set()
             await asyncio.gather(*agents, return_exceptions=True)
@@ -215,6 +232,25 @@ async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
            f"{result.resumed_from_step}, drained {result.drained}, "
            f"{result.wall_s:.0f} s", "bold green" if result.recovered else "bold red")
     return result
+
+
+def _recovered(cfg: DemoConfig, result: DemoResult, run: Any, sup: Any) -> bool:
+    """What "recovered" means for each scenario."""
+    finished = (run.phase is RunPhase.COMPLETED and result.final_step == cfg.steps
+                and bool(result.fault) and result.detected_after_s is not None
+                and result.restarts >= 1)
+    victim = result.fault.get("node", "")
+    if not finished:
+        return False
+    if cfg.scenario == "gpu-fault":
+        cond = sup.book.get(victim, ConditionType.GPU_FATAL)
+        return bool(result.drained == [victim] and cond is not None and cond.status
+                    and result.resumed_from_step == result.last_checkpoint_before_fault)
+    if cfg.scenario == "straggler":  # checkpointed before eviction: resumed from a newer one
+        return bool(result.drained == [victim] and result.resumed_from_step is not None
+                    and result.last_checkpoint_before_fault is not None
+                    and result.resumed_from_step > result.last_checkpoint_before_fault)
+    return not result.drained  # a hang restarts the run but drains nobody without evidence
 
 
 async def _wait(cond: Any, timeout_s: float, what: str) -> None:

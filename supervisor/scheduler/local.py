@@ -20,8 +20,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from supervisor.errors import SchedulerError
 from supervisor.scheduler.base import JobInfo, JobSpec, JobState, NodeState, SchedNode
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants, children first (so none is left to respawn)."""
+    try:
+        root = psutil.Process(pid)
+        kids = root.children(recursive=True)
+    except psutil.Error:
+        return [pid]
+    return [k.pid for k in reversed(kids)] + [pid]
 
 
 def free_port() -> int:
@@ -65,6 +77,7 @@ class LocalScheduler:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         self._next_id = 1
         self._grace = stop_grace_s
+        self._throttles: dict[str, asyncio.Task[None]] = {}
 
     @property
     def name(self) -> str:
@@ -171,6 +184,9 @@ class LocalScheduler:
         if job is None or job.done.is_set():
             return
         job.cancelled = True
+        for node in job.nodes:
+            self.unthrottle(node)
+        self._signal(job, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
         self._signal(job, signal.SIGTERM)
         try:
             await asyncio.wait_for(job.done.wait(), self._grace)
@@ -183,10 +199,13 @@ class LocalScheduler:
 
     @staticmethod
     def _signal(job: _LocalJob, sig: signal.Signals, only: str | None = None) -> None:
+        """Signal every process of the job on a node: the launcher and all its descendants
+        (torchrun starts its workers in sessions of their own, out of a group's reach)."""
         for node, proc in job.procs.items():
             if (only is None or node == only) and proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, sig)
+                for pid in _tree(proc.pid):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, sig)
 
     async def job(self, job_id: str) -> JobInfo | None:
         job = self._jobs.get(job_id)
@@ -220,6 +239,37 @@ class LocalScheduler:
         n = self._node(node)
         if n.job and n.job in self._jobs:
             self._signal(self._jobs[n.job], signal.SIGKILL, only=node)
+
+    def throttle(self, node: str, slowdown: float, period_s: float = 0.1) -> None:
+        """Slow the job's processes on ``node`` by ``slowdown`` (1.5 = 50 % slower) by
+        stopping them part of every period, as a throttled GPU or a sick host would;
+        ``float('inf')`` freezes them (a hang). ``unthrottle`` ends it."""
+        self.unthrottle(node)
+        n = self._node(node)
+        if n.job is None or n.job not in self._jobs or slowdown <= 1.0:
+            return
+        job = self._jobs[n.job]
+        stopped = 1.0 if slowdown == float("inf") else 1.0 - 1.0 / slowdown
+
+        async def cycle() -> None:
+            try:
+                while not job.done.is_set():
+                    self._signal(job, signal.SIGSTOP, only=node)
+                    if stopped >= 1.0:
+                        await job.done.wait()
+                        return
+                    await asyncio.sleep(period_s * stopped)
+                    self._signal(job, signal.SIGCONT, only=node)
+                    await asyncio.sleep(period_s * (1.0 - stopped))
+            finally:
+                self._signal(job, signal.SIGCONT, only=node)
+
+        self._throttles[node] = asyncio.get_running_loop().create_task(cycle())
+
+    def unthrottle(self, node: str) -> None:
+        task = self._throttles.pop(node, None)
+        if task is not None:
+            task.cancel()
 
     def pids(self, job_id: str) -> dict[str, int]:
         job = self._jobs.get(job_id)

@@ -71,3 +71,32 @@ async def test_unstartable_command_is_a_scheduler_error(tmp_path: Path) -> None:
     with pytest.raises(SchedulerError, match="cannot start run"):
         await s.submit(spec(["/nonexistent/binary"], nodes=1))
     assert [n.state for n in await s.nodes()] == [NodeState.IDLE]
+
+
+async def test_throttle_slows_and_freeze_stops_a_node_s_processes(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    s = LocalScheduler(["n1", "n2"], tmp_path, stop_grace_s=2.0)
+    out = tmp_path / "ticks"
+    out.mkdir()
+    code = ("import sys,time,os\nf=open(sys.argv[1]+'/'+os.environ['TRAINWARDEN_NODE'],'a')\n"
+            "while True:\n t=time.perf_counter()\n while time.perf_counter()-t<0.02: pass\n"
+            " f.write('x'); f.flush()\n")
+    job = await s.submit(spec([PY, "-c", code, str(out)]))
+    await asyncio.sleep(1.0)
+    s.throttle("n2", 3.0)
+    mark = {n: (out / n).stat().st_size for n in ("n1", "n2")}
+    t0 = time.monotonic()
+    await asyncio.sleep(2.0)
+    rate = {n: ((out / n).stat().st_size - mark[n]) / (time.monotonic() - t0)
+            for n in ("n1", "n2")}
+    assert rate["n2"] < 0.6 * rate["n1"], rate
+    s.throttle("n2", float("inf"))
+    await asyncio.sleep(0.3)
+    frozen = (out / "n2").stat().st_size
+    await asyncio.sleep(1.0)
+    assert (out / "n2").stat().st_size == frozen
+    await s.cancel(job)  # a frozen process is still cancelled promptly
+    info = await s.job(job)
+    assert info is not None and info.state is JobState.CANCELLED
