@@ -149,6 +149,13 @@ def init_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def simulated_compute(seconds: float, slice_s: float = 0.005) -> None:
+    """Stand-in for GPU work that advances only while the process runs: sleep in thin
+    slices, so a throttled (periodically stopped) rank takes longer, as a slow GPU does."""
+    for _ in range(max(1, round(seconds / slice_s))):
+        time.sleep(slice_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
@@ -181,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 loss = torch.nn.functional.mse_loss(model(x), y)
                 loss.backward()
                 if args.step_time:
-                    time.sleep(args.step_time * args.slow_factor)
+                    simulated_compute(args.step_time * args.slow_factor)
             for p in model.parameters():  # gradient all-reduce: the communication part
                 assert p.grad is not None
                 dist.all_reduce(p.grad)

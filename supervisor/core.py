@@ -399,13 +399,22 @@ class Supervisor:
             log.error("background task failed", exc_info=task.exception())
 
     async def _execute(self, decisions: list[Decision]) -> None:
-        for d in decisions:
-            await self.carry_out(d)
+        """Record every decision first (so held ones are known before anything releases
+        them), then carry out the allowed ones in the order the policy gave."""
+        ids = [await self._record(d) for d in decisions]
+        for d, action_id in zip(decisions, ids, strict=True):
+            if d.verdict is Verdict.ALLOW:
+                await self._perform(d, action_id)
 
     async def carry_out(self, d: Decision) -> tuple[int, bool, str]:
         """Record one decision and, if allowed, do it. Returns (action id, ok, result)."""
-        from supervisor.actions import perform
+        action_id = await self._record(d)
+        if d.verdict is not Verdict.ALLOW:
+            return action_id, True, d.verdict.value
+        ok, result = await self._perform(d, action_id)
+        return action_id, ok, result
 
+    async def _record(self, d: Decision) -> int:
         now = self.clock.now()
         held = self._held_actions.pop(d.request, None)
         if held is not None:  # a decision the policy held earlier, now released or dropped
@@ -432,7 +441,11 @@ class Supervisor:
                   "evidence": list(d.request.evidence)})])
         if d.verdict is not Verdict.ALLOW:
             self.metrics.action(d.request.kind.value, d.verdict.value, "skipped")
-            return action_id, True, d.verdict.value
+        return action_id
+
+    async def _perform(self, d: Decision, action_id: int) -> tuple[bool, str]:
+        from supervisor.actions import perform
+
         await self.store.call(self.store.store.update_action, action_id, status="running",
                               result=None, finished_at=None)
         ok, result = await perform(self, d, action_id)
@@ -445,7 +458,7 @@ class Supervisor:
                             "succeeded" if ok else "failed")
         if not ok:
             log.error("action %s %s failed: %s", action_id, d.request.kind.value, result)
-        return action_id, ok, result
+        return ok, result
 
     # -- helpers used by actions ------------------------------------------------------
 

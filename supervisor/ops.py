@@ -54,7 +54,7 @@ async def load(sup: Supervisor) -> None:
                                  if last.state in AttemptPhase._value2member_map_ else None)
             sup.state.place(run, last.nodes)
             if run.attempt_phase in (AttemptPhase.SUBMITTED, AttemptPhase.RUNNING):
-                sup.progress.start_attempt(run.name, run.attempt, now)
+                sup.progress.start_attempt(run.name, run.attempt, now, spec.target_step)
         cks = await sup.store.call(st.checkpoints, rec.name)
         if cks:
             newest = max(cks, key=lambda c: c.step)

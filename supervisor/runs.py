@@ -106,6 +106,13 @@ class RunManager:
             if info is None or info.state.finished:
                 final = info
                 break
+            if (info.state is JobState.COMPLETING and info.nodes
+                    and set(info.nodes) <= self._unusable(run)):
+                # Only nodes this run will not use again still hold the job: a dead node's
+                # share completes when the scheduler marks it down (Slurm: SlurmdTimeout),
+                # and the scheduler gives no node to a new job before it has.
+                final = info
+                break
             await self.clock.sleep(0.25)
         run.attempt_phase = AttemptPhase.STOPPED
         await self.save_attempt(run, {"state": "stopped", "ended_at": self.clock.now(),
@@ -114,6 +121,11 @@ class RunManager:
         if final is None:
             log.warning("run %s: job %s still not finished after %.0f s", run.name, job_id,
                         self.stop_timeout_s)
+
+    def _unusable(self, run: RunInfo) -> set[str]:
+        """Nodes the next attempt of ``run`` will not be placed on."""
+        return run.excluded | {n.name for n in self.state.nodes.values()
+                               if n.drained or n.phase is NodePhase.FAILED}
 
     async def _placeable(self, run: RunInfo) -> int:
         """How many nodes this run may use now (healthy, not drained, not excluded)."""
@@ -156,7 +168,7 @@ class RunManager:
         run.attempt_first_step = None
         info = await self.scheduler.job(job_id)
         self.state.place(run, info.nodes if info else ())
-        self.progress.start_attempt(run.name, attempt, now)
+        self.progress.start_attempt(run.name, attempt, now, run.spec.target_step)
         await self.save_attempt(run, {"state": "submitted", "job_id": job_id,
                                       "nodes": list(run.nodes), "excluded": list(exclude),
                                       "resumed_from": resume,

@@ -37,6 +37,7 @@ class AttemptProgress:
     ranks: dict[int, RankProgress] = field(default_factory=dict)
     hung: bool = False
     active: bool = True
+    target_step: int | None = None  # once reached, a quiet run is finishing, not hung
 
     def median_step_s(self) -> float | None:
         return statistics.median(self.step_times) if self.step_times else None
@@ -55,8 +56,9 @@ class ProgressTracker:
     def get(self, run: str) -> AttemptProgress | None:
         return self._runs.get(run)
 
-    def start_attempt(self, run: str, attempt: int, now: float) -> None:
-        self._runs[run] = AttemptProgress(run, attempt, now)
+    def start_attempt(self, run: str, attempt: int, now: float,
+                      target_step: int | None = None) -> None:
+        self._runs[run] = AttemptProgress(run, attempt, now, target_step=target_step)
 
     def stop(self, run: str) -> None:
         p = self._runs.get(run)
@@ -102,6 +104,9 @@ class ProgressTracker:
         out: list[Observation] = []
         for run, p in self._runs.items():
             if not p.active or p.hung:
+                continue
+            if (p.target_step is not None and p.last_step is not None
+                    and p.last_step >= p.target_step):
                 continue
             since = p.last_progress_at if p.last_progress_at is not None else p.started_at
             limit = self.threshold_s(p)

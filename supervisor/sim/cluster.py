@@ -1,6 +1,7 @@
 """The simulated cluster and training run: node faults, drains, allocation, progress, checkpoints.
 
-Pure state in virtual time; no policy here. Training progress is counted in seconds of
+Pure state in virtual time; no policy and no detection here (a node's conditions and causes
+come from the daemon's detectors, see ``detection.py``). Training progress is counted in seconds of
 nominal training: it advances at ``1 / slowdown`` while the run is running, periodic
 checkpoints fall every ``checkpoint_interval`` of progress, and a failure rolls progress
 back to the last checkpoint. ETTR = kept progress / wall time, so lost work, restart time,
@@ -10,19 +11,15 @@ hangs and time blocked by guards all count against it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from policies.model import ConditionType, NodeView, RunView
 from supervisor.sim.scenario import FaultSpec, RunSpec
 
-CONDITION_OF = {
-    "gpu-fatal": ConditionType.GPU_FATAL,
-    "node-dead": ConditionType.NODE_DEAD,
-    "node-unhealthy": ConditionType.NODE_UNHEALTHY,
-    "node-degraded": ConditionType.NODE_DEGRADED,
-    "straggler": ConditionType.STRAGGLER,
-}
+# What the detectors know about a node: its true conditions and the shared causes it reports.
+Detected = Callable[[str], tuple[frozenset[ConditionType], frozenset[str]]]
 
 
 class RunState(StrEnum):
@@ -37,12 +34,11 @@ class RunState(StrEnum):
 class SimNode:
     name: str
     faults: list[FaultSpec] = field(default_factory=list)
-    detected: set[ConditionType] = field(default_factory=set)
-    causes: set[str] = field(default_factory=set)
     drained: bool = False
     by_trainwarden: bool = False
     returned_at: float | None = None
     run: str | None = None
+    vetting_since: float | None = None
 
     @property
     def dead(self) -> bool:
@@ -52,15 +48,15 @@ class SimNode:
         """A fault of the node itself (shared-cause faults are not the node's fault)."""
         return any(f.cause is None for f in self.faults)
 
-    def view(self) -> NodeView:
+    def view(self, conditions: frozenset[ConditionType], causes: frozenset[str]) -> NodeView:
         return NodeView(
             self.name,
             self.run,
             self.drained,
             self.by_trainwarden,
             self.returned_at,
-            frozenset(self.detected),
-            frozenset(self.causes),
+            conditions,
+            causes,
         )
 
 
@@ -83,6 +79,12 @@ class SimRun:
 
     def step(self) -> int:
         return int(self.progress // self.spec.step_s)
+
+    def last_step(self, now: float) -> tuple[int, float]:
+        """The last completed step and when it completed (while running)."""
+        self.advance(now)
+        k = self.step()
+        return k, now - (self.progress - k * self.spec.step_s) * self.slowdown
 
     def set_state(self, now: float, state: RunState) -> None:
         self.advance(now)
@@ -127,21 +129,22 @@ class SimRun:
 class SimCluster:
     """Nodes plus one run; allocation is what a scheduler would do (drained/dead nodes skipped)."""
 
-    def __init__(self, names: list[str], run: RunSpec) -> None:
+    def __init__(self, names: list[str], run: RunSpec, detected: Detected) -> None:
         self.nodes = {n: SimNode(n) for n in names}
         self.order = names
         self.run = SimRun(run)
+        self.detected = detected
         self.views: dict[str, NodeView] = {}
         self.allocate(now=0.0, exclude=())
         for n in names:
             self.refresh(n)
 
     def refresh(self, name: str) -> None:
-        self.views[name] = self.nodes[name].view()
+        self.views[name] = self.nodes[name].view(*self.detected(name))
 
     def schedulable(self, name: str, exclude: set[str]) -> bool:
         n = self.nodes[name]
-        return not n.drained and not n.dead and name not in exclude
+        return not n.drained and name not in exclude and not (n.faults and n.dead)
 
     def allocate(self, now: float, exclude: tuple[str, ...]) -> bool:
         """Choose nodes for the run: keep good ones, fill from free nodes. False if short."""

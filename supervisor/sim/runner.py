@@ -1,11 +1,11 @@
-"""Driving the real policy engine against the simulated cluster in virtual time.
+"""Driving the daemon's detectors and policy engine against the simulated cluster in virtual time.
 
-A heap of timed events (fault starts and ends, detections, job exits, attempt starts,
-engine ticks) is processed in order; no broker, no sleeps, so a month of a 2,048-node run
-takes seconds. Node faults become conditions here (fault -> condition after the detection
-delay, cleared when repaired): the minimal mapping the daemon's node-fault tracker does.
-Every decision the engine returns is carried out like the daemon would, and recorded for
-``--explain`` and the figures.
+A heap of timed events (fault starts and ends, agent messages, job exits, attempt starts,
+ticks) is processed in order; no broker, no sleeps, so a month of a 2,048-node run takes
+seconds. Node faults become what the agents would publish (``agents.py``) and go through
+the daemon's own detectors, condition book and policy engine (``detection.py``); the run's
+steps go to the daemon's progress tracker, which is what declares a hang. Every decision
+is carried out like the daemon would (``actions.py``) and recorded for ``--explain``.
 """
 
 from __future__ import annotations
@@ -13,98 +13,88 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
+from health.report import StepSample
 from policies.engine import PolicyEngine
-from policies.explain import explain
-from policies.model import (
-    ActionKind,
-    ClusterView,
-    Condition,
-    ConditionType,
-    Decision,
-    Event,
-    EventKind,
-    Verdict,
-)
+from policies.model import ClusterView, ConditionType, Event, EventKind
 from policies.rules import Policy
-from supervisor.sim.cluster import CONDITION_OF, RunState, SimCluster
-from supervisor.sim.scenario import ASSUMPTION_SOURCES, FaultSpec, Scenario
+from supervisor.detectors.node_faults import Observation
+from supervisor.sim.actions import Actions
+from supervisor.sim.agents import XID_REPORT_DELAY_S, Agents, agent_fault
+from supervisor.sim.cluster import RunState, SimCluster
+from supervisor.sim.detection import Detection, DetectorSettings, decide
+from supervisor.sim.figures import Logged, SimResult, result
+from supervisor.sim.scenario import FaultSpec, Scenario
 
-TICK_S = 30.0
+TICK_S = 30.0  # while the engine waits on time (holds, incidents), tick it this often
 STRAGGLER_DETECT_S = 300.0
-APPROVE_DELAY_S = 900.0  # approve mode: an operator answers within 15 min
-
-
-@dataclass
-class Logged:
-    ts: float
-    decision: Decision
-
-
-@dataclass
-class SimResult:
-    scenario: str
-    figures: dict[str, Any]
-    decisions: list[Logged] = field(default_factory=list)
-    events: dict[int, Event] = field(default_factory=dict)
-    mismatches: list[str] = field(default_factory=list)
-
-    def explain_lines(self) -> list[str]:
-        out: list[str] = []
-        for i, item in enumerate(self.decisions, 1):
-            out += explain(item.decision, self.events, ident=f"D{i}", ts=item.ts)
-        return out
+EVENT_FAULTS = frozenset({"xid", "gpu-lost", "gpu-missing", "ecc-dbe"})  # published at once
 
 
 class Simulation:
     def __init__(self, scenario: Scenario, policy: Policy, faults: list[FaultSpec]) -> None:
         self.sc = scenario
+        spec = scenario.run
         self.engine = PolicyEngine(policy, scenario.mode)
-        self.cluster = SimCluster(scenario.node_names(), scenario.run)
+        self.settings = replace(
+            DetectorSettings(),
+            hang_floor_s=spec.hang_detect_s,
+            startup_timeout_s=spec.startup_timeout_s,
+        )
+        self.det = Detection(self.settings, policy.xid_catalog())
+        self.agents = Agents(self.det.nodes, self.settings.heartbeat_interval_s)
+        self.cluster = SimCluster(scenario.node_names(), spec, self.detected)
         self.faults = faults
         self.now = 0.0
         self._q: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = itertools.count()
         self._tick_at: float | None = None
-        self.events: list[Event] = []
-        self.by_id: dict[int, Event] = {}
         self.log: list[Logged] = []
         self.count: Counter[str] = Counter()
         self.blocks: Counter[str] = Counter()
         self.holds: Counter[str] = Counter()
-        self.run_hung = False
+        self.transitions: Counter[str] = Counter()  # conditions set, by type
+        self.flagged: set[str] = set()  # stragglers flagged
+        self.resume_step = 0  # the step the current attempt resumed from
+        self.fed: tuple[int, int] = (0, -1)  # (attempt, step) last reported to the tracker
+        self.actions = Actions(self)
 
     # -- plumbing -----------------------------------------------------------------------
     def at(self, t: float, fn: Callable[..., None], *args: Any) -> None:
         heapq.heappush(self._q, (t, next(self._seq), fn, args))
 
+    def detected(self, name: str) -> tuple[frozenset[ConditionType], frozenset[str]]:
+        causes = self.det.nodes.node(name).causes if name in self.agents.known else ()
+        return self.det.book.types_of(name), frozenset(causes)
+
     def view(self) -> ClusterView:
         run = self.cluster.run
         return ClusterView(self.now, self.cluster.views, {run.spec.name: run.view()})
 
-    def event(
-        self, ekind: EventKind, node: str | None = None, message: str = "", **data: Any
-    ) -> Event:
-        ev = Event(
-            self.now,
-            ekind,
-            node,
-            self.cluster.run.spec.name if node is None else None,
-            message,
-            data,
-            id=len(self.events) + 1,
-        )
-        self.events.append(ev)
-        self.by_id[ev.id or 0] = ev
-        return ev
+    def record(self, ev: Event) -> Event:
+        """An event the daemon records but does not detect on (run submitted, vetting)."""
+        return self.det.record([ev])[0]
+
+    def observe(self, obs: Sequence[Observation]) -> None:
+        """Supervisor.observe: events get ids, conditions move, the policy decides."""
+        if not obs:
+            return
+        changed, events = self.det.observe(obs)
+        for cond in changed:
+            if cond.status:
+                self.transitions[cond.type.value] += 1
+        for name in {e.node for e in events if e.node and e.node in self.cluster.nodes}:
+            self.cluster.refresh(name)
+        self.actions.apply(decide(self.engine, changed, events, self.view(), self.det.events))
 
     def run(self) -> SimResult:
         run = self.cluster.run
         for f in self.faults:
             self.at(f.at_s, self.fault_start, f)
+        self.det.progress.start_attempt(run.spec.name, run.attempt, 0.0)
         self.at(0.0, self.attempt_start, run.attempt)
         while self._q:
             t, _, fn, args = heapq.heappop(self._q)
@@ -115,7 +105,7 @@ class Simulation:
             self._schedule_tick()
         self.now = self.sc.duration_s
         run.advance(self.now)
-        return self.result()
+        return result(self)
 
     def _schedule_tick(self) -> None:
         if not self.engine.pending() or (self._tick_at is not None and self._tick_at > self.now):
@@ -123,13 +113,24 @@ class Simulation:
         wake = self.engine.next_wakeup()
         t = self.now + TICK_S if wake is None else max(self.now, min(wake, self.now + TICK_S))
         self._tick_at = t
-        self.at(t, self.tick)
+        self.at(t, self.tick, True)
 
-    def tick(self) -> None:
-        self._tick_at = None
-        self.apply(self.engine.tick(self.view()))
+    def tick(self, engine_tick: bool = False) -> None:
+        """Supervisor.tick: heartbeats and steps so far, time-based detectors, vetting, policy."""
+        if engine_tick:
+            self._tick_at = None
+        self.feed_steps()
+        obs = self.agents.heartbeats(self.now)
+        obs += self.det.nodes.tick(self.now) + self.det.progress.tick(self.now)
+        self.observe(obs)
+        self.actions.vetting()
+        self.actions.apply(self.engine.tick(self.view()))
 
-    # -- faults -> conditions -----------------------------------------------------------
+    def tick_after(self, delay_s: float) -> None:
+        """A detector deadline: the daemon notices it on its first tick after ``delay_s``."""
+        self.at(self.now + delay_s + self.settings.tick_s, self.tick, False)
+
+    # -- faults -> what the agents publish ------------------------------------------------
     def fault_start(self, f: FaultSpec) -> None:
         run = self.cluster.run
         if not f.nodes:  # run-level fault
@@ -145,22 +146,89 @@ class Simulation:
             node = self.cluster.nodes[name]
             node.faults.append(f)
             self.cluster.refresh(name)
-            sev = "fatal" if f.kind in ("gpu-fatal", "node-dead") else "degraded"
-            ev = self.event(
-                EventKind.FAULT,
-                name,
-                f.label or f.kind,
-                kind=f.kind,
-                severity=sev,
-                **({"cause": f.cause} if f.cause else {}),
-            )
-            self.apply(self.engine.on_event(ev, self.view(), self.events))
-            delay = STRAGGLER_DETECT_S if f.kind == "straggler" else self.sc.run.detect_delay_s
-            self.at(self.now + delay, self.detect, name, f, ev.id)
+            self.observe(self.agents.hello(name, self.now))
+            self.agent_sees(name, f)
             if name in run.alloc:
                 self.node_effect(f)
             if f.duration_s is not None:
                 self.at(self.now + f.duration_s, self.fault_end, name, f)
+
+    def agent_sees(self, name: str, f: FaultSpec) -> None:
+        if f.kind == "straggler":
+            self.at(self.now + STRAGGLER_DETECT_S, self.straggler_flag, name, f)
+            return
+        if f.kind == "node-dead":
+            self.observe(self.agents.die(name, self.now))
+            will = self.sc.run.will_delay_s if f.will_after_s is None else f.will_after_s
+            self.at(self.now + will, self.will, name, f)
+            self.tick_after(will + self.settings.will_confirm_s)
+            self.tick_after(self.settings.heartbeat_limit_s())
+            return
+        fault = agent_fault(f)
+        if fault is not None and fault.kind in EVENT_FAULTS:
+            self.at(self.now + XID_REPORT_DELAY_S, self.fault_event, name, f)
+        self.at(self.now + self.sc.run.detect_delay_s, self.report, name)
+
+    def fault_event(self, name: str, f: FaultSpec) -> None:
+        fault = agent_fault(f)
+        if fault is not None and f in self.cluster.nodes[name].faults:
+            self.observe(self.agents.fault_event(name, fault, self.now))
+
+    def report(self, name: str) -> None:
+        """The node's next health report, showing the faults it has now."""
+        found = [x for x in map(agent_fault, self.cluster.nodes[name].faults) if x is not None]
+        self.observe(self.agents.report(name, list(dict.fromkeys(found)), self.now))
+
+    def will(self, name: str, f: FaultSpec) -> None:
+        if f in self.cluster.nodes[name].faults:
+            self.observe(self.agents.will(name, self.now))
+
+    def straggler_flag(self, name: str, f: FaultSpec) -> None:
+        """The sim's own straggler detection (the step-time detector is not driven yet)."""
+        if f not in self.cluster.nodes[name].faults or name in self.flagged:
+            return
+        self.flagged.add(name)
+        why = f"step time {f.slowdown:g}x its peers' for {STRAGGLER_DETECT_S:g} s" + (
+            f" ({f.label})" if f.label else ""
+        )
+        ev = Event(
+            self.now,
+            EventKind.STRAGGLER_FLAGGED,
+            node=name,
+            message=why,
+            data={"slowdown": f.slowdown},
+        )
+        self.observe([Observation(ev, name, ConditionType.STRAGGLER, True, why)])
+
+    def fault_end(self, name: str, f: FaultSpec) -> None:
+        node = self.cluster.nodes[name]
+        if f not in node.faults:
+            return
+        node.faults.remove(f)
+        self.cluster.refresh(name)
+        kinds = {x.kind for x in node.faults}
+        if f.effect == "slow":
+            self.cluster.run.advance(self.now)
+            self.cluster.recompute_slowdown()
+        if f.kind == "straggler" and name in self.flagged and "straggler" not in kinds:
+            self.flagged.discard(name)
+            ev = Event(
+                self.now,
+                EventKind.STRAGGLER_CLEARED,
+                node=name,
+                message="step time back in line with its peers",
+            )
+            self.observe([Observation(ev, name, ConditionType.STRAGGLER, False, "repaired")])
+        elif f.kind == "node-dead" and "node-dead" not in kinds:
+            self.observe(self.agents.start(name, self.now))  # back online
+            self.report(name)
+        elif f.kind == "gpu-fatal" and name in self.agents.up:
+            self.observe(self.agents.stop(name, self.now))  # the repair reboots the node
+            self.observe(self.agents.start(name, self.now))
+            self.report(name)
+        elif f.kind != "straggler":
+            self.report(name)
+        self.retry_pending()
 
     def node_effect(self, f: FaultSpec) -> None:
         run = self.cluster.run
@@ -173,110 +241,79 @@ class Simulation:
             elif f.effect == "hang":
                 self.hang()
 
-    def detect(self, name: str, f: FaultSpec, evidence: int | None) -> None:
-        node = self.cluster.nodes[name]
-        if f not in node.faults:
+    # -- the run and its progress ---------------------------------------------------------
+    def feed_steps(self) -> None:
+        """The ranks' step reports up to now (one report of the latest step stands for all)."""
+        run = self.cluster.run
+        p = self.det.progress.get(run.spec.name)
+        if run.state is not RunState.RUNNING or p is None or p.attempt != run.attempt:
             return
-        if f.cause:
-            node.causes.add(f.cause)
-        ctype = CONDITION_OF[f.kind]
-        if ctype in node.detected:
-            self.cluster.refresh(name)
+        step, done_at = run.last_step(self.now)
+        if step <= self.resume_step or (run.attempt, step) <= self.fed:
             return
-        node.detected.add(ctype)
-        self.cluster.refresh(name)
-        cond = Condition(
-            name, ctype, True, f.label or f.kind, self.now, (evidence,) if evidence else ()
-        )
-        ev = self.event(
-            EventKind.CONDITION_CHANGED,
-            name,
-            f"{ctype.value} set: {cond.reason}",
-            condition=ctype.value,
-            status=True,
-        )
-        cond = Condition(name, ctype, True, cond.reason, self.now, (*cond.evidence, ev.id or 0))
-        self.apply(self.engine.on_condition(cond, self.view(), self.events))
-
-    def fault_end(self, name: str, f: FaultSpec) -> None:
-        node = self.cluster.nodes[name]
-        if f not in node.faults:
-            return
-        node.faults.remove(f)
-        node.causes = {x.cause for x in node.faults if x.cause}
-        ctype = CONDITION_OF[f.kind]
-        still = any(CONDITION_OF[x.kind] is ctype for x in node.faults)
-        self.cluster.refresh(name)
-        if f.effect == "slow":
-            self.cluster.run.advance(self.now)
-            self.cluster.recompute_slowdown()
-        if ctype in node.detected and not still:
-            node.detected.discard(ctype)
-            self.cluster.refresh(name)
-            ev = self.event(
-                EventKind.CONDITION_CHANGED,
-                name,
-                f"{ctype.value} cleared: repaired",
-                condition=ctype.value,
-                status=False,
+        self.fed = (run.attempt, step)
+        sample = StepSample(step=step, step_s=run.spec.step_s * run.slowdown, ts=done_at)
+        self.observe(
+            self.det.progress.on_steps(
+                run.spec.name, run.attempt, 0, run.alloc[0], [sample], done_at
             )
-            cond = Condition(name, ctype, False, "repaired", self.now, (ev.id or 0,))
-            self.apply(self.engine.on_condition(cond, self.view(), self.events))
-        self.retry_pending()
+        )
 
-    # -- the run ------------------------------------------------------------------------
+    def watch_progress(self) -> None:
+        """Tick when the progress tracker's hang threshold runs out (steps have stopped)."""
+        p = self.det.progress.get(self.cluster.run.spec.name)
+        if p is None or not p.active or p.hung:
+            return
+        since = p.last_progress_at if p.last_progress_at is not None else p.started_at
+        self.at(since + self.det.progress.threshold_s(p) + self.settings.tick_s, self.tick, False)
+
     def fail(self, why: str) -> None:
         run = self.cluster.run
         if run.state not in (RunState.RUNNING, RunState.HUNG):
             return
+        self.feed_steps()
         run.advance(self.now)
         run.failure_steps.append(run.step())
         step = run.step()
         run.lose(self.now)
         run.set_state(self.now, RunState.DOWN)
+        self.watch_progress()
         self.at(self.now + self.sc.run.job_exit_delay_s, self.job_exit, run.attempt, why, step)
 
     def job_exit(self, attempt: int, why: str, step: int) -> None:
+        """The scheduler reports the job ended (the daemon only polls the current attempt)."""
         run = self.cluster.run
-        ev = self.event(
+        if run.attempt != attempt:
+            return
+        self.det.progress.stop(run.spec.name)
+        self.at(self.now + self.settings.settle_s, self.attempt_failed, attempt, why, step)
+
+    def attempt_failed(self, attempt: int, why: str, step: int) -> None:
+        run = self.cluster.run
+        if run.attempt != attempt:
+            return
+        ev = Event(
+            self.now,
             EventKind.ATTEMPT_ENDED,
-            None,
-            f"attempt {attempt} failed: {why}",
-            attempt=attempt,
-            failed=True,
-            step=step,
+            run=run.spec.name,
+            message=f"attempt {attempt} ended: failed ({why}) at step {step}",
+            data={
+                "state": "failed",
+                "attempt": attempt,
+                "last_step": step,
+                "step": step,
+                "failed": True,
+            },
         )
-        if run.attempt == attempt:
-            self.apply(self.engine.on_event(ev, self.view(), self.events))
+        self.observe([Observation(ev)])
 
     def hang(self) -> None:
         run = self.cluster.run
         if run.state is not RunState.RUNNING:
             return
-        run.advance(self.now)
+        self.feed_steps()
         run.set_state(self.now, RunState.HUNG)
-        self.at(self.now + self.sc.run.hang_detect_s, self.hang_detected, run.attempt)
-
-    def hang_detected(self, attempt: int) -> None:
-        run = self.cluster.run
-        if run.attempt != attempt or run.state is not RunState.HUNG:
-            return
-        self.run_hung = True
-        ev = self.event(
-            EventKind.RUN_PROGRESS_STALLED,
-            None,
-            f"no step progress since step {run.step()}",
-            step=run.step(),
-        )
-        cond = Condition(
-            run.spec.name,
-            ConditionType.RUN_HUNG,
-            True,
-            f"no progress for {self.sc.run.hang_detect_s:g}s",
-            self.now,
-            (ev.id or 0,),
-        )
-        self.apply(self.engine.on_condition(cond, self.view(), self.events))
+        self.watch_progress()
 
     def schedule_step_crash(self, f: FaultSpec, attempt: int) -> None:
         run = self.cluster.run
@@ -291,32 +328,46 @@ class Simulation:
     def restart(self, exclude: tuple[str, ...]) -> None:
         run = self.cluster.run
         if run.state in (RunState.RUNNING, RunState.HUNG):
+            self.feed_steps()
             run.lose(self.now)
         run.advance(self.now)
         run.attempt += 1
         run.restarts += 1
-        if self.run_hung:
-            self.run_hung = False
-            self.apply(
-                self.engine.on_condition(
-                    Condition(run.spec.name, ConditionType.RUN_HUNG, False, "restarted", self.now),
-                    self.view(),
-                    self.events,
-                )
-            )
-        if self.cluster.allocate(self.now, exclude):
-            run.set_state(self.now, RunState.RESTARTING)
-            self.at(self.now + self.sc.run.restart_cost_s, self.attempt_start, run.attempt)
-        else:
-            run.set_state(self.now, RunState.PENDING)
+        self.det.progress.stop(run.spec.name)  # RunManager._stop_current
+        self.submit(exclude)
 
     def retry_pending(self) -> None:
+        if self.cluster.run.state is RunState.PENDING:
+            self.submit(())
+
+    def submit(self, exclude: tuple[str, ...]) -> None:
+        """RunManager._submit: the attempt gets nodes and the progress tracker starts on it."""
         run = self.cluster.run
-        if run.state is RunState.PENDING and self.cluster.allocate(self.now, ()):
-            run.set_state(self.now, RunState.RESTARTING)
-            self.at(self.now + self.sc.run.restart_cost_s, self.attempt_start, run.attempt)
+        if not self.cluster.allocate(self.now, exclude):
+            run.set_state(self.now, RunState.PENDING)
+            return
+        run.set_state(self.now, RunState.RESTARTING)
+        self.resume_step = run.step()
+        self.det.progress.start_attempt(run.spec.name, run.attempt, self.now)
+        self.record(
+            Event(
+                self.now,
+                EventKind.RUN_STARTED,
+                run=run.spec.name,
+                message=f"attempt {run.attempt} submitted on {len(run.alloc)} "
+                f"node(s), resuming from step {run.step()}",
+                data={
+                    "attempt": run.attempt,
+                    "exclude": list(exclude),
+                    "resumed_from_step": run.step(),
+                },
+            )
+        )
+        self.watch_progress()
+        self.at(self.now + self.sc.run.restart_cost_s, self.attempt_start, run.attempt)
 
     def attempt_start(self, attempt: int) -> None:
+        """The job's ranks are up (after the restart cost) and start stepping."""
         run = self.cluster.run
         if run.attempt != attempt or run.state not in (RunState.RESTARTING, RunState.RUNNING):
             return
@@ -324,12 +375,7 @@ class Simulation:
         if attempt > 1:
             run.restart_times.append(self.now)
         self.cluster.recompute_slowdown()
-        self.event(
-            EventKind.RUN_STARTED,
-            None,
-            f"attempt {attempt} running on {len(run.alloc)} nodes from step {run.step()}",
-            attempt=attempt,
-        )
+        self.at(self.now + run.spec.step_s * run.slowdown, self.feed_steps)  # the first step
         for f in self.faults:
             if (
                 not f.nodes
@@ -345,129 +391,5 @@ class Simulation:
                     self.node_effect(f)
                     return
 
-    # -- decisions ----------------------------------------------------------------------
-    def apply(self, decisions: list[Decision]) -> None:
-        for d in decisions:
-            self.log.append(Logged(self.now, d))
-            failing = [v.guard for v in d.guards if not v.passed]
-            if d.verdict is Verdict.BLOCK and failing[:1] == ["still-needed"]:
-                self.count["dropped_after_hold"] += 1
-            elif d.verdict is Verdict.BLOCK:
-                self.blocks.update(failing[:1])
-            elif d.verdict is Verdict.HOLD:
-                self.holds.update(failing[:1])
-            elif d.verdict is Verdict.DRY_RUN:
-                self.count[f"dry_run_{d.request.kind.value}"] += 1
-            elif d.verdict is Verdict.QUEUED:
-                self.count["queued"] += 1
-                self.at(self.now + APPROVE_DELAY_S, self.approve, d)
-            elif d.verdict is Verdict.ALLOW:
-                ok = self.execute(d)
-                self.engine.record_result(d, ok, self.now)
 
-    def execute(self, d: Decision) -> bool:
-        req = d.request
-        run = self.cluster.run
-        if req.kind is ActionKind.DRAIN and req.node:
-            node = self.cluster.nodes[req.node]
-            node.drained, node.by_trainwarden = True, True
-            self.cluster.refresh(req.node)
-            self.count["drains"] += 1
-            if not node.local_fault():
-                self.count["false_drains"] += 1
-        elif req.kind is ActionKind.RESTART_RUN:
-            self.count["restarts"] += 1
-            self.restart(req.exclude)
-        elif req.kind in (ActionKind.VET, ActionKind.UNDRAIN) and req.node:
-            node = self.cluster.nodes[req.node]
-            self.count["vets"] += 1
-            if req.kind is ActionKind.VET and node.faults:
-                self.count["vets_failed"] += 1
-                return False
-            node.drained, node.by_trainwarden, node.returned_at = False, False, self.now
-            self.cluster.refresh(req.node)
-            self.count["returned"] += 1
-            self.retry_pending()
-        elif req.kind is ActionKind.CHECKPOINT_NOW:
-            if run.state is not RunState.RUNNING:
-                return False
-            run.advance(self.now)
-            self.at(self.now + self.sc.run.checkpoint_save_s, self.checkpoint_saved, run.attempt)
-        elif req.kind is ActionKind.ALERT:
-            self.count["alerts"] += 1
-        return True
-
-    def approve(self, d: Decision) -> None:
-        """Approve mode: a simulated operator approves each queued decision after a delay."""
-        self.apply([self.engine.resolve(d, True, self.view(), who="sim-operator")])
-
-    def checkpoint_saved(self, attempt: int) -> None:
-        run = self.cluster.run
-        if run.attempt != attempt or run.state is not RunState.RUNNING:
-            return
-        run.advance(self.now)
-        run.ckpt = run.progress
-        run.checkpoints += 1
-        self.count["checkpoints_now"] += 1
-        ev = self.event(
-            EventKind.CHECKPOINT_SAVED, None, f"checkpoint at step {run.step()}", step=run.step()
-        )
-        self.apply(self.engine.on_event(ev, self.view(), self.events))
-
-    # -- figures ------------------------------------------------------------------------
-    def result(self) -> SimResult:
-        run = self.cluster.run
-        wall = self.sc.duration_s
-        spec = self.sc.run
-        figures: dict[str, Any] = {
-            "scenario": self.sc.name,
-            "mode": self.sc.mode.value,
-            "cluster_nodes": self.sc.cluster_nodes,
-            "run_nodes": spec.nodes,
-            "duration_h": round(wall / 3600, 3),
-            "faults": sum(max(1, len(f.nodes)) for f in self.faults),
-            "drains": self.count["drains"],
-            "false_drains": self.count["false_drains"],
-            "restarts": self.count["restarts"],
-            "incidents": len(self.engine.incidents()),
-            "incident_kinds": dict(Counter(i.kind.value for i in self.engine.incidents())),
-            "guard_blocks": dict(sorted(self.blocks.items())),
-            "guard_holds": dict(sorted(self.holds.items())),
-            "vets": self.count["vets"],
-            "returned_to_service": self.count["returned"],
-            "alerts": self.count["alerts"],
-            "dropped_after_hold": self.count["dropped_after_hold"],
-            "checkpoints_now": self.count["checkpoints_now"],
-            "decisions": len(self.log),
-            "lost_work_h": round(run.lost_work_s / 3600, 3),
-            "hours_by_state": {k: round(v / 3600, 2) for k, v in sorted(run.time_in.items())},
-            "slowdown_loss_h": round(
-                (run.time_in.get("running", 0.0) - run.progress - run.lost_work_s) / 3600, 3
-            ),
-            "productive_h": round(run.progress / 3600, 3),
-            "lost_node_hours": round(spec.nodes * (wall - run.progress) / 3600, 1),
-            "ettr": round(run.progress / wall, 4) if wall > 0 else 0.0,
-            "final_state": run.state.value,
-            "assumptions": {
-                "checkpoint_interval_s": spec.checkpoint_interval_s,
-                "restart_cost_s": spec.restart_cost_s,
-                "detect_delay_s": spec.detect_delay_s,
-                "job_exit_delay_s": spec.job_exit_delay_s,
-                "hang_detect_s": spec.hang_detect_s,
-                "sources": ASSUMPTION_SOURCES,
-            },
-        }
-        if self.sc.mode.value == "dry-run":
-            figures["dry_run"] = {
-                k[8:]: v for k, v in self.count.items() if k.startswith("dry_run_")
-            }
-        if self.sc.mode.value == "approve":
-            figures["queued"] = self.count["queued"]
-            figures["approve_delay_s"] = APPROVE_DELAY_S
-        mismatches = [
-            f"{k}: expected {v}, got {figures.get(k)}"
-            for k, v in self.sc.expect.items()
-            if figures.get(k) != v
-        ]
-        figures["expectations"] = {"checked": len(self.sc.expect), "failed": mismatches}
-        return SimResult(self.sc.name, figures, self.log, self.by_id, mismatches)
+__all__ = ["Logged", "SimResult", "Simulation"]

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from health import faults as fk
 from policies.engine import Mode
 from policies.errors import PolicyError
 from policies.yamlread import Reader
@@ -48,15 +49,25 @@ EXPECT_KEYS = (
 # Where the run's defaults come from (printed with every result).
 CHECKPOINT_INTERVAL_S = 3 * 3600.0  # BLOOM-176B: SAVE_INTERVAL=100 iterations at ~105 s
 RESTART_COST_S = 15 * 60.0  # assumption: requeue + checkpoint load + NCCL init
+APPROVE_DELAY_S = 900.0  # approve mode: an operator answers within 15 min
 ASSUMPTION_SOURCES = {
     "checkpoint_interval": "BLOOM-176B chronicles (2022-03-22): SAVE_INTERVAL=100 iterations "
     "at ~105 s/iteration, '<=3h loss' (shared/data/chronicles)",
     "restart_cost": "assumed 15 min (requeue, checkpoint load, NCCL init); the chronicles give "
     "no single figure (OPT-175B: checkpoint download alone could take hours)",
-    "detect_delay": "30 s: agent fault report / heartbeat timeout",
+    "detect_delay": "20 s: a probe's finding reaches the daemon (agent report every 10 s, probe "
+    "timeout 10 s: health/agent.py, health/probes/registry.py); XIDs are published at once (1 s)",
+    "will_delay": "0 s: the broker publishes the last will when the agent's connection drops "
+    "(trace deaths are silent: the will comes after 1.5 x keepalive = 15 s, heartbeats stop)",
     "job_exit_delay": "2 min: the job notices the failure (NCCL async error handling)",
-    "hang_detect": "10 min: k x median step time with a floor",
+    "hang_detect": "30 s: floor of the daemon's hang threshold max(k x median step, floor), "
+    "k = 2 (supervisor/core.py CoreConfig)",
+    "startup_timeout": "20 min: no first step this long after a (re)start is a hang; longer than "
+    "the restart cost (the daemon's default of 5 min is shorter, see supervisor/sim/README.md)",
 }
+AGENT_FAULT_KINDS = frozenset(
+    getattr(fk, name) for name in dir(fk) if name.isupper() and isinstance(getattr(fk, name), str)
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,10 @@ class FaultSpec:
     step: int | None = None  # crash: the attempt dies when it reaches this step
     repeat: bool = False  # crash: every attempt dies there again
     label: str = ""
+    agent_fault: str | None = None  # what the agent reports (health.faults kind); None: default
+    xid: int | None = None  # gpu-fatal reported as an XID: its code (default 79)
+    gpu: int | None = None  # the GPU index the agent names
+    will_after_s: float | None = None  # node-dead: last will after this (None: the run's)
 
 
 @dataclass(frozen=True)
@@ -80,10 +95,12 @@ class RunSpec:
     step_s: float = 10.0
     checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S
     restart_cost_s: float = RESTART_COST_S
-    detect_delay_s: float = 30.0
+    detect_delay_s: float = 20.0  # a probe's finding reaches the daemon
     job_exit_delay_s: float = 120.0
-    hang_detect_s: float = 600.0
+    hang_detect_s: float = 30.0  # floor of the progress tracker's hang threshold
     checkpoint_save_s: float = 60.0
+    will_delay_s: float = 0.0  # node-dead: the broker publishes the last will after this
+    startup_timeout_s: float = 1200.0  # no first step this long after a (re)start: hung
 
 
 @dataclass(frozen=True)
@@ -246,6 +263,8 @@ def _run(r: Reader, node: Any, cluster_nodes: int) -> RunSpec:
         "job_exit_delay",
         "hang_detect",
         "checkpoint_save",
+        "will_delay",
+        "startup_timeout",
     }
     m = r.mapping(node, "run", allowed=keys) or {}
     d = RunSpec()
@@ -267,6 +286,8 @@ def _run(r: Reader, node: Any, cluster_nodes: int) -> RunSpec:
         dur("job_exit_delay", d.job_exit_delay_s),
         dur("hang_detect", d.hang_detect_s),
         dur("checkpoint_save", d.checkpoint_save_s),
+        dur("will_delay", d.will_delay_s),
+        dur("startup_timeout", d.startup_timeout_s) or d.startup_timeout_s,
     )
 
 
@@ -290,6 +311,10 @@ def _fault(
             "step",
             "repeat",
             "label",
+            "fault",
+            "xid",
+            "gpu",
+            "will_after",
         },
     )
     if m is None:
@@ -321,6 +346,13 @@ def _fault(
                 r.error(path + ".rack", f"rack {idx} is beyond the cluster")
     if kind is not None and kind not in ("crash", "hang") and not targets:
         r.error(path, "a node fault needs 'node', 'nodes' (fraction of the run) or 'rack'")
+    agent_fault = r.string(m.get("fault"), path + ".fault")
+    if agent_fault is not None and agent_fault not in AGENT_FAULT_KINDS:
+        r.error(
+            path + ".fault",
+            f"{agent_fault!r} is not a fault kind of health.faults "
+            f"({', '.join(sorted(AGENT_FAULT_KINDS))})",
+        )
     if kind is None or at is None:
         return None
     return FaultSpec(
@@ -334,4 +366,8 @@ def _fault(
         r.integer(m.get("step"), path + ".step", lo=0),
         bool(r.boolean(m.get("repeat"), path + ".repeat")),
         r.string(m.get("label"), path + ".label") or "",
+        agent_fault,
+        r.integer(m.get("xid"), path + ".xid", lo=1, hi=1000),
+        r.integer(m.get("gpu"), path + ".gpu", lo=0, hi=63),
+        r.duration(m.get("will_after"), path + ".will_after"),
     )

@@ -50,3 +50,10 @@ def test_reports_from_an_old_attempt_or_out_of_order_change_nothing() -> None:
     p.on_steps("r", 2, 0, "n1", steps(10, 3, 1.0, T0 + 2), T0 + 2)  # stale duplicate
     prog = p.get("r")
     assert prog is not None and prog.last_step == 32 and prog.last_progress_at == T0 + 1
+
+
+def test_a_run_past_its_final_step_is_finishing_not_hung() -> None:
+    p = ProgressTracker(k=2.0, floor_s=5.0)
+    p.start_attempt("r", 1, T0, target_step=3)
+    p.on_steps("r", 1, 0, "n1", steps(1, 3, 1.0, T0 + 1), T0 + 1)
+    assert p.tick(T0 + 600) == []

@@ -1,0 +1,169 @@
+"""Carrying out the engine's decisions on the simulated cluster, as the daemon would.
+
+Mirrors ``supervisor/actions.py`` and the daemon's vetting: a drain takes the node out of
+scheduling, a restart resubmits the run without the excluded nodes, ``vet`` starts vetting
+and the node returns to service (``undrain``, which also resets the node health tracker's
+sticky faults) once it has reported for the vetting period with no condition set.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from policies.model import (
+    ActionKind,
+    ActionRequest,
+    Actor,
+    ConditionType,
+    Decision,
+    Event,
+    EventKind,
+    GuardVerdict,
+    Verdict,
+)
+from supervisor.detectors.node_faults import Observation
+from supervisor.sim.cluster import RunState
+from supervisor.sim.figures import Logged
+from supervisor.sim.scenario import APPROVE_DELAY_S
+
+if TYPE_CHECKING:
+    from supervisor.sim.runner import Simulation
+
+VET_FAILS = frozenset(
+    {ConditionType.NODE_DEAD, ConditionType.GPU_FATAL, ConditionType.NODE_UNHEALTHY}
+)
+
+
+class Actions:
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        self.vetting_nodes: set[str] = set()
+
+    def apply(self, decisions: list[Decision]) -> None:
+        sim = self.sim
+        for d in decisions:
+            sim.log.append(Logged(sim.now, d))
+            failing = [v.guard for v in d.guards if not v.passed]
+            if d.verdict is Verdict.BLOCK and failing[:1] == ["still-needed"]:
+                sim.count["dropped_after_hold"] += 1
+            elif d.verdict is Verdict.BLOCK:
+                sim.blocks.update(failing[:1])
+            elif d.verdict is Verdict.HOLD:
+                sim.holds.update(failing[:1])
+            elif d.verdict is Verdict.DRY_RUN:
+                sim.count[f"dry_run_{d.request.kind.value}"] += 1
+            elif d.verdict is Verdict.QUEUED:
+                sim.count["queued"] += 1
+                sim.at(sim.now + APPROVE_DELAY_S, self.approve, d)
+            elif d.verdict is Verdict.ALLOW:
+                ok = self.execute(d)
+                sim.engine.record_result(d, ok, sim.now)
+
+    def execute(self, d: Decision) -> bool:
+        sim = self.sim
+        req = d.request
+        run = sim.cluster.run
+        if req.kind is ActionKind.DRAIN and req.node:
+            node = sim.cluster.nodes[req.node]
+            node.drained, node.by_trainwarden = True, req.actor is Actor.RULE
+            node.vetting_since = None
+            self.vetting_nodes.discard(req.node)
+            sim.cluster.refresh(req.node)
+            sim.count["drains"] += 1
+            if not node.local_fault():
+                sim.count["false_drains"] += 1
+        elif req.kind is ActionKind.RESTART_RUN:
+            sim.count["restarts"] += 1
+            sim.restart(req.exclude)
+        elif req.kind is ActionKind.VET and req.node:
+            node = sim.cluster.nodes[req.node]
+            if not node.by_trainwarden and req.actor is not Actor.OPERATOR:
+                return False  # only an operator vets what trainwarden did not drain
+            sim.count["vets"] += 1
+            node.vetting_since = sim.now
+            self.vetting_nodes.add(req.node)
+            sim.tick_after(sim.settings.vet_period_s)
+        elif req.kind is ActionKind.UNDRAIN and req.node:
+            self.undrain(req.node)
+        elif req.kind is ActionKind.CHECKPOINT_NOW:
+            if run.state is not RunState.RUNNING:
+                return False
+            run.advance(sim.now)
+            sim.at(sim.now + sim.sc.run.checkpoint_save_s, self.checkpoint_saved, run.attempt)
+        elif req.kind is ActionKind.ALERT:
+            sim.count["alerts"] += 1
+        return True
+
+    def undrain(self, name: str) -> None:
+        """Back to service; the tracker forgets sticky faults (supervisor/actions.py _undrain)."""
+        sim = self.sim
+        node = sim.cluster.nodes[name]
+        node.drained, node.by_trainwarden, node.returned_at = False, False, sim.now
+        node.vetting_since = None
+        self.vetting_nodes.discard(name)
+        for o in sim.det.nodes.reset(name):
+            if o.subject and o.ctype:
+                sim.det.book.apply(o.subject, o.ctype, False, o.reason, sim.now)
+        sim.cluster.refresh(name)
+        sim.count["returned"] += 1
+        sim.retry_pending()
+
+    def vetting(self) -> None:
+        """Supervisor._vetting: nodes being vetted pass after the period, or fail on a condition."""
+        sim = self.sim
+        period = sim.settings.vet_period_s
+        for name in sorted(self.vetting_nodes):
+            node = sim.cluster.nodes[name]
+            if node.vetting_since is None:
+                continue
+            bad = sim.det.book.types_of(node.name) & VET_FAILS
+            if bad:
+                node.vetting_since = None
+                self.vetting_nodes.discard(name)
+                sim.count["vets_failed"] += 1
+                sim.record(
+                    Event(
+                        sim.now,
+                        EventKind.CONDITION_CHANGED,
+                        node=node.name,
+                        message="vetting failed: " + ", ".join(sorted(bad)),
+                    )
+                )
+            elif node.name in sim.agents.up and sim.now - node.vetting_since >= period:
+                d = Decision(
+                    ActionRequest(
+                        ActionKind.UNDRAIN,
+                        Actor.RULE,
+                        f"vetting passed: healthy reports for {period:.0f} s",
+                        node=node.name,
+                        rule="vet",
+                    ),
+                    Verdict.ALLOW,
+                    (GuardVerdict("vetting", True, "no condition set"),),
+                )
+                sim.log.append(Logged(sim.now, d))
+                self.undrain(node.name)
+                sim.engine.record_result(d, True, sim.now)
+
+    def approve(self, d: Decision) -> None:
+        """Approve mode: a simulated operator approves each queued decision after a delay."""
+        sim = self.sim
+        self.apply([sim.engine.resolve(d, True, sim.view(), who="sim-operator")])
+
+    def checkpoint_saved(self, attempt: int) -> None:
+        sim = self.sim
+        run = sim.cluster.run
+        if run.attempt != attempt or run.state is not RunState.RUNNING:
+            return
+        run.advance(sim.now)
+        run.ckpt = run.progress
+        run.checkpoints += 1
+        sim.count["checkpoints_now"] += 1
+        ev = Event(
+            sim.now,
+            EventKind.CHECKPOINT_SAVED,
+            run=run.spec.name,
+            message=f"checkpoint of step {run.step()} saved",
+            data={"step": run.step()},
+        )
+        sim.observe([Observation(ev)])
