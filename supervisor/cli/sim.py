@@ -1,4 +1,4 @@
-"""``trainwarden sim SCENARIO``: run the real policy engine against a simulated cluster.
+"""``trainwarden sim SCENARIO``: the daemon's detectors and policy engine on a simulated cluster.
 
 Virtual time: hours to weeks of cluster life in seconds. SCENARIO is a shipped name
 (``--list``) or a YAML file. Exit 0; 1 when the scenario's ``expect`` figures are not met.
@@ -14,7 +14,7 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("sim", help="simulate a failure scenario against the policy engine")
+    p = subparsers.add_parser("sim", help="simulate failures: real detectors and policy")
     p.add_argument("scenario", nargs="?", help="shipped scenario name or a YAML file")
     p.add_argument("--json", action="store_true", help="print one JSON object of figures")
     p.add_argument("--explain", action="store_true", help="explain every decision taken")
@@ -74,6 +74,7 @@ def _print_human(f: dict[str, Any]) -> None:
     )
     rows = [
         ("faults injected", f["faults"]),
+        ("detections", f["detections"] or 0),
         ("drains", f["drains"]),
         ("false drains", f["false_drains"]),
         ("restarts", f["restarts"]),

@@ -1,4 +1,4 @@
-"""The virtual-time simulator behind `trainwarden sim`: the real policy engine, simulated cluster.
+"""The virtual-time simulator behind `trainwarden sim`: the daemon's detectors and policy engine.
 
 ``simulate(scenario)`` runs a :class:`~supervisor.sim.scenario.Scenario` (a shipped name or a
 YAML file, see ``scenarios/``) and returns figures (drains, restarts, incidents, guard blocks,

@@ -40,6 +40,7 @@ class Actions:
         self.vetting_nodes: set[str] = set()
 
     def apply(self, decisions: list[Decision]) -> None:
+        """Supervisor._execute: record every decision first, then carry out the allowed ones."""
         sim = self.sim
         for d in decisions:
             sim.log.append(Logged(sim.now, d))
@@ -55,7 +56,8 @@ class Actions:
             elif d.verdict is Verdict.QUEUED:
                 sim.count["queued"] += 1
                 sim.at(sim.now + APPROVE_DELAY_S, self.approve, d)
-            elif d.verdict is Verdict.ALLOW:
+        for d in decisions:
+            if d.verdict is Verdict.ALLOW:
                 ok = self.execute(d)
                 sim.engine.record_result(d, ok, sim.now)
 

@@ -76,6 +76,7 @@ class SimRun:
     lost_work_s: float = 0.0
     checkpoints: int = 0
     time_in: dict[str, float] = field(default_factory=dict)  # wall seconds per state
+    reported_step: int | None = None  # highest step the ranks reported (the daemon's last_step)
 
     def step(self) -> int:
         return int(self.progress // self.spec.step_s)
@@ -122,7 +123,7 @@ class SimRun:
             self.restarts,
             tuple(self.restart_times),
             tuple(self.failure_steps),
-            self.step(),
+            self.reported_step,
         )
 
 

@@ -252,6 +252,7 @@ class Simulation:
         if step <= self.resume_step or (run.attempt, step) <= self.fed:
             return
         self.fed = (run.attempt, step)
+        run.reported_step = max(step, run.reported_step or 0)
         sample = StepSample(step=step, step_s=run.spec.step_s * run.slowdown, ts=done_at)
         self.observe(
             self.det.progress.on_steps(

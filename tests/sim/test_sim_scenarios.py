@@ -103,13 +103,18 @@ def test_every_action_is_explained(name: str) -> None:
 def test_trace_replay_under_a_minute_with_figures() -> None:
     t0 = time.perf_counter()
     f = simulate(load_scenario("infinitehbd-replay")).figures
-    assert time.perf_counter() - t0 < 60
+    assert time.perf_counter() - t0 < 20  # the issue asks for under a minute
     assert f["run_nodes"] == 2048 and f["duration_h"] == 720
     assert 200 <= f["faults"] <= 400  # 0.0042 faults per node-day x 2,176 nodes x 30 days
     assert f["drains"] > 0 and f["restarts"] > 0 and f["false_drains"] == 0
     assert 0.0 < f["ettr"] < 1.0
     states = f["hours_by_state"]
     assert sum(states.values()) == pytest.approx(720, abs=0.1)
+    # every node condition came through the daemon's detectors
+    det = f["detections"]
+    assert det["GpuFatal"] > 0 and det["NodeDead"] > 0 and det["NodeUnhealthy"] > 0
+    assert f["events"]["heartbeat-missed"] == det["NodeDead"]  # trace deaths are silent
+    assert 0 < f["returned_to_service"] + f["vets_failed"] <= f["vets"]
 
 
 def test_trace_tiling_keeps_the_fault_rate() -> None:
@@ -117,7 +122,8 @@ def test_trace_tiling_keeps_the_fault_rate() -> None:
     assert len(trace) == 584
     faults = replay([f"n{i}" for i in range(400)], 349.0)
     assert len(faults) == 584  # one window covers the whole trace for 400 nodes
-    assert classify("GPU", "GPU Lost")[0] == "gpu-fatal"
+    kind, _, _, agent = classify("GPU", "GPU Lost")
+    assert (kind, agent) == ("gpu-fatal", "gpu-lost")  # what the agent reports: GPU lost
     assert classify("NIC", "NIC Link Speed low")[0] == "straggler"
 
 
@@ -135,6 +141,7 @@ def test_cli_human_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", "crash-loop"]) == 0
     out = capsys.readouterr().out
     assert "expectations: 3 checked, all met" in out and "ETTR" in out
+    assert "detections           {'RunHung': 1}" in out
 
 
 def test_cli_unmet_expectation_exits_1(tmp_path: Path,
