@@ -65,7 +65,8 @@ class CoreConfig:
     will_confirm_s: float = 2.0
     hang_k: float = 2.0
     hang_floor_s: float = 30.0
-    startup_timeout_s: float = 300.0
+    # first step of an attempt: a large run loading a multi-TB checkpoint takes many minutes
+    startup_timeout_s: float = 1800.0
     settle_s: float = 3.0  # after an attempt dies, wait this long for the node fault to show
     checkpoint_wait_s: float = 120.0  # checkpoint-before-eviction bound
     straggler_eval_s: float = 1.0  # how often straggler scores are evaluated
@@ -99,7 +100,7 @@ class Supervisor:
         self.progress = ProgressTracker(k=config.hang_k, floor_s=config.hang_floor_s,
                                         startup_timeout_s=config.startup_timeout_s)
         self.runs = RunManager(self.state, scheduler, clock, self.progress, self.record_events,
-                               self._save_attempt)
+                               self._save_attempt, self.observe)
         self.history: deque[Event] = deque(maxlen=2000)
         self.recent_actions: deque[ActionRecordView] = deque(maxlen=2000)
         self.tasks: set[asyncio.Task[None]] = set()

@@ -16,6 +16,7 @@ from typing import Any
 from health.clock import Clock
 from policies.model import Event, EventKind
 from supervisor import checkpoints
+from supervisor.detectors.node_faults import Observation
 from supervisor.detectors.progress import ProgressTracker
 from supervisor.errors import SchedulerError
 from supervisor.lifecycle import AttemptPhase, NodePhase, RunPhase, attempt_move
@@ -25,6 +26,7 @@ from supervisor.state import ClusterState, RunInfo
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[list[Event]], Awaitable[list[int]]]
+ObservationSink = Callable[[list[Observation]], Awaitable[None]]
 AttemptSink = Callable[[RunInfo, dict[str, Any]], Awaitable[None]]
 
 
@@ -41,13 +43,14 @@ class RunManager:
 
     def __init__(self, state: ClusterState, scheduler: Scheduler, clock: Clock,
                  progress: ProgressTracker, emit: EventSink, save_attempt: AttemptSink,
-                 *, stop_timeout_s: float = 60.0) -> None:
+                 observe: ObservationSink, *, stop_timeout_s: float = 60.0) -> None:
         self.state = state
         self.scheduler = scheduler
         self.clock = clock
         self.progress = progress
         self.emit = emit
         self.save_attempt = save_attempt
+        self.observe = observe
         self.stop_timeout_s = stop_timeout_s
         self._locks: dict[str, asyncio.Lock] = {}
         self._prewarm: asyncio.Task[bool] | None = None
@@ -168,7 +171,7 @@ class RunManager:
         run.attempt_first_step = None
         info = await self.scheduler.job(job_id)
         self.state.place(run, info.nodes if info else ())
-        self.progress.start_attempt(run.name, attempt, now, run.spec.target_step)
+        cleared = self.progress.start_attempt(run.name, attempt, now, run.spec.target_step)
         await self.save_attempt(run, {"state": "submitted", "job_id": job_id,
                                       "nodes": list(run.nodes), "excluded": list(exclude),
                                       "resumed_from": resume,
@@ -179,6 +182,8 @@ class RunManager:
                                data={"attempt": attempt, "job_id": job_id,
                                      "nodes": list(run.nodes), "exclude": list(exclude),
                                      "resume_from": resume, "resumed_from_step": resume_step})])
+        if cleared:
+            await self.observe(cleared)
         return RestartResult(True, what, job_id, resume_step)
 
     async def poll(self, run: RunInfo) -> JobState | None:

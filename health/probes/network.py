@@ -65,6 +65,15 @@ class NetSample:
 @dataclass(frozen=True)
 class NetThresholds:
     error_rate_per_s: float = 1.0  # summed error counters, per second
+    # The shared fabric component this node's links hang off (its leaf switch, rack or
+    # Slingshot group), from the site's topology. Link faults carry it as their cause, so
+    # several nodes losing links behind one switch are seen as one incident; without it a
+    # link fault is the node's own (three unrelated link-downs are not a fabric outage).
+    fabric_domain: str | None = None
+
+    @property
+    def cause(self) -> str | None:
+        return f"fabric:{self.fabric_domain}" if self.fabric_domain else None
 
 
 def parse_ib_state(text: str | None) -> tuple[bool, str]:
@@ -158,18 +167,18 @@ def evaluate_links(prev: NetSample | None, cur: NetSample, t: NetThresholds) -> 
         if link.kind == "ib":
             if not link.up:
                 faults.append(Fault(fk.IB_LINK_DOWN, Severity.FATAL,
-                                    f"InfiniBand {link.name} is {link.state}", cause="fabric:ib"))
+                                    f"InfiniBand {link.name} is {link.state}", cause=t.cause))
             flaps = _delta(old, link, ("link_downed",))
             if flaps:
                 faults.append(Fault(fk.IB_LINK_FLAP, Severity.DEGRADED,
                                     f"InfiniBand {link.name} went down {flaps} times in "
-                                    f"{dt:.3g} s", cause="fabric:ib"))
+                                    f"{dt:.3g} s", cause=t.cause))
             errors = _delta(old, link, IB_ERROR_COUNTERS)
         elif link.kind == "cxi":
             if not link.up:
                 faults.append(Fault(fk.CXI_LINK_DOWN, Severity.FATAL,
                                     f"Slingshot {link.name} link is {link.state}",
-                                    cause="fabric:slingshot"))
+                                    cause=t.cause))
             errors = _delta(old, link)
         else:
             if link.admin_up and not link.up:

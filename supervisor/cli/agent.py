@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -45,6 +46,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--once", action="store_true",
                    help="run one probe round, print it and exit (no broker needed)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--fabric-domain", default=os.environ.get("TRAINWARDEN_FABRIC_DOMAIN"),
+                   metavar="NAME",
+                   help="the leaf switch / rack / Slingshot group this node's links hang off "
+                        "(site topology); link faults name it as their shared cause")
     add_auth_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     p.set_defaults(func=run)
@@ -71,10 +76,13 @@ def run(args: argparse.Namespace) -> int:
     # A simulated node created just now has a kernel log of its own: read it from the
     # start, so faults given with --simulate show in the first round.
     fresh_sim = bool(args.simulate) and args.simulated_hardware is None
+    from health.probes.network import NetThresholds
+
     probe_config = ProbeConfig(expected_gpus=args.expect_gpus,
                                storage_paths=tuple(args.storage),
                                timeout_s=args.probe_timeout,
-                               kmsg_from_start=fresh_sim)
+                               kmsg_from_start=fresh_sim,
+                               network=NetThresholds(fabric_domain=args.fabric_domain))
     try:
         hardware = _hardware(args, node, probe_config)
     except (OSError, ValueError) as exc:

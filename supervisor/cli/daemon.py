@@ -39,7 +39,8 @@ def register(sub: Any) -> None:
                    help="seconds after a last will without heartbeat before a node is dead")
     p.add_argument("--hang-floor", type=float, default=30.0)
     p.add_argument("--hang-k", type=float, default=2.0)
-    p.add_argument("--startup-timeout", type=float, default=300.0)
+    p.add_argument("--startup-timeout", type=float, default=1800.0,
+                   help="seconds an attempt may take to its first step before it is hung")
     p.add_argument("--client-id", default="trainwarden-daemon",
                    help="MQTT client id; the broker keeps this daemon's session under it")
     from health.mqtt import add_auth_arguments

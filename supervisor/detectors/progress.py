@@ -57,8 +57,17 @@ class ProgressTracker:
         return self._runs.get(run)
 
     def start_attempt(self, run: str, attempt: int, now: float,
-                      target_step: int | None = None) -> None:
+                      target_step: int | None = None) -> list[Observation]:
+        """Follow a new attempt. A hang of the previous attempt ends with it (so a hang of
+        this one is a new transition)."""
+        old = self._runs.get(run)
         self._runs[run] = AttemptProgress(run, attempt, now, target_step=target_step)
+        if old is None or not old.hung:
+            return []
+        why = f"attempt {attempt} started"
+        return [Observation(Event(now, EventKind.CONDITION_CHANGED, run=run,
+                                  message=f"hang of attempt {old.attempt} over: {why}"),
+                            run, ConditionType.RUN_HUNG, False, why)]
 
     def stop(self, run: str) -> None:
         p = self._runs.get(run)

@@ -34,7 +34,7 @@ class DetectorSettings:
     will_confirm_s: float = 2.0
     hang_k: float = 2.0
     hang_floor_s: float = 30.0
-    startup_timeout_s: float = 300.0
+    startup_timeout_s: float = 1800.0
     settle_s: float = 3.0  # after an attempt dies, wait this long for the node fault to show
     vet_period_s: float = 60.0
     tick_s: float = 0.5  # the daemon's tick: a deadline is noticed on the next tick

@@ -349,7 +349,9 @@ class Simulation:
             return
         run.set_state(self.now, RunState.RESTARTING)
         self.resume_step = run.step()
-        self.det.progress.start_attempt(run.spec.name, run.attempt, self.now)
+        cleared = self.det.progress.start_attempt(run.spec.name, run.attempt, self.now)
+        if cleared:  # the previous attempt's hang is over
+            self.observe(cleared)
         self.record(
             Event(
                 self.now,

@@ -54,8 +54,16 @@ def test_fixture_tree_verdict(data: Path) -> None:
     kinds = sorted(f.kind for f in result.faults)
     # mlx5_1 down, cxi1 down, eth1 up without carrier; eth2 is administratively down: fine.
     assert kinds == sorted([fk.IB_LINK_DOWN, fk.CXI_LINK_DOWN, fk.ETH_LINK_DOWN])
-    assert {f.cause for f in result.faults if f.kind == fk.IB_LINK_DOWN} == {"fabric:ib"}
+    # without topology a link fault is the node's own, not a shared fabric cause
+    assert {f.cause for f in result.faults if f.kind == fk.IB_LINK_DOWN} == {None}
     assert result.values["ib_mlx5_0_1_up"] is True
+
+
+def test_link_faults_name_the_fabric_domain_when_known(data: Path) -> None:
+    probe = NetworkProbe(data / "sysfs", NetThresholds(fabric_domain="leaf-r07"),
+                         clock=VirtualClock())
+    causes = {f.kind: f.cause for f in probe.check().faults}
+    assert causes[fk.IB_LINK_DOWN] == causes[fk.CXI_LINK_DOWN] == "fabric:leaf-r07"
 
 
 def ib(downed: int = 0, symbol: int = 0, up: bool = True) -> Link:

@@ -58,7 +58,7 @@ def test_crash_loop_stops_at_the_budget_with_an_incident() -> None:
     f = simulate(load_scenario("crash-loop")).figures
     assert f["restarts"] == 2
     assert f["incident_kinds"] == {"crash-loop": 1}
-    assert f["guard_blocks"] == {"crash-loop": 1}
+    assert f["guard_blocks"] == {"crash-loop": 2}  # the hang's and the exit's restart
     assert f["drains"] == 0 and f["final_state"] == "down"
 
 
@@ -141,7 +141,7 @@ def test_cli_human_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", "crash-loop"]) == 0
     out = capsys.readouterr().out
     assert "expectations: 3 checked, all met" in out and "ETTR" in out
-    assert "detections           {'RunHung': 1}" in out
+    assert "detections           {'RunHung': 3}" in out
 
 
 def test_cli_unmet_expectation_exits_1(tmp_path: Path,

@@ -57,3 +57,12 @@ def test_a_run_past_its_final_step_is_finishing_not_hung() -> None:
     p.start_attempt("r", 1, T0, target_step=3)
     p.on_steps("r", 1, 0, "n1", steps(1, 3, 1.0, T0 + 1), T0 + 1)
     assert p.tick(T0 + 600) == []
+
+
+def test_a_new_attempt_ends_the_previous_hang() -> None:
+    p = ProgressTracker(k=2.0, floor_s=5.0, startup_timeout_s=10.0)
+    assert p.start_attempt("r", 1, T0) == []
+    assert len(p.tick(T0 + 11)) == 1
+    cleared = p.start_attempt("r", 2, T0 + 12)
+    assert [(o.ctype, o.status) for o in cleared] == [(ConditionType.RUN_HUNG, False)]
+    assert len(p.tick(T0 + 23)) == 1  # and a hang of attempt 2 is a new transition
