@@ -146,3 +146,30 @@ def test_operator_drain_and_bad_input(cluster: Cluster) -> None:
         "events", "--json", "--kind", "rejected-message").stdout)) >= 2, 10, "rejections")
     assert cluster.procs["daemon"].poll() is None
     assert cluster.nodes_json()[node]["state"] == "healthy"
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--db", "nonsense://x"], "nonsense"),
+    (["--db", "sqlite:////nonexistent/dir/tw.db"], "trainwarden db upgrade"),
+    (["--db", "postgresql+psycopg://postgres@127.0.0.1:1/none"], "127.0.0.1"),
+])
+def test_daemon_refuses_a_bad_database_url_with_one_line(args: list[str], needle: str) -> None:
+    proc = subprocess.run([BIN, "daemon", "--scheduler", "local", "--local-nodes", "n1", *args],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_daemon_refuses_an_invalid_policy(tmp_path: Path) -> None:
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("version: 1\nrules:\n  - name: r\n    when: {condition: NoSuchThing}\n"
+                   "    then: [drain]\n")
+    db = f"sqlite:///{tmp_path / 'tw.db'}"
+    subprocess.run([BIN, "db", "upgrade", "--url", db], check=True, capture_output=True)
+    proc = subprocess.run([BIN, "daemon", "--scheduler", "local", "--local-nodes", "n1",
+                           "--db", db, "--policy", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "policy.yaml" in proc.stderr and "NoSuchThing" in proc.stderr
+    assert "Traceback" not in proc.stderr

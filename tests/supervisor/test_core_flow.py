@@ -245,3 +245,80 @@ async def test_a_node_that_comes_back_is_vetted_then_returned(tmp_path: Path) ->
         for t in list(s.tasks):
             t.cancel()
         store.close()
+
+
+async def _supervisor_in(tmp_path: Path, mode: str) -> Supervisor:
+    from policies.engine import Mode
+
+    url = f"sqlite:///{tmp_path / 'tw.db'}"
+    upgrade(url)
+    return Supervisor(CoreConfig(), SystemClock(), AsyncStore(open_store(url)),
+                      LocalScheduler(NODES, tmp_path / "logs", stop_grace_s=3.0),
+                      PolicyEngine(load_policy(), Mode(mode)), Metrics())
+
+
+async def _xid(s: Supervisor, node: str) -> None:
+    await s.handle(node_topic(node, "fault"), encode(FaultReport(
+        node=node, ts=time.time(), faults=[FaultModel(kind="xid", severity=Severity.FATAL,
+                                                      detail="", gpu=0, code=79)])))
+
+
+async def test_dry_run_acts_on_nothing_and_records_everything(tmp_path: Path) -> None:
+    s = await _supervisor_in(tmp_path, "dry-run")
+    try:
+        await beat(s, *NODES)
+        await start_run(s, tmp_path)
+        await _xid(s, "n2")
+        await until(lambda: len(s.store.store.actions()) >= 2)
+        await until(lambda: not s.tasks)
+        actions = s.store.store.actions()
+        assert {a.kind for a in actions} == {ActionKind.DRAIN, ActionKind.RESTART_RUN}
+        assert {(a.verdict.value, a.status.value) for a in actions} == {("dry-run", "skipped")}
+        assert {n.state for n in await s.scheduler.nodes()} == {NodeState.ALLOCATED,
+                                                                  NodeState.IDLE}
+        assert s.state.runs["r1"].attempt == 1 and s.state.nodes["n2"].phase is NodePhase.FAILED
+    finally:
+        for job in list(s.scheduler._jobs):  # type: ignore[attr-defined]
+            await s.scheduler.cancel(job)
+        s.store.close()
+
+
+async def test_approve_mode_queues_until_an_operator_approves(tmp_path: Path) -> None:
+    s = await _supervisor_in(tmp_path, "approve")
+    svc = DaemonService(s)
+    try:
+        await beat(s, *NODES)
+        await _xid(s, "n3")
+        await until(lambda: len(s.store.store.actions()) >= 1)
+        await until(lambda: not s.tasks)
+        [queued] = s.store.store.actions()
+        assert (queued.kind, queued.verdict.value, queued.status.value) == (
+            ActionKind.DRAIN, "queued", "pending")
+        assert {n.name: n.state for n in await s.scheduler.nodes()}["n3"] is NodeState.IDLE
+        row = await svc.approve(queued.id, "bob")
+        assert row.status == "succeeded" and "approved by bob" in (row.result or "")
+        assert {n.name: n.state for n in await s.scheduler.nodes()}["n3"] is NodeState.DRAINED
+        from supervisor.errors import SupervisorError
+        with pytest.raises(SupervisorError, match="not waiting for approval"):
+            await svc.reject(queued.id, "too late", "bob")
+    finally:
+        s.store.close()
+
+
+async def test_policy_reload_keeps_the_last_good_policy(tmp_path: Path) -> None:
+    from supervisor.daemon import Daemon, DaemonConfig
+
+    good = tmp_path / "good.yaml"
+    from importlib import resources
+    good.write_text(resources.files("policies").joinpath("data/default.yaml").read_text())
+    d = Daemon(DaemonConfig(db_url="sqlite://", policy_file=str(good)))
+    s = await _supervisor_in(tmp_path, "enforce")
+    d.sup = s
+    before = s.policy
+    good.write_text("version: 1\nrules:\n  - name: x\n    when: {condition: Nope}\n")
+    d._reload_policy()
+    assert s.policy is before  # the broken file was refused
+    good.write_text(resources.files("policies").joinpath("data/default.yaml").read_text())
+    d._reload_policy()
+    assert s.policy is not before
+    s.store.close()

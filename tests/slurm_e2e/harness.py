@@ -1,0 +1,492 @@
+"""End-to-end harness: a real Slurm test cluster, a private Mosquitto, the trainwarden daemon
+(``--scheduler slurm``) and one agent per Slurm node, all as separate processes.
+
+Shared by the tests in this folder and by ``bench/failover.py``. The cluster is a private one
+(its own state dir and ports, 4 nodes), started with H6's scripts in tests/infra/slurm/, so it
+never disturbs the cluster other test sessions use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "tests" / "infra" / "slurm"
+BIN = str(Path(sys.executable).parent / "trainwarden")
+SBATCH = REPO / "examples" / "slurm" / "train.sbatch"
+TRAIN = REPO / "examples" / "train.py"
+
+# A private test cluster: own state dir, ports and name (override through the environment).
+CLUSTER_ENV = {
+    "TW_SLURM_DIR": os.environ.get("TW_E2E_SLURM_DIR", "/tmp/tw-slurm-e2e"),
+    "TW_SLURM_NODES": os.environ.get("TW_E2E_SLURM_NODES", "4"),
+    "TW_SLURM_PORT_BASE": os.environ.get("TW_E2E_SLURM_PORT_BASE", "17817"),
+    "TW_SLURM_CLUSTER": "twe2e",
+    "TW_SLURM_SLURMD_TIMEOUT": os.environ.get("TW_E2E_SLURMD_TIMEOUT", "30"),
+}
+
+
+class HarnessError(RuntimeError):
+    """The harness could not reach a state it waits for (the message says which)."""
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    """Poll ``pred`` until it returns something truthy; that value. HarnessError on time out."""
+    end = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise HarnessError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- the Slurm cluster ------------------------------------------------------------------------
+
+@dataclass
+class SlurmTestCluster:
+    env: dict[str, str] = field(default_factory=lambda: dict(CLUSTER_ENV))
+    start_s: float = 0.0
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.env["TW_SLURM_DIR"])
+
+    @property
+    def conf(self) -> str:
+        return str(self.state_dir / "slurm.conf")
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return tuple(f"n{i}" for i in range(1, int(self.env["TW_SLURM_NODES"]) + 1))
+
+    @property
+    def slurmd_timeout_s(self) -> float:
+        return float(self.env["TW_SLURM_SLURMD_TIMEOUT"])
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, **self.env, "SLURM_CONF": self.conf}
+
+    def script(self, name: str, *args: str, timeout: float = 300) -> str:
+        proc = subprocess.run([str(SCRIPTS / name), *args], env=self._env(), text=True,
+                              capture_output=True, timeout=timeout, check=False)
+        if proc.returncode != 0:
+            raise HarnessError(f"{name} {' '.join(args)} failed ({proc.returncode}):\n"
+                               f"{proc.stdout}\n{proc.stderr}")
+        return proc.stdout
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        self.script("start.sh")
+        self.start_s = time.monotonic() - t0
+
+    def stop(self) -> None:
+        self.script("stop.sh", timeout=120)
+
+    def slurm(self, *args: str, check: bool = True) -> str:
+        proc = subprocess.run(list(args), env=self._env(), text=True, capture_output=True,
+                              timeout=30, check=False)
+        if check and proc.returncode != 0:
+            raise HarnessError(f"{' '.join(args)}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def node_record(self, node: str) -> dict[str, str]:
+        from supervisor.scheduler.slurm_parse import parse_record
+
+        out = self.slurm("scontrol", "show", "node", "-o", node)
+        return parse_record(out.splitlines()[0]) if out.strip() else {}
+
+    def node_flags(self, node: str) -> set[str]:
+        """Slurm's state words for ``node``: {'IDLE'}, {'ALLOCATED', 'DRAIN'},
+        {'DOWN', 'DRAIN', 'NOT_RESPONDING'}..."""
+        return set(self.node_record(node).get("State", "").split("+")) - {""}
+
+    def drain_reasons(self) -> dict[str, str]:
+        """``sinfo -R``: node -> reason, as an operator sees it."""
+        out = self.slurm("sinfo", "-R", "-h", "-N", "-o", "%N|%E")
+        rows = (ln.split("|", 1) for ln in out.splitlines() if "|" in ln)
+        return {n.strip(): r.strip() for n, r in rows}
+
+    def kill_node(self, node: str) -> None:
+        """SIGKILL the node's slurmd, its slurmstepds and the job processes under them."""
+        self.script("kill-node.sh", node, timeout=60)
+
+    def job_processes(self, node: str) -> list[int]:
+        """Pids of the job processes on ``node`` (descendants of its slurmstepds)."""
+        out = subprocess.run(
+            ["bash", "-c", f'source "{SCRIPTS}/env.sh"; s=$(tw_stepd_pids {node}); '
+             '[ -n "$s" ] && tw_tree $s'], env=self._env(), text=True, capture_output=True,
+            timeout=30, check=False).stdout
+        pids = [int(p) for p in out.split()]
+        return [p for p in pids if _comm(p) not in ("slurmstepd", "")]
+
+    def clean_slate(self) -> None:
+        """No jobs, every slurmd up, every node idle and in service."""
+        for job in self.slurm("squeue", "-h", "-o", "%i").split():
+            self.slurm("scancel", job, check=False)
+        self.script("start.sh")  # restarts any killed slurmd
+        for node in self.nodes:
+            flags = self.node_flags(node)
+            if "COMPLETING" in flags and flags & {"DRAIN", "DOWN", "NOT_RESPONDING"}:
+                # a job still completing on a node killed earlier: Slurm would retry the
+                # restarted slurmd for a while; taking the node down ends the job there
+                self.slurm("scontrol", "update", f"NodeName={node}", "State=DOWN",
+                           "Reason=e2e cleanup", check=False)
+                flags = self.node_flags(node)
+            if flags & {"DRAIN", "DOWN", "FAIL"}:
+                self.slurm("scontrol", "update", f"NodeName={node}", "State=RESUME", check=False)
+
+        def idle() -> bool:
+            for job in self.slurm("squeue", "-h", "-o", "%i").split():
+                self.slurm("scancel", job, check=False)
+            out = self.slurm("sinfo", "-h", "-N", "-o", "%N %t")
+            states = [ln.split()[1] for ln in out.splitlines() if ln.strip()]
+            return len(states) >= len(self.nodes) and all(s == "idle" for s in states)
+
+        wait_for(idle, 90, "every test-cluster node idle and in service", every=0.5)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+# --- trainwarden on top of it --------------------------------------------------------------
+
+@dataclass
+class Stack:
+    """Mosquitto + SQLite + daemon + agents for one scenario."""
+
+    cluster: SlurmTestCluster
+    tmp: Path
+    hang_floor_s: float = 10.0
+    will_confirm_s: float = 1.0
+    policy: Path | None = None  # a site policy file (default: the shipped policy)
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    broker_port: int = 0
+    api: str = ""
+
+    @property
+    def broker(self) -> str:
+        return f"127.0.0.1:{self.broker_port}"
+
+    def _spawn(self, name: str, args: list[str], cwd: Path | None = None,
+               env: dict[str, str] | None = None) -> None:
+        log = (self.tmp / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                            cwd=cwd, env=env, start_new_session=True)
+
+    def start(self) -> None:
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        (self.tmp / "jobs").mkdir(exist_ok=True)
+        self.broker_port = free_port()
+        conf = self.tmp / "mosquitto.conf"
+        conf.write_text(f"listener {self.broker_port} 127.0.0.1\nallow_anonymous true\n"
+                        "persistence false\n")
+        self._spawn("mosquitto", [shutil.which("mosquitto") or "mosquitto", "-c", str(conf)])
+        wait_for(lambda: _port_open(self.broker_port), 10, "the private Mosquitto")
+        db = f"sqlite:///{self.tmp / 'tw.db'}"
+        subprocess.run([BIN, "db", "upgrade", "--url", db], check=True, capture_output=True,
+                       timeout=60)
+        self.api = f"http://127.0.0.1:{free_port()}"
+        env = {**os.environ, "SLURM_CONF": self.cluster.conf}
+        self._spawn("daemon", [
+            BIN, "daemon", "--scheduler", "slurm", "--slurm-conf", self.cluster.conf,
+            "--db", db, "--broker", self.broker, "--api", self.api.removeprefix("http://"),
+            "--client-id", f"tw-slurm-{self.tag}", "--will-confirm", str(self.will_confirm_s),
+            "--hang-floor", str(self.hang_floor_s),
+            *(["--policy", str(self.policy)] if self.policy else [])],
+            cwd=self.tmp / "jobs", env=env)
+        for node in self.cluster.nodes:
+            self.start_agent(node)
+        wait_for(lambda: all(self.node(n).get("state") == "healthy"
+                             for n in self.cluster.nodes), 60, "every node healthy in trainwarden")
+
+    def start_agent(self, node: str) -> None:
+        self._spawn(f"agent-{node}", [
+            BIN, "agent", "--node", node, "--broker", self.broker, "--heartbeat", "0.5",
+            "--interval", "2", "--simulated-hardware", str(self.hw_dir(node))])
+
+    def hw_dir(self, node: str) -> Path:
+        return self.tmp / "hw" / node
+
+    def stop(self) -> None:
+        for name in sorted(self.procs, key=lambda n: n == "mosquitto"):  # broker last
+            p = self.procs[name]
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+
+    def logs(self, tail: int = 4000) -> str:
+        parts = []
+        for f in sorted(self.tmp.glob("*.log")) + sorted((self.tmp / "jobs").glob("*.out")):
+            parts.append(f"--- {f.name}\n{f.read_text(errors='replace')[-tail:]}")
+        return "\n".join(parts)
+
+    # -- the operator's view: HTTP API for polling, the CLI for what operators type --------
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"{self.api}/api/v1{path}", timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        try:
+            return {r["name"]: r for r in self.get("/nodes")}
+        except OSError:
+            return {}
+
+    def node(self, name: str) -> dict[str, Any]:
+        return self.nodes().get(name, {})
+
+    def run(self, name: str) -> dict[str, Any]:
+        return next((r for r in self.get("/runs") if r["name"] == name), {})
+
+    def events(self, **query: Any) -> list[dict[str, Any]]:
+        q = "&".join(f"{k}={v}" for k, v in {"limit": 1000, **query}.items())
+        rows: list[dict[str, Any]] = self.get(f"/events?{q}")
+        return sorted(rows, key=lambda e: e["id"])
+
+    def actions(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self.get("/actions?limit=1000")
+        return sorted(rows, key=lambda a: a["id"])
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        where = list(args)
+        if "--" in where:  # --api before the job command
+            i = where.index("--")
+            where[i:i] = ["--api", self.api]
+        else:
+            where += ["--api", self.api]
+        proc = subprocess.run([BIN, *where], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "USER": "tester"})
+        if check and proc.returncode != 0:
+            raise HarnessError(f"trainwarden {' '.join(args)} failed ({proc.returncode}): "
+                               f"{proc.stderr.strip()}")
+        return proc
+
+    def add_run(self, name: str, *, nodes: int = 2, steps: int = 40, ckpt_every: int = 5,
+                step_time: float = 0.25, script: Path = SBATCH) -> Path:
+        """``trainwarden runs add`` of the example job; its checkpoint directory."""
+        ckpt = self.tmp / "ckpt" / name
+        env = {"TW_PYTHON": sys.executable, "TW_TRAIN_SCRIPT": str(TRAIN),
+               "TW_STEPS": str(steps), "TW_CKPT_EVERY": str(ckpt_every),
+               "TW_CKPT_DIR": str(ckpt), "TW_STEP_TIME": str(step_time),
+               "TRAINWARDEN_BROKER": self.broker}
+        args = ["runs", "add", name, "--scheduler", "slurm", "--nodes", str(nodes),
+                "--checkpoint-dir", str(ckpt), "--target-step", str(steps), "--who", "tester"]
+        for k, v in env.items():
+            args += ["--env", f"{k}={v}"]
+        self.cli(*args, "--", str(script))
+        return ckpt
+
+    def running_on(self, run: str, attempt: int, timeout: float = 60) -> list[str]:
+        """Nodes of ``run``'s attempt once it runs and has reported a step."""
+        def ready() -> list[str] | None:
+            r = self.run(run)
+            if r.get("attempt") == attempt and r.get("nodes") and r.get("last_step"):
+                return list(r["nodes"])
+            return None
+        nodes: list[str] = wait_for(ready, timeout, f"attempt {attempt} of {run} stepping")
+        return nodes
+
+    def wait_step(self, run: str, step: int, timeout: float = 120) -> None:
+        wait_for(lambda: (self.run(run).get("last_step") or 0) >= step, timeout,
+                 f"run {run} at step {step}")
+
+    def wait_completed(self, run: str, timeout: float = 180) -> dict[str, Any]:
+        def completed() -> dict[str, Any] | None:
+            row = self.run(run)
+            return row if row.get("state") == "completed" else None
+        r: dict[str, Any] = wait_for(completed, timeout, f"run {run} completed")
+        return r
+
+    def kill_node(self, node: str) -> float:
+        """Kill a node for real: its agent (SIGKILL: the broker publishes its last will),
+        then its slurmd, slurmstepds and job processes. The wall time of the kill."""
+        t = time.time()
+        agent = self.procs.get(f"agent-{node}")
+        if agent is not None and agent.poll() is None:
+            agent.kill()
+        self.cluster.kill_node(node)
+        return t
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --- the example job's progress logs -----------------------------------------------------------
+
+_LINE = re.compile(r"attempt=(\d+) (step|resume step|ckpt step|done step)=(\d+)")
+
+
+@dataclass(frozen=True)
+class Progress:
+    steps: dict[int, list[int]]  # attempt -> steps in order, as rank 0 logged them
+    resumed: dict[int, int]  # attempt -> step it resumed from
+    ckpts: dict[int, list[int]]  # attempt -> checkpoints written
+    done: dict[int, int]  # attempt -> final step
+    first_step_ts: dict[int, float]  # attempt -> wall time of its first logged step
+
+
+def read_progress(ckpt_dir: Path, rank: int = 0) -> Progress:
+    steps: dict[int, list[int]] = {}
+    resumed: dict[int, int] = {}
+    ckpts: dict[int, list[int]] = {}
+    done: dict[int, int] = {}
+    first: dict[int, float] = {}
+    path = ckpt_dir / f"progress-rank{rank}.log"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        m = _LINE.match(line)
+        if not m:
+            continue
+        attempt, what, step = int(m[1]), m[2], int(m[3])
+        if what == "step":
+            steps.setdefault(attempt, []).append(step)
+            if attempt not in first:
+                ts = re.search(r"ts=([0-9.]+)", line)
+                first[attempt] = float(ts[1]) if ts else 0.0
+        elif what == "resume step":
+            resumed[attempt] = step
+        elif what == "ckpt step":
+            ckpts.setdefault(attempt, []).append(step)
+        else:
+            done[attempt] = step
+    return Progress(steps, resumed, ckpts, done, first)
+
+
+def check_resumed_exactly(p: Progress, final_step: int) -> tuple[int, int]:
+    """Every attempt's steps are consecutive; a resumed attempt starts right after the newest
+    checkpoint written before it (nothing repeated beyond the checkpoint, nothing skipped);
+    the last attempt reaches ``final_step``. Returns (resumed_from_step, last checkpoint)."""
+    attempts = sorted(p.steps)
+    assert attempts, "no step logged at all"
+    assert p.steps[attempts[0]][0] == 1, f"first attempt began at {p.steps[attempts[0]][0]}"
+    written: list[int] = []
+    resumed_from = last_ckpt = -1
+    for a in attempts:
+        s = p.steps[a]
+        assert s == list(range(s[0], s[-1] + 1)), f"attempt {a} skipped or repeated: {s}"
+        if a != attempts[0]:
+            assert a in p.resumed, f"attempt {a} did not resume from a checkpoint"
+            last_ckpt = max(written)
+            resumed_from = p.resumed[a]
+            assert resumed_from == last_ckpt, (
+                f"attempt {a} resumed from {resumed_from}, newest checkpoint {last_ckpt}")
+            assert s[0] == resumed_from + 1, f"attempt {a} began at {s[0]}, not {resumed_from + 1}"
+        written += p.ckpts.get(a, [])
+    assert p.steps[attempts[-1]][-1] == final_step
+    assert p.done.get(attempts[-1]) == final_step
+    return resumed_from, last_ckpt
+
+
+# --- one failover, measured ----------------------------------------------------------------------
+
+@dataclass
+class Failover:
+    run: str
+    ckpt: Path
+    victim: str
+    nodes_before: list[str]
+    t_fault: float  # wall time of the kill / injection
+    detect_s: float | None = None  # fault -> the condition event the drain cites as evidence
+    drain_s: float | None = None  # fault -> Slurm shows the node drained by trainwarden
+    drain_flags: set[str] = field(default_factory=set)  # Slurm's state words at that moment
+    resubmit_s: float | None = None  # fault -> next attempt submitted
+    resume_s: float | None = None  # fault -> first step of the next attempt (its own log)
+    slurm_not_responding_s: float | None = None
+    slurm_down_s: float | None = None
+    run_row: dict[str, Any] = field(default_factory=dict)
+    first_job: str | None = None
+
+
+def start_run(stack: Stack, name: str, *, steps: int = 30, ckpt_every: int = 5,
+              at_step: int = 12, step_time: float = 0.25) -> tuple[Path, list[str]]:
+    """Register the example job on 2 nodes; return once it is past ``at_step``."""
+    ckpt = stack.add_run(name, nodes=2, steps=steps, ckpt_every=ckpt_every,
+                         step_time=step_time)
+    nodes = stack.running_on(name, 1, timeout=120)
+    stack.wait_step(name, at_step, timeout=90)
+    return ckpt, nodes
+
+
+def job_of(stack: Stack, run: str, attempt: int) -> str | None:
+    for e in stack.events(run=run, kind="run-started"):
+        if e["data"].get("attempt") == attempt and e["data"].get("job_id"):
+            return str(e["data"]["job_id"])
+    return None
+
+
+def follow_failover(stack: Stack, fo: Failover, *, timeout: float = 180,
+                    wait_slurm_down: bool = False) -> Failover:
+    """Watch trainwarden and Slurm after the fault until the run completed (and, when asked,
+    Slurm itself marked the node DOWN); fill in the timings."""
+    cluster = stack.cluster
+    fo.first_job = job_of(stack, fo.run, 1)
+    end = time.monotonic() + timeout
+    while True:
+        now = time.time() - fo.t_fault
+        flags = cluster.node_flags(fo.victim)
+        if fo.drain_s is None and "DRAIN" in flags:
+            reason = cluster.drain_reasons().get(fo.victim, "")
+            if reason.startswith("trainwarden:"):
+                fo.drain_s, fo.drain_flags = now, flags
+        if fo.slurm_not_responding_s is None and "NOT_RESPONDING" in flags:
+            fo.slurm_not_responding_s = now
+        if fo.slurm_down_s is None and "DOWN" in flags:
+            fo.slurm_down_s = now
+        fo.run_row = stack.run(fo.run)
+        done = fo.run_row.get("state") == "completed"
+        if done and (fo.slurm_down_s is not None or not wait_slurm_down):
+            break
+        if time.monotonic() > end:
+            raise HarnessError(f"after {timeout:.0f} s: run {fo.run} {fo.run_row}, "
+                               f"{fo.victim} {sorted(flags)}")
+        time.sleep(0.2)
+    actions = stack.actions()
+    drain = next((a for a in actions if a["kind"] == "drain" and a["node"] == fo.victim), None)
+    if drain is not None and drain["evidence"]:
+        by_id = {e["id"]: e for e in stack.events(node=fo.victim)}
+        cause = by_id.get(drain["evidence"][0])
+        if cause is not None:
+            fo.detect_s = cause["ts"] - fo.t_fault
+    for e in stack.events(run=fo.run, kind="run-started"):
+        if e["data"].get("attempt") == 2 and e["data"].get("job_id") and fo.resubmit_s is None:
+            fo.resubmit_s = e["ts"] - fo.t_fault
+    first = read_progress(fo.ckpt).first_step_ts.get(2)
+    if first is not None:
+        fo.resume_s = first - fo.t_fault
+    return fo
