@@ -39,13 +39,11 @@ from policies.model import (
     Decision,
     Event,
     EventKind,
-    GuardVerdict,
     Verdict,
 )
 from supervisor.detectors.conditions import ConditionBook
 from supervisor.detectors.node_faults import NodeHealthTracker, Observation
 from supervisor.detectors.progress import ProgressTracker
-from supervisor.detectors.straggler_model import GpuSignal
 from supervisor.detectors.stragglers import StragglerDetector
 from supervisor.lifecycle import LifecycleError, NodePhase, RunPhase
 from supervisor.metrics import Metrics
@@ -95,8 +93,8 @@ class Supervisor:
             heartbeat_misses=config.heartbeat_misses, will_confirm_s=config.will_confirm_s,
         )
         self.stragglers = StragglerDetector()
-        self._imbalance_seen: set[tuple[str, str]] = set()
-        self._last_straggler_eval = float("-inf")
+        self.imbalance_seen: set[tuple[str, str]] = set()
+        self.last_straggler_eval = float("-inf")
         self.progress = ProgressTracker(k=config.hang_k, floor_s=config.hang_floor_s,
                                         startup_timeout_s=config.startup_timeout_s)
         self.runs = RunManager(self.state, scheduler, clock, self.progress, self.record_events,
@@ -139,6 +137,8 @@ class Supervisor:
         elif isinstance(msg, HealthReport):
             self.state.node(msg.node).last_report_at = now
             obs = self.nodes.on_health(msg.node, msg, now)
+            from supervisor.periodic import gpu_signal
+
             signal = gpu_signal(msg, now)
             if signal is not None:
                 self.stragglers.observe_gpu(msg.node, signal)
@@ -251,7 +251,7 @@ class Supervisor:
             except LifecycleError as exc:
                 log.warning("node %s: %s", name, exc)
                 return
-            self.store.batch.nodes.append(self._node_record(node))
+            self.store.batch.nodes.append(self.node_record(node))
 
     def view(self) -> Any:
         causes = {n: frozenset(self.nodes.node(n).causes) for n in self.state.nodes}
@@ -270,104 +270,18 @@ class Supervisor:
                                                         f"{run.last_step}",
                                                 data={"state": "completed",
                                                       "attempt": run.attempt})])
+        from supervisor import periodic
+
         if now - self._last_sync >= self.config.scheduler_sync_s:
             self._last_sync = now
-            await self.sync_scheduler()
-        obs = self.nodes.tick(now) + self.progress.tick(now) + self._straggler_findings(now)
+            await periodic.sync_scheduler(self)
+        obs = (self.nodes.tick(now) + self.progress.tick(now)
+               + periodic.straggler_findings(self, now))
         if obs:
             await self.observe(obs)
-        await self._vetting(now)
+        await periodic.vetting(self, now)
         self.execute(self.policy.tick(self.view()))
         await self.store.flush()
-
-    async def sync_scheduler(self) -> None:
-        """The scheduler's view is an input: external drains and DOWN nodes are reflected."""
-        from supervisor.scheduler.base import NodeState
-
-        try:
-            sched_nodes = await self.scheduler.nodes()
-        except Exception as exc:  # a scheduler outage must not stop the daemon
-            log.warning("cannot read node states from %s: %s", self.scheduler.name, exc)
-            return
-        now = self.clock.now()
-        events: list[Event] = []
-        for sn in sched_nodes:
-            node = self.state.node(sn.name)
-            before = node.scheduler_state
-            node.scheduler_state = sn.state.value
-            if before == sn.state.value:
-                continue
-            if sn.state in (NodeState.DRAINED, NodeState.DRAINING) and not node.drained:
-                node.drained_by, node.drain_reason = "external", sn.reason
-                node.phase = NodePhase.DRAINED
-                events.append(Event(now, EventKind.CONDITION_CHANGED, node=sn.name,
-                                    message=f"drained outside trainwarden: {sn.reason}",
-                                    data={"scheduler_state": sn.state.value}))
-            elif sn.state is NodeState.DOWN and before is not None:
-                events.append(Event(now, EventKind.CONDITION_CHANGED, node=sn.name,
-                                    message=f"{self.scheduler.name} marks the node down"
-                                            + (f": {sn.reason}" if sn.reason else ""),
-                                    data={"scheduler_state": sn.state.value}))
-            elif (sn.state in (NodeState.IDLE, NodeState.ALLOCATED) and node.drained
-                  and node.drained_by == "external"):
-                node.drained_by = node.drain_reason = None
-                node.phase = NodePhase.HEALTHY
-                events.append(Event(now, EventKind.CONDITION_CHANGED, node=sn.name,
-                                    message="returned to service outside trainwarden"))
-            self.store.batch.nodes.append(self._node_record(node))
-        if events:
-            await self.record_events(events)
-
-    def _straggler_findings(self, now: float) -> list[Observation]:
-        """Straggler flags and clears (node-level ones move the Straggler condition);
-        stage imbalance is recorded once per run and stage, as a finding, never a fault."""
-        if now - self._last_straggler_eval < self.config.straggler_eval_s:
-            return []
-        self._last_straggler_eval = now
-        out: list[Observation] = []
-        for f in self.stragglers.evaluate(now):
-            cond = f.condition()
-            if f.rank is None:
-                out.append(Observation(f.event(), cond.subject, cond.type, cond.status,
-                                       cond.reason))
-            else:
-                out.append(Observation(f.event()))
-        for imb in self.stragglers.stage_imbalance():
-            key = (imb.run, imb.slowest)
-            if key in self._imbalance_seen:
-                continue
-            self._imbalance_seen.add(key)
-            out.append(Observation(Event(
-                now, EventKind.STAGE_IMBALANCE, run=imb.run,
-                message=f"stage {imb.slowest} is {imb.ratio:.2f}x the fastest stage: a "
-                        "partitioning problem, not a bad node",
-                data={"levels": [list(lv) for lv in imb.levels], "ratio": imb.ratio,
-                      "step": imb.step})))
-        return out
-
-    async def _vetting(self, now: float) -> None:
-        """Nodes being vetted: back to service when healthy long enough, else drained again."""
-        for node in list(self.state.nodes.values()):
-            if node.phase is not NodePhase.VETTING or node.vet_started_at is None:
-                continue
-            bad = self.book.types_of(node.name) & {
-                ConditionType.NODE_DEAD, ConditionType.GPU_FATAL, ConditionType.NODE_UNHEALTHY}
-            if bad:
-                node.move(NodePhase.DRAINED)
-                node.vet_started_at = None
-                await self.record_events([Event(now, EventKind.CONDITION_CHANGED, node=node.name,
-                                                message="vetting failed: "
-                                                        + ", ".join(sorted(bad)))])
-                await self.save_node(node)
-                continue
-            fresh = (node.last_report_at or 0) > node.vet_started_at
-            if fresh and now - node.vet_started_at >= self.config.vet_period_s:
-                node.vet_started_at = None
-                await self.carry_out(Decision(
-                    ActionRequest(ActionKind.UNDRAIN, Actor.RULE, "vetting passed: healthy "
-                                  f"reports for {self.config.vet_period_s:.0f} s",
-                                  node=node.name, rule="vet"),
-                    Verdict.ALLOW, (GuardVerdict("vetting", True, "no condition set"),)))
 
     async def _after_attempt_failed(self, run: RunInfo, attempt: int, state: JobState) -> None:
         """Give node detections a moment to arrive, then let the policy decide."""
@@ -474,7 +388,7 @@ class Supervisor:
         finally:
             self._checkpoint_waiters.pop(run, None)
 
-    def _node_record(self, node: NodeInfo) -> Any:
+    def node_record(self, node: NodeInfo) -> Any:
         from supervisor.store.records import NodeRecord
 
         return NodeRecord(
@@ -484,7 +398,7 @@ class Supervisor:
             updated_at=self.clock.now())
 
     async def save_node(self, node: NodeInfo) -> None:
-        self.store.batch.nodes.append(self._node_record(node))
+        self.store.batch.nodes.append(self.node_record(node))
 
     async def _save_attempt(self, run: RunInfo, fields: dict[str, Any]) -> None:
         from supervisor.store.records import AttemptRecord
@@ -500,25 +414,6 @@ class Supervisor:
             await self.store.call(st.update_attempt, run.name, run.attempt, **fields)
         await self.store.call(st.update_run, run.name, state=run.phase.value,
                               current_attempt=run.attempt, restarts=run.restarts)
-
-
-def gpu_signal(report: HealthReport, now: float) -> GpuSignal | None:
-    """A node's GPU evidence for the straggler detector, from its GPU probe's values:
-    the throttle reasons of all its GPUs, and its highest power draw against the limit."""
-    from health.nvml.backend import THROTTLE_NAMES
-
-    gpu = next((p for p in report.probes if p.probe == "gpu"), None)
-    if gpu is None or not gpu.values.get("nvml_available"):
-        return None
-    bits = 0
-    power: float | None = None
-    for key, value in gpu.values.items():
-        if key.endswith("_throttle_reasons") and isinstance(value, int):
-            bits |= value
-        elif key.endswith("_power_w") and isinstance(value, int | float):
-            power = max(power or 0.0, float(value))
-    reasons = tuple(name for bit, name in THROTTLE_NAMES.items() if bits & bit)
-    return GpuSignal(ts=now, throttle_reasons=reasons, power_w=power)
 
 
 def _with_id(ev: Event, eid: int) -> Event:

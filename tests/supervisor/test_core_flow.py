@@ -25,7 +25,7 @@ from health.report import (
 from policies.engine import PolicyEngine
 from policies.model import ActionKind, ConditionType, EventKind
 from policies.rules import load_policy
-from supervisor import ops
+from supervisor import ops, periodic
 from supervisor.core import CoreConfig, Supervisor
 from supervisor.explain import explain
 from supervisor.lifecycle import NodePhase
@@ -192,9 +192,9 @@ async def test_restart_of_the_daemon_loses_nothing(sup: Supervisor, tmp_path: Pa
 async def test_drains_made_outside_trainwarden_are_reflected_and_kept(
         sup: Supervisor) -> None:
     await beat(sup, *NODES)
-    await sup.sync_scheduler()
+    await periodic.sync_scheduler(sup)
     await sup.scheduler.drain("n3", "admin: bad DIMM")
-    await sup.sync_scheduler()
+    await periodic.sync_scheduler(sup)
     n3 = sup.state.nodes["n3"]
     assert n3.phase is NodePhase.DRAINED and n3.drained_by == "external"
     assert "outside trainwarden" in sup.store.store.events(node="n3")[0].message
