@@ -60,4 +60,8 @@ def test_demo_restarts_a_hung_run_without_draining() -> None:
     assert out["detected_after_s"] is not None and out["detected_after_s"] <= 40
     assert out["resumed_from_step"] == out["last_checkpoint_before_fault"]
     assert out["final_step"] == out["target_step"]
-    assert f"rank 3 on {out['fault']['node']}" in timeline  # the culprit is named
+    stalled = next(line for line in timeline.splitlines() if "run-stalled" in line)
+    # the frozen rank is named as the culprit -- unless every rank's last report landed at
+    # the same step, when the detector says there is no single culprit; never another rank
+    assert (f"stopped first: rank 3 on {out['fault']['node']}" in stalled
+            or "no single culprit" in stalled), stalled
