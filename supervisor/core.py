@@ -107,6 +107,7 @@ class Supervisor:
         self._origin: dict[tuple[str, ConditionType], float] = {}
         self._last_sync = float("-inf")
         self._held_actions: dict[ActionRequest, int] = {}
+        self.reported_tags: set[str] = set()  # tagged jobs of unregistered runs, reported once
 
     # -- ingestion -----------------------------------------------------------------
 
@@ -275,6 +276,7 @@ class Supervisor:
         if now - self._last_sync >= self.config.scheduler_sync_s:
             self._last_sync = now
             await periodic.sync_scheduler(self)
+            await periodic.adopt_tagged_jobs(self)
         obs = (self.nodes.tick(now) + self.progress.tick(now)
                + periodic.straggler_findings(self, now))
         if obs:

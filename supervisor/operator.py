@@ -174,6 +174,10 @@ class RunSpecIn(BaseModel):
     checkpoint_dir: str = Field(min_length=1, max_length=4096)
     env: dict[str, str] = Field(default_factory=dict)
     target_step: int | None = Field(default=None, ge=0)
+    # accept a restart on fewer nodes than ``nodes`` (elastic), down to this many
+    min_nodes: int | None = Field(default=None, ge=1)
+    # do not submit: take over the job already running under the tag trainwarden:<name>
+    adopt: bool = False
 
     @field_validator("command")
     @classmethod

@@ -64,7 +64,10 @@ async def load(sup: Supervisor) -> None:
         sup.runs.prewarm()
 
 
-async def add_run(sup: Supervisor, name: str, scheduler: str, spec: Any, who: str) -> RunInfo:
+async def add_run(sup: Supervisor, name: str, scheduler: str, spec: Any, who: str, *,
+                  submit: bool = True) -> RunInfo:
+    """Register a run and submit its first attempt, or (``submit=False``) wait to adopt the
+    job already running under its tag (see periodic.adopt_tagged_jobs)."""
     from supervisor.store.records import RunRecord
 
     now = sup.clock.now()
@@ -73,12 +76,16 @@ async def add_run(sup: Supervisor, name: str, scheduler: str, spec: Any, who: st
         name=name, scheduler=scheduler, spec=spec.to_dict(), created_at=now))
     sup.state.runs[name] = run
     await sup.record_events([Event(now, EventKind.RUN_STARTED, run=name,
-                                    message=f"run registered by {who}",
+                                    message=f"run registered by {who}"
+                                            + ("" if submit else "; adopting its running job"),
                                     data={"who": who, "spec": spec.to_dict()})])
+    if not submit:
+        return run
     result = await sup.runs.start(run)
     if not result.ok:
         log.error("run %s: %s", name, result.detail)
     return run
+
 
 async def after_operator_drain(sup: Supervisor, node: str, action_id: int) -> None:
     """A person drained a node: the policy decides what happens to the run on it."""

@@ -20,7 +20,7 @@ from policies.model import (
 from supervisor.core import Supervisor
 from supervisor.detectors.node_faults import Observation
 from supervisor.detectors.straggler_model import GpuSignal
-from supervisor.lifecycle import NodePhase
+from supervisor.lifecycle import NodePhase, RunPhase
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +131,33 @@ def gpu_signal(report: HealthReport, now: float) -> GpuSignal | None:
             power = max(power or 0.0, float(value))
     reasons = tuple(name for bit, name in THROTTLE_NAMES.items() if bits & bit)
     return GpuSignal(ts=now, throttle_reasons=reasons, power_w=power)
+
+
+async def adopt_tagged_jobs(sup: Supervisor) -> None:
+    """Jobs tagged ``trainwarden:<run>``: a registered run waiting to adopt its job takes
+    it over; a tag naming no registered run is reported once, with what to do."""
+    try:
+        tagged = await sup.scheduler.jobs_tagged()
+    except Exception as exc:  # a scheduler outage must not stop the daemon
+        log.warning("cannot list tagged jobs in %s: %s", sup.scheduler.name, exc)
+        return
+    now = sup.clock.now()
+    known_jobs = {r.job_id for r in sup.state.runs.values() if r.job_id}
+    for job_id, name in tagged:
+        if job_id in known_jobs or job_id in sup.reported_tags:
+            continue
+        run = sup.state.runs.get(name)
+        if run is None:
+            sup.reported_tags.add(job_id)
+            await sup.record_events([Event(
+                now, EventKind.RUN_STARTED, run=None,
+                message=f"job {job_id} is tagged trainwarden:{name}, but no run {name!r} is "
+                        f"registered: `trainwarden runs add {name} --adopt ...` supervises it",
+                data={"job_id": job_id, "tag_run": name})])
+            continue
+        if run.job_id is not None or run.phase is not RunPhase.PENDING:
+            continue
+        info = await sup.scheduler.job(job_id)
+        if info is None or info.state.finished:
+            continue
+        await sup.runs.adopt(run, info)

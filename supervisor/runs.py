@@ -20,7 +20,7 @@ from supervisor.detectors.node_faults import Observation
 from supervisor.detectors.progress import ProgressTracker
 from supervisor.errors import SchedulerError
 from supervisor.lifecycle import AttemptPhase, NodePhase, RunPhase, attempt_move
-from supervisor.scheduler.base import JobSpec, JobState, NodeState, Scheduler
+from supervisor.scheduler.base import JobInfo, JobSpec, JobState, NodeState, Scheduler
 from supervisor.state import ClusterState, RunInfo
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,28 @@ class RunManager:
         if cleared:
             await self.observe(cleared)
         return RestartResult(True, what, job_id, resume_step)
+
+    async def adopt(self, run: RunInfo, info: JobInfo) -> None:
+        """Take over a job someone submitted under the run's tag as its first attempt."""
+        async with self.lock(run.name):
+            now = self.clock.now()
+            # attempt 0: what ranks report when no TRAINWARDEN_ATTEMPT was given to them
+            run.attempt = 0
+            run.job_id = info.job_id
+            run.attempt_phase = (AttemptPhase.RUNNING if info.state is JobState.RUNNING
+                                 else AttemptPhase.SUBMITTED)
+            run.phase = RunPhase.RUNNING
+            self.state.place(run, info.nodes)
+            self.progress.start_attempt(run.name, run.attempt, now, run.spec.target_step)
+            self.prewarm()
+            await self.save_attempt(run, {"state": "submitted", "job_id": info.job_id,
+                                          "nodes": list(info.nodes), "excluded": [],
+                                          "resumed_from": None, "submitted_at": now})
+            await self.emit([Event(now, EventKind.RUN_STARTED, run=run.name,
+                                   message=f"adopted job {info.job_id} ({info.state.value}) as "
+                                           f"attempt {run.attempt}",
+                                   data={"attempt": run.attempt, "job_id": info.job_id,
+                                         "nodes": list(info.nodes), "adopted": True})])
 
     async def poll(self, run: RunInfo) -> JobState | None:
         """Look at the current attempt; returns its state when it just ended."""

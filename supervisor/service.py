@@ -89,12 +89,13 @@ class DaemonService:
             raise SupervisorError(
                 f"run {spec.name!r} asks for the {spec.scheduler} scheduler but this daemon "
                 f"drives {self.sup.scheduler.name}")
-        extra = spec.model_dump()
+        if spec.min_nodes is not None and spec.min_nodes > spec.nodes:
+            raise SupervisorError(f"min_nodes {spec.min_nodes} is more than nodes {spec.nodes}")
         run_spec = RunSpec(command=tuple(spec.command), nodes=spec.nodes,
                            checkpoint_dir=spec.checkpoint_dir, env=dict(spec.env),
-                           target_step=spec.target_step,
-                           min_nodes=extra.get("min_nodes"), workdir=extra.get("workdir"))
-        run = await ops.add_run(self.sup, spec.name, spec.scheduler, run_spec, who)
+                           target_step=spec.target_step, min_nodes=spec.min_nodes)
+        run = await ops.add_run(self.sup, spec.name, spec.scheduler, run_spec, who,
+                                submit=not spec.adopt)
         return self._run_row(run)
 
     async def restart_run(self, run: str, reason: str, who: str) -> ActionRow:

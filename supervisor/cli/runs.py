@@ -62,6 +62,11 @@ def register(subparsers: Any) -> None:
                      help="the run is complete at this step")
     add.add_argument("--env", action="append", default=[], metavar="K=V",
                      help="environment for the job (repeatable)")
+    add.add_argument("--min-nodes", type=int, default=None, metavar="N",
+                     help="restart on fewer nodes when not enough are healthy, down to N")
+    add.add_argument("--adopt", action="store_true",
+                     help="do not submit: supervise the job already running with the comment "
+                          "or name trainwarden:NAME (its ranks report with TRAINWARDEN_RUN=NAME)")
     add.add_argument("--who", default=None, help="operator name (default: $SUDO_USER or $USER)")
     add.add_argument("--json", action="store_true", help="print the new run as JSON")
     add_api_arguments(add)
@@ -135,6 +140,8 @@ def run_add(args: argparse.Namespace) -> int:
             checkpoint_dir=os.path.abspath(args.checkpoint_dir),
             env=env,
             target_step=args.target_step,
+            min_nodes=args.min_nodes,
+            adopt=args.adopt,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

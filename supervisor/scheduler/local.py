@@ -215,6 +215,9 @@ class LocalScheduler:
         return JobInfo(job_id, job.state, job.nodes, codes[0] if codes else None,
                        f"node {job.node_failed} failed" if job.node_failed else "")
 
+    async def jobs_tagged(self) -> list[tuple[str, str]]:
+        return [(j.job_id, j.spec.run) for j in self._jobs.values()]
+
     async def wait(self, job_id: str, timeout_s: float) -> JobInfo | None:
         """Wait until a job has finished (for tests and the demo); returns its final info."""
         job = self._jobs.get(job_id)

@@ -322,3 +322,27 @@ async def test_policy_reload_keeps_the_last_good_policy(tmp_path: Path) -> None:
     d._reload_policy()
     assert s.policy is not before
     s.store.close()
+
+
+async def test_a_tagged_job_is_adopted_and_an_unregistered_tag_reported(
+        sup: Supervisor, tmp_path: Path) -> None:
+    from supervisor.scheduler.base import JobSpec
+
+    await beat(sup, *NODES)
+    # someone submitted the job by hand, tagged trainwarden:r1 (and one for no known run)
+    sleeper = (sys.executable, "-c", "import time; time.sleep(120)")
+    job = await sup.scheduler.submit(JobSpec(run="r1", attempt=0, nodes=2, command=sleeper))
+    stray = await sup.scheduler.submit(JobSpec(run="ghost", attempt=0, nodes=1,
+                                               command=sleeper))
+    spec = RunSpec(command=sleeper, nodes=2, checkpoint_dir=str(tmp_path / "ck"))
+    run = await ops.add_run(sup, "r1", "local", spec, "tester", submit=False)
+    assert run.job_id is None
+    await periodic.adopt_tagged_jobs(sup)
+    assert (run.job_id, run.attempt, run.nodes) == (job, 0, ("n1", "n2"))
+    assert sup.state.nodes["n1"].run == "r1"
+    messages = [e.message for e in sup.store.store.events(kinds=[EventKind.RUN_STARTED])]
+    assert any(f"adopted job {job}" in m for m in messages)
+    assert any(f"job {stray} is tagged trainwarden:ghost" in m for m in messages)
+    await periodic.adopt_tagged_jobs(sup)  # reported once, adopted once
+    again = [e.message for e in sup.store.store.events(kinds=[EventKind.RUN_STARTED])]
+    assert len(again) == len(messages)
