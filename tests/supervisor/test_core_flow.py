@@ -346,3 +346,34 @@ async def test_a_tagged_job_is_adopted_and_an_unregistered_tag_reported(
     await periodic.adopt_tagged_jobs(sup)  # reported once, adopted once
     again = [e.message for e in sup.store.store.events(kinds=[EventKind.RUN_STARTED])]
     assert len(again) == len(messages)
+
+
+async def test_operator_drain_checkpoints_and_moves_the_run(
+        sup: Supervisor, tmp_path: Path) -> None:
+    from health.report import CheckpointReport, ControlMessage, checkpoint_topic
+
+    asked: list[str] = []
+
+    async def publish(topic: str, payload: bytes) -> None:
+        # the ranks answer a checkpoint-now by saving and reporting it, as the reporter does
+        control = ControlMessage.model_validate_json(payload)
+        asked.append(control.command)
+        run = sup.state.runs["r1"]
+        report = CheckpointReport(run="r1", attempt=run.attempt, rank=0, node="n1", step=17,
+                                  path=str(tmp_path / "ck" / "step-00000017"), ts=time.time())
+        asyncio.get_running_loop().call_later(0.2, lambda: asyncio.ensure_future(
+            sup.handle(checkpoint_topic("r1"), encode(report))))
+
+    sup.publish = publish
+    await beat(sup, *NODES)
+    await start_run(sup, tmp_path)
+    svc = DaemonService(sup)
+    await svc.drain("n2", "replace PSU", "carol")
+    run = sup.state.runs["r1"]
+    await until(lambda: run.attempt == 2)
+    await until(lambda: not sup.tasks)
+    assert asked == ["checkpoint-now"]
+    assert "n2" not in run.nodes and "n2" in run.excluded
+    rules = {(a.kind, a.rule, a.status.value) for a in sup.store.store.actions(run="r1")}
+    assert (ActionKind.CHECKPOINT_NOW, "operator-drain", "succeeded") in rules
+    assert (ActionKind.RESTART_RUN, "operator-drain", "succeeded") in rules
