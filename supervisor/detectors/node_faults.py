@@ -67,6 +67,8 @@ class NodeLiveness:
 def describe_fault(f: Fault) -> str:
     where = f" on GPU {f.gpu}" if f.gpu is not None else ""
     if f.kind == fk.XID and f.code is not None:
+        if f.detail and f"XID {f.code}" in f.detail:  # the agent already said it all
+            return f.detail
         return f"XID {f.code}{where}: {f.detail}" if f.detail else f"XID {f.code}{where}"
     return f"{f.kind}{where}: {f.detail}" if f.detail else f"{f.kind}{where}"
 
