@@ -1,6 +1,5 @@
 """Fixtures: a private real Slurm cluster for the session, a fresh trainwarden stack (private
-Mosquitto, SQLite, daemon, one agent per Slurm node) for each scenario. Parametrising
-``stack`` indirectly with YAML text runs the daemon with the shipped policy plus those rules."""
+Mosquitto, SQLite, daemon, one agent per Slurm node) for each scenario."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import REPO, HarnessError, SlurmTestCluster, Stack
+from harness import HarnessError, SlurmTestCluster, Stack
 
 
 @pytest.fixture(scope="session")
@@ -34,16 +33,9 @@ def e2e_cluster() -> Iterator[SlurmTestCluster]:
 
 
 @pytest.fixture
-def stack(e2e_cluster: SlurmTestCluster, tmp_path: Path,
-          request: pytest.FixtureRequest) -> Iterator[Stack]:
+def stack(e2e_cluster: SlurmTestCluster, tmp_path: Path) -> Iterator[Stack]:
     e2e_cluster.clean_slate()
-    policy = None
-    extra_rules = getattr(request, "param", None)  # indirect parametrisation: site rules
-    if extra_rules:
-        policy = tmp_path / "site-policy.yaml"
-        policy.write_text((REPO / "policies" / "data" / "default.yaml").read_text()
-                          + extra_rules)
-    s = Stack(e2e_cluster, tmp_path, policy=policy)
+    s = Stack(e2e_cluster, tmp_path)
     try:
         s.start()
         yield s

@@ -121,55 +121,32 @@ def test_hung_rank_restarts_the_run_without_draining(stack: Stack) -> None:
     assert resumed_from == last_ckpt == row["resumed_from_step"]
 
 
-def test_operator_drain_is_recorded_and_shown_in_slurm(stack: Stack) -> None:
-    ckpt, nodes = start_run(stack, "opdrain", steps=STEPS, at_step=6)
+def test_operator_drain_is_recorded_and_the_run_moves(stack: Stack) -> None:
+    """The shipped rule ``operator-drain``: checkpoint now, then restart without the node."""
+    ckpt, nodes = start_run(stack, "opdrain", steps=STEPS, at_step=7)
     node = nodes[1]
-    out = stack.cli("drain", node, "--reason", "fan noise", "--who", "alice")
-    assert out.returncode == 0
+    stack.cli("drain", node, "--reason", "fan noise", "--who", "alice")
     action = next(a for a in stack.actions() if a["kind"] == "drain")
     assert (action["actor"], action["who"], action["reason"], action["node"],
             action["status"]) == ("operator", "alice", "fan noise", node, "succeeded")
     reason = stack.cluster.drain_reasons()[node]
     assert reason.startswith("trainwarden: fan noise") and "operator alice" in reason, reason
     assert stack.node(node)["drained_by"] == "operator"
-    # Slurm lets the running job finish on a draining node; the shipped policy has no rule
-    # for an operator's drain, so the run goes on where it is and completes.
-    assert {"ALLOCATED", "DRAIN"} <= stack.cluster.node_flags(node)
-    row = stack.wait_completed("opdrain", timeout=120)
-    assert row["attempt"] == 1 and row["restarts"] == 0
-    assert [a["kind"] for a in stack.actions()] == ["drain"]
-    p = read_progress(ckpt)
-    assert p.steps[1] == list(range(1, STEPS + 1)) and p.done[1] == STEPS
-    # afterwards the node is out of service and stays so until an operator returns it
-    wait_for(lambda: stack.cluster.node_flags(node) == {"IDLE", "DRAIN"}, 30, f"{node} drained")
+    row = stack.wait_completed("opdrain", timeout=150)
+    assert row["attempt"] == 2 and row["restarts"] == 1 and node not in row["nodes"]
+    done = [(a["kind"], a["actor"], a["rule"] or a["who"], a["status"])
+            for a in stack.actions()]
+    assert done == [("drain", "operator", "alice", "succeeded"),
+                    ("checkpoint-now", "rule", "operator-drain", "succeeded"),
+                    ("restart-run", "rule", "operator-drain", "succeeded")]
+    # resumed from the checkpoint taken on request: nothing skipped, nothing repeated
+    resumed_from, last_ckpt = check_resumed_exactly(read_progress(ckpt), STEPS)
+    assert resumed_from == last_ckpt == row["resumed_from_step"]
+    # the node stays out of service until an operator returns it
+    assert stack.cluster.node_flags(node) == {"IDLE", "DRAIN"}
     stack.cli("undrain", node, "--reason", "fan replaced", "--who", "alice")
     wait_for(lambda: "DRAIN" not in stack.cluster.node_flags(node), 30, f"{node} returned")
     assert node not in stack.cluster.drain_reasons()
-
-
-SITE_RULE = """
-  - name: operator-drain-moves-run
-    description: An operator drained a node of a running run; restart the run without it.
-    when: {event: action, match: {kind: drain, actor: operator}}
-    then: [restart-run]
-"""
-
-
-@pytest.mark.parametrize("stack", [SITE_RULE], indirect=True, ids=["site-policy"])
-def test_operator_drain_moves_the_run_under_a_site_rule(stack: Stack) -> None:
-    """With a site rule for operators' drains, the run restarts without the node, from the
-    newest checkpoint."""
-    ckpt, nodes = start_run(stack, "opmove", steps=STEPS, at_step=8)
-    node = nodes[0]
-    stack.cli("drain", node, "--reason", "bad DIMM", "--who", "bob")
-    row = stack.wait_completed("opmove", timeout=150)
-    assert row["attempt"] == 2 and node not in row["nodes"]
-    kinds = [(a["kind"], a["actor"], a["rule"] or a["who"]) for a in stack.actions()]
-    assert kinds == [("drain", "operator", "bob"),
-                     ("restart-run", "rule", "operator-drain-moves-run")]
-    assert "operator bob" in stack.cluster.drain_reasons()[node]
-    resumed_from, last_ckpt = check_resumed_exactly(read_progress(ckpt), STEPS)
-    assert resumed_from == last_ckpt == row["resumed_from_step"]
 
 
 def test_sbatch_refusal_is_recorded_and_the_daemon_keeps_serving(stack: Stack,
