@@ -156,6 +156,13 @@ class Reader:
             return None
         return v
 
+    def _in_range(self, v: float, lo: float | None, hi: float | None, path: str) -> bool:
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            self.error(path, f"{v} is out of range [{lo if lo is not None else '-inf'}, "
+                             f"{hi if hi is not None else 'inf'}]")
+            return False
+        return True
+
     def integer(
         self, node: Node | None, path: str, *, lo: int | None = None, hi: int | None = None
     ) -> int | None:
@@ -165,12 +172,7 @@ class Reader:
         if isinstance(v, bool) or not isinstance(v, int):
             self.error(path, f"expected a whole number, got {v!r}")
             return None
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            self.error(
-                path,
-                f"{v} is out of range [{lo if lo is not None else '-inf'}, "
-                f"{hi if hi is not None else 'inf'}]",
-            )
+        if not self._in_range(v, lo, hi, path):
             return None
         return v
 
@@ -183,12 +185,7 @@ class Reader:
         if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
             self.error(path, f"expected a number, got {v!r}")
             return None
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            self.error(
-                path,
-                f"{v} is out of range [{lo if lo is not None else '-inf'}, "
-                f"{hi if hi is not None else 'inf'}]",
-            )
+        if not self._in_range(v, lo, hi, path):
             return None
         return float(v)
 
