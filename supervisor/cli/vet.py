@@ -30,6 +30,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--window", type=float, default=0.5, metavar="S",
                    help="seconds over which fabric counters are watched (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--list-faults", action="store_true",
+                   help="list the fault names --simulate accepts, and exit")
     p.add_argument("--simulate", action="append", default=[], metavar="FAULT",
                    help="run against simulated hardware with FAULT injected (repeatable; "
                         "see `trainwarden hw list`)")
@@ -57,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
     from health.sim.hardware import SimulatedHardware
     from health.vet import vet
 
+    if args.list_faults:
+        from supervisor.cli.hw import run_list
+
+        return run_list(argparse.Namespace(state_dir=None, json=args.json))
     if args.timeout <= 0:
         raise HealthError(f"--timeout must be positive, not {args.timeout}")
     if args.window < 0:

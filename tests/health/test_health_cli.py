@@ -129,3 +129,11 @@ def test_hw_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert active() == ["ecc-dbe@1"]
     assert main(["hw", "clear", "--state-dir", d]) == 0
     assert active() == []
+
+
+def test_vet_lists_the_fault_names_it_can_simulate(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["vet", "--list-faults", "--json"]) == 0
+    names = {f["name"] for f in json.loads(capsys.readouterr().out)["faults"]}
+    assert {"xid:<code>", "gpu-lost", "ecc-dbe", "row-remap-failure", "nvlink-down",
+            "pcie-degraded", "thermal-throttle", "ib-link-down", "ib-link-flap", "storage-hang",
+            "storage-slow", "storage-full", "gpu-mem-held"} <= names
