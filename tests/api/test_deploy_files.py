@@ -51,7 +51,7 @@ def _metric_refs(expr: str) -> set[str]:
 @pytest.mark.parametrize("unit", ["trainwarden-daemon.service", "trainwarden-agent.service"])
 def test_units_verify(unit: str, tmp_path: Path) -> None:
     # ExecStart must name an existing binary for verify: point it at this venv's script.
-    text = (DEPLOY / "systemd" / unit).read_text()
+    text = (DEPLOY / unit).read_text()
     text = text.replace("/opt/trainwarden/.venv/bin/trainwarden", str(Path(sys.executable).parent /
                                                                  "trainwarden"))
     (tmp_path / unit).write_text(text)
@@ -60,7 +60,7 @@ def test_units_verify(unit: str, tmp_path: Path) -> None:
 
 
 def test_daemon_unit_is_notify_with_watchdog_and_hardening() -> None:
-    text = (DEPLOY / "systemd" / "trainwarden-daemon.service").read_text()
+    text = (DEPLOY / "trainwarden-daemon.service").read_text()
     for line in ("Type=notify", "WatchdogSec=60s", "Restart=on-failure", "NoNewPrivileges=yes",
                  "ProtectSystem=strict", "PrivateTmp=yes", "CapabilityBoundingSet=",
                  "StateDirectory=trainwarden"):
