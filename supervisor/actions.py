@@ -29,25 +29,37 @@ def drain_reason(d: Decision, action_id: int) -> str:
     return text.replace('"', "'")[:250]
 
 
+# Drains and resumes are idempotent in every back-end, so a transient scheduler failure
+# (slurmctld restarting, a timeout) is retried; a submission is not (it may have gone in).
+RETRYABLE_KINDS = frozenset({ActionKind.DRAIN, ActionKind.UNDRAIN})
+
+
 async def perform(sup: Supervisor, d: Decision, action_id: int) -> tuple[bool, str]:
+    ok, result, _retry = await attempt(sup, d, action_id)
+    return ok, result
+
+
+async def attempt(sup: Supervisor, d: Decision, action_id: int) -> tuple[bool, str, bool]:
+    """Carry the action out once: (ok, what happened, whether a retry is safe and useful)."""
     req = d.request
     try:
         if req.kind is ActionKind.DRAIN and req.node:
-            return await _drain(sup, d, action_id)
+            return (*await _drain(sup, d, action_id), False)
         if req.kind is ActionKind.UNDRAIN and req.node:
-            return await _undrain(sup, d)
+            return (*await _undrain(sup, d), False)
         if req.kind is ActionKind.RESTART_RUN and req.run:
-            return await _restart(sup, d)
+            return (*await _restart(sup, d), False)
         if req.kind is ActionKind.CHECKPOINT_NOW and req.run:
-            return await _checkpoint_now(sup, d)
+            return (*await _checkpoint_now(sup, d), False)
         if req.kind is ActionKind.ALERT:
             log.warning("ALERT %s%s: %s", req.node or "", req.run or "", req.reason)
-            return True, "alert logged"
+            return True, "alert logged", False
         if req.kind is ActionKind.VET and req.node:
-            return await _vet(sup, d)
+            return (*await _vet(sup, d), False)
     except SchedulerError as exc:
-        return False, f"{sup.scheduler.name} refused: {exc}"
-    return False, f"{req.kind.value} needs a {'node' if req.node is None else 'run'}"
+        return (False, f"{sup.scheduler.name} refused: {exc}",
+                exc.retryable and req.kind in RETRYABLE_KINDS)
+    return False, f"{req.kind.value} needs a {'node' if req.node is None else 'run'}", False
 
 
 async def _drain(sup: Supervisor, d: Decision, action_id: int) -> tuple[bool, str]:

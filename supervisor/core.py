@@ -68,6 +68,8 @@ class CoreConfig:
     settle_s: float = 3.0  # after an attempt dies, wait this long for the node fault to show
     checkpoint_wait_s: float = 120.0  # checkpoint-before-eviction bound
     straggler_eval_s: float = 1.0  # how often straggler scores are evaluated
+    # backoff between retries of a drain/undrain the scheduler refused transiently (~10 min)
+    retry_delays_s: tuple[float, ...] = (2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
     scheduler_sync_s: float = 5.0  # how often the scheduler's node states are read
     vet_period_s: float = 60.0  # healthy reports needed before a vetted node returns
     xid_overrides: dict[int | str, str] = field(default_factory=dict)
@@ -361,11 +363,32 @@ class Supervisor:
         return action_id
 
     async def _perform(self, d: Decision, action_id: int) -> tuple[bool, str]:
-        from supervisor.actions import perform
+        from supervisor.actions import attempt
 
         await self.store.call(self.store.store.update_action, action_id, status="running",
                               result=None, finished_at=None)
-        ok, result = await perform(self, d, action_id)
+        ok, result, retry = await attempt(self, d, action_id)
+        if retry:
+            result += f" (retrying up to {len(self.config.retry_delays_s)} times)"
+        await self._finish(d, action_id, ok, result)
+        if retry:
+            self._spawn(self._retry(d, action_id))
+        return ok, result
+
+    async def _retry(self, d: Decision, action_id: int) -> None:
+        """Retry an idempotent action after a transient scheduler failure, with backoff."""
+        from supervisor.actions import attempt
+
+        for n, delay in enumerate(self.config.retry_delays_s, start=1):
+            await self.clock.sleep(delay)
+            ok, result, again = await attempt(self, d, action_id)
+            if ok or not again or n == len(self.config.retry_delays_s):
+                await self._finish(d, action_id, ok, f"retry {n}: {result}")
+                return
+            log.warning("action %s %s: retry %d failed: %s", action_id, d.request.kind.value,
+                        n, result)
+
+    async def _finish(self, d: Decision, action_id: int, ok: bool, result: str) -> None:
         done = self.clock.now()
         await self.store.call(self.store.store.update_action, action_id,
                               status="succeeded" if ok else "failed", result=result,
@@ -375,7 +398,6 @@ class Supervisor:
                             "succeeded" if ok else "failed")
         if not ok:
             log.error("action %s %s failed: %s", action_id, d.request.kind.value, result)
-        return ok, result
 
     # -- helpers used by actions ------------------------------------------------------
 

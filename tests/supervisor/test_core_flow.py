@@ -377,3 +377,40 @@ async def test_operator_drain_checkpoints_and_moves_the_run(
     rules = {(a.kind, a.rule, a.status.value) for a in sup.store.store.actions(run="r1")}
     assert (ActionKind.CHECKPOINT_NOW, "operator-drain", "succeeded") in rules
     assert (ActionKind.RESTART_RUN, "operator-drain", "succeeded") in rules
+
+
+async def test_a_transient_scheduler_failure_is_retried_until_the_drain_lands(
+        tmp_path: Path) -> None:
+    from supervisor.errors import SchedulerError
+
+    class FlakyController(LocalScheduler):
+        """The local back-end whose controller is away for the first two drain calls
+        (as slurmctld is while it restarts)."""
+
+        def __init__(self) -> None:
+            super().__init__(NODES, tmp_path / "logs")
+            self.refusals = 2
+
+        async def drain(self, node: str, reason: str) -> None:
+            if self.refusals:
+                self.refusals -= 1
+                raise SchedulerError("Unable to contact slurm controller", retryable=True)
+            await super().drain(node, reason)
+
+    url = f"sqlite:///{tmp_path / 'tw.db'}"
+    upgrade(url)
+    store = AsyncStore(open_store(url))
+    s = Supervisor(CoreConfig(retry_delays_s=(0.05, 0.05, 0.05)), SystemClock(), store,
+                   FlakyController(), PolicyEngine(load_policy()), Metrics())
+    try:
+        await beat(s, *NODES)
+        await _xid(s, "n1")
+        await until(lambda: any(a.kind is ActionKind.DRAIN and a.status.value == "succeeded"
+                                for a in store.store.actions()))
+        [drain] = [a for a in store.store.actions() if a.kind is ActionKind.DRAIN]
+        assert drain.result is not None and drain.result.startswith("retry 2:")
+        assert {n.name: n.state for n in await s.scheduler.nodes()}["n1"] is NodeState.DRAINED
+    finally:
+        for t in list(s.tasks):
+            t.cancel()
+        store.close()
