@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from health import faults as fk
 from health.faults import XidCatalog
 from health.probes.base import Fault, Health, Severity
-from health.report import HealthReport
+from health.report import HealthReport, ProbeReport
 from policies.model import ConditionType, Event, EventKind
 
 # Fault kinds that are about the GPU (fatal ones give GpuFatal, which is sticky).
@@ -187,28 +187,12 @@ class NodeHealthTracker:
                            and f.severity is Severity.FATAL for f in p.faults)]
         deg = [p for p in report.probes if p.health is Health.DEGRADED]
         n.causes = {f.cause for p in report.probes for f in p.faults if f.cause}
-        if bad and not n.unhealthy:
-            n.unhealthy = True
-            reason = "; ".join(f"{p.probe}: {p.reason}" for p in bad)
-            out.append(Observation(Event(now, EventKind.CONDITION_CHANGED, node=node,
-                                         message=reason), node, ConditionType.NODE_UNHEALTHY,
-                                   True, reason))
-        elif not bad and n.unhealthy:
-            n.unhealthy = False
-            out.append(Observation(Event(now, EventKind.CONDITION_CHANGED, node=node,
-                                         message="all probes healthy again"), node,
-                                   ConditionType.NODE_UNHEALTHY, False, "probes healthy again"))
-        if deg and not n.degraded:
-            n.degraded = True
-            reason = "; ".join(f"{p.probe}: {p.reason}" for p in deg)
-            out.append(Observation(Event(now, EventKind.CONDITION_CHANGED, node=node,
-                                         message=reason), node, ConditionType.NODE_DEGRADED,
-                                   True, reason))
-        elif not deg and n.degraded:
-            n.degraded = False
-            out.append(Observation(Event(now, EventKind.CONDITION_CHANGED, node=node,
-                                         message="no probe degraded"), node,
-                                   ConditionType.NODE_DEGRADED, False, "no probe degraded"))
+        n.unhealthy, o = _follow(node, ConditionType.NODE_UNHEALTHY, n.unhealthy, bad, now,
+                                 "all probes healthy again")
+        out += o
+        n.degraded, o = _follow(node, ConditionType.NODE_DEGRADED, n.degraded, deg, now,
+                                "no probe degraded")
+        out += o
         return out
 
     def tick(self, now: float) -> list[Observation]:
@@ -263,6 +247,17 @@ class NodeHealthTracker:
         cls = self.xids.classify(f.code)
         detail = f.detail or cls.name
         return Fault(f.kind, cls.severity, detail, f.gpu, f.code, f.cause)
+
+
+def _follow(node: str, ctype: ConditionType, was: bool, probes: list[ProbeReport], now: float,
+            cleared: str) -> tuple[bool, list[Observation]]:
+    """A condition that follows the probes of each report: set while some probe says so,
+    cleared when none does. Returns the new state and the transition, if any."""
+    if bool(probes) == was:
+        return was, []
+    reason = "; ".join(f"{p.probe}: {p.reason}" for p in probes) if probes else cleared
+    return bool(probes), [Observation(Event(now, EventKind.CONDITION_CHANGED, node=node,
+                                            message=reason), node, ctype, bool(probes), reason)]
 
 
 def _fault_data(f: Fault) -> dict[str, object]:
