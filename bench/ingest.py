@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from health.clock import SystemClock
-from health.probes.base import Health
-from health.report import (
+from trainwarden.health.clock import SystemClock
+from trainwarden.health.probes.base import Health
+from trainwarden.health.report import (
     HealthReport,
     Heartbeat,
     ProbeReport,
@@ -32,14 +32,14 @@ from health.report import (
     node_topic,
     steps_topic,
 )
-from policies.engine import PolicyEngine
-from policies.rules import load_policy
-from supervisor.core import CoreConfig, Supervisor
-from supervisor.metrics import Metrics
-from supervisor.persist import AsyncStore
-from supervisor.scheduler.local import LocalScheduler
-from supervisor.state import RunInfo, RunSpec
-from supervisor.store import open_store, upgrade
+from trainwarden.policies.engine import PolicyEngine
+from trainwarden.policies.rules import load_policy
+from trainwarden.supervisor.daemon.metrics import Metrics
+from trainwarden.supervisor.daemon.persist import AsyncStore
+from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
+from trainwarden.supervisor.model.cluster import RunInfo, RunSpec
+from trainwarden.supervisor.scheduler.local import LocalScheduler
+from trainwarden.supervisor.store import open_store, upgrade
 
 
 def health_report(node: str, seq: int) -> bytes:

@@ -29,9 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from supervisor.detectors.straggler_offline import analyze_rows  # noqa: E402
-from supervisor.detectors.stragglers import StragglerConfig, StragglerDetector  # noqa: E402
-from supervisor.traces import TraceRow, bytedance_rows, load_trace  # noqa: E402
+from trainwarden.supervisor.detectors.stragglers.detector import StragglerConfig, StragglerDetector  # noqa: E402
+from trainwarden.supervisor.detectors.stragglers.offline import analyze_rows  # noqa: E402
+from trainwarden.supervisor.detectors.stragglers.traces import TraceRow, bytedance_rows, load_trace  # noqa: E402
 
 DATA = Path("/work/shared/data/stragglers")
 LEVELS = (0.02, 0.05, 0.10, 0.20, 0.50)

@@ -13,7 +13,7 @@ What it shows:
   directory) restores parameters, optimizer state and the step counter. Data is a
   function of (seed, step, rank), so a resumed run computes exactly what an
   uninterrupted one does.
-- Progress reporting through ``health.reporter``: every step (with the compute
+- Progress reporting through ``trainwarden.health.reporter``: every step (with the compute
   section marked: forward + backward, outside the gradient all-reduce), and every
   checkpoint, announced by rank 0 once all ranks finished saving.
 - ``checkpoint-now`` requests from the daemon are honoured at the next step boundary
@@ -40,10 +40,10 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 try:
-    from health.reporter import Reporter
+    from trainwarden.health.reporter import Reporter
 except ImportError:  # run from a source checkout without trainwarden installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from health.reporter import Reporter
+    from trainwarden.health.reporter import Reporter
 
 IN_FEATURES = 16
 

@@ -31,12 +31,20 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 from pydantic import ValidationError
 
-from health.clock import Clock, SystemClock
-from health.mqtt import MqttAuth
-from health.probes.base import Action, CheckResult, EventWatcher, Fault, Health, Probe, worst
-from health.probes.registry import ProbeConfig, build_probes, build_watchers
-from health.probes.runner import run_probes
-from health.report import (
+from trainwarden.health.clock import Clock, SystemClock
+from trainwarden.health.mqtt import MqttAuth
+from trainwarden.health.probes.base import (
+    Action,
+    CheckResult,
+    EventWatcher,
+    Fault,
+    Health,
+    Probe,
+    worst,
+)
+from trainwarden.health.probes.registry import ProbeConfig, build_probes, build_watchers
+from trainwarden.health.probes.runner import run_probes
+from trainwarden.health.report import (
     FaultModel,
     FaultReport,
     HealthReport,
@@ -49,7 +57,7 @@ from health.report import (
 )
 
 if TYPE_CHECKING:
-    from health.hardware import Hardware
+    from trainwarden.health.hardware import Hardware
 
 log = logging.getLogger(__name__)
 

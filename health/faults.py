@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from health.errors import HealthError
-from health.probes.base import Action, Severity
+from trainwarden.health.errors import HealthError
+from trainwarden.health.probes.base import Action, Severity
 
 # Fault kinds. Probes emit them, simulated hardware injects them by these names,
 # detectors and policies match on them.
@@ -74,7 +74,7 @@ _DEFAULT_CLASS = (Severity.DEGRADED, Action.INSPECT)
 
 @lru_cache(maxsize=1)
 def _catalog_rows() -> tuple[dict[str, str], ...]:
-    text = resources.files("health").joinpath("data/xid_catalog.csv").read_text()
+    text = resources.files("trainwarden.health").joinpath("data/xid_catalog.csv").read_text()
     return tuple(csv.DictReader(text.splitlines()))
 
 

@@ -1,7 +1,7 @@
 """The hardware boundary: what probes read, bundled once and handed to every probe.
 
 Real hardware is NVML (pynvml), the sysfs/procfs roots, the kernel log and the
-filesystem. :class:`health.sim.hardware.SimulatedHardware` implements the same
+filesystem. :class:`trainwarden.health.sim.hardware.SimulatedHardware` implements the same
 protocol with a fixture tree in a state directory, so the real parsing code runs in
 tests, the demo and the benchmarks.
 """
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from health.kmsg import DevKmsg, FileKernelLog, KernelLogReader
-from health.nvml.backend import NvmlBackend
-from health.nvml.real import RealNvml
+from trainwarden.health.kmsg import DevKmsg, FileKernelLog, KernelLogReader
+from trainwarden.health.nvml.backend import NvmlBackend
+from trainwarden.health.nvml.real import RealNvml
 
 if TYPE_CHECKING:
-    from health.probes.registry import ProbeConfig
+    from trainwarden.health.probes.registry import ProbeConfig
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from health.errors import HealthError
+from trainwarden.health.errors import HealthError
 
 DEFAULT_PORT = 1883
 

@@ -14,8 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from health.errors import ReportError
-from health.probes.base import Action, CheckResult, Fault, Health, Severity, Value
+from trainwarden.health.errors import ReportError
+from trainwarden.health.probes.base import Action, CheckResult, Fault, Health, Severity, Value
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024

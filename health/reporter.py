@@ -2,7 +2,7 @@
 
 Built to be cheap on every one of 16,000 ranks: ``step_done`` only appends a tuple to a
 bounded buffer under a lock (a few microseconds); a background thread batches samples
-into one :class:`~health.report.StepReport` per ~2 s and publishes with paho-mqtt. The
+into one :class:`~trainwarden.health.report.StepReport` per ~2 s and publishes with paho-mqtt. The
 first step of an attempt and every checkpoint are flushed at once. When the broker is
 away, samples wait in the bounded buffer and the overflow is dropped and counted --
 the training loop never waits for the network. Without ``TRAINWARDEN_BROKER`` the
@@ -24,9 +24,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from health.errors import TrainwardenError
-from health.mqtt import MqttAuth, parse_broker, short_hostname
-from health.report import (
+from trainwarden.health.errors import TrainwardenError
+from trainwarden.health.mqtt import MqttAuth, parse_broker, short_hostname
+from trainwarden.health.report import (
     CheckpointReport,
     ControlMessage,
     StepReport,

@@ -12,12 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from health.clock import Clock, SystemClock
-from health.hardware import Hardware
-from health.nvml.backend import NvmlBackend, NvmlError
-from health.probes.base import Action, CheckResult, Health, Probe, Value, worst
-from health.probes.registry import ProbeConfig, build_probes
-from health.probes.runner import run_probes
+from trainwarden.health.clock import Clock, SystemClock
+from trainwarden.health.hardware import Hardware
+from trainwarden.health.nvml.backend import NvmlBackend, NvmlError
+from trainwarden.health.probes.base import Action, CheckResult, Health, Probe, Value, worst
+from trainwarden.health.probes.registry import ProbeConfig, build_probes
+from trainwarden.health.probes.runner import run_probes
 
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_UNKNOWN = 0, 1, 2, 3
 _EXIT = {Health.HEALTHY: EXIT_OK, Health.DEGRADED: EXIT_WARNING,

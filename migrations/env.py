@@ -6,8 +6,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from supervisor.store.engine import WRITE, default_url, make_engine
-from supervisor.store.schema import Base
+from trainwarden.supervisor.store.engine import WRITE, default_url, make_engine
+from trainwarden.supervisor.store.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

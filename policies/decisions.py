@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from policies import guards as g
-from policies.incidents import IncidentBook
-from policies.model import (
+from trainwarden.policies import guards as g
+from trainwarden.policies.incidents import IncidentBook
+from trainwarden.policies.model import (
     ActionKind,
     ActionRequest,
     Actor,
@@ -25,7 +25,7 @@ from policies.model import (
     IncidentKind,
     Verdict,
 )
-from policies.rules import Policy
+from trainwarden.policies.rules import Policy
 
 
 class Mode(StrEnum):

@@ -6,7 +6,7 @@ transition, :meth:`on_event` for each event, :meth:`tick` periodically, and
 anything itself: it returns :class:`Decision` objects, in the order they are to be
 carried out, each with its rule, evidence and every guard's verdict. This module holds the
 public surface, the rules and the holds; guards, verdicts and the memory behind them are in
-:mod:`policies.decisions`.
+:mod:`trainwarden.policies.decisions`.
 
 Contracts with the caller (see docs/policy.md):
 - ``RunView.attempt`` grows when a restart is carried out; restart requests for an attempt
@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from policies import guards as g
-from policies.decisions import DecisionMaker, Held, Mode, RunBook, attempt_of
-from policies.model import (
+from trainwarden.policies import guards as g
+from trainwarden.policies.decisions import DecisionMaker, Held, Mode, RunBook, attempt_of
+from trainwarden.policies.model import (
     ActionKind,
     ActionRequest,
     ClusterView,
@@ -40,8 +40,8 @@ from policies.model import (
     IncidentKind,
     Verdict,
 )
-from policies.requests import build_requests, matches, merge, subject_run
-from policies.rules import Policy, Rule, describe_duration
+from trainwarden.policies.requests import build_requests, matches, merge, subject_run
+from trainwarden.policies.rules import Policy, Rule, describe_duration
 
 RUN_CONDITIONS = frozenset({ConditionType.RUN_HUNG})
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from health.errors import TrainwardenError
+from trainwarden.health.errors import TrainwardenError
 
 
 class PolicyError(TrainwardenError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from policies.model import Decision, Event
+from trainwarden.policies.model import Decision, Event
 
 
 def to_record(item: Decision | Mapping[str, Any]) -> dict[str, Any]:

@@ -11,8 +11,14 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from policies.model import ActionKind, ActionRequest, ClusterView, GuardVerdict
-from policies.rules import CrashLoop, DrainLimits, Guards, RestartLimits, describe_duration
+from trainwarden.policies.model import ActionKind, ActionRequest, ClusterView, GuardVerdict
+from trainwarden.policies.rules import (
+    CrashLoop,
+    DrainLimits,
+    Guards,
+    RestartLimits,
+    describe_duration,
+)
 
 MAX_DRAINS = "max-drains-per-window"
 CLUSTER_FRACTION = "cluster-fraction"

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import replace
 
-from policies.model import ClusterView, Incident, IncidentKind
-from policies.rules import Correlation, describe_duration
+from trainwarden.policies.model import ClusterView, Incident, IncidentKind
+from trainwarden.policies.rules import Correlation, describe_duration
 
 
 class IncidentBook:

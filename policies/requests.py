@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from policies.model import (
+from trainwarden.policies.model import (
     ActionKind,
     ActionRequest,
     Actor,
@@ -18,7 +18,7 @@ from policies.model import (
     ConditionType,
     Event,
 )
-from policies.rules import Rule
+from trainwarden.policies.rules import Rule
 
 FATAL = frozenset({ConditionType.NODE_DEAD, ConditionType.GPU_FATAL, ConditionType.NODE_UNHEALTHY})
 NODE_ACTIONS = (ActionKind.DRAIN, ActionKind.VET, ActionKind.UNDRAIN)

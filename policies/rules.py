@@ -17,11 +17,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from health.errors import HealthError
-from health.faults import XidCatalog
-from policies.errors import PolicyError
-from policies.model import ActionKind, ConditionType, EventKind
-from policies.yamlread import Reader
+from trainwarden.health.errors import HealthError
+from trainwarden.health.faults import XidCatalog
+from trainwarden.policies.errors import PolicyError
+from trainwarden.policies.model import ActionKind, ConditionType, EventKind
+from trainwarden.policies.yamlread import Reader
 
 POLICY_VERSION = 1
 _NODE_CONDITIONS = frozenset(
@@ -119,7 +119,7 @@ class Policy:
 
 
 def default_policy_text() -> str:
-    return resources.files("policies").joinpath("data/default.yaml").read_text()
+    return resources.files("trainwarden.policies").joinpath("data/default.yaml").read_text()
 
 
 def load_policy(path: str | Path | None = None) -> Policy:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from policies.errors import PolicyError
+from trainwarden.policies.errors import PolicyError
 
 E = TypeVar("E", bound=StrEnum)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")

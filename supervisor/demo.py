@@ -20,17 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from health.agent import Agent, AgentConfig
-from health.probes.registry import ProbeConfig
-from health.sim.hardware import SimulatedHardware
-from policies.model import ConditionType, Event, EventKind
-from supervisor import ops
-from supervisor.core import CoreConfig
-from supervisor.daemon import Daemon, DaemonConfig
-from supervisor.errors import ConfigError
-from supervisor.lifecycle import RunPhase
-from supervisor.scheduler.local import LocalScheduler
-from supervisor.state import RunSpec
+from trainwarden.health.agent import Agent, AgentConfig
+from trainwarden.health.probes.registry import ProbeConfig
+from trainwarden.health.sim.hardware import SimulatedHardware
+from trainwarden.policies.model import ConditionType, Event, EventKind
+from trainwarden.supervisor.daemon import operations as ops
+from trainwarden.supervisor.daemon.process import Daemon, DaemonConfig
+from trainwarden.supervisor.daemon.supervisor import CoreConfig
+from trainwarden.supervisor.errors import ConfigError
+from trainwarden.supervisor.model.cluster import RunSpec
+from trainwarden.supervisor.model.lifecycle import RunPhase
+from trainwarden.supervisor.scheduler.local import LocalScheduler
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train.py"
 
@@ -109,8 +109,8 @@ class Timeline:
 
 
 async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
-    from supervisor.broker import EmbeddedBroker
-    from supervisor.store.migrate import upgrade
+    from trainwarden.supervisor.daemon.broker import EmbeddedBroker
+    from trainwarden.supervisor.store.migrate import upgrade
 
     if not EXAMPLE.is_file():
         raise ConfigError(f"the example training job is missing: {EXAMPLE} (run the demo from "
@@ -126,7 +126,7 @@ async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
     if cfg.scenario == "straggler":  # a policy that evicts stragglers (checkpoint first)
         from importlib import resources
 
-        policy = str(resources.files("policies").joinpath("data/evict-stragglers.yaml"))
+        policy = str(resources.files("trainwarden.policies").joinpath("data/evict-stragglers.yaml"))
     tl = Timeline(out, started)
     names = [f"n{i}" for i in range(1, cfg.nodes + 1)]
     db_url = f"sqlite:///{work / 'trainwarden.db'}"

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from health.nvml.backend import GpuSample, NvmlBackend, NvmlError, NvmlGpuLost, XidEvent
+from trainwarden.health.nvml.backend import GpuSample, NvmlBackend, NvmlError, NvmlGpuLost, XidEvent
 
 __all__ = ["GpuSample", "NvmlBackend", "NvmlError", "NvmlGpuLost", "XidEvent"]

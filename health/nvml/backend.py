@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from health.errors import HealthError
+from trainwarden.health.errors import HealthError
 
 # NVML clock-throttle-reason bits (nvml.h, nvmlClocksEventReasons*).
 THROTTLE_SW_POWER_CAP = 0x4

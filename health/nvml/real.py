@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from health.nvml.backend import GpuSample, NvmlError, NvmlGpuLost, XidEvent
+from trainwarden.health.nvml.backend import GpuSample, NvmlError, NvmlGpuLost, XidEvent
 
 T = TypeVar("T")
 

@@ -2,7 +2,7 @@
 
 A probe reads (I/O), parses (pure) and evaluates against thresholds (pure), and
 returns a :class:`CheckResult` -- failures are data, a probe never raises. The
-runner bounds each probe with a timeout (see ``health.probes.runner``).
+runner bounds each probe with a timeout (see ``trainwarden.health.probes.runner``).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class Severity(StrEnum):
 class Fault:
     """One concrete thing found wrong (an XID, a link down, a hung mount).
 
-    ``kind`` uses the vocabulary of ``health.faults`` (e.g. ``xid``, ``gpu-lost``,
+    ``kind`` uses the vocabulary of ``trainwarden.health.faults`` (e.g. ``xid``, ``gpu-lost``,
     ``ib-link-down``, ``storage-hang``). ``cause`` names a shared component when there
     is one (``storage:/capstor``, ``fabric:ib``), which lets the policy layer see a
     correlated, cluster-wide failure instead of many bad nodes.

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from health import faults as fk
-from health.clock import Clock, SystemClock
-from health.faults import XidCatalog
-from health.kmsg import KernelLogReader, normalize_pci, parse_xid
-from health.nvml.backend import (
+from trainwarden.health import faults as fk
+from trainwarden.health.clock import Clock, SystemClock
+from trainwarden.health.faults import XidCatalog
+from trainwarden.health.kmsg import KernelLogReader, normalize_pci, parse_xid
+from trainwarden.health.nvml.backend import (
     THROTTLE_HW_POWER_BRAKE,
     THROTTLE_HW_SLOWDOWN,
     THROTTLE_HW_THERMAL,
@@ -24,8 +24,8 @@ from health.nvml.backend import (
     NvmlGpuLost,
     XidEvent,
 )
-from health.probes.base import Action, CheckResult, Fault, Severity, Value
-from health.probes.util import fold
+from trainwarden.health.probes.base import Action, CheckResult, Fault, Severity, Value
+from trainwarden.health.probes.util import fold
 
 GIB = 1024**3
 NVLINK_ERRORS = "nvlink-errors"

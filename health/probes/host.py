@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from health import faults as fk
-from health.clock import Clock, SystemClock
-from health.kmsg import KernelLogReader, is_mce, is_oom
-from health.probes.base import CheckResult, Fault, Severity, Value
-from health.probes.util import fold, read_text
+from trainwarden.health import faults as fk
+from trainwarden.health.clock import Clock, SystemClock
+from trainwarden.health.kmsg import KernelLogReader, is_mce, is_oom
+from trainwarden.health.probes.base import CheckResult, Fault, Severity, Value
+from trainwarden.health.probes.util import fold, read_text
 
 HOST_ZOMBIES = "host-zombies"
 HOST_LOAD = "host-load"

@@ -23,10 +23,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from health import faults as fk
-from health.clock import Clock, SystemClock
-from health.probes.base import CheckResult, Fault, Severity, Value
-from health.probes.util import fold, read_int, read_text
+from trainwarden.health import faults as fk
+from trainwarden.health.clock import Clock, SystemClock
+from trainwarden.health.probes.base import CheckResult, Fault, Severity, Value
+from trainwarden.health.probes.util import fold, read_int, read_text
 
 IB_ERROR_COUNTERS = (
     "symbol_error",

@@ -9,16 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from health.clock import Clock, SystemClock
-from health.errors import HealthError
-from health.faults import XidCatalog
-from health.hardware import Hardware
-from health.probes.base import EventWatcher, Probe
-from health.probes.gpu import GpuProbe, GpuThresholds
-from health.probes.host import HostProbe, HostThresholds
-from health.probes.network import NetThresholds, NetworkProbe
-from health.probes.storage import StorageProbe, StorageThresholds
-from health.probes.xid import XidWatcher
+from trainwarden.health.clock import Clock, SystemClock
+from trainwarden.health.errors import HealthError
+from trainwarden.health.faults import XidCatalog
+from trainwarden.health.hardware import Hardware
+from trainwarden.health.probes.base import EventWatcher, Probe
+from trainwarden.health.probes.gpu import GpuProbe, GpuThresholds
+from trainwarden.health.probes.host import HostProbe, HostThresholds
+from trainwarden.health.probes.network import NetThresholds, NetworkProbe
+from trainwarden.health.probes.storage import StorageProbe, StorageThresholds
+from trainwarden.health.probes.xid import XidWatcher
 
 PROBE_NAMES = ("gpu", "network", "storage", "host")
 WATCHER_NAMES = ("xid",)

@@ -15,8 +15,8 @@ import dataclasses
 import threading
 from collections.abc import Sequence
 
-from health.clock import Clock, SystemClock
-from health.probes.base import Action, CheckResult, HangSymptom, Health, Probe
+from trainwarden.health.clock import Clock, SystemClock
+from trainwarden.health.probes.base import Action, CheckResult, HangSymptom, Health, Probe
 
 # id(probe) -> the thread still running its last check (a hung probe keeps its thread).
 _stuck: dict[int, threading.Thread] = {}

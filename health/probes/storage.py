@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from health import faults as fk
-from health.hardware import FsStats, StorageOps
-from health.probes.base import Action, CheckResult, Fault, Health, Severity, Value
-from health.probes.util import fold, read_text
+from trainwarden.health import faults as fk
+from trainwarden.health.hardware import FsStats, StorageOps
+from trainwarden.health.probes.base import Action, CheckResult, Fault, Health, Severity, Value
+from trainwarden.health.probes.util import fold, read_text
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from health.probes.base import Action, CheckResult, Fault, Health, Severity, Value
+from trainwarden.health.probes.base import Action, CheckResult, Fault, Health, Severity, Value
 
 _SEVERITY_HEALTH = {
     Severity.FATAL: Health.UNHEALTHY,

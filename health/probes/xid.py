@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from health.faults import XidCatalog
-from health.kmsg import KernelLogReader, normalize_pci
-from health.nvml.backend import NvmlBackend, NvmlError, XidEvent
-from health.probes.base import Fault
-from health.probes.gpu import kernel_xids, xid_fault
+from trainwarden.health.faults import XidCatalog
+from trainwarden.health.kmsg import KernelLogReader, normalize_pci
+from trainwarden.health.nvml.backend import NvmlBackend, NvmlError, XidEvent
+from trainwarden.health.probes.base import Fault
+from trainwarden.health.probes.gpu import kernel_xids, xid_fault
 
 _POLL_S = 0.05
 

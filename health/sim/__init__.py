@@ -3,6 +3,6 @@ injectable by name (in process or from another process through the state directo
 
 from __future__ import annotations
 
-from health.sim.hardware import SimulatedHardware, fault_names, inject_into
+from trainwarden.health.sim.hardware import SimulatedHardware, fault_names, inject_into
 
 __all__ = ["SimulatedHardware", "fault_names", "inject_into"]

@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from health.errors import HealthError
-from health.sim import state as st
+from trainwarden.health.errors import HealthError
+from trainwarden.health.sim import state as st
 
 XID_DETAILS = {
     79: "GPU has fallen off the bus.",

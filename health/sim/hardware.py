@@ -17,14 +17,14 @@ import time
 import weakref
 from pathlib import Path
 
-from health.errors import HealthError
-from health.hardware import FsStats, RealStorage, StorageOps
-from health.kmsg import FileKernelLog, KernelLogReader
-from health.nvml.backend import NvmlBackend
-from health.sim import state as st
-from health.sim.faults import apply_fault, clear_fault, fault_names, parse_fault
-from health.sim.nvml import SimNvml
-from health.sim.tree import render, storage_dir
+from trainwarden.health.errors import HealthError
+from trainwarden.health.hardware import FsStats, RealStorage, StorageOps
+from trainwarden.health.kmsg import FileKernelLog, KernelLogReader
+from trainwarden.health.nvml.backend import NvmlBackend
+from trainwarden.health.sim import state as st
+from trainwarden.health.sim.faults import apply_fault, clear_fault, fault_names, parse_fault
+from trainwarden.health.sim.nvml import SimNvml
+from trainwarden.health.sim.tree import render, storage_dir
 
 __all__ = ["SimulatedHardware", "clear_in", "fault_names", "inject_into"]
 

@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from health.nvml.backend import (
+from trainwarden.health.nvml.backend import (
     THROTTLE_HW_POWER_BRAKE,
     THROTTLE_HW_THERMAL,
     GpuSample,
@@ -18,7 +18,7 @@ from health.nvml.backend import (
     NvmlGpuLost,
     XidEvent,
 )
-from health.sim import state as st
+from trainwarden.health.sim import state as st
 
 GIB = 1024**3
 NVLINKS = 18

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from health.errors import HealthError
+from trainwarden.health.errors import HealthError
 
 PCI_BUSES = ("18", "2a", "3b", "5d", "9a", "ab", "ba", "db")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from health.sim.state import SimState, atomic_write
+from trainwarden.health.sim.state import SimState, atomic_write
 
 GIB_KB = 1024 * 1024  # meminfo is in kB
 IB_HCA = "mlx5_0"

@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from supervisor.client import add_api_arguments
+from trainwarden.supervisor.api.client import add_api_arguments
 
 if TYPE_CHECKING:
-    from supervisor.operator import ActionRow
+    from trainwarden.supervisor.api.contract import ActionRow
 
 STATUSES = ("pending", "running", "succeeded", "failed", "approved", "rejected", "skipped")
 STATUS_STYLE = {"succeeded": "green", "failed": "bold red", "pending": "yellow",
@@ -53,8 +53,8 @@ def register(subparsers: Any) -> None:
 def run_actions(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from supervisor.cli.events import render_explanation
-    from supervisor.client import client_for, console, fmt_time, print_json
+    from trainwarden.supervisor.api.client import client_for, console, fmt_time, print_json
+    from trainwarden.supervisor.cli.events import render_explanation
 
     client = client_for(args)
     if args.explain is not None:
@@ -84,14 +84,14 @@ def run_actions(args: argparse.Namespace) -> int:
 
 
 def run_approve(args: argparse.Namespace) -> int:
-    from supervisor.client import client_for, default_who
+    from trainwarden.supervisor.api.client import client_for, default_who
 
     row = client_for(args).approve(args.id, args.who or default_who())
     return report_action(row, as_json=args.json)
 
 
 def run_reject(args: argparse.Namespace) -> int:
-    from supervisor.client import client_for, default_who
+    from trainwarden.supervisor.api.client import client_for, default_who
 
     row = client_for(args).reject(args.id, args.reason, args.who or default_who())
     return report_action(row, as_json=args.json)
@@ -116,7 +116,7 @@ def _escape(text: str) -> str:
 
 def action_summary(row: ActionRow) -> list[str]:
     """The lines that describe one action to an operator."""
-    from supervisor.client import fmt_time
+    from trainwarden.supervisor.api.client import fmt_time
 
     lines = [
         f"action {row.id}: {row.kind} {_target(row)} at {fmt_time(row.ts)}",
@@ -135,7 +135,7 @@ def action_summary(row: ActionRow) -> list[str]:
 
 def report_action(row: ActionRow, *, as_json: bool) -> int:
     """Print the outcome of an operator action; exit 1 when it was refused or failed."""
-    from supervisor.client import console, print_json
+    from trainwarden.supervisor.api.client import console, print_json
 
     if as_json:
         print_json(row)

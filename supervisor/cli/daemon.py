@@ -9,7 +9,7 @@ from typing import Any
 
 
 def _hostport(text: str, default_port: int) -> tuple[str, int]:
-    from supervisor.errors import ConfigError
+    from trainwarden.supervisor.errors import ConfigError
 
     host, _, port = text.rpartition(":") if ":" in text else (text, "", str(default_port))
     try:
@@ -43,7 +43,7 @@ def register(sub: Any) -> None:
                    help="seconds an attempt may take to its first step before it is hung")
     p.add_argument("--client-id", default="trainwarden-daemon",
                    help="MQTT client id; the broker keeps this daemon's session under it")
-    from health.mqtt import add_auth_arguments
+    from trainwarden.health.mqtt import add_auth_arguments
 
     add_auth_arguments(p)
     p.add_argument("--log-level", default="INFO")
@@ -51,10 +51,10 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from health.mqtt import auth_from_args
-    from supervisor.core import CoreConfig
-    from supervisor.daemon import DaemonConfig, run_daemon
-    from supervisor.store.engine import default_url
+    from trainwarden.health.mqtt import auth_from_args
+    from trainwarden.supervisor.daemon.process import DaemonConfig, run_daemon
+    from trainwarden.supervisor.daemon.supervisor import CoreConfig
+    from trainwarden.supervisor.store.engine import default_url
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

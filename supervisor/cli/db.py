@@ -45,13 +45,13 @@ def _url_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _url(args: argparse.Namespace) -> str:
-    from supervisor.store import default_url
+    from trainwarden.supervisor.store import default_url
 
     return str(args.url) if args.url else default_url()
 
 
 def _upgrade(args: argparse.Namespace) -> int:
-    from supervisor.store import current, mask, upgrade
+    from trainwarden.supervisor.store import current, mask, upgrade
 
     url = _url(args)
     before = current(url)
@@ -64,7 +64,7 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 
 def _current(args: argparse.Namespace) -> int:
-    from supervisor.store import current, head_revision, mask
+    from trainwarden.supervisor.store import current, head_revision, mask
 
     url = _url(args)
     rev = current(url)
@@ -81,8 +81,8 @@ def _current(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     import sys
 
-    from supervisor.store import current, mask
-    from supervisor.store.migrate import schema_problem
+    from trainwarden.supervisor.store import current, mask
+    from trainwarden.supervisor.store.migrate import schema_problem
 
     url = _url(args)
     problem = schema_problem(current(url))

@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from supervisor.demo import DemoConfig, run_demo
+    from trainwarden.supervisor.demo import DemoConfig, run_demo
 
     logging.basicConfig(level=logging.ERROR)
     cfg = DemoConfig(scenario=args.scenario, slowdown=args.slowdown, nodes=args.nodes,

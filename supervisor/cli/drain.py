@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from supervisor.client import add_api_arguments
+from trainwarden.supervisor.api.client import add_api_arguments
 
 
 def register(subparsers: Any) -> None:
@@ -36,11 +36,11 @@ def register(subparsers: Any) -> None:
 
 
 def run_drain(args: argparse.Namespace) -> int:
-    from supervisor.cli.actions import report_action
-    from supervisor.client import client_for, default_who
+    from trainwarden.supervisor.api.client import client_for, default_who
+    from trainwarden.supervisor.cli.actions import report_action
 
     if not args.reason.strip():
-        from supervisor.errors import SupervisorError
+        from trainwarden.supervisor.errors import SupervisorError
 
         raise SupervisorError("--reason must not be empty: say why the node is drained")
     row = client_for(args).drain(args.node, args.reason, args.who or default_who())
@@ -48,8 +48,8 @@ def run_drain(args: argparse.Namespace) -> int:
 
 
 def run_undrain(args: argparse.Namespace) -> int:
-    from supervisor.cli.actions import report_action
-    from supervisor.client import client_for, default_who
+    from trainwarden.supervisor.api.client import client_for, default_who
+    from trainwarden.supervisor.cli.actions import report_action
 
     row = client_for(args).undrain(args.node, args.reason, args.who or default_who())
     return report_action(row, as_json=args.json)

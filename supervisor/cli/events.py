@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from supervisor.client import add_api_arguments
+from trainwarden.supervisor.api.client import add_api_arguments
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from supervisor.operator import EventRow, Explanation
+    from trainwarden.supervisor.api.contract import EventRow, Explanation
 
 
 def register(subparsers: Any) -> None:
@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from supervisor.client import client_for, console, print_json
+    from trainwarden.supervisor.api.client import client_for, console, print_json
 
     client = client_for(args)
     if args.explain is not None:
@@ -60,7 +60,7 @@ def events_table(rows: list[EventRow]) -> Any:
     from rich.markup import escape
     from rich.table import Table
 
-    from supervisor.client import fmt_time
+    from trainwarden.supervisor.api.client import fmt_time
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("ID", "TIME", "KIND", "NODE", "RUN", "MESSAGE"):
@@ -73,7 +73,7 @@ def events_table(rows: list[EventRow]) -> Any:
 
 def render_explanation(out: Console, explanation: Explanation) -> None:
     """Print an explanation: its lines (or, without any, the action's summary) and evidence."""
-    from supervisor.cli.actions import action_summary
+    from trainwarden.supervisor.cli.actions import action_summary
 
     out.print(f"[bold]{explanation.subject}[/]")
     for line in explanation.lines:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from supervisor.client import add_api_arguments
+from trainwarden.supervisor.api.client import add_api_arguments
 
 STATE_STYLE = {
     "healthy": "green",
@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from supervisor.client import client_for, console, fmt_age, print_json
+    from trainwarden.supervisor.api.client import client_for, console, fmt_age, print_json
 
     rows = client_for(args).nodes()
     if args.state:

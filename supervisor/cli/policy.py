@@ -18,7 +18,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from policies.rules import describe_duration, load_policy
+    from trainwarden.policies.rules import describe_duration, load_policy
 
     policy = load_policy(args.file)  # PolicyError -> main prints it, exit 2
     gd = policy.guards
@@ -48,7 +48,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from policies.rules import default_policy_text
+    from trainwarden.policies.rules import default_policy_text
 
     print(default_policy_text(), end="")
     return 0

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from supervisor.client import add_api_arguments
+from trainwarden.supervisor.api.client import add_api_arguments
 
 STATE_STYLE = {"running": "green", "restarting": "yellow", "failed": "bold red",
                "completed": "cyan", "pending": "dim", "stopped": "dim"}
@@ -87,7 +87,7 @@ def register(subparsers: Any) -> None:
 def run_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from supervisor.client import client_for, console, print_json
+    from trainwarden.supervisor.api.client import client_for, console, print_json
 
     rows = client_for(args).runs()
     if args.json:
@@ -118,9 +118,9 @@ def run_list(args: argparse.Namespace) -> int:
 def run_add(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from supervisor.client import client_for, console, default_who, print_json
-    from supervisor.errors import SupervisorError
-    from supervisor.operator import RunSpecIn
+    from trainwarden.supervisor.api.client import client_for, console, default_who, print_json
+    from trainwarden.supervisor.api.contract import RunSpecIn
+    from trainwarden.supervisor.errors import SupervisorError
 
     command = list(args.job_command)
     if not command:
@@ -159,9 +159,9 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_restart(args: argparse.Namespace) -> int:
-    from supervisor.cli.actions import report_action
-    from supervisor.client import client_for, default_who
-    from supervisor.errors import SupervisorError
+    from trainwarden.supervisor.api.client import client_for, default_who
+    from trainwarden.supervisor.cli.actions import report_action
+    from trainwarden.supervisor.errors import SupervisorError
 
     if not args.reason.strip():
         raise SupervisorError("--reason must not be empty: say why the run is restarted")

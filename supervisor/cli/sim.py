@@ -29,10 +29,10 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from policies.engine import Mode
-    from policies.errors import PolicyError
-    from policies.rules import load_policy
-    from supervisor.sim import load_scenario, shipped_names, simulate
+    from trainwarden.policies.engine import Mode
+    from trainwarden.policies.errors import PolicyError
+    from trainwarden.policies.rules import load_policy
+    from trainwarden.supervisor.sim import load_scenario, shipped_names, simulate
 
     if args.list or not args.scenario:
         if not args.list:

@@ -26,8 +26,8 @@ def register(subparsers: Any) -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from supervisor.detectors.straggler_offline import analyze_rows
-    from supervisor.traces import load_trace
+    from trainwarden.supervisor.detectors.stragglers.offline import analyze_rows
+    from trainwarden.supervisor.detectors.stragglers.traces import load_trace
 
     result = analyze_rows(load_trace(args.trace)).as_dict()
     if args.json:

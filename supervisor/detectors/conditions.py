@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from policies.model import Condition, ConditionType
+from trainwarden.policies.model import Condition, ConditionType
 
 
 class ConditionBook:

@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from health import faults as fk
-from health.faults import XidCatalog
-from health.probes.base import Fault, Health, Severity
-from health.report import HealthReport, ProbeReport
-from policies.model import ConditionType, Event, EventKind
+from trainwarden.health import faults as fk
+from trainwarden.health.faults import XidCatalog
+from trainwarden.health.probes.base import Fault, Health, Severity
+from trainwarden.health.report import HealthReport, ProbeReport
+from trainwarden.policies.model import ConditionType, Event, EventKind
 
 # Fault kinds that are about the GPU (fatal ones give GpuFatal, which is sticky).
 GPU_FAULT_KINDS = frozenset({

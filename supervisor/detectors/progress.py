@@ -11,10 +11,10 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
-from health.report import StepSample
-from policies.model import ConditionType, Event, EventKind
-from supervisor.detectors.node_faults import Observation
-from supervisor.detectors.straggler_hang import RankLast, hang_culprits
+from trainwarden.health.report import StepSample
+from trainwarden.policies.model import ConditionType, Event, EventKind
+from trainwarden.supervisor.detectors.node_faults import Observation
+from trainwarden.supervisor.detectors.stragglers.hang import RankLast, hang_culprits
 
 
 @dataclass

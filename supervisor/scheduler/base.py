@@ -1,7 +1,7 @@
 """The one interface every scheduler back-end implements.
 
 Every operation is idempotent (draining a drained node is fine) and bounded in time;
-a failure raises :class:`supervisor.errors.SchedulerError` carrying the scheduler's own
+a failure raises :class:`trainwarden.supervisor.errors.SchedulerError` carrying the scheduler's own
 message.
 """
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import psutil
 
-from supervisor.errors import SchedulerError
-from supervisor.scheduler.base import JobInfo, JobSpec, JobState, NodeState, SchedNode
+from trainwarden.supervisor.errors import SchedulerError
+from trainwarden.supervisor.scheduler.base import JobInfo, JobSpec, JobState, NodeState, SchedNode
 
 
 def _tree(pid: int) -> list[int]:

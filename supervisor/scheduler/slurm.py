@@ -15,9 +15,9 @@ import os
 import re
 from pathlib import Path
 
-from supervisor.errors import SchedulerError
-from supervisor.scheduler import slurm_parse as sp
-from supervisor.scheduler.base import JobInfo, JobSpec, SchedNode
+from trainwarden.supervisor.errors import SchedulerError
+from trainwarden.supervisor.scheduler import slurm_parse as sp
+from trainwarden.supervisor.scheduler.base import JobInfo, JobSpec, SchedNode
 
 DEFAULT_CONF = "/etc/slurm/slurm.conf"
 

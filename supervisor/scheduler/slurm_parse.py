@@ -11,8 +11,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from supervisor.errors import SchedulerError
-from supervisor.scheduler.base import JobState, NodeState, SchedNode
+from trainwarden.supervisor.errors import SchedulerError
+from trainwarden.supervisor.scheduler.base import JobState, NodeState, SchedNode
 
 TAG_PREFIX = "trainwarden:"
 

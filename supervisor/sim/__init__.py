@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from policies.rules import Policy, load_policy, parse_policy
-from supervisor.sim.runner import SimResult, Simulation
-from supervisor.sim.scenario import Scenario, load_scenario, shipped_names
-from supervisor.sim.trace import replay
+from trainwarden.policies.rules import Policy, load_policy, parse_policy
+from trainwarden.supervisor.sim.runner import SimResult, Simulation
+from trainwarden.supervisor.sim.scenario import Scenario, load_scenario, shipped_names
+from trainwarden.supervisor.sim.trace import replay
 
 
 def scenario_policy(sc: Scenario, base_dir: Path | None = None) -> Policy:

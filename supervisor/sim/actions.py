@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from policies.model import (
+from trainwarden.policies.model import (
     ActionKind,
     ActionRequest,
     Actor,
@@ -21,13 +21,13 @@ from policies.model import (
     GuardVerdict,
     Verdict,
 )
-from supervisor.detectors.node_faults import Observation
-from supervisor.sim.cluster import RunState
-from supervisor.sim.figures import Logged
-from supervisor.sim.scenario import APPROVE_DELAY_S
+from trainwarden.supervisor.detectors.node_faults import Observation
+from trainwarden.supervisor.sim.cluster import RunState
+from trainwarden.supervisor.sim.figures import Logged
+from trainwarden.supervisor.sim.scenario import APPROVE_DELAY_S
 
 if TYPE_CHECKING:
-    from supervisor.sim.runner import Simulation
+    from trainwarden.supervisor.sim.runner import Simulation
 
 VET_FAILS = frozenset(
     {ConditionType.NODE_DEAD, ConditionType.GPU_FATAL, ConditionType.NODE_UNHEALTHY}

@@ -2,7 +2,7 @@
 
 A scenario fault is turned into the agent's messages, in the wire format's own types where
 there are some: a fatal GPU fault is a fault event (an XID, published at once), a probe
-finding is a periodic :class:`~health.report.HealthReport` with an unhealthy or degraded
+finding is a periodic :class:`~trainwarden.health.report.HealthReport` with an unhealthy or degraded
 probe whose faults carry the shared ``cause`` (``storage:/capstor``), a dead node is a node
 whose heartbeats stop and whose last will the broker publishes, and a repair is a reboot
 (graceful stop, heartbeats again) followed by a healthy report.
@@ -16,11 +16,11 @@ tracker ignores repeats, so the periodic copies in between change nothing.
 
 from __future__ import annotations
 
-from health import faults as fk
-from health.probes.base import Fault, Health, Severity, worst
-from health.report import FaultModel, HealthReport, ProbeReport
-from supervisor.detectors.node_faults import NodeHealthTracker, Observation
-from supervisor.sim.scenario import FaultSpec
+from trainwarden.health import faults as fk
+from trainwarden.health.probes.base import Fault, Health, Severity, worst
+from trainwarden.health.report import FaultModel, HealthReport, ProbeReport
+from trainwarden.supervisor.detectors.node_faults import NodeHealthTracker, Observation
+from trainwarden.supervisor.sim.scenario import FaultSpec
 
 XID_REPORT_DELAY_S = 1.0  # the agent's XID watcher publishes a fault event at once
 DEFAULT_XID = 79  # "GPU has fallen off the bus"

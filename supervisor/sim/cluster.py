@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from policies.model import ConditionType, NodeView, RunView
-from supervisor.sim.scenario import FaultSpec, RunSpec
+from trainwarden.policies.model import ConditionType, NodeView, RunView
+from trainwarden.supervisor.sim.scenario import FaultSpec, RunSpec
 
 # What the detectors know about a node: its true conditions and the shared causes it reports.
 Detected = Callable[[str], tuple[frozenset[ConditionType], frozenset[str]]]

@@ -2,7 +2,7 @@
 
 The simulator uses the very detectors the daemon runs (``supervisor.detectors``: the node
 health tracker, the progress tracker, the condition book) and the same order of work as
-``supervisor.core.Supervisor.observe``: every observation's event is recorded and gets an
+``supervisor.daemon.supervisor.Supervisor.observe``: every observation's event is recorded and gets an
 id, each observation that names a condition goes through the book with that id as its
 evidence, and the policy then sees ``on_condition`` for every real transition followed by
 ``on_event`` for every event, all against one view of the cluster.
@@ -13,23 +13,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from health.faults import XidCatalog
-from policies.engine import PolicyEngine
-from policies.model import ClusterView, Condition, Decision, Event
-from supervisor.detectors.conditions import ConditionBook
-from supervisor.detectors.node_faults import NodeHealthTracker, Observation
-from supervisor.detectors.progress import ProgressTracker
+from trainwarden.health.faults import XidCatalog
+from trainwarden.policies.engine import PolicyEngine
+from trainwarden.policies.model import ClusterView, Condition, Decision, Event
+from trainwarden.supervisor.detectors.conditions import ConditionBook
+from trainwarden.supervisor.detectors.node_faults import NodeHealthTracker, Observation
+from trainwarden.supervisor.detectors.progress import ProgressTracker
 
 
 @dataclass(frozen=True)
 class DetectorSettings:
     """The daemon's detector settings (``CoreConfig`` defaults; the agent's intervals).
 
-    ``tests/sim`` checks they match ``supervisor.core.CoreConfig``; the simulator does not
+    ``tests/sim`` checks they match ``supervisor.daemon.supervisor.CoreConfig``; the simulator does not
     import the daemon core itself (it pulls in the store and metrics).
     """
 
-    heartbeat_interval_s: float = 2.0  # health.agent.AgentConfig.heartbeat_interval_s
+    heartbeat_interval_s: float = 2.0  # trainwarden.health.agent.AgentConfig.heartbeat_interval_s
     heartbeat_misses: float = 3.0
     will_confirm_s: float = 2.0
     hang_k: float = 2.0

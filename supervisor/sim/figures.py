@@ -11,12 +11,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from policies.explain import explain
-from policies.model import Decision, Event
-from supervisor.sim.scenario import APPROVE_DELAY_S, ASSUMPTION_SOURCES
+from trainwarden.policies.explain import explain
+from trainwarden.policies.model import Decision, Event
+from trainwarden.supervisor.sim.scenario import APPROVE_DELAY_S, ASSUMPTION_SOURCES
 
 if TYPE_CHECKING:
-    from supervisor.sim.runner import Simulation
+    from trainwarden.supervisor.sim.runner import Simulation
 
 
 @dataclass

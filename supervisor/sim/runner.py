@@ -17,17 +17,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from health.report import StepSample
-from policies.engine import PolicyEngine
-from policies.model import ClusterView, ConditionType, Event, EventKind
-from policies.rules import Policy
-from supervisor.detectors.node_faults import Observation
-from supervisor.sim.actions import Actions
-from supervisor.sim.agents import XID_REPORT_DELAY_S, Agents, agent_fault
-from supervisor.sim.cluster import RunState, SimCluster
-from supervisor.sim.detection import Detection, DetectorSettings, decide
-from supervisor.sim.figures import Logged, SimResult, result
-from supervisor.sim.scenario import FaultSpec, Scenario
+from trainwarden.health.report import StepSample
+from trainwarden.policies.engine import PolicyEngine
+from trainwarden.policies.model import ClusterView, ConditionType, Event, EventKind
+from trainwarden.policies.rules import Policy
+from trainwarden.supervisor.detectors.node_faults import Observation
+from trainwarden.supervisor.sim.actions import Actions
+from trainwarden.supervisor.sim.agents import XID_REPORT_DELAY_S, Agents, agent_fault
+from trainwarden.supervisor.sim.cluster import RunState, SimCluster
+from trainwarden.supervisor.sim.detection import Detection, DetectorSettings, decide
+from trainwarden.supervisor.sim.figures import Logged, SimResult, result
+from trainwarden.supervisor.sim.scenario import FaultSpec, Scenario
 
 TICK_S = 30.0  # while the engine waits on time (holds, incidents), tick it this often
 STRAGGLER_DETECT_S = 300.0

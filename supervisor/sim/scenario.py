@@ -11,10 +11,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from health import faults as fk
-from policies.engine import Mode
-from policies.errors import PolicyError
-from policies.yamlread import Reader
+from trainwarden.health import faults as fk
+from trainwarden.policies.engine import Mode
+from trainwarden.policies.errors import PolicyError
+from trainwarden.policies.yamlread import Reader
 
 FAULT_KINDS = (
     "gpu-fatal",
@@ -133,13 +133,13 @@ class Scenario:
 
 
 def shipped_names() -> list[str]:
-    root = resources.files("supervisor.sim").joinpath("scenarios")
+    root = resources.files("trainwarden.supervisor.sim").joinpath("scenarios")
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
 def load_scenario(name_or_path: str) -> Scenario:
     if name_or_path in shipped_names():
-        text = resources.files("supervisor.sim").joinpath(f"scenarios/{name_or_path}.yaml")
+        text = resources.files("trainwarden.supervisor.sim").joinpath(f"scenarios/{name_or_path}.yaml")
         return parse_scenario(text.read_text(), f"scenarios/{name_or_path}.yaml")
     p = Path(name_or_path)
     if not p.exists():
@@ -350,7 +350,7 @@ def _fault(
     if agent_fault is not None and agent_fault not in AGENT_FAULT_KINDS:
         r.error(
             path + ".fault",
-            f"{agent_fault!r} is not a fault kind of health.faults "
+            f"{agent_fault!r} is not a fault kind of trainwarden.health.faults "
             f"({', '.join(sorted(AGENT_FAULT_KINDS))})",
         )
     if kind is None or at is None:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from health import faults as fk
-from supervisor.sim.scenario import FaultSpec
+from trainwarden.health import faults as fk
+from trainwarden.supervisor.sim.scenario import FaultSpec
 
 TRACE_SERVERS = 400  # the trace's population; 231 of them had faults
 TRACE_DAYS = 349.0  # last fault starts on day 348.6
@@ -85,7 +85,7 @@ class TraceFault:
 @lru_cache(maxsize=1)
 def load_trace() -> tuple[TraceFault, ...]:
     text = (
-        resources.files("supervisor.sim")
+        resources.files("trainwarden.supervisor.sim")
         .joinpath("data/infinitehbd/fault_intervals.csv")
         .read_text()
     )

@@ -6,10 +6,10 @@ Open with :func:`open_store`; create or migrate the schema with :func:`upgrade`
 
 from __future__ import annotations
 
-from supervisor.store.base import StoreUnavailable
-from supervisor.store.engine import default_url, mask, parse_url, state_dir
-from supervisor.store.migrate import current, downgrade, head_revision, upgrade
-from supervisor.store.records import (
+from trainwarden.supervisor.store.base import StoreUnavailable
+from trainwarden.supervisor.store.engine import default_url, mask, parse_url, state_dir
+from trainwarden.supervisor.store.migrate import current, downgrade, head_revision, upgrade
+from trainwarden.supervisor.store.records import (
     ActionRecord,
     ActionStatus,
     AttemptRecord,
@@ -21,7 +21,7 @@ from supervisor.store.records import (
     StoreBatch,
     initial_status,
 )
-from supervisor.store.store import Store, open_store
+from trainwarden.supervisor.store.store import Store, open_store
 
 __all__ = [
     "ActionRecord",

@@ -20,9 +20,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
-from supervisor.errors import StoreError
-from supervisor.store.engine import WRITE, mask
-from supervisor.store.schema import Base
+from trainwarden.supervisor.errors import StoreError
+from trainwarden.supervisor.store.engine import WRITE, mask
+from trainwarden.supervisor.store.schema import Base
 
 E = TypeVar("E", bound=Enum)
 

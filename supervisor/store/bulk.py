@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, func, insert, select, text
 
-from supervisor.errors import StoreError
+from trainwarden.supervisor.errors import StoreError
 
 # Rows come out of ``unnest ... WITH ORDINALITY ORDER BY n`` in input order and the id
 # sequence is drawn in that order, so the ids sorted ascending match the input order.

@@ -1,7 +1,7 @@
 """Database URLs and engines: SQLite by default, PostgreSQL in production.
 
 Every way a URL can be wrong (unparseable, unknown dialect, host unreachable, database
-missing) becomes one :class:`~supervisor.errors.StoreError` sentence that names the URL
+missing) becomes one :class:`~trainwarden.supervisor.errors.StoreError` sentence that names the URL
 with its password masked. SQLite runs in WAL mode with foreign keys on and a busy
 timeout; write transactions start with ``BEGIN IMMEDIATE`` so two writers queue on the
 busy timeout instead of failing half-way through.
@@ -18,7 +18,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from supervisor.errors import StoreError
+from trainwarden.supervisor.errors import StoreError
 
 EXAMPLES = "sqlite:///path/to/trainwarden.db or postgresql+psycopg://user@host/dbname"
 SQLITE_BUSY_TIMEOUT_MS = 10_000

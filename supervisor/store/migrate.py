@@ -17,8 +17,15 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
-from supervisor.errors import StoreError
-from supervisor.store.engine import WRITE, connect_error, make_engine, mask, parse_url, sqlite_path
+from trainwarden.supervisor.errors import StoreError
+from trainwarden.supervisor.store.engine import (
+    WRITE,
+    connect_error,
+    make_engine,
+    mask,
+    parse_url,
+    sqlite_path,
+)
 
 UPGRADE_HINT = "run `trainwarden db upgrade`"
 
@@ -26,9 +33,9 @@ UPGRADE_HINT = "run `trainwarden db upgrade`"
 def migrations_dir() -> Path:
     """The shipped ``migrations`` package directory (``__path__`` rather than ``__file__``:
     an editable install made before it had an ``__init__`` sees a namespace package)."""
-    import migrations
+    import trainwarden.migrations
 
-    for entry in migrations.__path__:
+    for entry in trainwarden.migrations.__path__:
         if (Path(entry) / "env.py").is_file():
             return Path(entry).resolve()
     raise StoreError("the trainwarden installation is missing its migrations (migrations/env.py)")

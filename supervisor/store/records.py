@@ -1,7 +1,7 @@
 """Plain records that cross the store's API (never ORM objects).
 
 Events, conditions and decisions use the policy layer's own dataclasses
-(:mod:`policies.model`); what has no counterpart there is defined here. All
+(:mod:`trainwarden.policies.model`); what has no counterpart there is defined here. All
 timestamps are seconds since the epoch, as the injected clock's ``now()`` gives them.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from policies.model import (
+from trainwarden.policies.model import (
     ActionKind,
     ActionRecordView,
     ActionRequest,

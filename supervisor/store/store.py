@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from supervisor.errors import StoreError
-from supervisor.store.actions import ActionStore
-from supervisor.store.engine import connect_error, make_engine, mask, parse_url, sqlite_path
-from supervisor.store.migrate import UPGRADE_HINT, revision_of, schema_problem
-from supervisor.store.runs import RunStore
-from supervisor.store.state import StateStore
+from trainwarden.supervisor.errors import StoreError
+from trainwarden.supervisor.store.audit import ActionStore
+from trainwarden.supervisor.store.cluster import StateStore
+from trainwarden.supervisor.store.engine import (
+    connect_error,
+    make_engine,
+    mask,
+    parse_url,
+    sqlite_path,
+)
+from trainwarden.supervisor.store.migrate import UPGRADE_HINT, revision_of, schema_problem
+from trainwarden.supervisor.store.run_rows import RunStore
 
 
 class Store(StateStore, RunStore, ActionStore):

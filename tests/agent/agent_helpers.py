@@ -16,8 +16,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from health.errors import ReportError
-from health.report import parse_message
+from trainwarden.health.errors import ReportError
+from trainwarden.health.report import parse_message
 
 
 class Collector:

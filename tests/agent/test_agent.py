@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from agent_helpers import Collector, PrivateMosquitto, free_port
 
-from health.agent import Agent, AgentConfig
-from health.clock import VirtualClock
-from health.probes.base import CheckResult, Fault, Health, Severity
-from health.probes.registry import ProbeConfig
-from health.report import FaultReport, HealthReport, Heartbeat, NodeStatus
+from trainwarden.health.agent import Agent, AgentConfig
+from trainwarden.health.clock import VirtualClock
+from trainwarden.health.probes.base import CheckResult, Fault, Health, Severity
+from trainwarden.health.probes.registry import ProbeConfig
+from trainwarden.health.report import FaultReport, HealthReport, Heartbeat, NodeStatus
 
 
 class StaticProbe:
@@ -209,7 +209,7 @@ async def test_oversized_result_is_trimmed_not_fatal() -> None:
     (" broker.alps:1884 ", ("broker.alps", 1884)),
 ])
 def test_parse_broker(spec: str, expected: tuple[str, int]) -> None:
-    from health.mqtt import parse_broker
+    from trainwarden.health.mqtt import parse_broker
 
     assert parse_broker(spec) == expected
 
@@ -219,8 +219,8 @@ def test_parse_broker(spec: str, expected: tuple[str, int]) -> None:
     ("[::1", "unclosed"),
 ])
 def test_parse_broker_rejects(spec: str, message: str) -> None:
-    from health.errors import HealthError
-    from health.mqtt import parse_broker
+    from trainwarden.health.errors import HealthError
+    from trainwarden.health.mqtt import parse_broker
 
     with pytest.raises(HealthError, match=message):
         parse_broker(spec)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from agent_helpers import Collector
 
-from health.report import FaultReport, HealthReport, NodeStatus, parse_message
+from trainwarden.health.report import FaultReport, HealthReport, NodeStatus, parse_message
 
-TRAINWARDEN = [sys.executable, "-m", "supervisor.cli.main"]
+TRAINWARDEN = [sys.executable, "-m", "trainwarden.cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
@@ -56,7 +56,7 @@ def test_once_with_simulated_fault_and_bad_arguments() -> None:
 @pytest.mark.integration
 def test_sigkill_publishes_the_will_and_xids_are_live(tmp_path: Path, node_name: str,
                                                       collector: Collector) -> None:
-    from health.sim.hardware import SimulatedHardware, inject_into
+    from trainwarden.health.sim.hardware import SimulatedHardware, inject_into
 
     state = tmp_path / "node"
     SimulatedHardware(node_name, gpus=2, state_dir=state)

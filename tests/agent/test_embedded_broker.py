@@ -10,12 +10,19 @@ import aiomqtt
 import pytest
 from agent_helpers import free_port
 
-from health.agent import Agent, AgentConfig
-from health.probes.base import CheckResult, Health
-from health.probes.registry import ProbeConfig
-from health.report import HealthReport, Heartbeat, NodeStatus, encode, node_topic, parse_message
-from supervisor.broker import EmbeddedBroker
-from supervisor.errors import SupervisorError
+from trainwarden.health.agent import Agent, AgentConfig
+from trainwarden.health.probes.base import CheckResult, Health
+from trainwarden.health.probes.registry import ProbeConfig
+from trainwarden.health.report import (
+    HealthReport,
+    Heartbeat,
+    NodeStatus,
+    encode,
+    node_topic,
+    parse_message,
+)
+from trainwarden.supervisor.daemon.broker import EmbeddedBroker
+from trainwarden.supervisor.errors import SupervisorError
 
 pytest.importorskip("amqtt")
 

@@ -13,13 +13,13 @@ import pytest
 from agent_helpers import PrivateMosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
-from health.agent import Agent, AgentConfig
-from health.errors import HealthError
-from health.mqtt import MqttAuth
-from health.probes.registry import ProbeConfig
-from health.report import Heartbeat, StepReport, parse_message
-from health.reporter import Reporter
-from health.sim.hardware import SimulatedHardware
+from trainwarden.health.agent import Agent, AgentConfig
+from trainwarden.health.errors import HealthError
+from trainwarden.health.mqtt import MqttAuth
+from trainwarden.health.probes.registry import ProbeConfig
+from trainwarden.health.report import Heartbeat, StepReport, parse_message
+from trainwarden.health.reporter import Reporter
+from trainwarden.health.sim.hardware import SimulatedHardware
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import pytest
 from memory_service import MemoryService, seeded
 from prometheus_client import CollectorRegistry
 
-from supervisor.api import ApiServer, create_app
-from supervisor.metrics import Metrics
+from trainwarden.supervisor.api.server import ApiServer, create_app
+from trainwarden.supervisor.daemon.metrics import Metrics
 
 
 @pytest.fixture

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from policies.model import ActionKind, Actor, EventKind, Verdict
-from supervisor.errors import NotFoundError, SchedulerError, SupervisorError
-from supervisor.operator import ActionRow, EventRow, Explanation, NodeRow, RunRow, RunSpecIn
-from supervisor.store.records import ActionStatus
+from trainwarden.policies.model import ActionKind, Actor, EventKind, Verdict
+from trainwarden.supervisor.api.contract import (
+    ActionRow,
+    EventRow,
+    Explanation,
+    NodeRow,
+    RunRow,
+    RunSpecIn,
+)
+from trainwarden.supervisor.errors import NotFoundError, SchedulerError, SupervisorError
+from trainwarden.supervisor.store.records import ActionStatus
 
 
 class MemoryService:

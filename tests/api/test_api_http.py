@@ -9,10 +9,10 @@ import pytest
 from memory_service import MemoryService
 from prometheus_client import CollectorRegistry
 
-from supervisor.api import ApiServer, create_app
-from supervisor.errors import SupervisorError
-from supervisor.metrics import Metrics
-from supervisor.operator import ActionRow, EventRow, Explanation, NodeRow, RunRow
+from trainwarden.supervisor.api.contract import ActionRow, EventRow, Explanation, NodeRow, RunRow
+from trainwarden.supervisor.api.server import ApiServer, create_app
+from trainwarden.supervisor.daemon.metrics import Metrics
+from trainwarden.supervisor.errors import SupervisorError
 
 RUN_SPEC: dict[str, Any] = {
     "name": "finetune-7b",

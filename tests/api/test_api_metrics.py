@@ -9,10 +9,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from health.errors import ReportError
-from health.report import parse_message
-from supervisor.metrics import Metrics, rejection_reason
-from supervisor.operator import NODE_STATES
+from trainwarden.health.errors import ReportError
+from trainwarden.health.report import parse_message
+from trainwarden.supervisor.api.contract import NODE_STATES
+from trainwarden.supervisor.daemon.metrics import Metrics, rejection_reason
 
 
 def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -153,8 +153,8 @@ def test_parse_errors_are_classified(topic: str, payload: bytes, reason: str) ->
 
 
 def test_state_labels_match_the_lifecycle() -> None:
-    from supervisor.lifecycle import NodePhase, RunPhase
-    from supervisor.metrics import RUN_STATES
+    from trainwarden.supervisor.daemon.metrics import RUN_STATES
+    from trainwarden.supervisor.model.lifecycle import NodePhase, RunPhase
 
     assert set(NODE_STATES) == {p.value for p in NodePhase}
     assert set(RUN_STATES) == {p.value for p in RunPhase}

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from health.report import MAX_PAYLOAD_BYTES, TOPIC_PREFIX
-from supervisor.metrics import Metrics
+from trainwarden.health.report import MAX_PAYLOAD_BYTES, TOPIC_PREFIX
+from trainwarden.supervisor.daemon.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROM = DEPLOY / "prometheus"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from health.clock import VirtualClock
-from supervisor.sdnotify import Notifier, run_watchdog, watchdog_interval
+from trainwarden.health.clock import VirtualClock
+from trainwarden.supervisor.daemon.sdnotify import Notifier, run_watchdog, watchdog_interval
 
 
 @pytest.fixture

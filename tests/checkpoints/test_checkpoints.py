@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.checkpoints import discover, latest_valid, step_dir_name, validate
+from trainwarden.supervisor.daemon.checkpoints import (
+    discover,
+    latest_valid,
+    step_dir_name,
+    validate,
+)
 
 torch = pytest.importorskip("torch")
 dcp = pytest.importorskip("torch.distributed.checkpoint")

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from supervisor.api import ApiServer, create_app
-from supervisor.metrics import Metrics
+from trainwarden.supervisor.api.server import ApiServer, create_app
+from trainwarden.supervisor.daemon.metrics import Metrics
 
 
 def _load_memory_service() -> Any:

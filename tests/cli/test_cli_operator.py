@@ -10,11 +10,11 @@ from typing import Any, Protocol
 
 import pytest
 
-from supervisor.cli.actions import STATUSES
-from supervisor.cli.main import main
-from supervisor.client import ApiUnreachableError, OperatorClient, resolve_api
-from supervisor.errors import SupervisorError
-from supervisor.store.records import ActionStatus
+from trainwarden.cli import main
+from trainwarden.supervisor.api.client import ApiUnreachableError, OperatorClient, resolve_api
+from trainwarden.supervisor.cli.actions import STATUSES
+from trainwarden.supervisor.errors import SupervisorError
+from trainwarden.supervisor.store.records import ActionStatus
 
 Capture = pytest.CaptureFixture[str]
 
@@ -285,8 +285,8 @@ def test_errors_are_supervisor_errors() -> None:
 def test_explanation_without_lines_shows_the_action(daemon: Daemon) -> None:
     from rich.console import Console
 
-    from supervisor.cli.events import render_explanation
-    from supervisor.operator import Explanation
+    from trainwarden.supervisor.api.contract import Explanation
+    from trainwarden.supervisor.cli.events import render_explanation
 
     action = daemon.service.actions[0]
     out = Console(width=200, record=True, file=io.StringIO())

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.scheduler.local import free_port
+from trainwarden.supervisor.scheduler.local import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 BIN = str(Path(sys.executable).parent / "trainwarden")

@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from health.report import (
+from trainwarden.health.report import (
     CheckpointReport,
     ControlMessage,
     StepReport,
@@ -29,7 +29,7 @@ from health.report import (
     encode,
     parse_message,
 )
-from supervisor.checkpoints import discover, latest_valid, validate
+from trainwarden.supervisor.daemon.checkpoints import discover, latest_valid, validate
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from health.sim.hardware import SimulatedHardware
+from trainwarden.health.sim.hardware import SimulatedHardware
 
 DATA = Path(__file__).parent / "data"
 

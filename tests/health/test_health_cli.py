@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.cli.main import main
+from trainwarden.cli import main
 
 TRAINWARDEN = str(Path(sys.executable).parent / "trainwarden")
 

@@ -8,19 +8,19 @@ from typing import Any
 
 import pytest
 
-from health import faults as fk
-from health.clock import VirtualClock
-from health.faults import XidCatalog
-from health.kmsg import FileKernelLog
-from health.nvml.backend import (
+from trainwarden.health import faults as fk
+from trainwarden.health.clock import VirtualClock
+from trainwarden.health.faults import XidCatalog
+from trainwarden.health.kmsg import FileKernelLog
+from trainwarden.health.nvml.backend import (
     THROTTLE_HW_POWER_BRAKE,
     THROTTLE_HW_THERMAL,
     THROTTLE_SW_POWER_CAP,
     GpuSample,
     XidEvent,
 )
-from health.probes.base import Action, Health, Severity
-from health.probes.gpu import (
+from trainwarden.health.probes.base import Action, Health, Severity
+from trainwarden.health.probes.gpu import (
     GpuProbe,
     GpuSnapshot,
     GpuThresholds,
@@ -28,7 +28,7 @@ from health.probes.gpu import (
     nvlink_error_faults,
     read_gpus,
 )
-from health.sim.nvml import SimNvml
+from trainwarden.health.sim.nvml import SimNvml
 
 GIB = 1024**3
 CATALOG = XidCatalog()
@@ -142,7 +142,7 @@ def test_xid_operator_override_downgrades() -> None:
 
 
 def test_no_nvml_is_data_not_traceback() -> None:
-    from health.nvml.real import RealNvml
+    from trainwarden.health.nvml.real import RealNvml
 
     s = read_gpus(RealNvml())  # this machine has no NVIDIA driver
     if s.nvml_available:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from health import faults as fk
-from health.clock import VirtualClock
-from health.kmsg import FileKernelLog
-from health.probes.base import Health
-from health.probes.host import (
+from trainwarden.health import faults as fk
+from trainwarden.health.clock import VirtualClock
+from trainwarden.health.kmsg import FileKernelLog
+from trainwarden.health.probes.base import Health
+from trainwarden.health.probes.host import (
     HostProbe,
     HostSample,
     HostThresholds,

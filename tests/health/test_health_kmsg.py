@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from health.kmsg import (
+from trainwarden.health.kmsg import (
     FileKernelLog,
     is_mce,
     is_oom,

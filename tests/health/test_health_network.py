@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from health import faults as fk
-from health.clock import VirtualClock
-from health.probes.base import Health
-from health.probes.network import (
+from trainwarden.health import faults as fk
+from trainwarden.health.clock import VirtualClock
+from trainwarden.health.probes.base import Health
+from trainwarden.health.probes.network import (
     ETH_LINK_FLAP,
     Link,
     NetSample,

@@ -9,16 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from health.errors import HealthError
-from health.faults import XidCatalog
-from health.hardware import RealHardware, real_hardware
-from health.kmsg import DevKmsg, parse_line, parse_xid
-from health.nvml.backend import NvmlError
-from health.nvml.real import RealNvml
-from health.probes.host import parse_meminfo, parse_stat_state
-from health.probes.registry import ProbeConfig
-from health.probes.storage import parse_mountinfo
-from health.probes.xid import XidWatcher
+from trainwarden.health.errors import HealthError
+from trainwarden.health.faults import XidCatalog
+from trainwarden.health.hardware import RealHardware, real_hardware
+from trainwarden.health.kmsg import DevKmsg, parse_line, parse_xid
+from trainwarden.health.nvml.backend import NvmlError
+from trainwarden.health.nvml.real import RealNvml
+from trainwarden.health.probes.host import parse_meminfo, parse_stat_state
+from trainwarden.health.probes.registry import ProbeConfig
+from trainwarden.health.probes.storage import parse_mountinfo
+from trainwarden.health.probes.xid import XidWatcher
 
 
 def _driver_present() -> bool:

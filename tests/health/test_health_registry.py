@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from health.errors import HealthError
-from health.probes.registry import ProbeConfig, build_probes, build_watchers
-from health.sim.hardware import SimulatedHardware
+from trainwarden.health.errors import HealthError
+from trainwarden.health.probes.registry import ProbeConfig, build_probes, build_watchers
+from trainwarden.health.sim.hardware import SimulatedHardware
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from health.probes.base import Action, CheckResult, Health
-from health.probes.runner import run_probes
+from trainwarden.health.probes.base import Action, CheckResult, Health
+from trainwarden.health.probes.runner import run_probes
 
 
 @dataclass(eq=False)

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from health import faults as fk
-from health.errors import HealthError
-from health.probes.base import CheckResult, Fault, Health
-from health.probes.registry import ProbeConfig, build_probes, build_watchers
-from health.probes.runner import run_probes
-from health.probes.storage import StorageThresholds
-from health.sim.faults import FAULTS
-from health.sim.hardware import SimulatedHardware, fault_names, inject_into
-from health.vet import vet
+from trainwarden.health import faults as fk
+from trainwarden.health.errors import HealthError
+from trainwarden.health.probes.base import CheckResult, Fault, Health
+from trainwarden.health.probes.registry import ProbeConfig, build_probes, build_watchers
+from trainwarden.health.probes.runner import run_probes
+from trainwarden.health.probes.storage import StorageThresholds
+from trainwarden.health.sim.faults import FAULTS
+from trainwarden.health.sim.hardware import SimulatedHardware, fault_names, inject_into
+from trainwarden.health.vet import vet
 
 TRAINWARDEN = Path(sys.executable).parent / "trainwarden"
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from health import faults as fk
-from health.hardware import FsStats, RealStorage
-from health.probes.base import Health
-from health.probes.runner import run_probes
-from health.probes.storage import (
+from trainwarden.health import faults as fk
+from trainwarden.health.hardware import FsStats, RealStorage
+from trainwarden.health.probes.base import Health
+from trainwarden.health.probes.runner import run_probes
+from trainwarden.health.probes.storage import (
     Mount,
     StorageProbe,
     StorageSample,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from health.probes.base import Action, CheckResult, Health
-from health.probes.registry import ProbeConfig
-from health.sim.hardware import SimulatedHardware
-from health.vet import VetReport, exit_code, vet
+from trainwarden.health.probes.base import Action, CheckResult, Health
+from trainwarden.health.probes.registry import ProbeConfig
+from trainwarden.health.sim.hardware import SimulatedHardware
+from trainwarden.health.vet import VetReport, exit_code, vet
 
 
 def r(name: str, health: Health) -> CheckResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from policies.model import ClusterView, ConditionType, NodeView, RunView
+from trainwarden.policies.model import ClusterView, ConditionType, NodeView, RunView
 
 
 def nodes(n: int, run: str | None = "llm", run_nodes: int | None = None) -> dict[str, NodeView]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from policy_views import nodes, view, with_node
 
-from policies.engine import Mode, PolicyEngine
-from policies.explain import explain
-from policies.model import (
+from trainwarden.policies.engine import Mode, PolicyEngine
+from trainwarden.policies.explain import explain
+from trainwarden.policies.model import (
     ActionKind,
     Condition,
     ConditionType,
@@ -16,7 +16,7 @@ from policies.model import (
     IncidentKind,
     Verdict,
 )
-from policies.rules import load_policy, parse_policy
+from trainwarden.policies.rules import load_policy, parse_policy
 
 GPU = ConditionType.GPU_FATAL
 T0 = 1_700_000_000.0

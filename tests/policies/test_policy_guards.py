@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from policy_views import nodes, view, with_node
 
-from policies import guards as g
-from policies.model import ActionKind
-from policies.rules import CrashLoop, DrainLimits, RestartLimits
+from trainwarden.policies import guards as g
+from trainwarden.policies.model import ActionKind
+from trainwarden.policies.rules import CrashLoop, DrainLimits, RestartLimits
 
 H = 3600.0
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from health.probes.base import Action, Severity
-from policies.errors import PolicyError
-from policies.model import ActionKind, ConditionType, EventKind
-from policies.rules import load_policy, parse_policy
-from supervisor.cli.main import main
+from trainwarden.cli import main
+from trainwarden.health.probes.base import Action, Severity
+from trainwarden.policies.errors import PolicyError
+from trainwarden.policies.model import ActionKind, ConditionType, EventKind
+from trainwarden.policies.rules import load_policy, parse_policy
 
 GOOD = """\
 version: 1

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from importlib import resources
 
-from policies.rules import load_policy
+from trainwarden.policies.rules import load_policy
 
 
 def _path(name: str) -> str:
-    return str(resources.files("policies").joinpath(f"data/{name}"))
+    return str(resources.files("trainwarden.policies").joinpath(f"data/{name}"))
 
 
 def test_evict_stragglers_is_the_default_but_for_the_straggler_rule() -> None:

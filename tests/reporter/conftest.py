@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from health.report import parse_message
+from trainwarden.health.report import parse_message
 
 BROKER = "127.0.0.1:1883"
 

@@ -8,8 +8,14 @@ from typing import Any
 
 import pytest
 
-from health.report import CheckpointReport, ControlMessage, StepReport, control_topic, encode
-from health.reporter import Reporter
+from trainwarden.health.report import (
+    CheckpointReport,
+    ControlMessage,
+    StepReport,
+    control_topic,
+    encode,
+)
+from trainwarden.health.reporter import Reporter
 
 BROKER = "127.0.0.1:1883"
 

@@ -8,14 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from policies.model import ActionKind, Condition, ConditionType, Event, EventKind, Verdict
-from policies.rules import load_policy
-from supervisor.detectors.conditions import ConditionBook
-from supervisor.detectors.node_faults import Observation
-from supervisor.sim import load_scenario, simulate
-from supervisor.sim.detection import DetectorSettings, apply_observations
-from supervisor.sim.figures import SimResult
-from supervisor.sim.scenario import parse_scenario
+from trainwarden.policies.model import (
+    ActionKind,
+    Condition,
+    ConditionType,
+    Event,
+    EventKind,
+    Verdict,
+)
+from trainwarden.policies.rules import load_policy
+from trainwarden.supervisor.detectors.conditions import ConditionBook
+from trainwarden.supervisor.detectors.node_faults import Observation
+from trainwarden.supervisor.sim import load_scenario, simulate
+from trainwarden.supervisor.sim.detection import DetectorSettings, apply_observations
+from trainwarden.supervisor.sim.figures import SimResult
+from trainwarden.supervisor.sim.scenario import parse_scenario
 
 
 def evidence_of(r: SimResult, kind: ActionKind) -> list[Event]:
@@ -24,8 +31,8 @@ def evidence_of(r: SimResult, kind: ActionKind) -> list[Event]:
 
 
 def test_settings_are_the_daemons() -> None:
-    from health.agent import AgentConfig
-    from supervisor.core import CoreConfig
+    from trainwarden.health.agent import AgentConfig
+    from trainwarden.supervisor.daemon.supervisor import CoreConfig
 
     core = CoreConfig()
     s = DetectorSettings()
@@ -49,7 +56,7 @@ def test_gpu_fatal_is_named_by_the_daemons_xid_catalogue() -> None:
 
 def test_an_xid_override_in_the_policy_reaches_the_detector(tmp_path: Path) -> None:
     """The tracker classifies XIDs with the policy's catalogue: 79 as degraded drains nobody."""
-    base = resources.files("policies").joinpath("data/default.yaml").read_text()
+    base = resources.files("trainwarden.policies").joinpath("data/default.yaml").read_text()
     p = tmp_path / "p.yaml"
     p.write_text(base.replace("  overrides: {}", '  overrides: {79: "degraded"}'))
     sc = replace(load_scenario("single-gpu-failure"), expect={})

@@ -6,12 +6,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policies.engine import Mode
-from policies.model import ActionKind, Verdict
-from policies.rules import load_policy
-from supervisor.sim import load_scenario, simulate
-from supervisor.sim.runner import Simulation
-from supervisor.sim.scenario import FaultSpec, RunSpec, Scenario
+from trainwarden.policies.engine import Mode
+from trainwarden.policies.model import ActionKind, Verdict
+from trainwarden.policies.rules import load_policy
+from trainwarden.supervisor.sim import load_scenario, simulate
+from trainwarden.supervisor.sim.runner import Simulation
+from trainwarden.supervisor.sim.scenario import FaultSpec, RunSpec, Scenario
 
 KINDS = ["gpu-fatal", "node-dead", "node-unhealthy"]
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from policies.errors import PolicyError
-from policies.model import ActionKind, Verdict
-from supervisor.cli.main import main
-from supervisor.sim import load_scenario, shipped_names, simulate
-from supervisor.sim.scenario import parse_scenario
-from supervisor.sim.trace import classify, load_trace, replay
+from trainwarden.cli import main
+from trainwarden.policies.errors import PolicyError
+from trainwarden.policies.model import ActionKind, Verdict
+from trainwarden.supervisor.sim import load_scenario, shipped_names, simulate
+from trainwarden.supervisor.sim.scenario import parse_scenario
+from trainwarden.supervisor.sim.trace import classify, load_trace, replay
 
 SMALL = ["single-gpu-failure", "storage-outage", "rack-failure", "crash-loop", "lemon-node",
          "straggler-evict"]
@@ -81,7 +81,7 @@ def test_the_same_scenario_without_guards_drains_healthy_nodes(tmp_path: Path) -
                      "  drains: {max_per_window: 100, max_cluster_fraction: 1.0, "
                      "max_run_fraction: 1.0}\n"
                      "rules:\n  - {name: u, when: {condition: NodeUnhealthy}, then: [drain]}\n")
-    from policies.rules import load_policy
+    from trainwarden.policies.rules import load_policy
 
     f = simulate(load_scenario("storage-outage"), load_policy(naive)).figures
     assert f["drains"] == 13 and f["false_drains"] == 13

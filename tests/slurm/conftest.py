@@ -46,7 +46,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
 
 async def _clean_slate(cluster: SlurmCluster) -> None:
     """No jobs and every node in service, whatever an earlier session left."""
-    from supervisor.scheduler.slurm import SlurmScheduler
+    from trainwarden.supervisor.scheduler.slurm import SlurmScheduler
 
     sched = SlurmScheduler(cluster.conf)
     for job_id, _run in await sched.jobs_tagged():

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.errors import SchedulerError
-from supervisor.scheduler.base import JobSpec
-from supervisor.scheduler.slurm import SlurmScheduler
+from trainwarden.supervisor.errors import SchedulerError
+from trainwarden.supervisor.scheduler.base import JobSpec
+from trainwarden.supervisor.scheduler.slurm import SlurmScheduler
 
 
 @pytest.fixture

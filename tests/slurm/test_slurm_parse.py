@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.errors import SchedulerError
-from supervisor.scheduler import slurm_parse as sp
-from supervisor.scheduler.base import JobState, NodeState
+from trainwarden.supervisor.errors import SchedulerError
+from trainwarden.supervisor.scheduler import slurm_parse as sp
+from trainwarden.supervisor.scheduler.base import JobState, NodeState
 
 DATA = Path(__file__).parent / "data"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from slurm_testcluster import SlurmCluster
 
-from supervisor.errors import SchedulerError
-from supervisor.scheduler.base import JobInfo, JobSpec, JobState, NodeState, SchedNode
-from supervisor.scheduler.slurm import SlurmScheduler
+from trainwarden.supervisor.errors import SchedulerError
+from trainwarden.supervisor.scheduler.base import JobInfo, JobSpec, JobState, NodeState, SchedNode
+from trainwarden.supervisor.scheduler.slurm import SlurmScheduler
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -113,7 +113,7 @@ class SlurmTestCluster:
         return proc.stdout
 
     def node_record(self, node: str) -> dict[str, str]:
-        from supervisor.scheduler.slurm_parse import parse_record
+        from trainwarden.supervisor.scheduler.slurm_parse import parse_record
 
         out = self.slurm("scontrol", "show", "node", "-o", node)
         return parse_record(out.splitlines()[0]) if out.strip() else {}

@@ -25,7 +25,7 @@ from harness import (
     wait_for,
 )
 
-from supervisor.scheduler.slurm_parse import parse_record
+from trainwarden.supervisor.scheduler.slurm_parse import parse_record
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e, pytest.mark.integration]
 STEPS = 30

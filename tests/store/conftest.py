@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from supervisor.store import Store, open_store, upgrade
+from trainwarden.supervisor.store import Store, open_store, upgrade
 
 PG_ADMIN_URL = os.environ.get(
     "TRAINWARDEN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

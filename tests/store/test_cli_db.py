@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.cli.main import main
-from supervisor.store import head_revision
+from trainwarden.cli import main
+from trainwarden.supervisor.store import head_revision
 
 
 def test_upgrade_current_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -45,7 +45,7 @@ def test_default_url_from_the_state_dir(
 def test_bad_url_is_one_line_and_exit_2(tmp_path: Path) -> None:
     env = {**os.environ, "TRAINWARDEN_STATE_DIR": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, "-m", "supervisor.cli.main", "db", "upgrade", "--url", "nonsense"],
+        [sys.executable, "-m", "trainwarden.cli", "db", "upgrade", "--url", "nonsense"],
         capture_output=True, text=True, timeout=60, env=env, check=False,
     )
     assert proc.returncode == 2

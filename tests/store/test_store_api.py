@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from policies.model import (
+from trainwarden.policies.model import (
     ActionKind,
     ActionRequest,
     Actor,
@@ -18,8 +18,8 @@ from policies.model import (
     GuardVerdict,
     Verdict,
 )
-from supervisor.errors import NotFoundError, StoreError
-from supervisor.store import (
+from trainwarden.supervisor.errors import NotFoundError, StoreError
+from trainwarden.supervisor.store import (
     ActionStatus,
     AttemptRecord,
     CheckpointRecord,

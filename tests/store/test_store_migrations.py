@@ -10,10 +10,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from supervisor.errors import StoreError
-from supervisor.store import current, downgrade, head_revision, open_store, upgrade
-from supervisor.store.engine import make_engine
-from supervisor.store.schema import Base
+from trainwarden.supervisor.errors import StoreError
+from trainwarden.supervisor.store import current, downgrade, head_revision, open_store, upgrade
+from trainwarden.supervisor.store.engine import make_engine
+from trainwarden.supervisor.store.schema import Base
 
 TABLES = {"nodes", "runs", "run_attempts", "checkpoints", "conditions", "events", "actions",
           "incidents", "leader_lease", "alembic_version"}

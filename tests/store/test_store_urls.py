@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.errors import StoreError
-from supervisor.store import default_url, mask, open_store, parse_url, upgrade
+from trainwarden.supervisor.errors import StoreError
+from trainwarden.supervisor.store import default_url, mask, open_store, parse_url, upgrade
 
 
 @pytest.mark.parametrize(

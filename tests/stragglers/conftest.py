@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.detectors.stragglers import StragglerDetector
+from trainwarden.supervisor.detectors.stragglers.detector import StragglerDetector
 
 
 @pytest.fixture

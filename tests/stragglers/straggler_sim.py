@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from supervisor.detectors.stragglers import StragglerDetector
+from trainwarden.supervisor.detectors.stragglers.detector import StragglerDetector
 
 DATA = Path(__file__).parent / "data"
 SHARED = Path("/work/shared/data/stragglers")

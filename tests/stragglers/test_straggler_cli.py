@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from straggler_sim import DATA
 
-from supervisor.cli.main import main
+from trainwarden.cli import main
 
 
 def analyze(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from straggler_sim import feed, synth
 
-from health.report import StepReport, StepSample
-from policies.model import ConditionType, EventKind
-from supervisor.detectors.stragglers import (
+from trainwarden.health.report import StepReport, StepSample
+from trainwarden.policies.model import ConditionType, EventKind
+from trainwarden.supervisor.detectors.stragglers.detector import (
     GpuSignal,
     StragglerClear,
     StragglerConfig,
     StragglerDetector,
     StragglerFlag,
 )
-from supervisor.errors import ConfigError
+from trainwarden.supervisor.errors import ConfigError
 
 
 def flags_of(found: list) -> list[StragglerFlag]:

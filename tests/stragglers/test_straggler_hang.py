@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.detectors.stragglers import RankLast, hang_culprits
+from trainwarden.supervisor.detectors.stragglers.detector import RankLast, hang_culprits
 
 
 def last(spec: dict[int, tuple[str, int, float]]) -> dict[int, RankLast]:

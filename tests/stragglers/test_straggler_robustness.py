@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from straggler_sim import synth
 
-from supervisor.detectors.stragglers import StragglerDetector, StragglerFlag
+from trainwarden.supervisor.detectors.stragglers.detector import StragglerDetector, StragglerFlag
 
 N, STEPS = 16, 24
 X = synth(N, STEPS, seed=11, slow={3: 1.4}, onset=4)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from supervisor.detectors.straggler_stats import (
+from trainwarden.supervisor.detectors.stragglers.stats import (
     group_levels,
     group_members,
     masked_median,

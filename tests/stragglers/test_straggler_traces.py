@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 from straggler_sim import DATA, SHARED
 
-from supervisor.traces import TraceError, bytedance_rows, load_trace, parse_rows, write_trace
+from trainwarden.supervisor.detectors.stragglers.traces import (
+    TraceError,
+    bytedance_rows,
+    load_trace,
+    parse_rows,
+    write_trace,
+)
 
 GOOD = "step,rank,node,compute_s\n1,0,n0,1.5\n1,1,n0,1.4\n"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from health.clock import SystemClock
-from health.probes.base import Severity
-from health.report import (
+from trainwarden.health.clock import SystemClock
+from trainwarden.health.probes.base import Severity
+from trainwarden.health.report import (
     FaultModel,
     FaultReport,
     Heartbeat,
@@ -22,20 +22,21 @@ from health.report import (
     encode,
     node_topic,
 )
-from policies.engine import PolicyEngine
-from policies.model import ActionKind, ConditionType, EventKind
-from policies.rules import load_policy
-from supervisor import ops, periodic
-from supervisor.core import CoreConfig, Supervisor
-from supervisor.explain import explain
-from supervisor.lifecycle import NodePhase
-from supervisor.metrics import Metrics
-from supervisor.persist import AsyncStore
-from supervisor.scheduler.base import NodeState
-from supervisor.scheduler.local import LocalScheduler
-from supervisor.service import DaemonService
-from supervisor.state import RunSpec
-from supervisor.store import open_store, upgrade
+from trainwarden.policies.engine import PolicyEngine
+from trainwarden.policies.model import ActionKind, ConditionType, EventKind
+from trainwarden.policies.rules import load_policy
+from trainwarden.supervisor.daemon import operations as ops
+from trainwarden.supervisor.daemon import upkeep as periodic
+from trainwarden.supervisor.api.explain import explain
+from trainwarden.supervisor.api.service import DaemonService
+from trainwarden.supervisor.daemon.metrics import Metrics
+from trainwarden.supervisor.daemon.persist import AsyncStore
+from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
+from trainwarden.supervisor.model.cluster import RunSpec
+from trainwarden.supervisor.model.lifecycle import NodePhase
+from trainwarden.supervisor.scheduler.base import NodeState
+from trainwarden.supervisor.scheduler.local import LocalScheduler
+from trainwarden.supervisor.store import open_store, upgrade
 
 NODES = ["n1", "n2", "n3"]
 
@@ -139,7 +140,7 @@ async def test_operator_drain_is_recorded_with_who_and_why(
     back = await svc.undrain("n3", "fan replaced", "alice")
     assert back.kind is ActionKind.UNDRAIN
     assert {n.name: n.state for n in await svc.list_nodes()}["n3"] == "healthy"
-    from supervisor.errors import NotFoundError
+    from trainwarden.supervisor.errors import NotFoundError
     with pytest.raises(NotFoundError, match="unknown node 'n9'"):
         await svc.drain("n9", "x", "alice")
 
@@ -199,7 +200,7 @@ async def test_drains_made_outside_trainwarden_are_reflected_and_kept(
     assert n3.phase is NodePhase.DRAINED and n3.drained_by == "external"
     assert "outside trainwarden" in sup.store.store.events(node="n3")[0].message
     # a rule may never return a node someone else drained
-    from policies.model import ActionRequest, Actor, Decision, Verdict
+    from trainwarden.policies.model import ActionRequest, Actor, Decision, Verdict
     undrain = Decision(ActionRequest(ActionKind.UNDRAIN, Actor.RULE, "vetted", node="n3"),
                        Verdict.ALLOW)
     _id, ok, result = await sup.carry_out(undrain)
@@ -210,10 +211,10 @@ async def test_drains_made_outside_trainwarden_are_reflected_and_kept(
 async def test_a_node_that_comes_back_is_vetted_then_returned(tmp_path: Path) -> None:
     from importlib import resources
 
-    from health.probes.base import Health
-    from health.report import HealthReport
+    from trainwarden.health.probes.base import Health
+    from trainwarden.health.report import HealthReport
 
-    text = resources.files("policies").joinpath("data/default.yaml").read_text()
+    text = resources.files("trainwarden.policies").joinpath("data/default.yaml").read_text()
     (tmp_path / "p.yaml").write_text(text.replace("cooldown: 10m", "cooldown: 0s"))
     url = f"sqlite:///{tmp_path / 'tw.db'}"
     upgrade(url)
@@ -248,7 +249,7 @@ async def test_a_node_that_comes_back_is_vetted_then_returned(tmp_path: Path) ->
 
 
 async def _supervisor_in(tmp_path: Path, mode: str) -> Supervisor:
-    from policies.engine import Mode
+    from trainwarden.policies.engine import Mode
 
     url = f"sqlite:///{tmp_path / 'tw.db'}"
     upgrade(url)
@@ -298,7 +299,7 @@ async def test_approve_mode_queues_until_an_operator_approves(tmp_path: Path) ->
         row = await svc.approve(queued.id, "bob")
         assert row.status == "succeeded" and "approved by bob" in (row.result or "")
         assert {n.name: n.state for n in await s.scheduler.nodes()}["n3"] is NodeState.DRAINED
-        from supervisor.errors import SupervisorError
+        from trainwarden.supervisor.errors import SupervisorError
         with pytest.raises(SupervisorError, match="not waiting for approval"):
             await svc.reject(queued.id, "too late", "bob")
     finally:
@@ -306,11 +307,11 @@ async def test_approve_mode_queues_until_an_operator_approves(tmp_path: Path) ->
 
 
 async def test_policy_reload_keeps_the_last_good_policy(tmp_path: Path) -> None:
-    from supervisor.daemon import Daemon, DaemonConfig
+    from trainwarden.supervisor.daemon.process import Daemon, DaemonConfig
 
     good = tmp_path / "good.yaml"
     from importlib import resources
-    good.write_text(resources.files("policies").joinpath("data/default.yaml").read_text())
+    good.write_text(resources.files("trainwarden.policies").joinpath("data/default.yaml").read_text())
     d = Daemon(DaemonConfig(db_url="sqlite://", policy_file=str(good)))
     s = await _supervisor_in(tmp_path, "enforce")
     d.sup = s
@@ -318,7 +319,7 @@ async def test_policy_reload_keeps_the_last_good_policy(tmp_path: Path) -> None:
     good.write_text("version: 1\nrules:\n  - name: x\n    when: {condition: Nope}\n")
     d._reload_policy()
     assert s.policy is before  # the broken file was refused
-    good.write_text(resources.files("policies").joinpath("data/default.yaml").read_text())
+    good.write_text(resources.files("trainwarden.policies").joinpath("data/default.yaml").read_text())
     d._reload_policy()
     assert s.policy is not before
     s.store.close()
@@ -326,7 +327,7 @@ async def test_policy_reload_keeps_the_last_good_policy(tmp_path: Path) -> None:
 
 async def test_a_tagged_job_is_adopted_and_an_unregistered_tag_reported(
         sup: Supervisor, tmp_path: Path) -> None:
-    from supervisor.scheduler.base import JobSpec
+    from trainwarden.supervisor.scheduler.base import JobSpec
 
     await beat(sup, *NODES)
     # someone submitted the job by hand, tagged trainwarden:r1 (and one for no known run)
@@ -350,7 +351,7 @@ async def test_a_tagged_job_is_adopted_and_an_unregistered_tag_reported(
 
 async def test_operator_drain_checkpoints_and_moves_the_run(
         sup: Supervisor, tmp_path: Path) -> None:
-    from health.report import CheckpointReport, ControlMessage, checkpoint_topic
+    from trainwarden.health.report import CheckpointReport, ControlMessage, checkpoint_topic
 
     asked: list[str] = []
 
@@ -381,7 +382,7 @@ async def test_operator_drain_checkpoints_and_moves_the_run(
 
 async def test_a_transient_scheduler_failure_is_retried_until_the_drain_lands(
         tmp_path: Path) -> None:
-    from supervisor.errors import SchedulerError
+    from trainwarden.supervisor.errors import SchedulerError
 
     class FlakyController(LocalScheduler):
         """The local back-end whose controller is away for the first two drain calls

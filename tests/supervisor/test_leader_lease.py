@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from supervisor.daemon import Daemon, DaemonConfig
-from supervisor.persist import AsyncStore
-from supervisor.store import open_store, upgrade
+from trainwarden.supervisor.daemon.persist import AsyncStore
+from trainwarden.supervisor.daemon.process import Daemon, DaemonConfig
+from trainwarden.supervisor.store import open_store, upgrade
 
 
 async def test_a_second_daemon_stands_by_until_the_first_lets_go(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.lifecycle import (
+from trainwarden.supervisor.model.lifecycle import (
     ATTEMPT_TRANSITIONS,
     NODE_TRANSITIONS,
     AttemptPhase,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.errors import SchedulerError
-from supervisor.scheduler.base import JobSpec, JobState, NodeState
-from supervisor.scheduler.local import LocalScheduler
+from trainwarden.supervisor.errors import SchedulerError
+from trainwarden.supervisor.scheduler.base import JobSpec, JobState, NodeState
+from trainwarden.supervisor.scheduler.local import LocalScheduler
 
 PY = sys.executable
 

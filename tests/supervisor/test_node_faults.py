@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from health import faults as fk
-from health.faults import XidCatalog
-from health.probes.base import Action, CheckResult, Fault, Health, Severity
-from health.report import HealthReport, ProbeReport
-from policies.model import ConditionType, EventKind
-from supervisor.detectors.conditions import ConditionBook
-from supervisor.detectors.node_faults import NodeHealthTracker, Observation
+from trainwarden.health import faults as fk
+from trainwarden.health.faults import XidCatalog
+from trainwarden.health.probes.base import Action, CheckResult, Fault, Health, Severity
+from trainwarden.health.report import HealthReport, ProbeReport
+from trainwarden.policies.model import ConditionType, EventKind
+from trainwarden.supervisor.detectors.conditions import ConditionBook
+from trainwarden.supervisor.detectors.node_faults import NodeHealthTracker, Observation
 
 T0 = 1_000.0
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from health.report import StepSample
-from policies.model import ConditionType, EventKind
-from supervisor.detectors.progress import ProgressTracker
+from trainwarden.health.report import StepSample
+from trainwarden.policies.model import ConditionType, EventKind
+from trainwarden.supervisor.detectors.progress import ProgressTracker
 
 T0 = 5_000.0
 

@@ -1,0 +1,137 @@
+"""``trainwarden agent``: run the node agent, or one probe round with ``--once``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from trainwarden.health.errors import HealthError
+
+
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "agent",
+        help="run the health agent on this node",
+        description="Probe this node's GPUs, interconnect, storage and host and publish the "
+                    "results over MQTT (or print one round with --once).",
+    )
+    from trainwarden.health.mqtt import add_auth_arguments
+
+    p.add_argument("--node", help="node name (default: the short hostname)")
+    p.add_argument("--broker", default="127.0.0.1:1883", metavar="HOST:PORT",
+                   help="MQTT broker (default: %(default)s)")
+    p.add_argument("--interval", type=float, default=10.0, metavar="S",
+                   help="seconds between health reports (default: %(default)s)")
+    p.add_argument("--heartbeat", type=float, default=2.0, metavar="S",
+                   help="seconds between heartbeats (default: %(default)s)")
+    p.add_argument("--expect-gpus", type=int, metavar="N",
+                   help="GPUs this node must have (fewer is a fault)")
+    p.add_argument("--storage", action="append", default=[], metavar="PATH",
+                   help="filesystem to check (repeatable; default: /tmp)")
+    p.add_argument("--probe-timeout", type=float, default=10.0, metavar="S",
+                   help="time limit of one probe (default: %(default)s)")
+    p.add_argument("--simulate", action="append", default=[], metavar="FAULT",
+                   help="use simulated hardware with this fault injected (repeatable)")
+    p.add_argument("--simulated-hardware", metavar="STATE_DIR",
+                   help="use simulated hardware kept in STATE_DIR (faults can be injected "
+                        "there by another process while the agent runs)")
+    p.add_argument("--gpus", type=int, default=4, metavar="N",
+                   help="GPUs of the simulated hardware (default: %(default)s)")
+    p.add_argument("--once", action="store_true",
+                   help="run one probe round, print it and exit (no broker needed)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--fabric-domain", default=os.environ.get("TRAINWARDEN_FABRIC_DOMAIN"),
+                   metavar="NAME",
+                   help="the leaf switch / rack / Slingshot group this node's links hang off "
+                        "(site topology); link faults name it as their shared cause")
+    add_auth_arguments(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainwarden.health.agent import Agent, AgentConfig
+    from trainwarden.health.mqtt import parse_broker, short_hostname
+    from trainwarden.health.probes.registry import ProbeConfig
+    from trainwarden.health.report import check_name
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    node = check_name("node", args.node or short_hostname())
+    if args.interval <= 0 or args.heartbeat <= 0 or args.probe_timeout <= 0:
+        raise HealthError("--interval, --heartbeat and --probe-timeout must be positive")
+    if args.expect_gpus is not None and args.expect_gpus < 0:
+        raise HealthError("--expect-gpus must not be negative")
+    if args.gpus < 0:
+        raise HealthError("--gpus must not be negative")
+    host, port = parse_broker(args.broker)
+    # A simulated node created just now has a kernel log of its own: read it from the
+    # start, so faults given with --simulate show in the first round.
+    fresh_sim = bool(args.simulate) and args.simulated_hardware is None
+    from trainwarden.health.probes.network import NetThresholds
+
+    probe_config = ProbeConfig(expected_gpus=args.expect_gpus,
+                               storage_paths=tuple(args.storage),
+                               timeout_s=args.probe_timeout,
+                               kmsg_from_start=fresh_sim,
+                               network=NetThresholds(fabric_domain=args.fabric_domain))
+    try:
+        hardware = _hardware(args, node, probe_config)
+    except (OSError, ValueError) as exc:
+        raise HealthError(f"cannot set up the simulated hardware: {exc}") from exc
+    if args.node is None and args.simulated_hardware:
+        node = hardware.node  # an existing simulated node keeps the name it was created with
+    from trainwarden.health.mqtt import auth_from_args
+
+    config = AgentConfig(node=node, broker_host=host, broker_port=port,
+                         report_interval_s=args.interval, heartbeat_interval_s=args.heartbeat,
+                         probes=probe_config, auth=auth_from_args(args))
+    agent = Agent(config, hardware)
+    if args.once:
+        report = asyncio.run(agent.collect())
+        if args.json:
+            print(report.model_dump_json(indent=2))
+        else:
+            _print_table(report.model_dump(mode="json"))
+        return 0
+    asyncio.run(_serve(agent))
+    return 0
+
+
+def _hardware(args: argparse.Namespace, node: str, probe_config: Any) -> Any:
+    if args.simulate or args.simulated_hardware:
+        from trainwarden.health.sim.hardware import SimulatedHardware
+
+        sim = SimulatedHardware(node, gpus=args.gpus, state_dir=args.simulated_hardware)
+        for fault in args.simulate:
+            sim.inject(fault)
+        return sim
+    from trainwarden.health.hardware import real_hardware
+
+    return real_hardware(probe_config)
+
+
+async def _serve(agent: Any) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await agent.run(stop)
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    print(f"node {report['node']}: {report['overall']}")
+    width = max([len(p["probe"]) for p in report["probes"]] + [8])
+    for probe in report["probes"]:
+        print(f"  {probe['probe']:<{width}}  {probe['health']:<10} {probe['reason']}")
+        for fault in probe["faults"]:
+            print(f"      fault {fault['kind']} ({fault['severity']}): {fault['detail']}")
+    sys.stdout.flush()

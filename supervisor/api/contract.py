@@ -1,0 +1,253 @@
+"""The operator service: what the HTTP API (and so the ``trainwarden`` CLI) may ask of the daemon.
+
+The daemon implements :class:`OperatorService`; :mod:`supervisor.api.server` serves it over HTTP
+and :mod:`supervisor.api.client` calls it. The row models are the JSON the API speaks: the
+same pydantic classes validate what the server sends and what the client reads, so both
+sides agree on the shape by construction.
+
+Errors: an unknown node, run, event or action raises :class:`~supervisor.errors.NotFoundError`
+(HTTP 404); a refused request raises another :class:`~trainwarden.health.errors.TrainwardenError`
+(HTTP 400), with a sentence the operator can act on.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from trainwarden.health.report import NAME_PATTERN
+from trainwarden.policies.model import ActionKind, Actor, Event, Verdict
+from trainwarden.supervisor.api.client import DEFAULT_API, DEFAULT_API_HOST, DEFAULT_API_PORT
+from trainwarden.supervisor.store.records import ActionRecord, ActionStatus
+
+__all__ = [
+    "DEFAULT_API",
+    "DEFAULT_API_HOST",
+    "DEFAULT_API_PORT",
+    "NODE_STATES",
+    "ActionRow",
+    "EventRow",
+    "Explanation",
+    "NodeRow",
+    "OperatorService",
+    "RunRow",
+    "RunSpecIn",
+]
+
+
+NodeState = Literal["healthy", "suspect", "failed", "draining", "drained", "vetting", "unknown"]
+NODE_STATES: tuple[NodeState, ...] = (
+    "healthy",
+    "suspect",
+    "failed",
+    "draining",
+    "drained",
+    "vetting",
+    "unknown",
+)
+DrainedBy = Literal["trainwarden", "operator", "external"]
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class NodeRow(_Row):
+    """One compute node as ``trainwarden nodes`` shows it."""
+
+    name: str
+    state: NodeState
+    scheduler_state: str | None = None
+    run: str | None = None
+    drained_by: DrainedBy | None = None
+    drain_reason: str | None = None
+    last_heartbeat_at: float | None = None
+    conditions: list[str] = Field(default_factory=list)  # ConditionType values now true
+
+
+class RunRow(_Row):
+    """One supervised training run."""
+
+    name: str
+    scheduler: str
+    state: str
+    attempt: int
+    restarts: int
+    nodes: list[str] = Field(default_factory=list)
+    last_step: int | None = None
+    target_step: int | None = None
+    last_checkpoint_step: int | None = None
+    resumed_from_step: int | None = None
+
+
+class EventRow(_Row):
+    """One recorded event (an append-only fact)."""
+
+    id: int
+    ts: float
+    kind: str  # an EventKind value
+    node: str | None = None
+    run: str | None = None
+    message: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, event: Event) -> EventRow:
+        """The row of a stored event (``event.id`` must be set)."""
+        if event.id is None:
+            raise ValueError("an event without an id has not been stored yet")
+        return cls(
+            id=event.id,
+            ts=event.ts,
+            kind=str(event.kind),
+            node=event.node,
+            run=event.run,
+            message=event.message,
+            data=dict(event.data),
+        )
+
+
+class ActionRow(_Row):
+    """One recorded action, automatic or manual, with its guards and outcome."""
+
+    id: int
+    ts: float
+    kind: ActionKind
+    actor: Actor
+    who: str | None = None
+    rule: str | None = None
+    node: str | None = None
+    run: str | None = None
+    reason: str
+    evidence: list[int] = Field(default_factory=list)  # event ids
+    guards: list[dict[str, Any]] = Field(default_factory=list)  # {guard, passed, detail}
+    verdict: Verdict
+    status: ActionStatus
+    result: str | None = None
+
+    @classmethod
+    def of(cls, record: ActionRecord) -> ActionRow:
+        """The row of a stored action."""
+        return cls(
+            id=record.id,
+            ts=record.ts,
+            kind=record.kind,
+            actor=record.actor,
+            who=record.who,
+            rule=record.rule,
+            node=record.node,
+            run=record.run,
+            reason=record.reason,
+            evidence=list(record.evidence),
+            guards=[
+                {"guard": g.guard, "passed": g.passed, "detail": g.detail} for g in record.guards
+            ],
+            verdict=record.verdict,
+            status=record.status,
+            result=record.result,
+        )
+
+
+class Explanation(_Row):
+    """Why something happened: readable lines, the action (if any) and its evidence."""
+
+    subject: str  # "action 12" / "event 40"
+    lines: list[str] = Field(default_factory=list)
+    action: ActionRow | None = None
+    events: list[EventRow] = Field(default_factory=list)
+
+
+class RunSpecIn(BaseModel):
+    """What an operator submits to put a run under supervision (``trainwarden runs add``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    scheduler: Literal["local", "slurm"]
+    # local: the command each node runs; slurm: [sbatch script, script args...]
+    command: list[str] = Field(min_length=1, max_length=1000)
+    nodes: int = Field(ge=1, le=100_000)
+    checkpoint_dir: str = Field(min_length=1, max_length=4096)
+    env: dict[str, str] = Field(default_factory=dict)
+    target_step: int | None = Field(default=None, ge=0)
+    # accept a restart on fewer nodes than ``nodes`` (elastic), down to this many
+    min_nodes: int | None = Field(default=None, ge=1)
+    # do not submit: take over the job already running under the tag trainwarden:<name>
+    adopt: bool = False
+
+    @field_validator("command")
+    @classmethod
+    def _command_words(cls, value: list[str]) -> list[str]:
+        if not value[0].strip():
+            raise ValueError("the command's first word (the program) is empty")
+        if any("\x00" in word for word in value):
+            raise ValueError("the command contains a NUL character")
+        return value
+
+    @field_validator("checkpoint_dir")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"checkpoint_dir {value!r} is not an absolute path")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+        return value
+
+
+class OperatorService(Protocol):
+    """What the daemon offers operators. Manual actions are recorded like automatic ones."""
+
+    async def list_nodes(self) -> list[NodeRow]: ...
+
+    async def drain(self, node: str, reason: str, who: str) -> ActionRow:
+        """Drain ``node`` in the scheduler; NotFoundError for an unknown node."""
+        ...
+
+    async def undrain(self, node: str, reason: str, who: str) -> ActionRow: ...
+
+    async def list_runs(self) -> list[RunRow]: ...
+
+    async def add_run(self, spec: RunSpecIn, who: str) -> RunRow:
+        """Put a new run under supervision; SupervisorError if the name is taken."""
+        ...
+
+    async def restart_run(self, run: str, reason: str, who: str) -> ActionRow: ...
+
+    async def list_events(
+        self,
+        *,
+        limit: int,
+        node: str | None,
+        run: str | None,
+        kind: str | None,
+        since_id: int | None,
+    ) -> list[EventRow]:
+        """Newest first, at most ``limit``; ``since_id`` keeps only ids greater than it."""
+        ...
+
+    async def list_actions(self, *, status: str | None, limit: int) -> list[ActionRow]:
+        """Newest first, at most ``limit``."""
+        ...
+
+    async def explain(self, ident: int, what: Literal["event", "action"]) -> Explanation: ...
+
+    async def approve(self, action_id: int, who: str) -> ActionRow: ...
+
+    async def reject(self, action_id: int, reason: str, who: str) -> ActionRow: ...
+
+    def status(self) -> dict[str, Any]:
+        """For /healthz: e.g. ok, db, broker, leader, started_at, version.
+
+        ``/healthz`` answers 503 when ``status()["ok"]`` is false, 200 otherwise.
+        """
+        ...

@@ -1,0 +1,162 @@
+"""The operator service the daemon offers over HTTP: manual actions go through the same
+path as automatic ones (recorded, with who and why), and reads come from the store."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from trainwarden.policies.model import (
+    ActionKind,
+    ActionRequest,
+    Actor,
+    Decision,
+    GuardVerdict,
+    Verdict,
+)
+from trainwarden.supervisor.api.contract import (
+    ActionRow,
+    EventRow,
+    Explanation,
+    NodeRow,
+    RunRow,
+    RunSpecIn,
+)
+from trainwarden.supervisor.daemon import operations as ops
+from trainwarden.supervisor.daemon.supervisor import Supervisor
+from trainwarden.supervisor.errors import NotFoundError, SupervisorError
+from trainwarden.supervisor.model.cluster import RunInfo, RunSpec
+from trainwarden.supervisor.model.lifecycle import RunPhase
+
+VERSION = "0.1.0"
+
+
+class DaemonService:
+    """Implements :class:`supervisor.api.contract.OperatorService` over a running Supervisor."""
+
+    def __init__(self, sup: Supervisor, *, broker_connected: Any = None,
+                 leader: Any = None) -> None:
+        self.sup = sup
+        self.started_at = time.time()
+        self._broker_connected = broker_connected or (lambda: True)
+        self._leader = leader or (lambda: True)
+
+    # -- nodes -----------------------------------------------------------------------
+
+    async def list_nodes(self) -> list[NodeRow]:
+        rows = []
+        for n in sorted(self.sup.state.nodes.values(), key=lambda n: n.name):
+            rows.append(NodeRow(
+                name=n.name, state=n.phase.value, scheduler_state=n.scheduler_state,
+                run=n.run, drained_by=n.drained_by,  # type: ignore[arg-type]
+                drain_reason=n.drain_reason, last_heartbeat_at=n.last_heartbeat_at,
+                conditions=sorted(c.value for c in self.sup.book.types_of(n.name))))
+        return rows
+
+    def _known_node(self, node: str) -> None:
+        if node not in self.sup.state.nodes:
+            known = ", ".join(sorted(self.sup.state.nodes)[:20]) or "none yet"
+            raise NotFoundError(f"unknown node {node!r} (known: {known})")
+
+    async def _manual(self, kind: ActionKind, reason: str, who: str, *, node: str | None = None,
+                      run: str | None = None, exclude: tuple[str, ...] = ()) -> ActionRow:
+        if not who.strip():
+            raise SupervisorError("a manual action needs the operator's name (--who)")
+        if not reason.strip():
+            raise SupervisorError("a manual action needs a reason (--reason)")
+        req = ActionRequest(kind=kind, actor=Actor.OPERATOR, reason=reason, node=node, run=run,
+                            who=who, exclude=exclude)
+        decision = Decision(req, Verdict.ALLOW, (GuardVerdict(
+            "operator", True, f"manual action by {who}: guards do not apply"),))
+        action_id, _ok, _result = await self.sup.carry_out(decision)
+        row = await self._action_row(action_id)
+        if kind is ActionKind.DRAIN and node is not None:
+            await ops.after_operator_drain(self.sup, node, action_id)
+        return row
+
+    async def drain(self, node: str, reason: str, who: str) -> ActionRow:
+        self._known_node(node)
+        return await self._manual(ActionKind.DRAIN, reason, who, node=node)
+
+    async def undrain(self, node: str, reason: str, who: str) -> ActionRow:
+        self._known_node(node)
+        return await self._manual(ActionKind.UNDRAIN, reason or "returned by operator", who,
+                                  node=node)
+
+    # -- runs ------------------------------------------------------------------------
+
+    def _run_row(self, r: RunInfo) -> RunRow:
+        return RunRow(name=r.name, scheduler=r.scheduler, state=r.phase.value,
+                      attempt=r.attempt, restarts=r.restarts, nodes=list(r.nodes),
+                      last_step=r.last_step, target_step=r.spec.target_step,
+                      last_checkpoint_step=r.last_checkpoint_step,
+                      resumed_from_step=r.resumed_from_step)
+
+    async def list_runs(self) -> list[RunRow]:
+        return [self._run_row(r) for r in sorted(self.sup.state.runs.values(),
+                                                 key=lambda r: r.name)]
+
+    async def add_run(self, spec: RunSpecIn, who: str) -> RunRow:
+        if spec.name in self.sup.state.runs:
+            raise SupervisorError(f"run {spec.name!r} already exists")
+        if spec.scheduler != self.sup.scheduler.name:
+            raise SupervisorError(
+                f"run {spec.name!r} asks for the {spec.scheduler} scheduler but this daemon "
+                f"drives {self.sup.scheduler.name}")
+        if spec.min_nodes is not None and spec.min_nodes > spec.nodes:
+            raise SupervisorError(f"min_nodes {spec.min_nodes} is more than nodes {spec.nodes}")
+        run_spec = RunSpec(command=tuple(spec.command), nodes=spec.nodes,
+                           checkpoint_dir=spec.checkpoint_dir, env=dict(spec.env),
+                           target_step=spec.target_step, min_nodes=spec.min_nodes)
+        run = await ops.add_run(self.sup, spec.name, spec.scheduler, run_spec, who,
+                                submit=not spec.adopt)
+        return self._run_row(run)
+
+    async def restart_run(self, run: str, reason: str, who: str) -> ActionRow:
+        info = self.sup.state.runs.get(run)
+        if info is None:
+            raise NotFoundError(f"unknown run {run!r}")
+        if info.phase is RunPhase.COMPLETED:
+            raise SupervisorError(f"run {run!r} has completed; nothing to restart")
+        return await self._manual(ActionKind.RESTART_RUN, reason, who, run=run)
+
+    # -- events and actions ----------------------------------------------------------
+
+    async def list_events(self, *, limit: int, node: str | None, run: str | None,
+                          kind: str | None, since_id: int | None) -> list[EventRow]:
+        st = self.sup.store
+        events = await st.call(st.store.events, since_id=since_id, node=node, run=run,
+                               kinds=[kind] if kind else None, limit=limit)
+        return [EventRow.of(e) for e in events]
+
+    async def _action_row(self, action_id: int) -> ActionRow:
+        st = self.sup.store
+        rec = await st.call(st.store.action, action_id)
+        if rec is None:
+            raise NotFoundError(f"unknown action {action_id}")
+        return ActionRow.of(rec)
+
+    async def list_actions(self, *, status: str | None, limit: int) -> list[ActionRow]:
+        st = self.sup.store
+        recs = await st.call(st.store.actions, status=status, limit=limit)
+        return [ActionRow.of(r) for r in recs]
+
+    async def explain(self, ident: int, what: Literal["event", "action"]) -> Explanation:
+        from trainwarden.supervisor.api.explain import explain
+
+        return await explain(self.sup, ident, what)
+
+    async def approve(self, action_id: int, who: str) -> ActionRow:
+        await ops.resolve_queued(self.sup, action_id, approve=True, who=who, reason="approved")
+        return await self._action_row(action_id)
+
+    async def reject(self, action_id: int, reason: str, who: str) -> ActionRow:
+        await ops.resolve_queued(self.sup, action_id, approve=False, who=who, reason=reason)
+        return await self._action_row(action_id)
+
+    def status(self) -> dict[str, Any]:
+        broker = bool(self._broker_connected())
+        return {"ok": broker, "broker": broker, "db": True, "leader": bool(self._leader()),
+                "started_at": self.started_at, "version": VERSION,
+                "nodes": len(self.sup.state.nodes), "runs": len(self.sup.state.runs),
+                "rejected_messages": self.sup.rejected}

@@ -1,0 +1,264 @@
+"""``trainwarden daemon``: wires the broker, the store, the scheduler, the policy and the API.
+
+The MQTT session is persistent (``clean_session=False``, QoS 1 subscriptions) so messages
+published while the daemon restarts are delivered when it comes back; the store keeps
+everything else. SIGHUP reloads the policy (an invalid file keeps the last good one);
+SIGTERM/SIGINT stop cleanly. systemd: READY=1 once serving, WATCHDOG=1 from the main loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+
+from trainwarden.health.clock import Clock, SystemClock
+from trainwarden.health.mqtt import MqttAuth
+from trainwarden.health.report import SUBSCRIPTIONS
+from trainwarden.supervisor.daemon import operations as ops
+from trainwarden.supervisor.daemon.persist import AsyncStore
+from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
+from trainwarden.supervisor.errors import ConfigError
+from trainwarden.supervisor.scheduler.base import Scheduler
+
+log = logging.getLogger(__name__)
+LEASE = "trainwarden-daemon"
+
+
+@dataclass
+class DaemonConfig:
+    db_url: str
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    api_host: str = "127.0.0.1"
+    api_port: int = 8470
+    scheduler: str = "local"  # local | slurm
+    local_nodes: tuple[str, ...] = ()
+    local_log_dir: str = "/tmp/trainwarden-local"
+    slurm_conf: str | None = None
+    policy_file: str | None = None
+    mode: str = "enforce"
+    client_id: str = "trainwarden-daemon"
+    tick_s: float = 0.5
+    mqtt_auth: MqttAuth = field(default_factory=MqttAuth)
+    lease_ttl_s: float = 15.0  # leader lease: a standby daemon takes over after this
+    core: CoreConfig = field(default_factory=CoreConfig)
+
+
+def build_scheduler(cfg: DaemonConfig) -> Scheduler:
+    if cfg.scheduler == "local":
+        from trainwarden.supervisor.scheduler.local import LocalScheduler
+
+        if not cfg.local_nodes:
+            raise ConfigError("the local scheduler needs --local-nodes (e.g. n1,n2,n3,n4)")
+        return LocalScheduler(cfg.local_nodes, cfg.local_log_dir)
+    if cfg.scheduler == "slurm":
+        from trainwarden.supervisor.scheduler.slurm import SlurmScheduler
+
+        return SlurmScheduler(slurm_conf=cfg.slurm_conf)
+    raise ConfigError(f"unknown scheduler {cfg.scheduler!r}: use local or slurm")
+
+
+def build_policy(cfg: DaemonConfig) -> Any:
+    from trainwarden.policies.engine import Mode, PolicyEngine
+    from trainwarden.policies.rules import load_policy
+
+    try:
+        mode = Mode(cfg.mode)
+    except ValueError:
+        raise ConfigError(f"unknown mode {cfg.mode!r}: use enforce, dry-run or approve") from None
+    return PolicyEngine(load_policy(cfg.policy_file), mode)
+
+
+class Daemon:
+    """One daemon process. ``run`` returns when ``stop`` is set."""
+
+    def __init__(self, cfg: DaemonConfig, *, clock: Clock | None = None,
+                 scheduler: Scheduler | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock or SystemClock()
+        self._scheduler = scheduler
+        self.sup: Supervisor | None = None
+        self.api_url: str | None = None
+        self.connected = False
+        self.ready = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self.leader = False
+
+    async def _publish(self, topic: str, payload: bytes) -> None:
+        if self._client is None:
+            raise ConfigError("not connected to the broker")
+        await self._client.publish(topic, payload, qos=1)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from trainwarden.supervisor.api.server import ApiServer, create_app
+        from trainwarden.supervisor.api.service import DaemonService
+        from trainwarden.supervisor.daemon.metrics import Metrics
+        from trainwarden.supervisor.daemon.sdnotify import Notifier
+        from trainwarden.supervisor.store import open_store
+
+        cfg = self.cfg
+        policy = build_policy(cfg)  # refuse to start with an invalid policy
+        store = AsyncStore(await asyncio.to_thread(open_store, cfg.db_url))
+        if not await self._lead(store, stop):
+            store.close()
+            return
+        scheduler = self._scheduler or build_scheduler(cfg)
+        metrics = Metrics()
+        sup = Supervisor(cfg.core, self.clock, store, scheduler, policy, metrics, self._publish)
+        self.sup = sup
+        metrics.set_leader(True)
+        await ops.load(sup)
+        service = DaemonService(sup, broker_connected=lambda: self.connected,
+                                leader=lambda: self.leader)
+        api = ApiServer(create_app(service, metrics), cfg.api_host, cfg.api_port)
+        await api.start()
+        self.api_url = api.url
+        notifier = Notifier()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self._reload_policy)
+        tasks = [loop.create_task(self._mqtt_loop(sup, stop)),
+                 loop.create_task(self._tick_loop(sup, notifier, stop))]
+        try:
+            await asyncio.wait_for(self.ready.wait(), 30)
+        except TimeoutError:
+            log.warning("broker %s:%d not reachable yet; serving and retrying",
+                        cfg.broker_host, cfg.broker_port)
+        notifier.ready(f"serving API on {api.url}")
+        log.info("trainwarden daemon ready: API %s, broker %s:%d, scheduler %s, mode %s",
+                 api.url, cfg.broker_host, cfg.broker_port, scheduler.name, cfg.mode)
+        try:
+            await stop.wait()
+        finally:
+            notifier.stopping()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for t in list(sup.tasks):
+                t.cancel()
+            await asyncio.gather(*sup.tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await store.flush()
+            if self.leader:
+                with contextlib.suppress(Exception):
+                    await store.call(store.store.release_lease, LEASE, self.holder)
+            await api.stop()
+            store.close()
+
+    @property
+    def holder(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+
+    async def _lead(self, store: AsyncStore, stop: asyncio.Event) -> bool:
+        """Wait until this daemon holds the leader lease (a standby waits here)."""
+        announced = False
+        while not stop.is_set():
+            if await store.call(store.store.acquire_lease, LEASE, self.holder,
+                                self.cfg.lease_ttl_s, self.clock.now()):
+                self.leader = True
+                return True
+            if not announced:
+                log.info("standing by: another daemon holds the leader lease")
+                announced = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.cfg.lease_ttl_s / 3)
+        return False
+
+    async def _renew(self, store: AsyncStore, stop: asyncio.Event) -> None:
+        if not await store.call(store.store.acquire_lease, LEASE, self.holder,
+                                self.cfg.lease_ttl_s, self.clock.now()):
+            log.error("lost the leader lease to another daemon; stopping")
+            self.leader = False
+            if self.sup is not None:
+                self.sup.metrics.set_leader(False)
+            stop.set()
+
+    def _reload_policy(self) -> None:
+        if self.sup is None:
+            return
+        try:
+            new = build_policy(self.cfg)
+        except Exception as exc:
+            log.error("policy reload failed, keeping the last good policy: %s", exc)
+            return
+        self.sup.policy = new
+        log.info("policy reloaded from %s", self.cfg.policy_file or "the shipped default")
+
+    async def _mqtt_loop(self, sup: Supervisor, stop: asyncio.Event) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                async with aiomqtt.Client(self.cfg.broker_host, self.cfg.broker_port,
+                                          identifier=self.cfg.client_id, clean_session=False,
+                                          keepalive=15, timeout=10,
+                                          **self.cfg.mqtt_auth.aiomqtt_kwargs()) as client:
+                    self._client = client
+                    for topic in SUBSCRIPTIONS:
+                        await client.subscribe(topic, qos=1)
+                    self.connected = True
+                    sup.metrics.set_broker_connected(True)
+                    self.ready.set()
+                    backoff = 0.5
+                    async for message in client.messages:
+                        payload = message.payload
+                        if not isinstance(payload, bytes | bytearray):
+                            payload = str(payload).encode()
+                        await sup.handle(str(message.topic), bytes(payload))
+            except aiomqtt.MqttError as exc:
+                log.warning("broker connection lost (%s); retrying in %.1f s", exc, backoff)
+            finally:
+                self._client = None
+                self.connected = False
+                sup.metrics.set_broker_connected(False)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    async def _tick_loop(self, sup: Supervisor, notifier: Any, stop: asyncio.Event) -> None:
+        last_renew = self.clock.monotonic()
+        while not stop.is_set():
+            try:
+                if self.clock.monotonic() - last_renew >= self.cfg.lease_ttl_s / 3:
+                    last_renew = self.clock.monotonic()
+                    await self._renew(sup.store, stop)
+                    if stop.is_set():
+                        return
+                await sup.tick()
+                counts: dict[str, int] = {}
+                for n in sup.state.nodes.values():
+                    counts[n.phase.value] = counts.get(n.phase.value, 0) + 1
+                sup.metrics.set_node_states(counts)
+                runs: dict[str, int] = {}
+                for r in sup.state.runs.values():
+                    runs[r.phase.value] = runs.get(r.phase.value, 0) + 1
+                sup.metrics.set_run_states(runs)
+                if sup.store.last_batch_size:
+                    sup.metrics.store_flush(sup.store.last_flush_s, sup.store.last_batch_size)
+                    sup.store.last_batch_size = 0
+                notifier.watchdog()
+            except Exception:
+                log.exception("tick failed; continuing")
+            await asyncio.sleep(self.cfg.tick_s)
+
+
+def run_daemon(cfg: DaemonConfig, on_ready: Callable[[Daemon], None] | None = None) -> int:
+    """Run until SIGTERM/SIGINT. Returns the exit code."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        daemon = Daemon(cfg)
+        await daemon.run(stop)
+
+    asyncio.run(main())
+    return 0

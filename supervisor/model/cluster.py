@@ -1,0 +1,147 @@
+"""The daemon's in-memory picture of nodes and runs, and the view policies get of it.
+
+The store is the durable copy; this is what every message is checked against, so that
+per-message work stays in memory and the database is written in batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainwarden.policies.model import ActionRecordView, ClusterView, NodeView, RunView
+from trainwarden.supervisor.detectors.conditions import ConditionBook
+from trainwarden.supervisor.errors import ConfigError
+from trainwarden.supervisor.model.lifecycle import AttemptPhase, NodePhase, RunPhase, node_move
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """How to (re)submit a run. ``command`` is per-node (local) or the sbatch script (slurm)."""
+
+    command: tuple[str, ...]
+    nodes: int
+    checkpoint_dir: str
+    min_nodes: int | None = None  # accept a restart on fewer nodes, down to this many
+    env: Mapping[str, str] = field(default_factory=dict)
+    target_step: int | None = None
+    workdir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"command": list(self.command), "nodes": self.nodes,
+                "checkpoint_dir": self.checkpoint_dir, "min_nodes": self.min_nodes,
+                "env": dict(self.env), "target_step": self.target_step, "workdir": self.workdir}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunSpec:
+        try:
+            spec = cls(
+                command=tuple(str(c) for c in d["command"]), nodes=int(d["nodes"]),
+                checkpoint_dir=str(d["checkpoint_dir"]),
+                min_nodes=None if d.get("min_nodes") is None else int(d["min_nodes"]),
+                env={str(k): str(v) for k, v in dict(d.get("env") or {}).items()},
+                target_step=None if d.get("target_step") is None else int(d["target_step"]),
+                workdir=None if d.get("workdir") is None else str(d["workdir"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid run spec: {exc}") from None
+        if not spec.command:
+            raise ConfigError("invalid run spec: empty command")
+        if spec.nodes < 1 or (spec.min_nodes is not None and not 1 <= spec.min_nodes <= spec.nodes):
+            raise ConfigError(f"invalid run spec: nodes={spec.nodes}, min_nodes={spec.min_nodes}")
+        return spec
+
+
+@dataclass
+class NodeInfo:
+    name: str
+    phase: NodePhase = NodePhase.UNKNOWN
+    drained_by: str | None = None  # trainwarden | operator | external
+    drain_reason: str | None = None
+    scheduler_state: str | None = None
+    last_heartbeat_at: float | None = None
+    last_report_at: float | None = None
+    returned_at: float | None = None
+    run: str | None = None
+    vet_started_at: float | None = None
+
+    def move(self, target: NodePhase) -> None:
+        self.phase = node_move(self.phase, target)
+
+    @property
+    def drained(self) -> bool:
+        return self.phase in (NodePhase.DRAINING, NodePhase.DRAINED, NodePhase.VETTING)
+
+
+@dataclass
+class RunInfo:
+    name: str
+    scheduler: str
+    spec: RunSpec
+    created_at: float
+    phase: RunPhase = RunPhase.PENDING
+    attempt: int = 0
+    attempt_phase: AttemptPhase | None = None
+    job_id: str | None = None
+    nodes: tuple[str, ...] = ()
+    excluded: set[str] = field(default_factory=set)
+    restarts: int = 0
+    restart_times: list[float] = field(default_factory=list)
+    failure_steps: list[int | None] = field(default_factory=list)
+    last_step: int | None = None
+    last_checkpoint_step: int | None = None
+    last_checkpoint_path: str | None = None
+    resumed_from_step: int | None = None
+    attempt_first_step: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.phase in (RunPhase.RUNNING, RunPhase.RESTARTING, RunPhase.PENDING,
+                              RunPhase.HELD)
+
+
+class ClusterState:
+    """Nodes and runs by name."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeInfo] = {}
+        self.runs: dict[str, RunInfo] = {}
+
+    def node(self, name: str) -> NodeInfo:
+        n = self.nodes.get(name)
+        if n is None:
+            n = self.nodes[name] = NodeInfo(name)
+        return n
+
+    def place(self, run: RunInfo, nodes: Iterable[str]) -> None:
+        for n in self.nodes.values():
+            if n.run == run.name:
+                n.run = None
+        run.nodes = tuple(nodes)
+        for name in run.nodes:
+            self.node(name).run = run.name
+
+    def view(self, now: float, book: ConditionBook,
+             recent_actions: Iterable[ActionRecordView] = (),
+             causes: Mapping[str, frozenset[str]] | None = None) -> ClusterView:
+        causes = causes or {}
+        nodes = {
+            n.name: NodeView(
+                name=n.name, run=n.run, drained=n.drained,
+                drained_by_trainwarden=n.drained and n.drained_by == "trainwarden",
+                returned_at=n.returned_at, conditions=book.types_of(n.name),
+                causes=causes.get(n.name, frozenset()),
+            )
+            for n in self.nodes.values()
+        }
+        runs = {
+            r.name: RunView(
+                name=r.name, nodes=r.nodes, active=r.active, attempt=r.attempt,
+                restarts=r.restarts, restart_times=tuple(r.restart_times),
+                failure_steps=tuple(r.failure_steps), last_step=r.last_step,
+            )
+            for r in self.runs.values()
+        }
+        return ClusterView(now=now, nodes=nodes, runs=runs,
+                           recent_actions=tuple(recent_actions))
