@@ -53,12 +53,19 @@ def measure(steps: int, ckpt_every: int, step_time: float, keep: bool) -> dict[s
     stack = Stack(cluster, tmp)
     try:
         stack.start()
-        ckpt, nodes = start_run(stack, "failover", steps=steps, ckpt_every=ckpt_every,
-                                at_step=2 * ckpt_every + 2, step_time=step_time)
+        ckpt, nodes = start_run(
+            stack,
+            "failover",
+            steps=steps,
+            ckpt_every=ckpt_every,
+            at_step=2 * ckpt_every + 2,
+            step_time=step_time,
+        )
         victim = nodes[-1]
         t = stack.kill_node(victim)
-        fo = follow_failover(stack, Failover("failover", ckpt, victim, nodes, t),
-                             timeout=240, wait_slurm_down=True)
+        fo = follow_failover(
+            stack, Failover("failover", ckpt, victim, nodes, t), timeout=240, wait_slurm_down=True
+        )
         error = None
         resumed_from: int | None
         last_ckpt: int | None
@@ -77,7 +84,8 @@ def measure(steps: int, ckpt_every: int, step_time: float, keep: bool) -> dict[s
             "slurm_not_responding_s": _r(fo.slurm_not_responding_s),
             "slurm_down_s": _r(fo.slurm_down_s),
             "slurmd_timeout_s": cluster.slurmd_timeout_s,
-            "drained_before_slurm_down": fo.drain_s is not None and fo.slurm_down_s is not None
+            "drained_before_slurm_down": fo.drain_s is not None
+            and fo.slurm_down_s is not None
             and fo.drain_s < fo.slurm_down_s,
             "victim": victim,
             "nodes_before": nodes,
@@ -85,7 +93,9 @@ def measure(steps: int, ckpt_every: int, step_time: float, keep: bool) -> dict[s
             "final_step": fo.run_row.get("last_step"),
             "attempts": fo.run_row.get("attempt"),
             "sinfo_reason": cluster.drain_reasons().get(victim),
-            "steps": steps, "ckpt_every": ckpt_every, "step_time_s": step_time,
+            "steps": steps,
+            "ckpt_every": ckpt_every,
+            "step_time_s": step_time,
             "error": error,
         }
         return result
@@ -116,10 +126,13 @@ def main() -> int:
     t0 = time.monotonic()
     result = measure(a.steps, a.ckpt_every, a.step_time, a.keep)
     result["wall_s"] = round(time.monotonic() - t0, 1)
-    ok = (isinstance(result["detect_s"], float) and result["detect_s"] <= 5
-          and result["error"] is None
-          and result["resumed_from_step"] == result["last_checkpoint_step"]
-          and bool(result["drained_before_slurm_down"]))
+    ok = (
+        isinstance(result["detect_s"], float)
+        and result["detect_s"] <= 5
+        and result["error"] is None
+        and result["resumed_from_step"] == result["last_checkpoint_step"]
+        and bool(result["drained_before_slurm_down"])
+    )
     result["ok"] = ok
     print(json.dumps(result, sort_keys=True))
     return 0 if ok else 1

@@ -43,41 +43,86 @@ from trainwarden.supervisor.store import open_store, upgrade
 
 
 def health_report(node: str, seq: int) -> bytes:
-    probes = [ProbeReport(probe=name, health=Health.HEALTHY, reason="ok",
-                          values={f"v{i}": float(i) for i in range(12)})
-              for name in ("gpu", "network", "storage:/capstor", "host")]
-    return encode(HealthReport(node=node, ts=time.time(), seq=seq, overall=Health.HEALTHY,
-                               probes=probes))
+    probes = [
+        ProbeReport(
+            probe=name,
+            health=Health.HEALTHY,
+            reason="ok",
+            values={f"v{i}": float(i) for i in range(12)},
+        )
+        for name in ("gpu", "network", "storage:/capstor", "host")
+    ]
+    return encode(
+        HealthReport(node=node, ts=time.time(), seq=seq, overall=Health.HEALTHY, probes=probes)
+    )
 
 
 async def measure(nodes: int, rounds: int, url: str) -> dict[str, object]:
     store = AsyncStore(open_store(url))
     names = [f"nid{i:06d}" for i in range(nodes)]
     with tempfile.TemporaryDirectory() as logs:
-        sup = Supervisor(CoreConfig(), SystemClock(), store, LocalScheduler(names[:1], logs),
-                         PolicyEngine(load_policy()), Metrics())
-        beats = [(node_topic(n, "heartbeat"),
-                  encode(Heartbeat(node=n, ts=time.time(), seq=1, interval_s=5.0)))
-                 for n in names]
+        sup = Supervisor(
+            CoreConfig(),
+            SystemClock(),
+            store,
+            LocalScheduler(names[:1], logs),
+            PolicyEngine(load_policy()),
+            Metrics(),
+        )
+        beats = [
+            (
+                node_topic(n, "heartbeat"),
+                encode(Heartbeat(node=n, ts=time.time(), seq=1, interval_s=5.0)),
+            )
+            for n in names
+        ]
         reports = [(node_topic(n, "health"), health_report(n, 1)) for n in names]
         ranks = min(nodes * 4, 16_384)
         # a registered run, so step reports go through the hang and straggler detectors
-        sup.state.runs["llm"] = RunInfo("llm", "local", RunSpec(
-            command=("true",), nodes=nodes, checkpoint_dir=logs), time.time(), attempt=1)
+        sup.state.runs["llm"] = RunInfo(
+            "llm",
+            "local",
+            RunSpec(command=("true",), nodes=nodes, checkpoint_dir=logs),
+            time.time(),
+            attempt=1,
+        )
         sup.progress.start_attempt("llm", 1, time.time())
 
         def step_round(k: int) -> list[tuple[str, bytes]]:
-            return [(steps_topic("llm", r), encode(StepReport(
-                run="llm", attempt=1, rank=r, node=names[r // 4 % nodes], group=None,
-                samples=[StepSample(step=3 * k + s, step_s=5.0, compute_s=4.0 + 0.01 * (r % 7),
-                                    ts=time.time()) for s in range(1, 4)])))
-                for r in range(ranks)]
+            return [
+                (
+                    steps_topic("llm", r),
+                    encode(
+                        StepReport(
+                            run="llm",
+                            attempt=1,
+                            rank=r,
+                            node=names[r // 4 % nodes],
+                            group=None,
+                            samples=[
+                                StepSample(
+                                    step=3 * k + s,
+                                    step_s=5.0,
+                                    compute_s=4.0 + 0.01 * (r % 7),
+                                    ts=time.time(),
+                                )
+                                for s in range(1, 4)
+                            ],
+                        )
+                    ),
+                )
+                for r in range(ranks)
+            ]
+
         for topic, payload in beats:  # first sight of every node (events: node online)
             await sup.handle(topic, payload)
         await store.flush()
         out: dict[str, object] = {"nodes": nodes, "db": url.split(":", 1)[0]}
-        for label, make in (("heartbeat", lambda k: beats), ("health_report", lambda k: reports),
-                            ("step_report", step_round)):
+        for label, make in (
+            ("heartbeat", lambda k: beats),
+            ("health_report", lambda k: reports),
+            ("step_report", step_round),
+        ):
             per_round = []
             flushes = []
             for k in range(rounds):
@@ -98,8 +143,10 @@ async def measure(nodes: int, rounds: int, url: str) -> dict[str, object]:
         out["straggler_evaluate_ms"] = round(1000 * (time.perf_counter() - t0), 1)
         out["straggler_findings"] = len(findings)
         out["rejected"] = sup.rejected
-        out["note"] = ("one core, one event loop; a node sends a heartbeat every 2-5 s and a "
-                       "health report every 10 s, a rank one step report every ~2 s")
+        out["note"] = (
+            "one core, one event loop; a node sends a heartbeat every 2-5 s and a "
+            "health report every 10 s, a rank one step report every ~2 s"
+        )
     store.close()
     return out
 

@@ -36,11 +36,18 @@ PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 def events_batch(i: int, size: int = 1000) -> StoreBatch:
     b = StoreBatch()
-    b.add_events([
-        Event(ts=i + k / size, kind=EventKind.FAULT, node=f"nid{k % 2688:06d}",
-              message="XID 79: GPU has fallen off the bus", data={"xid": 79, "gpu": k % 4})
-        for k in range(size)
-    ])
+    b.add_events(
+        [
+            Event(
+                ts=i + k / size,
+                kind=EventKind.FAULT,
+                node=f"nid{k % 2688:06d}",
+                message="XID 79: GPU has fallen off the bus",
+                data={"xid": 79, "gpu": k % 4},
+            )
+            for k in range(size)
+        ]
+    )
     return b
 
 
@@ -49,15 +56,19 @@ def flush_batch(i: int) -> StoreBatch:
     for k in range(2000):
         b.heartbeat(f"nid{(i * 2000 + k) % 20000:06d}", float(i))
     b.conditions.extend(
-        Condition(f"nid{(i * 20 + k) % 20000:06d}", ConditionType.NODE_DEGRADED, i % 2 == 0,
-                  "ib link flapping", since=float(i))
+        Condition(
+            f"nid{(i * 20 + k) % 20000:06d}",
+            ConditionType.NODE_DEGRADED,
+            i % 2 == 0,
+            "ib link flapping",
+            since=float(i),
+        )
         for k in range(20)
     )
     return b
 
 
-def measure(url: str, make: Callable[[int], StoreBatch], batches: int, unit: int) -> dict[str,
-                                                                                        Any]:
+def measure(url: str, make: Callable[[int], StoreBatch], batches: int, unit: int) -> dict[str, Any]:
     times: list[float] = []
     cpu: list[float] = []
     with open_store(url) as store:

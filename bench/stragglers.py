@@ -100,8 +100,9 @@ def calibrate(data: Path) -> dict[str, Any]:
             "jitter": sorted([round(bd_jitter, 4), *[round(j, 4) for j in ali_jitter]]),
             "offset_sd": round(_robust_sd(np.array(offsets)), 4),
             "spike_rate": round(len(excess) / n_samples, 4),
-            "spike_excess": [round(float(q), 3) for q in
-                             np.quantile(excess, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])],
+            "spike_excess": [
+                round(float(q), 3) for q in np.quantile(excess, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+            ],
             "common_sd": round(max(common), 4),
             "source": f"derived at run time from {data}",
         }
@@ -128,16 +129,21 @@ class Scenario:
         return (np.arange(self.ranks) // RANKS_PER_NODE) * self.stages // self.nodes
 
 
-def generate(sc: Scenario, cal: dict[str, Any], start: int, stop: int,
-             rng: np.random.Generator, offsets: np.ndarray,
-             stage_factor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def generate(
+    sc: Scenario,
+    cal: dict[str, Any],
+    start: int,
+    stop: int,
+    rng: np.random.Generator,
+    offsets: np.ndarray,
+    stage_factor: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """compute_s (steps x ranks) and step_s for steps [start, stop) of a scenario."""
     n, k = sc.ranks, stop - start
     steps = np.arange(start, stop)
     common = np.exp(cal["common_sd"] * 0.3 * np.sin(steps / 97.0 + sc.seed))
     share = stage_factor / stage_factor.max()  # a stage's compute as a share of the bottleneck's
-    x = (0.85 * sc.step_s * common[:, None] * share[sc.groups()][None, :]
-         * (1 + offsets)[None, :])
+    x = 0.85 * sc.step_s * common[:, None] * share[sc.groups()][None, :] * (1 + offsets)[None, :]
     x = x * (1 + sc.jitter * rng.standard_normal((k, n)))
     spikes = rng.random((k, n)) < cal["spike_rate"]
     if spikes.any():
@@ -168,8 +174,9 @@ class RunResult:
     samples: int
 
 
-def run_scenario(sc: Scenario, cal: dict[str, Any], overrides: dict[str, float] | None = None,
-                 chunk: int = 128) -> RunResult:
+def run_scenario(
+    sc: Scenario, cal: dict[str, Any], overrides: dict[str, float] | None = None, chunk: int = 128
+) -> RunResult:
     rng = np.random.default_rng(sc.seed)
     offsets = cal["offset_sd"] * rng.standard_normal(sc.ranks)
     stage_factor = np.ones(max(sc.stages, 1))
@@ -179,8 +186,7 @@ def run_scenario(sc: Scenario, cal: dict[str, Any], overrides: dict[str, float] 
     det = StragglerDetector(StragglerConfig(**(overrides or {})))
     groups = sc.groups()
     ranks = np.arange(sc.ranks, dtype=np.int64)
-    det.set_roster("sim", {int(r): (f"n{r // RANKS_PER_NODE}", f"stage{groups[r]}")
-                           for r in ranks})
+    det.set_roster("sim", {int(r): (f"n{r // RANKS_PER_NODE}", f"stage{groups[r]}") for r in ranks})
     flags: dict[int, tuple[int, float]] = {}
     base_flags: dict[int, tuple[int, float]] = {}
     grouped: dict[int, tuple[int, float]] = {}
@@ -207,13 +213,19 @@ def run_scenario(sc: Scenario, cal: dict[str, Any], overrides: dict[str, float] 
                 win, win_start = [], now
     if win:
         _baseline_window(np.array(win), base_flags, grouped, groups, sc.steps - 1, now)
-    return RunResult(flags, base_flags, grouped, ends, sc.nodes * now / 3600.0, spent,
-                     sc.ranks * sc.steps)
+    return RunResult(
+        flags, base_flags, grouped, ends, sc.nodes * now / 3600.0, spent, sc.ranks * sc.steps
+    )
 
 
-def _baseline_window(x: np.ndarray, base_flags: dict[int, tuple[int, float]],
-                     grouped: dict[int, tuple[int, float]], groups: np.ndarray, step: int,
-                     now: float) -> None:
+def _baseline_window(
+    x: np.ndarray,
+    base_flags: dict[int, tuple[int, float]],
+    grouped: dict[int, tuple[int, float]],
+    groups: np.ndarray,
+    step: int,
+    now: float,
+) -> None:
     """NVRx relative score over one report window: fastest rank's median / this rank's
     (over all ranks, as published, and -- for fairness -- within each stage)."""
     med = np.median(x, axis=0)
@@ -224,8 +236,10 @@ def _baseline_window(x: np.ndarray, base_flags: dict[int, tuple[int, float]],
     for r in np.flatnonzero(fastest[groups] / med < BASELINE_THRESHOLD):
         grouped.setdefault(int(r) // RANKS_PER_NODE, (step, now))
 
-def plan(rng: np.random.Generator, cal: dict[str, Any], quick: bool) -> tuple[list[Scenario],
-                                                                             list[Scenario]]:
+
+def plan(
+    rng: np.random.Generator, cal: dict[str, Any], quick: bool
+) -> tuple[list[Scenario], list[Scenario]]:
     """Faulty runs per level (mostly 1,024 nodes) and fault-free runs for false flags."""
     faulty: list[Scenario] = []
     seed = 1000
@@ -240,24 +254,46 @@ def plan(rng: np.random.Generator, cal: dict[str, Any], quick: bool) -> tuple[li
             slowed = {}
             for j, node in enumerate(chosen):
                 onset = int(rng.integers(60, 100))
-                on, off = (int(rng.integers(8, 16)), int(rng.integers(4, 12))) if j % 3 == 2 \
-                    else (1, 0)
+                on, off = (
+                    (int(rng.integers(8, 16)), int(rng.integers(4, 12))) if j % 3 == 2 else (1, 0)
+                )
                 slowed[int(node)] = (on, off, onset)
-            faulty.append(Scenario(
-                nodes=nodes, steps=steps, step_s=float(rng.uniform(2.0, 8.0)),
-                jitter=float(cal["jitter"][seed % len(cal["jitter"])]),
-                stages=4 if seed % 2 else 1, level=level, slowed=slowed, seed=seed))
+            faulty.append(
+                Scenario(
+                    nodes=nodes,
+                    steps=steps,
+                    step_s=float(rng.uniform(2.0, 8.0)),
+                    jitter=float(cal["jitter"][seed % len(cal["jitter"])]),
+                    stages=4 if seed % 2 else 1,
+                    level=level,
+                    slowed=slowed,
+                    seed=seed,
+                )
+            )
     jit = cal["jitter"]
-    free_plan = [(64, 3000, 0), (256, 3000, 1), (1024, 1500, 2), (1024, 1500, 0),
-                 (4096, 500, 1), (4096, 500, 2)]
+    free_plan = [
+        (64, 3000, 0),
+        (256, 3000, 1),
+        (1024, 1500, 2),
+        (1024, 1500, 0),
+        (4096, 500, 1),
+        (4096, 500, 2),
+    ]
     if quick:
         free_plan = [(256, 1500, 0), (1024, 600, 1), (4096, 200, 2)]
     clean = []
     for i, (nodes, steps, j) in enumerate(free_plan):
         seed += 1
-        clean.append(Scenario(nodes=nodes, steps=steps, step_s=float(rng.uniform(2.0, 8.0)),
-                              jitter=float(jit[j % len(jit)]), stages=4 if i % 2 else 1,
-                              seed=seed))
+        clean.append(
+            Scenario(
+                nodes=nodes,
+                steps=steps,
+                step_s=float(rng.uniform(2.0, 8.0)),
+                jitter=float(jit[j % len(jit)]),
+                stages=4 if i % 2 else 1,
+                seed=seed,
+            )
+        )
     return faulty, clean
 
 
@@ -271,8 +307,11 @@ def score_level(results: list[tuple[Scenario, RunResult]], which: str) -> dict[s
     lat_steps: list[float] = []
     lat_s: list[float] = []
     for sc, res in results:
-        flags = {"detector": res.flags, "baseline": res.base_flags,
-                 "baseline_grouped": res.grouped_flags}[which]
+        flags = {
+            "detector": res.flags,
+            "baseline": res.base_flags,
+            "baseline_grouped": res.grouped_flags,
+        }[which]
         for node, (step, _t) in flags.items():
             onset = sc.slowed.get(node, (0, 0, None))[2]
             if onset is None or step < onset:
@@ -295,18 +334,31 @@ def score_level(results: list[tuple[Scenario, RunResult]], which: str) -> dict[s
         "recall_within_60s": round(within / injected, 4) if injected else None,
         "precision": round(tp / (tp + fp), 4) if tp + fp else None,
         "false_flags": fp,
-        "latency_steps_median": _pct(lat_steps, 50), "latency_steps_p95": _pct(lat_steps, 95),
-        "latency_s_median": _pct(lat_s, 50), "latency_s_p95": _pct(lat_s, 95),
+        "latency_steps_median": _pct(lat_steps, 50),
+        "latency_steps_p95": _pct(lat_steps, 95),
+        "latency_s_median": _pct(lat_s, 50),
+        "latency_s_p95": _pct(lat_s, 95),
     }
 
 
 def fault_free(results: list[tuple[Scenario, RunResult]]) -> dict[str, Any]:
     hours = sum(r.node_hours for _, r in results)
-    out: dict[str, Any] = {"runs": len(results), "node_hours": round(hours, 1),
-                           "nodes": sorted({sc.nodes for sc, _ in results})}
+    out: dict[str, Any] = {
+        "runs": len(results),
+        "node_hours": round(hours, 1),
+        "nodes": sorted({sc.nodes for sc, _ in results}),
+    }
     for which in ("detector", "baseline", "baseline_grouped"):
-        n = sum(len({"detector": r.flags, "baseline": r.base_flags,
-                     "baseline_grouped": r.grouped_flags}[which]) for _, r in results)
+        n = sum(
+            len(
+                {
+                    "detector": r.flags,
+                    "baseline": r.base_flags,
+                    "baseline_grouped": r.grouped_flags,
+                }[which]
+            )
+            for _, r in results
+        )
         out[which] = {"false_flags": n, "per_10k_node_hours": round(n / hours * 1e4, 3)}
     return out
 
@@ -317,18 +369,20 @@ def real_traces(data: Path) -> dict[str, Any]:
     local = ROOT / "tests" / "stragglers" / "data"
     for t, truth in (("AR", [0]), ("ST", [])):
         src = data / f"bytedance_{t}" / f"per_step_per_rank_{t}.csv"
-        rows = list(bytedance_rows(src)) if src.exists() else load_trace(
-            local / f"bytedance_{t}.csv")
+        rows = (
+            list(bytedance_rows(src)) if src.exists() else load_trace(local / f"bytedance_{t}.csv")
+        )
         res = analyze_rows(rows).as_dict()
         ranks = sorted({f["rank"] for f in res["flagged"] if f["rank"] is not None})
         out[t] = {
             "source": str(src if src.exists() else local / f"bytedance_{t}.csv"),
-            "truth_slow_ranks": truth, "detector_flagged_ranks": ranks,
-            "detector_flagged_nodes": sorted({f["node"] for f in res["flagged"]
-                                              if f["rank"] is None}),
+            "truth_slow_ranks": truth,
+            "detector_flagged_ranks": ranks,
+            "detector_flagged_nodes": sorted(
+                {f["node"] for f in res["flagged"] if f["rank"] is None}
+            ),
             "detector_from_step": min((f["from_step"] for f in res["flagged"]), default=None),
-            "stage_imbalance": [(i["slowest_group"], i["ratio"]) for i in
-                                res["stage_imbalance"]],
+            "stage_imbalance": [(i["slowest_group"], i["ratio"]) for i in res["stage_imbalance"]],
             "baseline_flagged_ranks": _baseline_trace(rows),
             "detector_correct": ranks == truth,
         }
@@ -359,10 +413,13 @@ def measure_cost(cal: dict[str, Any]) -> dict[str, Any]:
         ev += time.perf_counter() - t1
         obs += t1 - t0
     n = sc.ranks * sc.steps
-    return {"ranks": sc.ranks, "steps": sc.steps,
-            "observe_us_per_sample": round(obs / n * 1e6, 2),
-            "evaluate_ms_per_step": round(ev / sc.steps * 1e3, 2),
-            "ms_per_rank_report": round((obs + ev) / n * 1e3, 4)}
+    return {
+        "ranks": sc.ranks,
+        "steps": sc.steps,
+        "observe_us_per_sample": round(obs / n * 1e6, 2),
+        "evaluate_ms_per_step": round(ev / sc.steps * 1e3, 2),
+        "ms_per_rank_report": round((obs + ev) / n * 1e3, 4),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,8 +428,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer and shorter runs")
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="override a StragglerConfig field (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a StragglerConfig field (repeatable)",
+    )
     ap.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
@@ -392,16 +454,29 @@ def main(argv: list[str] | None = None) -> int:
     levels = {}
     for level in LEVELS:
         res = [(sc, r) for sc, r in done if sc.level == level]
-        levels[f"{level:.0%}"] = {w: score_level(res, w) for w in
-                                  ("detector", "baseline", "baseline_grouped")}
+        levels[f"{level:.0%}"] = {
+            w: score_level(res, w) for w in ("detector", "baseline", "baseline_grouped")
+        }
     by_noise: dict[str, Any] = {}
     for jitter in sorted({sc.jitter for sc, _ in done}):
         by_noise[f"jitter {jitter:.2%}"] = {
-            f"{lv:.0%}": {k: v for k, v in score_level(
-                [(sc, r) for sc, r in done if sc.level == lv and sc.jitter == jitter],
-                "detector").items() if k in ("injected", "recall", "recall_within_60s",
-                                             "latency_steps_median", "latency_s_p95")}
-            for lv in LEVELS}
+            f"{lv:.0%}": {
+                k: v
+                for k, v in score_level(
+                    [(sc, r) for sc, r in done if sc.level == lv and sc.jitter == jitter],
+                    "detector",
+                ).items()
+                if k
+                in (
+                    "injected",
+                    "recall",
+                    "recall_within_60s",
+                    "latency_steps_median",
+                    "latency_s_p95",
+                )
+            }
+            for lv in LEVELS
+        }
     at_1024 = {}
     for level in LEVELS:
         res = [(sc, r) for sc, r in done if sc.level == level and sc.nodes == 1024]
@@ -414,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     big = [lv for lv in LEVELS if lv >= 0.10]
     checks = {
         "recall_ge_0.95_within_60s_for_ge_10pct_at_1024": all(
-            (at_1024[f"{lv:.0%}"]["recall_within_60s"] or 0) >= 0.95 for lv in big),
+            (at_1024[f"{lv:.0%}"]["recall_within_60s"] or 0) >= 0.95 for lv in big
+        ),
         "false_flags_le_1_per_10k_node_hours": ff["detector"]["per_10k_node_hours"] <= 1.0,
         "finds_5pct": (levels["5%"]["detector"]["recall"] or 0) >= 0.9,
         "cost_le_1ms_per_rank_report": cost["ms_per_rank_report"] <= 1.0,
@@ -423,17 +499,26 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "command": " ".join(["python", "bench/stragglers.py", *(argv or sys.argv[1:])]),
         "calibration": cal,
-        "setup": {"ranks_per_node": RANKS_PER_NODE, "faulty_runs": len(faulty),
-                  "fault_free_runs": len(clean), "step_s_range": [2.0, 8.0],
-                  "baseline": f"NVRx relative score < {BASELINE_THRESHOLD} over "
-                              f"{BASELINE_WINDOW_S:g} s report windows, all ranks as peers",
-                  "baseline_grouped": "the same rule with only same-stage ranks as peers",
-                  "workers": args.workers, "config_overrides": overrides},
-        "levels": levels, "detector_at_1024_nodes": at_1024, "detector_by_noise": by_noise,
+        "setup": {
+            "ranks_per_node": RANKS_PER_NODE,
+            "faulty_runs": len(faulty),
+            "fault_free_runs": len(clean),
+            "step_s_range": [2.0, 8.0],
+            "baseline": f"NVRx relative score < {BASELINE_THRESHOLD} over "
+            f"{BASELINE_WINDOW_S:g} s report windows, all ranks as peers",
+            "baseline_grouped": "the same rule with only same-stage ranks as peers",
+            "workers": args.workers,
+            "config_overrides": overrides,
+        },
+        "levels": levels,
+        "detector_at_1024_nodes": at_1024,
+        "detector_by_noise": by_noise,
         "fault_free": ff,
-        "real_traces": real, "cost": cost,
+        "real_traces": real,
+        "cost": cost,
         "bulk_detector_us_per_sample": round(spent / samples * 1e6, 3),
-        "checks": checks, "wall_s": round(time.perf_counter() - t_start, 1),
+        "checks": checks,
+        "wall_s": round(time.perf_counter() - t_start, 1),
     }
     print(json.dumps(out, indent=1))
     return 0

@@ -53,12 +53,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, required=True, help="final step number")
     p.add_argument("--ckpt-every", type=int, required=True, help="checkpoint every K steps")
     p.add_argument("--ckpt-dir", required=True, help="checkpoint and progress-log directory")
-    p.add_argument("--step-time", type=float, default=0.0,
-                   help="extra seconds of 'compute' per step, so demos are watchable")
-    p.add_argument("--slow-factor", type=float,
-                   default=float(os.environ.get("EXAMPLE_SLOW_FACTOR", "1.0")),
-                   help="multiply this process's --step-time (a simulated straggler; "
-                        "default $EXAMPLE_SLOW_FACTOR or 1)")
+    p.add_argument(
+        "--step-time",
+        type=float,
+        default=0.0,
+        help="extra seconds of 'compute' per step, so demos are watchable",
+    )
+    p.add_argument(
+        "--slow-factor",
+        type=float,
+        default=float(os.environ.get("EXAMPLE_SLOW_FACTOR", "1.0")),
+        help="multiply this process's --step-time (a simulated straggler; "
+        "default $EXAMPLE_SLOW_FACTOR or 1)",
+    )
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--batch", type=int, default=32, help="samples per rank per step")
     p.add_argument("--hidden", type=int, default=32)
@@ -74,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
     torch.manual_seed(args.seed)  # identical initial parameters on every rank
     return torch.nn.Sequential(
-        torch.nn.Linear(IN_FEATURES, args.hidden), torch.nn.Tanh(),
+        torch.nn.Linear(IN_FEATURES, args.hidden),
+        torch.nn.Tanh(),
         torch.nn.Linear(args.hidden, 1),
     )
 
@@ -89,17 +97,24 @@ def batch_for(args: argparse.Namespace, step: int, rank: int) -> tuple[torch.Ten
     return x, y
 
 
-def state_of(model: torch.nn.Module, opt: torch.optim.Optimizer, progress: torch.Tensor
-             ) -> dict[str, object]:
+def state_of(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, progress: torch.Tensor
+) -> dict[str, object]:
     model_sd, optim_sd = get_state_dict(model, opt)
     return {"model": model_sd, "optim": optim_sd, "progress": progress}
 
 
-def save(step: int, ckpt_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-         rank: int, reporter: Reporter, log: ProgressLog) -> None:
+def save(
+    step: int,
+    ckpt_dir: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    rank: int,
+    reporter: Reporter,
+    log: ProgressLog,
+) -> None:
     path = ckpt_dir / f"step-{step:08d}"
-    dcp.save(state_of(model, opt, torch.tensor([step], dtype=torch.int64)),
-             checkpoint_id=str(path))
+    dcp.save(state_of(model, opt, torch.tensor([step], dtype=torch.int64)), checkpoint_id=str(path))
     dist.barrier()  # every rank has finished writing; rank 0's .metadata is in place
     log.write(f"ckpt step={step}")
     if rank == 0:
@@ -109,13 +124,19 @@ def save(step: int, ckpt_dir: Path, model: torch.nn.Module, opt: torch.optim.Opt
 def resume(path: str, model: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
     """Load the checkpoint in ``path`` into model and optimizer; return its step."""
     if not (Path(path) / ".metadata").is_file():
-        raise SystemExit(f"train.py: error: TRAINWARDEN_RESUME_FROM={path} is not a complete "
-                         "DCP checkpoint (no .metadata)")
+        raise SystemExit(
+            f"train.py: error: TRAINWARDEN_RESUME_FROM={path} is not a complete "
+            "DCP checkpoint (no .metadata)"
+        )
     progress = torch.zeros(1, dtype=torch.int64)
     state = state_of(model, opt, progress)
     dcp.load(state, checkpoint_id=path)
-    set_state_dict(model, opt, model_state_dict=state["model"],  # type: ignore[arg-type]
-                   optim_state_dict=state["optim"])  # type: ignore[arg-type]
+    set_state_dict(
+        model,
+        opt,
+        model_state_dict=state["model"],  # type: ignore[arg-type]
+        optim_state_dict=state["optim"],
+    )  # type: ignore[arg-type]
     return int(progress.item())
 
 
@@ -174,8 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         step = resume(resume_from, model, opt)
         log.write(f"resume step={step} from={resume_from}")
     if rank == 0:
-        print(f"train: rank 0 of {world}, attempt {attempt}, starting after step {step}, "
-              f"final step {args.steps}", flush=True)
+        print(
+            f"train: rank 0 of {world}, attempt {attempt}, starting after step {step}, "
+            f"final step {args.steps}",
+            flush=True,
+        )
     flag = torch.zeros(1)
     loss_sum = torch.zeros(1)
     mean_loss = float("nan")

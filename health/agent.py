@@ -106,10 +106,14 @@ class Agent:
         self.config = config
         self.hardware = hardware
         self.clock: Clock = clock or SystemClock()
-        self._probes = (list(probes) if probes is not None
-                        else build_probes(config.probes, hardware, self.clock))
-        self._watchers = (list(watchers) if watchers is not None
-                          else build_watchers(config.probes, hardware))
+        self._probes = (
+            list(probes)
+            if probes is not None
+            else build_probes(config.probes, hardware, self.clock)
+        )
+        self._watchers = (
+            list(watchers) if watchers is not None else build_watchers(config.probes, hardware)
+        )
         self._report_seq = 0
         self._heartbeat_seq = 0
         self.connections = 0  # successful connects, for tests and logs
@@ -124,8 +128,9 @@ class Agent:
             results = await run_probes(self._probes, self.config.probes.timeout_s, self.clock)
         except Exception as exc:  # the runner should not raise; the agent must not die if it does
             log.exception("probe runner failed")
-            results = [CheckResult("agent", Health.UNKNOWN, f"probe runner failed: {exc}",
-                                   Action.INSPECT)]
+            results = [
+                CheckResult("agent", Health.UNKNOWN, f"probe runner failed: {exc}", Action.INSPECT)
+            ]
         report = HealthReport(
             node=self.config.node,
             ts=self.clock.now(),
@@ -144,9 +149,15 @@ class Agent:
         loop = asyncio.get_running_loop()
         faults: asyncio.Queue[list[Fault]] = asyncio.Queue(_FAULT_QUEUE_MAX)
         halt = threading.Event()
-        threads = [threading.Thread(target=self._watch, args=(w, loop, faults, halt),
-                                    name=f"tw-watch-{self.config.node}-{w.name}", daemon=True)
-                   for w in self._watchers]
+        threads = [
+            threading.Thread(
+                target=self._watch,
+                args=(w, loop, faults, halt),
+                name=f"tw-watch-{self.config.node}-{w.name}",
+                daemon=True,
+            )
+            for w in self._watchers
+        ]
         for t in threads:
             t.start()
         delay = self.config.reconnect_min_s
@@ -156,14 +167,22 @@ class Agent:
                     await self._session(stop, faults)
                     delay = self.config.reconnect_min_s
                 except aiomqtt.MqttError as exc:
-                    log.warning("agent %s: broker %s:%d: %s; retrying in %.1f s",
-                                self.config.node, self.config.broker_host,
-                                self.config.broker_port, exc, delay)
+                    log.warning(
+                        "agent %s: broker %s:%d: %s; retrying in %.1f s",
+                        self.config.node,
+                        self.config.broker_host,
+                        self.config.broker_port,
+                        exc,
+                        delay,
+                    )
                     await self._sleep_or_stop(delay, stop)
                     delay = min(self.config.reconnect_max_s, delay * 2)
                 except Exception:  # a bug must not take the node's agent down for good
-                    log.exception("agent %s: unexpected error; restarting the session in "
-                                  "%.1f s", self.config.node, self.config.reconnect_max_s)
+                    log.exception(
+                        "agent %s: unexpected error; restarting the session in %.1f s",
+                        self.config.node,
+                        self.config.reconnect_max_s,
+                    )
                     await self._sleep_or_stop(self.config.reconnect_max_s, stop)
         finally:
             halt.set()
@@ -171,11 +190,16 @@ class Agent:
     async def _session(self, stop: asyncio.Event, faults: asyncio.Queue[list[Fault]]) -> None:
         """One broker connection, from connect to stop or loss (raises MqttError on loss)."""
         cfg = self.config
-        will = NodeStatus(node=cfg.node, state="offline", reason="connection lost",
-                          ts=self.clock.now())
+        will = NodeStatus(
+            node=cfg.node, state="offline", reason="connection lost", ts=self.clock.now()
+        )
         client = aiomqtt.Client(
-            cfg.broker_host, cfg.broker_port, identifier=cfg.client_id, clean_session=True,
-            keepalive=cfg.keepalive_s, timeout=cfg.network_timeout_s,
+            cfg.broker_host,
+            cfg.broker_port,
+            identifier=cfg.client_id,
+            clean_session=True,
+            keepalive=cfg.keepalive_s,
+            timeout=cfg.network_timeout_s,
             will=aiomqtt.Will(node_topic(cfg.node, "status"), encode(will), qos=1),
             **cfg.auth.aiomqtt_kwargs(),
         )
@@ -188,9 +212,11 @@ class Agent:
             self.connections += 1
             if self.connections > 1:
                 log.info("agent %s: reconnected to the broker", cfg.node)
-            await self._publish(client, "status",
-                                encode(NodeStatus(node=cfg.node, state="online",
-                                                  ts=self.clock.now())))
+            await self._publish(
+                client,
+                "status",
+                encode(NodeStatus(node=cfg.node, state="online", ts=self.clock.now())),
+            )
             tasks = [
                 asyncio.create_task(self._report_loop(client)),
                 asyncio.create_task(self._heartbeat_loop(client)),
@@ -199,15 +225,23 @@ class Agent:
             ]
             stopper = asyncio.create_task(stop.wait())
             try:
-                done, _ = await asyncio.wait([*tasks, stopper],
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 await _cancel_all([*tasks, stopper])
             if stopper in done:
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                    await self._publish(client, "status", encode(NodeStatus(
-                        node=cfg.node, state="offline", reason="agent stopped",
-                        ts=self.clock.now())))
+                    await self._publish(
+                        client,
+                        "status",
+                        encode(
+                            NodeStatus(
+                                node=cfg.node,
+                                state="offline",
+                                reason="agent stopped",
+                                ts=self.clock.now(),
+                            )
+                        ),
+                    )
                 return
             for t in done:
                 failure = t.exception()
@@ -223,8 +257,12 @@ class Agent:
 
     async def _publish(self, client: aiomqtt.Client, kind: str, payload: bytes) -> None:
         async with asyncio.timeout(self.config.network_timeout_s + 1):
-            await client.publish(node_topic(self.config.node, kind), payload, qos=1,
-                                 timeout=self.config.network_timeout_s)
+            await client.publish(
+                node_topic(self.config.node, kind),
+                payload,
+                qos=1,
+                timeout=self.config.network_timeout_s,
+            )
 
     async def _report_loop(self, client: aiomqtt.Client) -> None:
         interval = self.config.report_interval_s
@@ -243,19 +281,23 @@ class Agent:
         interval = self.config.heartbeat_interval_s
         next_at = self.clock.monotonic()
         while True:
-            beat = Heartbeat(node=self.config.node, ts=self.clock.now(),
-                             seq=self._heartbeat_seq, interval_s=interval)
+            beat = Heartbeat(
+                node=self.config.node,
+                ts=self.clock.now(),
+                seq=self._heartbeat_seq,
+                interval_s=interval,
+            )
             self._heartbeat_seq += 1
             await self._publish(client, "heartbeat", encode(beat))
             next_at += interval
             await self.clock.sleep(max(0.0, next_at - self.clock.monotonic()))
 
-    async def _fault_loop(self, client: aiomqtt.Client, faults: asyncio.Queue[list[Fault]]
-                          ) -> None:
+    async def _fault_loop(self, client: aiomqtt.Client, faults: asyncio.Queue[list[Fault]]) -> None:
         while True:
             batch = await faults.get()
-            report = FaultReport(node=self.config.node, ts=self.clock.now(),
-                                 faults=[FaultModel.of(f) for f in batch])
+            report = FaultReport(
+                node=self.config.node, ts=self.clock.now(), faults=[FaultModel.of(f) for f in batch]
+            )
             try:
                 await self._publish(client, "fault", encode(report))
             except BaseException:
@@ -265,8 +307,12 @@ class Agent:
                     faults.put_nowait(batch)
                 raise
             self.faults_published += len(batch)
-            log.info("agent %s: published %d fault(s): %s", self.config.node, len(batch),
-                     ", ".join(f.kind for f in batch))
+            log.info(
+                "agent %s: published %d fault(s): %s",
+                self.config.node,
+                len(batch),
+                ", ".join(f.kind for f in batch),
+            )
 
     @staticmethod
     async def _watchdog(client: aiomqtt.Client) -> None:
@@ -282,8 +328,13 @@ class Agent:
         finally:
             await _cancel_all([sleeper, stopper])
 
-    def _watch(self, watcher: EventWatcher, loop: asyncio.AbstractEventLoop,
-               out: asyncio.Queue[list[Fault]], halt: threading.Event) -> None:
+    def _watch(
+        self,
+        watcher: EventWatcher,
+        loop: asyncio.AbstractEventLoop,
+        out: asyncio.Queue[list[Fault]],
+        halt: threading.Event,
+    ) -> None:
         """Thread body: block in ``watcher.poll`` and hand faults to the event loop."""
         while not halt.is_set():
             try:
@@ -308,18 +359,29 @@ def _probe_report(result: CheckResult) -> ProbeReport:
         pass
     name = result.probe if len(result.probe) <= 64 else result.probe[:61] + "..."
     trimmed = dataclasses.replace(
-        result, probe=name or "unnamed", reason=result.reason[:2000],
-        faults=tuple(dataclasses.replace(f, kind=f.kind[:64], detail=f.detail[:2000],
-                                         cause=f.cause[:256] if f.cause else f.cause)
-                     for f in result.faults),
-        duration_s=max(0.0, result.duration_s) if math.isfinite(result.duration_s) else 0.0)
+        result,
+        probe=name or "unnamed",
+        reason=result.reason[:2000],
+        faults=tuple(
+            dataclasses.replace(
+                f,
+                kind=f.kind[:64],
+                detail=f.detail[:2000],
+                cause=f.cause[:256] if f.cause else f.cause,
+            )
+            for f in result.faults
+        ),
+        duration_s=max(0.0, result.duration_s) if math.isfinite(result.duration_s) else 0.0,
+    )
     try:
         return ProbeReport.of(trimmed)
     except ValidationError as exc:
-        return ProbeReport(probe=name or "unnamed", health=Health.UNKNOWN,
-                           reason=f"result does not fit the report schema: "
-                                  f"{exc.errors()[0]['msg']}"[:2000],
-                           action=Action.INSPECT)
+        return ProbeReport(
+            probe=name or "unnamed",
+            health=Health.UNKNOWN,
+            reason=f"result does not fit the report schema: {exc.errors()[0]['msg']}"[:2000],
+            action=Action.INSPECT,
+        )
 
 
 async def _cancel_all(tasks: Sequence[asyncio.Task[Any]], timeout_s: float = 5.0) -> None:

@@ -91,7 +91,11 @@ class XidCatalog:
             code = int(row["xid"])
             severity, action = _CLASS_MAP.get(row["supervisor_class_derived"], _DEFAULT_CLASS)
             self._classes[code] = XidClass(
-                code, row["mnemonic"], row["name"], severity, action,
+                code,
+                row["mnemonic"],
+                row["name"],
+                severity,
+                action,
                 row["nvidia_immediate_action"],
             )
         for raw_code, spec in (overrides or {}).items():

@@ -109,7 +109,8 @@ class RealStorage:
             os.unlink(target)
         if back != payload:
             raise ValueError(
-                f"read back {len(back)} bytes that differ from the {len(payload)} written")
+                f"read back {len(back)} bytes that differ from the {len(payload)} written"
+            )
 
 
 class RealHardware:

@@ -24,7 +24,7 @@ def parse_broker(spec: str) -> tuple[str, int]:
         end = text.find("]")
         if end < 0:
             raise HealthError(f"broker address {spec!r} has an unclosed '['")
-        host, rest = text[1:end], text[end + 1:]
+        host, rest = text[1:end], text[end + 1 :]
         if rest:
             if not rest.startswith(":"):
                 raise HealthError(f"broker address {spec!r}: expected ':PORT' after ']'")
@@ -65,9 +65,16 @@ class MqttAuth:
     tls_key: str | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, *, username: str | None = None,
-                 password_file: str | None = None, tls_ca: str | None = None,
-                 tls_cert: str | None = None, tls_key: str | None = None) -> MqttAuth:
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        username: str | None = None,
+        password_file: str | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+    ) -> MqttAuth:
         """Arguments win over TRAINWARDEN_MQTT_USERNAME / _PASSWORD_FILE / _CA / _CERT / _KEY."""
         e = os.environ if env is None else env
         username = username or e.get("TRAINWARDEN_MQTT_USERNAME") or None
@@ -77,15 +84,23 @@ class MqttAuth:
             try:
                 password = Path(password_file).read_text().strip()
             except OSError as exc:
-                raise HealthError(f"cannot read the MQTT password file {password_file}: "
-                                  f"{exc.strerror or exc}") from None
+                raise HealthError(
+                    f"cannot read the MQTT password file {password_file}: {exc.strerror or exc}"
+                ) from None
             if username is None:
                 raise HealthError("an MQTT password file was given without a username")
-        auth = cls(username, password, tls_ca or e.get("TRAINWARDEN_MQTT_CA") or None,
-                   tls_cert or e.get("TRAINWARDEN_MQTT_CERT") or None,
-                   tls_key or e.get("TRAINWARDEN_MQTT_KEY") or None)
-        for what, path in (("CA", auth.tls_ca), ("certificate", auth.tls_cert),
-                           ("key", auth.tls_key)):
+        auth = cls(
+            username,
+            password,
+            tls_ca or e.get("TRAINWARDEN_MQTT_CA") or None,
+            tls_cert or e.get("TRAINWARDEN_MQTT_CERT") or None,
+            tls_key or e.get("TRAINWARDEN_MQTT_KEY") or None,
+        )
+        for what, path in (
+            ("CA", auth.tls_ca),
+            ("certificate", auth.tls_cert),
+            ("key", auth.tls_key),
+        ):
             if path and not Path(path).is_file():
                 raise HealthError(f"MQTT TLS {what} file {path} does not exist")
         return auth
@@ -97,7 +112,8 @@ class MqttAuth:
         kw: dict[str, Any] = {"username": self.username, "password": self.password}
         if self.tls_ca or self.tls_cert:
             kw["tls_params"] = aiomqtt.TLSParameters(
-                ca_certs=self.tls_ca, certfile=self.tls_cert, keyfile=self.tls_key)
+                ca_certs=self.tls_ca, certfile=self.tls_cert, keyfile=self.tls_key
+            )
         return kw
 
     def apply_to_paho(self, client: Any) -> None:
@@ -110,17 +126,24 @@ class MqttAuth:
 
 def add_auth_arguments(parser: Any) -> None:
     """``--mqtt-username``/``--mqtt-password-file``/``--mqtt-ca``/``--mqtt-cert``/``--mqtt-key``."""
-    parser.add_argument("--mqtt-username", default=None,
-                        help="broker user name (or $TRAINWARDEN_MQTT_USERNAME)")
-    parser.add_argument("--mqtt-password-file", default=None,
-                        help="file holding the broker password "
-                             "(or $TRAINWARDEN_MQTT_PASSWORD_FILE)")
+    parser.add_argument(
+        "--mqtt-username", default=None, help="broker user name (or $TRAINWARDEN_MQTT_USERNAME)"
+    )
+    parser.add_argument(
+        "--mqtt-password-file",
+        default=None,
+        help="file holding the broker password (or $TRAINWARDEN_MQTT_PASSWORD_FILE)",
+    )
     parser.add_argument("--mqtt-ca", default=None, help="CA file: connect with TLS")
     parser.add_argument("--mqtt-cert", default=None, help="client certificate for TLS")
     parser.add_argument("--mqtt-key", default=None, help="client key for TLS")
 
 
 def auth_from_args(args: Any) -> MqttAuth:
-    return MqttAuth.from_env(username=args.mqtt_username,
-                             password_file=args.mqtt_password_file, tls_ca=args.mqtt_ca,
-                             tls_cert=args.mqtt_cert, tls_key=args.mqtt_key)
+    return MqttAuth.from_env(
+        username=args.mqtt_username,
+        password_file=args.mqtt_password_file,
+        tls_ca=args.mqtt_ca,
+        tls_cert=args.mqtt_cert,
+        tls_key=args.mqtt_key,
+    )

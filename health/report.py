@@ -205,8 +205,11 @@ def control_topic(run: str) -> str:
     return f"{TOPIC_PREFIX}/run/{check_name('run', run)}/control"
 
 
-SUBSCRIPTIONS = (f"{TOPIC_PREFIX}/node/+/+", f"{TOPIC_PREFIX}/run/+/steps/+",
-                 f"{TOPIC_PREFIX}/run/+/checkpoint")
+SUBSCRIPTIONS = (
+    f"{TOPIC_PREFIX}/node/+/+",
+    f"{TOPIC_PREFIX}/run/+/steps/+",
+    f"{TOPIC_PREFIX}/run/+/checkpoint",
+)
 
 
 def encode(msg: BaseModel) -> bytes:

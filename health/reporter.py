@@ -119,8 +119,15 @@ class Reporter:
             attempt = int(e.get("TRAINWARDEN_ATTEMPT", "0"))
             rank = int(e.get("RANK", "0"))
             kwargs.setdefault("auth", MqttAuth.from_env(e) if broker else None)
-            return cls(broker, run, attempt, rank, e.get("TRAINWARDEN_NODE") or None,
-                       e.get("TRAINWARDEN_GROUP") or None, **kwargs)
+            return cls(
+                broker,
+                run,
+                attempt,
+                rank,
+                e.get("TRAINWARDEN_NODE") or None,
+                e.get("TRAINWARDEN_GROUP") or None,
+                **kwargs,
+            )
         except (ValueError, TrainwardenError) as exc:
             log.warning("trainwarden reporter disabled: %s", exc)
             return cls(None, "unnamed", 0, 0, "localhost")
@@ -129,8 +136,7 @@ class Reporter:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                             clean_session=True)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         self._auth.apply_to_paho(client)
         client.max_queued_messages_set(1000)
         client.reconnect_delay_set(min_delay=1, max_delay=15)
@@ -140,8 +146,9 @@ class Reporter:
         self._client = client
         client.connect_async(host, port, keepalive=30)
         client.loop_start()
-        self._thread = threading.Thread(target=self._flusher, name="trainwarden-reporter",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._flusher, name="trainwarden-reporter", daemon=True
+        )
         self._thread.start()
 
     # --- called by the training loop ---------------------------------------------------
@@ -189,8 +196,15 @@ class Reporter:
         """Announce a finished checkpoint; sent at once (QoS 1)."""
         if not self.enabled:
             return
-        report = CheckpointReport(run=self.run, attempt=self.attempt, rank=self.rank,
-                                  node=self.node, step=step, path=path, ts=self._now())
+        report = CheckpointReport(
+            run=self.run,
+            attempt=self.attempt,
+            rank=self.rank,
+            node=self.node,
+            step=step,
+            path=path,
+            ts=self._now(),
+        )
         with self._lock:
             if len(self._ckpts) >= 100:
                 self.stats.checkpoints_dropped += 1
@@ -234,16 +248,18 @@ class Reporter:
 
     # --- background side -----------------------------------------------------------------
 
-    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason: Any,
-                    _props: Any = None) -> None:
+    def _on_connect(
+        self, client: Any, _userdata: Any, _flags: Any, reason: Any, _props: Any = None
+    ) -> None:
         if getattr(reason, "is_failure", False):
             return
         client.subscribe(control_topic(self.run), qos=1)
         self._connected.set()
         self._wake.set()
 
-    def _on_disconnect(self, _client: Any, _userdata: Any, _flags: Any, _reason: Any,
-                       _props: Any = None) -> None:
+    def _on_disconnect(
+        self, _client: Any, _userdata: Any, _flags: Any, _reason: Any, _props: Any = None
+    ) -> None:
         self._connected.clear()
 
     def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
@@ -297,13 +313,19 @@ class Reporter:
             return
         try:
             report = StepReport(
-                run=self.run, attempt=self.attempt, rank=self.rank, node=self.node,
+                run=self.run,
+                attempt=self.attempt,
+                rank=self.rank,
+                node=self.node,
                 group=self.group,
                 samples=[StepSample(step=s, step_s=d, compute_s=c, ts=t) for s, d, c, t in batch],
             )
         except ValidationError as exc:
-            log.warning("trainwarden reporter: dropping %d invalid step samples: %s",
-                        len(batch), exc.errors()[0]["msg"])
+            log.warning(
+                "trainwarden reporter: dropping %d invalid step samples: %s",
+                len(batch),
+                exc.errors()[0]["msg"],
+            )
             self.stats.steps_dropped += len(batch)
             return
         info = self._client.publish(steps_topic(self.run, self.rank), encode(report), qos=1)

@@ -20,10 +20,18 @@ from trainwarden.health.probes.registry import ProbeConfig, build_probes
 from trainwarden.health.probes.runner import run_probes
 
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_UNKNOWN = 0, 1, 2, 3
-_EXIT = {Health.HEALTHY: EXIT_OK, Health.DEGRADED: EXIT_WARNING,
-         Health.UNHEALTHY: EXIT_CRITICAL, Health.UNKNOWN: EXIT_UNKNOWN}
-STATUS_WORD = {Health.HEALTHY: "OK", Health.DEGRADED: "WARNING",
-               Health.UNHEALTHY: "CRITICAL", Health.UNKNOWN: "UNKNOWN"}
+_EXIT = {
+    Health.HEALTHY: EXIT_OK,
+    Health.DEGRADED: EXIT_WARNING,
+    Health.UNHEALTHY: EXIT_CRITICAL,
+    Health.UNKNOWN: EXIT_UNKNOWN,
+}
+STATUS_WORD = {
+    Health.HEALTHY: "OK",
+    Health.DEGRADED: "WARNING",
+    Health.UNHEALTHY: "CRITICAL",
+    Health.UNKNOWN: "UNKNOWN",
+}
 GIB = 1024**3
 
 
@@ -53,22 +61,42 @@ class VetReport:
             action = f" [action: {r.action.value}]" if r.action is not Action.NONE else ""
             out.append(f"{STATUS_WORD[r.health]:<8} {r.probe:<18} {r.reason}{action}")
         sim = f" (simulated: {', '.join(self.simulated)})" if self.simulated else ""
-        out.append(f"vet {self.node}: {STATUS_WORD[self.health]} (exit {self.exit_code}) "
-                   f"in {self.duration_s:.2f} s{sim}")
+        out.append(
+            f"vet {self.node}: {STATUS_WORD[self.health]} (exit {self.exit_code}) "
+            f"in {self.duration_s:.2f} s{sim}"
+        )
         return out
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "node": self.node, "status": STATUS_WORD[self.health], "health": self.health.value,
-            "exit_code": self.exit_code, "duration_s": round(self.duration_s, 3),
+            "node": self.node,
+            "status": STATUS_WORD[self.health],
+            "health": self.health.value,
+            "exit_code": self.exit_code,
+            "duration_s": round(self.duration_s, 3),
             "simulated": list(self.simulated),
-            "checks": [{
-                "check": r.probe, "health": r.health.value, "reason": r.reason,
-                "action": r.action.value, "values": dict(r.values),
-                "duration_s": round(r.duration_s, 4),
-                "faults": [{"kind": f.kind, "severity": f.severity.value, "detail": f.detail,
-                            "gpu": f.gpu, "code": f.code, "cause": f.cause} for f in r.faults],
-            } for r in self.results],
+            "checks": [
+                {
+                    "check": r.probe,
+                    "health": r.health.value,
+                    "reason": r.reason,
+                    "action": r.action.value,
+                    "values": dict(r.values),
+                    "duration_s": round(r.duration_s, 4),
+                    "faults": [
+                        {
+                            "kind": f.kind,
+                            "severity": f.severity.value,
+                            "detail": f.detail,
+                            "gpu": f.gpu,
+                            "code": f.code,
+                            "cause": f.cause,
+                        }
+                        for f in r.faults
+                    ],
+                }
+                for r in self.results
+            ],
         }
 
 
@@ -96,9 +124,12 @@ class GpuComputeCheck:
             count = self.nvml.device_count()
         except NvmlError as exc:
             if self.expected_gpus:
-                return CheckResult(self.name, Health.UNHEALTHY,
-                                   f"cannot exercise the {self.expected_gpus} expected GPUs "
-                                   f"({exc})", Action.DRAIN)
+                return CheckResult(
+                    self.name,
+                    Health.UNHEALTHY,
+                    f"cannot exercise the {self.expected_gpus} expected GPUs ({exc})",
+                    Action.DRAIN,
+                )
             return CheckResult(self.name, Health.HEALTHY, f"skipped: no GPU to exercise ({exc})")
         if not self.use_torch:
             return self._with_nvml(count, "simulated GPUs")
@@ -123,11 +154,14 @@ class GpuComputeCheck:
             if free < self.alloc_bytes:
                 short.append(f"GPU {i}: only {free / GIB:.1f} GiB free")
         if short:
-            return CheckResult(self.name, Health.UNHEALTHY, "; ".join(short), Action.DRAIN,
-                               values)
-        return CheckResult(self.name, Health.HEALTHY,
-                           f"{count} GPUs have {self.alloc_bytes / GIB:.0f} GiB free per NVML "
-                           f"(no matmul: {why})", Action.NONE, values)
+            return CheckResult(self.name, Health.UNHEALTHY, "; ".join(short), Action.DRAIN, values)
+        return CheckResult(
+            self.name,
+            Health.HEALTHY,
+            f"{count} GPUs have {self.alloc_bytes / GIB:.0f} GiB free per NVML (no matmul: {why})",
+            Action.NONE,
+            values,
+        )
 
     def _with_torch(self, torch: Any, count: int) -> CheckResult:
         values: dict[str, Value] = {"method": "torch"}
@@ -150,9 +184,14 @@ class GpuComputeCheck:
                 bad.append(f"GPU {i}: {type(exc).__name__}: {exc}")
         if bad:
             return CheckResult(self.name, Health.UNHEALTHY, "; ".join(bad), Action.DRAIN, values)
-        return CheckResult(self.name, Health.HEALTHY,
-                           f"{count} GPUs allocated {self.alloc_bytes / GIB:.0f} GiB and "
-                           f"multiplied {n}x{n} correctly", Action.NONE, values)
+        return CheckResult(
+            self.name,
+            Health.HEALTHY,
+            f"{count} GPUs allocated {self.alloc_bytes / GIB:.0f} GiB and "
+            f"multiplied {n}x{n} correctly",
+            Action.NONE,
+            values,
+        )
 
 
 def _load_torch() -> Any:
@@ -167,8 +206,7 @@ def active_checks(config: ProbeConfig, hardware: Hardware) -> list[Probe]:
     checks: list[Probe] = []
     if config.is_enabled("gpu"):
         simulated = bool(getattr(hardware, "simulated", False))
-        checks.append(GpuComputeCheck(hardware.nvml, config.expected_gpus,
-                                      use_torch=not simulated))
+        checks.append(GpuComputeCheck(hardware.nvml, config.expected_gpus, use_torch=not simulated))
     return checks
 
 
@@ -213,9 +251,7 @@ async def vet(
     window = min(max(0.0, window_s), config.timeout_s / 2)
     rated = {id(p) for p in counters}
     timed: list[Probe] = [
-        _AfterWindow(p, window) if id(p) in rated and window > 0 else p
-        for p in probes
+        _AfterWindow(p, window) if id(p) in rated and window > 0 else p for p in probes
     ]
-    results = await run_probes([*timed, *active_checks(config, hardware)], config.timeout_s,
-                               clock)
+    results = await run_probes([*timed, *active_checks(config, hardware)], config.timeout_s, clock)
     return VetReport(hardware.node, tuple(results), time.perf_counter() - start)

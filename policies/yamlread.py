@@ -158,8 +158,11 @@ class Reader:
 
     def _in_range(self, v: float, lo: float | None, hi: float | None, path: str) -> bool:
         if (lo is not None and v < lo) or (hi is not None and v > hi):
-            self.error(path, f"{v} is out of range [{lo if lo is not None else '-inf'}, "
-                             f"{hi if hi is not None else 'inf'}]")
+            self.error(
+                path,
+                f"{v} is out of range [{lo if lo is not None else '-inf'}, "
+                f"{hi if hi is not None else 'inf'}]",
+            )
             return False
         return True
 

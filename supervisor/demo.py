@@ -77,9 +77,16 @@ class DemoResult:
 class Timeline:
     """Prints the story as it happens: one line per event that matters to a person."""
 
-    SHOWN = {EventKind.FAULT, EventKind.NODE_OFFLINE, EventKind.CONDITION_CHANGED,
-             EventKind.ACTION, EventKind.RUN_STARTED, EventKind.CHECKPOINT_SAVED,
-             EventKind.ATTEMPT_ENDED, EventKind.RUN_PROGRESS_STALLED}
+    SHOWN = {
+        EventKind.FAULT,
+        EventKind.NODE_OFFLINE,
+        EventKind.CONDITION_CHANGED,
+        EventKind.ACTION,
+        EventKind.RUN_STARTED,
+        EventKind.CHECKPOINT_SAVED,
+        EventKind.ATTEMPT_ENDED,
+        EventKind.RUN_PROGRESS_STALLED,
+    }
 
     def __init__(self, out: TextIO, t0: float) -> None:
         from rich.console import Console
@@ -89,8 +96,10 @@ class Timeline:
         self.seen = 0
 
     def say(self, text: str, style: str = "") -> None:
-        self.console.print(f"[dim]t+{time.time() - self.t0:6.1f}s[/dim]  "
-                           + (f"[{style}]{text}[/{style}]" if style else text))
+        self.console.print(
+            f"[dim]t+{time.time() - self.t0:6.1f}s[/dim]  "
+            + (f"[{style}]{text}[/{style}]" if style else text)
+        )
 
     def show(self, history: list[Event]) -> None:
         for ev in history:
@@ -99,13 +108,17 @@ class Timeline:
             self.seen = ev.id
             if ev.kind not in self.SHOWN:
                 continue
-            style = {EventKind.FAULT: "bold red", EventKind.ACTION: "bold yellow",
-                     EventKind.RUN_STARTED: "green", EventKind.CONDITION_CHANGED: "red"}.get(
-                ev.kind, "")
+            style = {
+                EventKind.FAULT: "bold red",
+                EventKind.ACTION: "bold yellow",
+                EventKind.RUN_STARTED: "green",
+                EventKind.CONDITION_CHANGED: "red",
+            }.get(ev.kind, "")
             who = ev.node or ev.run or ""
-            self.console.print(f"[dim]t+{ev.ts - self.t0:6.1f}s[/dim]  {ev.kind.value:<17} "
-                               f"{who:<6} " + (f"[{style}]{ev.message}[/{style}]" if style
-                                               else ev.message))
+            self.console.print(
+                f"[dim]t+{ev.ts - self.t0:6.1f}s[/dim]  {ev.kind.value:<17} "
+                f"{who:<6} " + (f"[{style}]{ev.message}[/{style}]" if style else ev.message)
+            )
 
 
 async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
@@ -113,15 +126,21 @@ async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
     from trainwarden.supervisor.store.migrate import upgrade
 
     if not EXAMPLE.is_file():
-        raise ConfigError(f"the example training job is missing: {EXAMPLE} (run the demo from "
-                          "a checkout of trainwarden)")
+        raise ConfigError(
+            f"the example training job is missing: {EXAMPLE} (run the demo from "
+            "a checkout of trainwarden)"
+        )
     started = time.time()
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="trainwarden-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     if cfg.scenario not in SCENARIOS:
         raise ConfigError(f"unknown demo scenario {cfg.scenario!r}: use one of {SCENARIOS}")
-    result = DemoResult(scenario=cfg.scenario, target_step=cfg.steps,
-                        checkpoint_interval=cfg.ckpt_every, workdir=str(work))
+    result = DemoResult(
+        scenario=cfg.scenario,
+        target_step=cfg.steps,
+        checkpoint_interval=cfg.ckpt_every,
+        workdir=str(work),
+    )
     policy = None
     if cfg.scenario == "straggler":  # a policy that evicts stragglers (checkpoint first)
         from importlib import resources
@@ -135,42 +154,84 @@ async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
     async with EmbeddedBroker(port=0) as broker:
         tl.say(f"embedded MQTT broker on 127.0.0.1:{broker.port}")
         sched = LocalScheduler(names, work / "logs")
-        dcfg = DaemonConfig(db_url=db_url, broker_port=broker.port, api_port=0,
-                            scheduler="local", local_nodes=tuple(names),
-                            client_id="trainwarden-demo-daemon", policy_file=policy,
-                            core=CoreConfig(will_confirm_s=1.5, hang_floor_s=10.0,
-                                            startup_timeout_s=120.0, settle_s=2.0))
+        dcfg = DaemonConfig(
+            db_url=db_url,
+            broker_port=broker.port,
+            api_port=0,
+            scheduler="local",
+            local_nodes=tuple(names),
+            client_id="trainwarden-demo-daemon",
+            policy_file=policy,
+            core=CoreConfig(
+                will_confirm_s=1.5, hang_floor_s=10.0, startup_timeout_s=120.0, settle_s=2.0
+            ),
+        )
         daemon = Daemon(dcfg, scheduler=sched)
         stop = asyncio.Event()
         dtask = asyncio.create_task(daemon.run(stop))
         hw = {n: SimulatedHardware(n, gpus=4, state_dir=work / "hw" / n) for n in names}
         agent_stop = asyncio.Event()
-        agents = [asyncio.create_task(Agent(AgentConfig(
-            node=n, broker_port=broker.port, report_interval_s=5.0, heartbeat_interval_s=1.0,
-            probes=ProbeConfig(expected_gpus=4, storage_paths=(str(work),), timeout_s=3.0),
-        ), hw[n]).run(agent_stop)) for n in names]
+        agents = [
+            asyncio.create_task(
+                Agent(
+                    AgentConfig(
+                        node=n,
+                        broker_port=broker.port,
+                        report_interval_s=5.0,
+                        heartbeat_interval_s=1.0,
+                        probes=ProbeConfig(
+                            expected_gpus=4, storage_paths=(str(work),), timeout_s=3.0
+                        ),
+                    ),
+                    hw[n],
+                ).run(agent_stop)
+            )
+            for n in names
+        ]
         try:
-            await _wait(lambda: daemon.ready.is_set() and daemon.sup is not None, 30,
-                        "the daemon did not start")
+            await _wait(
+                lambda: daemon.ready.is_set() and daemon.sup is not None,
+                30,
+                "the daemon did not start",
+            )
             sup = daemon.sup
             assert sup is not None
             tl.say(f"daemon up; operator API {daemon.api_url}")
-            await _wait(lambda: all(n in sup.state.nodes and
-                                    sup.state.nodes[n].last_heartbeat_at for n in names),
-                        20, "agents did not report")
+            await _wait(
+                lambda: all(
+                    n in sup.state.nodes and sup.state.nodes[n].last_heartbeat_at for n in names
+                ),
+                20,
+                "agents did not report",
+            )
             tl.say(f"{len(names)} simulated nodes reporting: {', '.join(names)}")
             ckpt = work / "checkpoints"
             spec = RunSpec(
-                command=(sys.executable, "-m", "torch.distributed.run", "--nnodes={nnodes}",
-                         "--node-rank={node_rank}", "--nproc-per-node=1",
-                         "--master-addr={master_addr}", "--master-port={master_port}",
-                         str(EXAMPLE), "--steps", str(cfg.steps), "--ckpt-every",
-                         str(cfg.ckpt_every), "--ckpt-dir", str(ckpt), "--step-time",
-                         str(cfg.step_time_s)),
-                nodes=cfg.nodes, min_nodes=2, checkpoint_dir=str(ckpt),
-                env={"TRAINWARDEN_BROKER": f"127.0.0.1:{broker.port}",
-                     "OMP_NUM_THREADS": "1"},
-                target_step=cfg.steps)
+                command=(
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--nnodes={nnodes}",
+                    "--node-rank={node_rank}",
+                    "--nproc-per-node=1",
+                    "--master-addr={master_addr}",
+                    "--master-port={master_port}",
+                    str(EXAMPLE),
+                    "--steps",
+                    str(cfg.steps),
+                    "--ckpt-every",
+                    str(cfg.ckpt_every),
+                    "--ckpt-dir",
+                    str(ckpt),
+                    "--step-time",
+                    str(cfg.step_time_s),
+                ),
+                nodes=cfg.nodes,
+                min_nodes=2,
+                checkpoint_dir=str(ckpt),
+                env={"TRAINWARDEN_BROKER": f"127.0.0.1:{broker.port}", "OMP_NUM_THREADS": "1"},
+                target_step=cfg.steps,
+            )
             run = await ops.add_run(sup, "demo", "local", spec, "demo")
             injected_at: float | None = None
             deadline = time.time() + cfg.timeout_s
@@ -178,11 +239,19 @@ async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
                 tl.show(list(sup.history))
                 if run.phase in (RunPhase.COMPLETED, RunPhase.GAVE_UP):
                     break
-                if (injected_at is None and run.attempt == 1 and run.last_step is not None
-                        and run.last_step >= cfg.fault_at_step and run.nodes):
+                if (
+                    injected_at is None
+                    and run.attempt == 1
+                    and run.last_step is not None
+                    and run.last_step >= cfg.fault_at_step
+                    and run.nodes
+                ):
                     victim = run.nodes[-1]
-                    kind = {"gpu-fault": cfg.fault, "straggler": f"slowdown x{cfg.slowdown:g}",
-                            "hang": "rank frozen"}[cfg.scenario]
+                    kind = {
+                        "gpu-fault": cfg.fault,
+                        "straggler": f"slowdown x{cfg.slowdown:g}",
+                        "hang": "rank frozen",
+                    }[cfg.scenario]
                     result.fault = {"node": victim, "kind": kind, "at_step": run.last_step}
                     result.last_checkpoint_before_fault = run.last_checkpoint_step
                     injected_at = time.time()
@@ -193,27 +262,40 @@ async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
                         sched.throttle(victim, cfg.slowdown)  # e.g. a thermally throttled GPU
                     else:
                         sched.throttle(victim, float("inf"))  # the rank hangs (SIGSTOP)
-                    tl.say(f"INJECT {kind} on {victim} at step {run.last_step} "
-                           f"(last checkpoint: step {run.last_checkpoint_step})", "bold magenta")
+                    tl.say(
+                        f"INJECT {kind} on {victim} at step {run.last_step} "
+                        f"(last checkpoint: step {run.last_checkpoint_step})",
+                        "bold magenta",
+                    )
                 await asyncio.sleep(0.2)
             tl.show(list(sup.history))
             result.restarts = run.restarts
             result.resumed_from_step = run.resumed_from_step
             result.final_step = run.last_step
-            result.drained = sorted(n.name for n in await sched.nodes()
-                                    if n.state.value in ("drained", "draining"))
+            result.drained = sorted(
+                n.name for n in await sched.nodes() if n.state.value in ("drained", "draining")
+            )
             if injected_at is not None:
                 victim = result.fault["node"]
-                kinds = {"gpu-fault": (EventKind.FAULT, EventKind.CONDITION_CHANGED),
-                         "straggler": (EventKind.STRAGGLER_FLAGGED,),
-                         "hang": (EventKind.RUN_PROGRESS_STALLED,)}[cfg.scenario]
-                detected = [e.ts for e in sup.history if e.kind in kinds
-                            and e.ts >= injected_at
-                            and (e.node == victim or cfg.scenario == "hang")]
+                kinds = {
+                    "gpu-fault": (EventKind.FAULT, EventKind.CONDITION_CHANGED),
+                    "straggler": (EventKind.STRAGGLER_FLAGGED,),
+                    "hang": (EventKind.RUN_PROGRESS_STALLED,),
+                }[cfg.scenario]
+                detected = [
+                    e.ts
+                    for e in sup.history
+                    if e.kind in kinds
+                    and e.ts >= injected_at
+                    and (e.node == victim or cfg.scenario == "hang")
+                ]
                 if detected:
                     result.detected_after_s = round(min(detected) - injected_at, 3)
-                if run.failure_steps and run.failure_steps[0] is not None \
-                        and run.resumed_from_step is not None:
+                if (
+                    run.failure_steps
+                    and run.failure_steps[0] is not None
+                    and run.resumed_from_step is not None
+                ):
                     result.steps_lost = max(0, run.failure_steps[0] - run.resumed_from_step)
             result.recovered = _recovered(cfg, result, run, sup)
         finally:
@@ -227,29 +309,43 @@ async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
     result.wall_s = round(time.time() - started, 1)
     if not cfg.keep and cfg.workdir is None and result.recovered:
         shutil.rmtree(work, ignore_errors=True)
-    tl.say(("RECOVERED" if result.recovered else "NOT RECOVERED") +
-           f": final step {result.final_step}/{cfg.steps}, resumed from step "
-           f"{result.resumed_from_step}, drained {result.drained}, "
-           f"{result.wall_s:.0f} s", "bold green" if result.recovered else "bold red")
+    tl.say(
+        ("RECOVERED" if result.recovered else "NOT RECOVERED")
+        + f": final step {result.final_step}/{cfg.steps}, resumed from step "
+        f"{result.resumed_from_step}, drained {result.drained}, "
+        f"{result.wall_s:.0f} s",
+        "bold green" if result.recovered else "bold red",
+    )
     return result
 
 
 def _recovered(cfg: DemoConfig, result: DemoResult, run: Any, sup: Any) -> bool:
     """What "recovered" means for each scenario."""
-    finished = (run.phase is RunPhase.COMPLETED and result.final_step == cfg.steps
-                and bool(result.fault) and result.detected_after_s is not None
-                and result.restarts >= 1)
+    finished = (
+        run.phase is RunPhase.COMPLETED
+        and result.final_step == cfg.steps
+        and bool(result.fault)
+        and result.detected_after_s is not None
+        and result.restarts >= 1
+    )
     victim = result.fault.get("node", "")
     if not finished:
         return False
     if cfg.scenario == "gpu-fault":
         cond = sup.book.get(victim, ConditionType.GPU_FATAL)
-        return bool(result.drained == [victim] and cond is not None and cond.status
-                    and result.resumed_from_step == result.last_checkpoint_before_fault)
+        return bool(
+            result.drained == [victim]
+            and cond is not None
+            and cond.status
+            and result.resumed_from_step == result.last_checkpoint_before_fault
+        )
     if cfg.scenario == "straggler":  # checkpointed before eviction: resumed from a newer one
-        return bool(result.drained == [victim] and result.resumed_from_step is not None
-                    and result.last_checkpoint_before_fault is not None
-                    and result.resumed_from_step > result.last_checkpoint_before_fault)
+        return bool(
+            result.drained == [victim]
+            and result.resumed_from_step is not None
+            and result.last_checkpoint_before_fault is not None
+            and result.resumed_from_step > result.last_checkpoint_before_fault
+        )
     return not result.drained  # a hang restarts the run but drains nobody without evidence
 
 

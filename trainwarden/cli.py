@@ -20,8 +20,17 @@ from trainwarden.health.errors import TrainwardenError
 # The explicit lists of command modules (no import side effects decide what exists).
 NODE_COMMANDS: tuple[str, ...] = ("agent", "vet", "hw")
 LOGIN_COMMANDS: tuple[str, ...] = (
-    "policy", "sim", "nodes", "drain", "runs", "events", "actions", "stragglers", "db",
-    "daemon", "demo",
+    "policy",
+    "sim",
+    "nodes",
+    "drain",
+    "runs",
+    "events",
+    "actions",
+    "stragglers",
+    "db",
+    "daemon",
+    "demo",
 )
 ORDER: tuple[str, ...] = ("agent", *LOGIN_COMMANDS[:9], "vet", "hw", *LOGIN_COMMANDS[9:])
 

@@ -19,37 +19,81 @@ def register(subparsers: Any) -> None:
         "agent",
         help="run the health agent on this node",
         description="Probe this node's GPUs, interconnect, storage and host and publish the "
-                    "results over MQTT (or print one round with --once).",
+        "results over MQTT (or print one round with --once).",
     )
     from trainwarden.health.mqtt import add_auth_arguments
 
     p.add_argument("--node", help="node name (default: the short hostname)")
-    p.add_argument("--broker", default="127.0.0.1:1883", metavar="HOST:PORT",
-                   help="MQTT broker (default: %(default)s)")
-    p.add_argument("--interval", type=float, default=10.0, metavar="S",
-                   help="seconds between health reports (default: %(default)s)")
-    p.add_argument("--heartbeat", type=float, default=2.0, metavar="S",
-                   help="seconds between heartbeats (default: %(default)s)")
-    p.add_argument("--expect-gpus", type=int, metavar="N",
-                   help="GPUs this node must have (fewer is a fault)")
-    p.add_argument("--storage", action="append", default=[], metavar="PATH",
-                   help="filesystem to check (repeatable; default: /tmp)")
-    p.add_argument("--probe-timeout", type=float, default=10.0, metavar="S",
-                   help="time limit of one probe (default: %(default)s)")
-    p.add_argument("--simulate", action="append", default=[], metavar="FAULT",
-                   help="use simulated hardware with this fault injected (repeatable)")
-    p.add_argument("--simulated-hardware", metavar="STATE_DIR",
-                   help="use simulated hardware kept in STATE_DIR (faults can be injected "
-                        "there by another process while the agent runs)")
-    p.add_argument("--gpus", type=int, default=4, metavar="N",
-                   help="GPUs of the simulated hardware (default: %(default)s)")
-    p.add_argument("--once", action="store_true",
-                   help="run one probe round, print it and exit (no broker needed)")
+    p.add_argument(
+        "--broker",
+        default="127.0.0.1:1883",
+        metavar="HOST:PORT",
+        help="MQTT broker (default: %(default)s)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds between health reports (default: %(default)s)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds between heartbeats (default: %(default)s)",
+    )
+    p.add_argument(
+        "--expect-gpus", type=int, metavar="N", help="GPUs this node must have (fewer is a fault)"
+    )
+    p.add_argument(
+        "--storage",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="filesystem to check (repeatable; default: /tmp)",
+    )
+    p.add_argument(
+        "--probe-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="time limit of one probe (default: %(default)s)",
+    )
+    p.add_argument(
+        "--simulate",
+        action="append",
+        default=[],
+        metavar="FAULT",
+        help="use simulated hardware with this fault injected (repeatable)",
+    )
+    p.add_argument(
+        "--simulated-hardware",
+        metavar="STATE_DIR",
+        help="use simulated hardware kept in STATE_DIR (faults can be injected "
+        "there by another process while the agent runs)",
+    )
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=4,
+        metavar="N",
+        help="GPUs of the simulated hardware (default: %(default)s)",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="run one probe round, print it and exit (no broker needed)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--fabric-domain", default=os.environ.get("TRAINWARDEN_FABRIC_DOMAIN"),
-                   metavar="NAME",
-                   help="the leaf switch / rack / Slingshot group this node's links hang off "
-                        "(site topology); link faults name it as their shared cause")
+    p.add_argument(
+        "--fabric-domain",
+        default=os.environ.get("TRAINWARDEN_FABRIC_DOMAIN"),
+        metavar="NAME",
+        help="the leaf switch / rack / Slingshot group this node's links hang off "
+        "(site topology); link faults name it as their shared cause",
+    )
     add_auth_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     p.set_defaults(func=run)
@@ -61,9 +105,11 @@ def run(args: argparse.Namespace) -> int:
     from trainwarden.health.probes.registry import ProbeConfig
     from trainwarden.health.report import check_name
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     node = check_name("node", args.node or short_hostname())
     if args.interval <= 0 or args.heartbeat <= 0 or args.probe_timeout <= 0:
         raise HealthError("--interval, --heartbeat and --probe-timeout must be positive")
@@ -77,11 +123,13 @@ def run(args: argparse.Namespace) -> int:
     fresh_sim = bool(args.simulate) and args.simulated_hardware is None
     from trainwarden.health.probes.network import NetThresholds
 
-    probe_config = ProbeConfig(expected_gpus=args.expect_gpus,
-                               storage_paths=tuple(args.storage),
-                               timeout_s=args.probe_timeout,
-                               kmsg_from_start=fresh_sim,
-                               network=NetThresholds(fabric_domain=args.fabric_domain))
+    probe_config = ProbeConfig(
+        expected_gpus=args.expect_gpus,
+        storage_paths=tuple(args.storage),
+        timeout_s=args.probe_timeout,
+        kmsg_from_start=fresh_sim,
+        network=NetThresholds(fabric_domain=args.fabric_domain),
+    )
     try:
         hardware = _hardware(args, node, probe_config)
     except (OSError, ValueError) as exc:
@@ -90,9 +138,15 @@ def run(args: argparse.Namespace) -> int:
         node = hardware.node  # an existing simulated node keeps the name it was created with
     from trainwarden.health.mqtt import auth_from_args
 
-    config = AgentConfig(node=node, broker_host=host, broker_port=port,
-                         report_interval_s=args.interval, heartbeat_interval_s=args.heartbeat,
-                         probes=probe_config, auth=auth_from_args(args))
+    config = AgentConfig(
+        node=node,
+        broker_host=host,
+        broker_port=port,
+        report_interval_s=args.interval,
+        heartbeat_interval_s=args.heartbeat,
+        probes=probe_config,
+        auth=auth_from_args(args),
+    )
     agent = Agent(config, hardware)
     if args.once:
         report = asyncio.run(agent.collect())

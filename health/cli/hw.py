@@ -13,12 +13,15 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "hw", help="simulated hardware: list, init, inject and clear faults",
-        description="Manage simulated node hardware kept in a state directory.")
+        "hw",
+        help="simulated hardware: list, init, inject and clear faults",
+        description="Manage simulated node hardware kept in a state directory.",
+    )
     sub = p.add_subparsers(dest="hw_command", metavar="ACTION")
     sub.required = True
-    ls = sub.add_parser("list", help="list the injectable faults (and the active ones with "
-                                     "--state-dir)")
+    ls = sub.add_parser(
+        "list", help="list the injectable faults (and the active ones with --state-dir)"
+    )
     ls.add_argument("--state-dir", metavar="DIR", help="also show this node's active faults")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=run_list)
@@ -44,9 +47,18 @@ def run_list(args: argparse.Namespace) -> int:
 
     active = state.active(_existing(args.state_dir)) if args.state_dir else []
     if args.json:
-        print(json.dumps({"faults": [{"name": n, "persistent": p, "per_gpu": g,
-                                      "description": d} for n, (p, g, d) in FAULTS.items()],
-                          "active": active}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "faults": [
+                        {"name": n, "persistent": p, "per_gpu": g, "description": d}
+                        for n, (p, g, d) in FAULTS.items()
+                    ],
+                    "active": active,
+                },
+                indent=2,
+            )
+        )
         return 0
     for name, (persistent, per_gpu, desc) in FAULTS.items():
         kind = "persistent" if persistent else "event"
@@ -70,8 +82,7 @@ def _existing(path: str) -> Any:
 def run_init(args: argparse.Namespace) -> int:
     from trainwarden.health.sim.hardware import SimulatedHardware
 
-    hw = SimulatedHardware(args.node, gpus=args.gpus, state_dir=args.state_dir,
-                           fabric=args.fabric)
+    hw = SimulatedHardware(args.node, gpus=args.gpus, state_dir=args.state_dir, fabric=args.fabric)
     print(f"simulated node {hw.node} with {hw.gpus} GPUs in {hw.state_dir}")
     return 0
 

@@ -105,8 +105,9 @@ class RealNvml:
                 break
             links.append(bool(state))
             for counter in (nv.NVML_NVLINK_ERROR_DL_REPLAY, nv.NVML_NVLINK_ERROR_DL_RECOVERY):
-                link_errors += int(self._opt(nv.nvmlDeviceGetNvLinkErrorCounter, h, link,
-                                             counter) or 0)
+                link_errors += int(
+                    self._opt(nv.nvmlDeviceGetNvLinkErrorCounter, h, link, counter) or 0
+                )
         mem = self._opt(nv.nvmlDeviceGetMemoryInfo, h)
         procs = self._opt(nv.nvmlDeviceGetComputeRunningProcesses, h) or []
         persistence = self._opt(nv.nvmlDeviceGetPersistenceMode, h)
@@ -143,8 +144,12 @@ class RealNvml:
             event_set = self._call("event set", nv.nvmlEventSetCreate)
             for i in range(self.device_count()):
                 # Some GPUs refuse XID registration; the kernel log still carries them.
-                self._opt(nv.nvmlDeviceRegisterEvents, self._handle(i),
-                          nv.nvmlEventTypeXidCriticalError, event_set)
+                self._opt(
+                    nv.nvmlDeviceRegisterEvents,
+                    self._handle(i),
+                    nv.nvmlEventTypeXidCriticalError,
+                    event_set,
+                )
             self._event_set = event_set
         return self._event_set
 

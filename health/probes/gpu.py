@@ -117,51 +117,91 @@ def _evaluate_one(g: GpuSample, t: GpuThresholds) -> tuple[list[Fault], dict[Fau
             actions[f] = action
 
     if g.ecc_volatile_uncorrected:
-        add(fk.ECC_DBE, Severity.FATAL,
-            f"{g.ecc_volatile_uncorrected} uncorrectable ECC errors since boot", Action.RESET_GPU)
+        add(
+            fk.ECC_DBE,
+            Severity.FATAL,
+            f"{g.ecc_volatile_uncorrected} uncorrectable ECC errors since boot",
+            Action.RESET_GPU,
+        )
     elif g.ecc_aggregate_uncorrected:
-        add(fk.ECC_DBE, Severity.INFO,
-            f"{g.ecc_aggregate_uncorrected} uncorrectable ECC errors over its lifetime")
+        add(
+            fk.ECC_DBE,
+            Severity.INFO,
+            f"{g.ecc_aggregate_uncorrected} uncorrectable ECC errors over its lifetime",
+        )
     if g.remap_failure:
         add(fk.ROW_REMAP_FAILURE, Severity.FATAL, "row remapping failed (needs RMA)", Action.DRAIN)
     elif g.remap_pending or g.retired_pages_pending:
-        add(fk.ROW_REMAP_PENDING, Severity.DEGRADED,
-            "row remap / page retirement pending (reset the GPU)", Action.RESET_GPU)
-    hot = (g.temperature_c is not None and g.slowdown_temp_c is not None
-           and g.temperature_c >= g.slowdown_temp_c - t.temp_margin_c)
-    thermal_bits = g.throttle_reasons & (THROTTLE_HW_THERMAL | THROTTLE_SW_THERMAL
-                                         | THROTTLE_HW_SLOWDOWN)
+        add(
+            fk.ROW_REMAP_PENDING,
+            Severity.DEGRADED,
+            "row remap / page retirement pending (reset the GPU)",
+            Action.RESET_GPU,
+        )
+    hot = (
+        g.temperature_c is not None
+        and g.slowdown_temp_c is not None
+        and g.temperature_c >= g.slowdown_temp_c - t.temp_margin_c
+    )
+    thermal_bits = g.throttle_reasons & (
+        THROTTLE_HW_THERMAL | THROTTLE_SW_THERMAL | THROTTLE_HW_SLOWDOWN
+    )
     if hot or thermal_bits:
-        add(fk.THERMAL_THROTTLE, Severity.DEGRADED,
+        add(
+            fk.THERMAL_THROTTLE,
+            Severity.DEGRADED,
             f"thermal slowdown ({g.temperature_c} C, slowdown at {g.slowdown_temp_c} C, "
-            f"reasons {_throttle_names(g.throttle_reasons) or 'none'})")
+            f"reasons {_throttle_names(g.throttle_reasons) or 'none'})",
+        )
     if g.throttle_reasons & THROTTLE_HW_POWER_BRAKE:
         add(fk.POWER_THROTTLE, Severity.DEGRADED, "hardware power brake engaged")
-    elif (g.power_w is not None and g.power_limit_w
-          and g.power_w > g.power_limit_w * t.power_over_limit_ratio):
-        add(fk.POWER_THROTTLE, Severity.DEGRADED,
-            f"power {g.power_w:.0f} W above limit {g.power_limit_w:.0f} W")
+    elif (
+        g.power_w is not None
+        and g.power_limit_w
+        and g.power_w > g.power_limit_w * t.power_over_limit_ratio
+    ):
+        add(
+            fk.POWER_THROTTLE,
+            Severity.DEGRADED,
+            f"power {g.power_w:.0f} W above limit {g.power_limit_w:.0f} W",
+        )
     # The link width is fixed once trained; the generation drops at idle to save power,
     # so only a narrow link is a fault (a low generation is recorded as a value).
     if g.pcie_width is not None and g.pcie_width_max and g.pcie_width < g.pcie_width_max:
-        add(fk.PCIE_DEGRADED, Severity.DEGRADED,
-            f"PCIe link x{g.pcie_width} of x{g.pcie_width_max} (gen {g.pcie_gen}/{g.pcie_gen_max})")
+        add(
+            fk.PCIE_DEGRADED,
+            Severity.DEGRADED,
+            f"PCIe link x{g.pcie_width} of x{g.pcie_width_max} (gen {g.pcie_gen}/{g.pcie_gen_max})",
+        )
     down = [i for i, up in enumerate(g.nvlink_active) if not up]
     if down:
-        add(fk.NVLINK_DOWN, Severity.FATAL,
-            f"NVLink links {down} of {len(g.nvlink_active)} inactive", Action.RESET_GPU)
-    if (g.process_count == 0 and g.memory_used_bytes is not None
-            and g.memory_used_bytes > t.idle_memory_bytes):
-        add(fk.GPU_MEM_HELD, Severity.DEGRADED,
-            f"{g.memory_used_bytes / GIB:.1f} GiB used with no process on the GPU")
+        add(
+            fk.NVLINK_DOWN,
+            Severity.FATAL,
+            f"NVLink links {down} of {len(g.nvlink_active)} inactive",
+            Action.RESET_GPU,
+        )
+    if (
+        g.process_count == 0
+        and g.memory_used_bytes is not None
+        and g.memory_used_bytes > t.idle_memory_bytes
+    ):
+        add(
+            fk.GPU_MEM_HELD,
+            Severity.DEGRADED,
+            f"{g.memory_used_bytes / GIB:.1f} GiB used with no process on the GPU",
+        )
     if g.persistence_mode is False:
         add("persistence-off", Severity.INFO, "persistence mode off (slower job start)")
     return faults, actions
 
 
 def _values(snap: GpuSnapshot, expected: int | None) -> dict[str, Value]:
-    v: dict[str, Value] = {"nvml_available": snap.nvml_available, "gpu_count": snap.count,
-                           "gpus_expected": expected}
+    v: dict[str, Value] = {
+        "nvml_available": snap.nvml_available,
+        "gpu_count": snap.count,
+        "gpus_expected": expected,
+    }
     if snap.error:
         v["nvml_error"] = snap.error
     for g in snap.gpus:
@@ -178,8 +218,9 @@ def _values(snap: GpuSnapshot, expected: int | None) -> dict[str, Value]:
     return v
 
 
-def nvlink_error_faults(prev: GpuSnapshot | None, cur: GpuSnapshot, dt: float,
-                        t: GpuThresholds) -> list[Fault]:
+def nvlink_error_faults(
+    prev: GpuSnapshot | None, cur: GpuSnapshot, dt: float, t: GpuThresholds
+) -> list[Fault]:
     """Pure: NVLink error counters judged as a rate between two snapshots."""
     if prev is None or dt <= 0:
         return []
@@ -188,14 +229,21 @@ def nvlink_error_faults(prev: GpuSnapshot | None, cur: GpuSnapshot, dt: float,
     for g in cur.gpus:
         delta = g.nvlink_errors - before.get(g.index, g.nvlink_errors)
         if delta > 0 and delta / dt > t.nvlink_errors_per_s:
-            out.append(Fault(NVLINK_ERRORS, Severity.DEGRADED,
-                             f"GPU {g.index}: {delta / dt:.0f} NVLink errors/s "
-                             f"(limit {t.nvlink_errors_per_s:g}/s)", gpu=g.index))
+            out.append(
+                Fault(
+                    NVLINK_ERRORS,
+                    Severity.DEGRADED,
+                    f"GPU {g.index}: {delta / dt:.0f} NVLink errors/s "
+                    f"(limit {t.nvlink_errors_per_s:g}/s)",
+                    gpu=g.index,
+                )
+            )
     return out
 
 
-def evaluate_gpus(snap: GpuSnapshot, t: GpuThresholds, catalog: XidCatalog,
-                  extra: list[Fault] | None = None) -> CheckResult:
+def evaluate_gpus(
+    snap: GpuSnapshot, t: GpuThresholds, catalog: XidCatalog, extra: list[Fault] | None = None
+) -> CheckResult:
     """Pure: a snapshot and thresholds (and faults found by rate) -> the GPU verdict."""
     faults: list[Fault] = []
     actions: dict[Fault, Action] = {}
@@ -203,8 +251,11 @@ def evaluate_gpus(snap: GpuSnapshot, t: GpuThresholds, catalog: XidCatalog,
     values = _values(snap, expected)
     if not snap.nvml_available:
         if expected:
-            f = Fault(fk.GPU_MISSING, Severity.FATAL,
-                      f"expected {expected} GPUs, but NVML is not available ({snap.error})")
+            f = Fault(
+                fk.GPU_MISSING,
+                Severity.FATAL,
+                f"expected {expected} GPUs, but NVML is not available ({snap.error})",
+            )
             return fold("gpu", [f], values, "")
         return fold("gpu", [], values, f"no GPU expected; NVML not available ({snap.error})")
     for i in snap.lost:
@@ -212,11 +263,15 @@ def evaluate_gpus(snap: GpuSnapshot, t: GpuThresholds, catalog: XidCatalog,
         faults.append(f)
         actions[f] = Action.REBOOT
     for i, err in snap.failed:
-        faults.append(Fault(fk.NVML_UNAVAILABLE, Severity.DEGRADED, f"GPU {i}: NVML query failed: "
-                            f"{err}", gpu=i))
+        faults.append(
+            Fault(
+                fk.NVML_UNAVAILABLE, Severity.DEGRADED, f"GPU {i}: NVML query failed: {err}", gpu=i
+            )
+        )
     if expected is not None and snap.count < expected:
-        faults.append(Fault(fk.GPU_MISSING, Severity.FATAL,
-                            f"{snap.count} GPUs visible, {expected} expected"))
+        faults.append(
+            Fault(fk.GPU_MISSING, Severity.FATAL, f"{snap.count} GPUs visible, {expected} expected")
+        )
     for g in snap.gpus:
         f_one, a_one = _evaluate_one(g, t)
         faults.extend(f_one)
@@ -258,7 +313,8 @@ class GpuProbe:
         held = tuple(v[1] for v in self._recent.values())
         snap = read_gpus(self.nvml, held)
         prev = self._prev
-        rates = nvlink_error_faults(prev[1] if prev else None, snap,
-                                    now - prev[0] if prev else 0.0, self.thresholds)
+        rates = nvlink_error_faults(
+            prev[1] if prev else None, snap, now - prev[0] if prev else 0.0, self.thresholds
+        )
         self._prev = (now, snap)
         return evaluate_gpus(snap, self.thresholds, self.catalog, rates)

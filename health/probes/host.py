@@ -62,13 +62,15 @@ def parse_stat_state(text: str) -> str | None:
     end = text.rfind(")")
     if end < 0:
         return None
-    rest = text[end + 1:].split()
+    rest = text[end + 1 :].split()
     return rest[0] if rest else None
 
 
 def count_cpus(stat_text: str) -> int:
-    return sum(1 for line in stat_text.splitlines()
-               if line.startswith("cpu") and line[3:4].isdigit()) or 1
+    return (
+        sum(1 for line in stat_text.splitlines() if line.startswith("cpu") and line[3:4].isdigit())
+        or 1
+    )
 
 
 def read_host(procfs: Path, kernel_lines: list[str]) -> HostSample:
@@ -83,10 +85,16 @@ def read_host(procfs: Path, kernel_lines: list[str]) -> HostSample:
         elif state == "Z":
             zombies += 1
     return HostSample(
-        mem.get("MemTotal"), mem.get("MemAvailable"), mem.get("SwapTotal"), mem.get("SwapFree"),
+        mem.get("MemTotal"),
+        mem.get("MemAvailable"),
+        mem.get("SwapTotal"),
+        mem.get("SwapFree"),
         parse_loadavg(read_text(procfs / "loadavg") or ""),
-        count_cpus(read_text(procfs / "stat") or ""), d_state, zombies,
-        tuple(m for m in kernel_lines if is_oom(m)), tuple(m for m in kernel_lines if is_mce(m)),
+        count_cpus(read_text(procfs / "stat") or ""),
+        d_state,
+        zombies,
+        tuple(m for m in kernel_lines if is_oom(m)),
+        tuple(m for m in kernel_lines if is_mce(m)),
     )
 
 
@@ -94,34 +102,49 @@ def evaluate_host(s: HostSample, t: HostThresholds) -> CheckResult:
     """Pure: host sample -> verdict."""
     faults: list[Fault] = []
     values: dict[str, Value] = {
-        "mem_total_bytes": s.mem_total_bytes, "mem_available_bytes": s.mem_available_bytes,
-        "swap_total_bytes": s.swap_total_bytes, "swap_free_bytes": s.swap_free_bytes,
-        "load1": s.load1, "cpus": s.cpus, "d_state_processes": s.d_state,
-        "zombie_processes": s.zombies, "oom_kills": len(s.oom_lines),
+        "mem_total_bytes": s.mem_total_bytes,
+        "mem_available_bytes": s.mem_available_bytes,
+        "swap_total_bytes": s.swap_total_bytes,
+        "swap_free_bytes": s.swap_free_bytes,
+        "load1": s.load1,
+        "cpus": s.cpus,
+        "d_state_processes": s.d_state,
+        "zombie_processes": s.zombies,
+        "oom_kills": len(s.oom_lines),
         "machine_checks": len(s.mce_lines),
     }
     if s.mem_total_bytes and s.mem_available_bytes is not None:
         ratio = s.mem_available_bytes / s.mem_total_bytes
         values["mem_available_ratio"] = round(ratio, 4)
         if ratio < t.min_available_ratio:
-            faults.append(Fault(fk.HOST_MEMORY_LOW, Severity.DEGRADED,
-                                f"only {ratio:.1%} of memory available"))
+            faults.append(
+                Fault(
+                    fk.HOST_MEMORY_LOW, Severity.DEGRADED, f"only {ratio:.1%} of memory available"
+                )
+            )
     if s.load1 is not None and s.load1 / s.cpus > t.max_load_per_cpu:
-        faults.append(Fault(HOST_LOAD, Severity.DEGRADED,
-                            f"load {s.load1:.1f} on {s.cpus} CPUs"))
+        faults.append(Fault(HOST_LOAD, Severity.DEGRADED, f"load {s.load1:.1f} on {s.cpus} CPUs"))
     if s.d_state > t.max_d_state:
-        faults.append(Fault(fk.HOST_D_STATE, Severity.DEGRADED,
-                            f"{s.d_state} processes in uninterruptible sleep (D state)"))
+        faults.append(
+            Fault(
+                fk.HOST_D_STATE,
+                Severity.DEGRADED,
+                f"{s.d_state} processes in uninterruptible sleep (D state)",
+            )
+        )
     if s.zombies > t.max_zombies:
         faults.append(Fault(HOST_ZOMBIES, Severity.DEGRADED, f"{s.zombies} zombie processes"))
     if s.oom_lines:
-        faults.append(Fault(fk.HOST_OOM, Severity.DEGRADED,
-                            f"OOM killer ran: {s.oom_lines[-1]}"))
+        faults.append(Fault(fk.HOST_OOM, Severity.DEGRADED, f"OOM killer ran: {s.oom_lines[-1]}"))
     if s.mce_lines:
-        faults.append(Fault(fk.HOST_MCE, Severity.DEGRADED,
-                            f"machine check logged: {s.mce_lines[-1]}"))
-    avail = (f"{s.mem_available_bytes / 2**30:.1f} GiB memory available"
-             if s.mem_available_bytes is not None else "memory unknown")
+        faults.append(
+            Fault(fk.HOST_MCE, Severity.DEGRADED, f"machine check logged: {s.mce_lines[-1]}")
+        )
+    avail = (
+        f"{s.mem_available_bytes / 2**30:.1f} GiB memory available"
+        if s.mem_available_bytes is not None
+        else "memory unknown"
+    )
     return fold("host", faults, values, f"{avail}, load {s.load1}, {s.d_state} in D state")
 
 
@@ -147,5 +170,6 @@ class HostProbe:
                 if is_oom(line.message) or is_mce(line.message):
                     self._recent.append((now, line.message))
         self._recent = [(t, m) for t, m in self._recent if now - t <= self.hold_s]
-        return evaluate_host(read_host(self.procfs_root, [m for _, m in self._recent]),
-                             self.thresholds)
+        return evaluate_host(
+            read_host(self.procfs_root, [m for _, m in self._recent]), self.thresholds
+        )

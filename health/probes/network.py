@@ -97,8 +97,16 @@ def read_ib(sysfs: Path) -> list[Link]:
                 v = read_int(port / "counters" / c)
                 if v is not None:
                     counters[c] = v
-            links.append(Link("ib", f"{hca.name}/{port.name}", up, f"{state} ({phys})",
-                              counters, read_text(port / "rate") or ""))
+            links.append(
+                Link(
+                    "ib",
+                    f"{hca.name}/{port.name}",
+                    up,
+                    f"{state} ({phys})",
+                    counters,
+                    read_text(port / "rate") or "",
+                )
+            )
     return links
 
 
@@ -115,8 +123,16 @@ def read_cxi(sysfs: Path) -> list[Link]:
                     if v is not None:
                         counters[f.name] = v
         up = state is None or state.lower() == "up"
-        links.append(Link("cxi", dev.name, up, state or "not exposed", counters,
-                          read_text(port / "speed") or ""))
+        links.append(
+            Link(
+                "cxi",
+                dev.name,
+                up,
+                state or "not exposed",
+                counters,
+                read_text(port / "speed") or "",
+            )
+        )
     return links
 
 
@@ -128,15 +144,24 @@ def read_eth(sysfs: Path) -> list[Link]:
         flags = read_int(iface / "flags") or 0
         carrier = read_int(iface / "carrier")
         counters = {}
-        for name, path in (("carrier_changes", iface / "carrier_changes"),
-                           ("rx_errors", iface / "statistics" / "rx_errors"),
-                           ("tx_errors", iface / "statistics" / "tx_errors")):
+        for name, path in (
+            ("carrier_changes", iface / "carrier_changes"),
+            ("rx_errors", iface / "statistics" / "rx_errors"),
+            ("tx_errors", iface / "statistics" / "tx_errors"),
+        ):
             v = read_int(path)
             if v is not None:
                 counters[name] = v
-        links.append(Link("eth", iface.name, carrier == 1,
-                          read_text(iface / "operstate") or "unknown", counters,
-                          admin_up=bool(flags & IFF_UP)))
+        links.append(
+            Link(
+                "eth",
+                iface.name,
+                carrier == 1,
+                read_text(iface / "operstate") or "unknown",
+                counters,
+                admin_up=bool(flags & IFF_UP),
+            )
+        )
     return links
 
 
@@ -166,34 +191,64 @@ def evaluate_links(prev: NetSample | None, cur: NetSample, t: NetThresholds) -> 
         old = before.get((link.kind, link.name))
         if link.kind == "ib":
             if not link.up:
-                faults.append(Fault(fk.IB_LINK_DOWN, Severity.FATAL,
-                                    f"InfiniBand {link.name} is {link.state}", cause=t.cause))
+                faults.append(
+                    Fault(
+                        fk.IB_LINK_DOWN,
+                        Severity.FATAL,
+                        f"InfiniBand {link.name} is {link.state}",
+                        cause=t.cause,
+                    )
+                )
             flaps = _delta(old, link, ("link_downed",))
             if flaps:
-                faults.append(Fault(fk.IB_LINK_FLAP, Severity.DEGRADED,
-                                    f"InfiniBand {link.name} went down {flaps} times in "
-                                    f"{dt:.3g} s", cause=t.cause))
+                faults.append(
+                    Fault(
+                        fk.IB_LINK_FLAP,
+                        Severity.DEGRADED,
+                        f"InfiniBand {link.name} went down {flaps} times in {dt:.3g} s",
+                        cause=t.cause,
+                    )
+                )
             errors = _delta(old, link, IB_ERROR_COUNTERS)
         elif link.kind == "cxi":
             if not link.up:
-                faults.append(Fault(fk.CXI_LINK_DOWN, Severity.FATAL,
-                                    f"Slingshot {link.name} link is {link.state}",
-                                    cause=t.cause))
+                faults.append(
+                    Fault(
+                        fk.CXI_LINK_DOWN,
+                        Severity.FATAL,
+                        f"Slingshot {link.name} link is {link.state}",
+                        cause=t.cause,
+                    )
+                )
             errors = _delta(old, link)
         else:
             if link.admin_up and not link.up:
-                faults.append(Fault(fk.ETH_LINK_DOWN, Severity.DEGRADED,
-                                    f"Ethernet {link.name} is up but has no carrier"))
+                faults.append(
+                    Fault(
+                        fk.ETH_LINK_DOWN,
+                        Severity.DEGRADED,
+                        f"Ethernet {link.name} is up but has no carrier",
+                    )
+                )
             flaps = _delta(old, link, ("carrier_changes",))
             if flaps:
-                faults.append(Fault(ETH_LINK_FLAP, Severity.DEGRADED,
-                                    f"Ethernet {link.name} carrier changed {flaps} times"))
+                faults.append(
+                    Fault(
+                        ETH_LINK_FLAP,
+                        Severity.DEGRADED,
+                        f"Ethernet {link.name} carrier changed {flaps} times",
+                    )
+                )
             errors = _delta(old, link, ("rx_errors", "tx_errors"))
         if dt > 0 and errors / dt > t.error_rate_per_s:
             kind = fk.IB_ERRORS if link.kind == "ib" else ETH_ERRORS
-            faults.append(Fault(kind, Severity.DEGRADED,
-                                f"{link.name}: {errors / dt:.1f} errors/s "
-                                f"(limit {t.error_rate_per_s}/s)"))
+            faults.append(
+                Fault(
+                    kind,
+                    Severity.DEGRADED,
+                    f"{link.name}: {errors / dt:.1f} errors/s (limit {t.error_rate_per_s}/s)",
+                )
+            )
         if dt > 0:
             values[key + "_errors_per_s"] = round(errors / dt, 3)
     values["links"] = len(cur.links)

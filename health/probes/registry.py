@@ -62,28 +62,48 @@ class ProbeConfig:
         return XidCatalog(overrides)
 
 
-def build_probes(config: ProbeConfig, hardware: Hardware, clock: Clock | None = None
-                 ) -> list[Probe]:
+def build_probes(
+    config: ProbeConfig, hardware: Hardware, clock: Clock | None = None
+) -> list[Probe]:
     """Every enabled periodic probe, in a fixed order: gpu, network, storage paths, host."""
     clock = clock or SystemClock()
     probes: list[Probe] = []
     if config.is_enabled("gpu"):
         thresholds = config.gpu
         if config.expected_gpus is not None:
-            thresholds = GpuThresholds(config.expected_gpus, thresholds.temp_margin_c,
-                                       thresholds.power_over_limit_ratio,
-                                       thresholds.idle_memory_bytes)
-        probes.append(GpuProbe(hardware.nvml, thresholds, config.catalog(),
-                               hardware.kernel_log(config.kmsg_from_start), clock, config.hold_s))
+            thresholds = GpuThresholds(
+                config.expected_gpus,
+                thresholds.temp_margin_c,
+                thresholds.power_over_limit_ratio,
+                thresholds.idle_memory_bytes,
+            )
+        probes.append(
+            GpuProbe(
+                hardware.nvml,
+                thresholds,
+                config.catalog(),
+                hardware.kernel_log(config.kmsg_from_start),
+                clock,
+                config.hold_s,
+            )
+        )
     if config.is_enabled("network"):
         probes.append(NetworkProbe(hardware.sysfs_root, config.network, clock))
     if config.is_enabled("storage"):
         for path in config.storage_paths or hardware.default_storage_paths():
-            probes.append(StorageProbe(path, hardware.storage, hardware.procfs_root,
-                                       config.storage))
+            probes.append(
+                StorageProbe(path, hardware.storage, hardware.procfs_root, config.storage)
+            )
     if config.is_enabled("host"):
-        probes.append(HostProbe(hardware.procfs_root, config.host,
-                                hardware.kernel_log(config.kmsg_from_start), clock, config.hold_s))
+        probes.append(
+            HostProbe(
+                hardware.procfs_root,
+                config.host,
+                hardware.kernel_log(config.kmsg_from_start),
+                clock,
+                config.hold_s,
+            )
+        )
     return probes
 
 
@@ -91,6 +111,7 @@ def build_watchers(config: ProbeConfig, hardware: Hardware) -> list[EventWatcher
     """Event sources the agent polls between periodic checks (XIDs)."""
     watchers: list[EventWatcher] = []
     if config.is_enabled("xid"):
-        watchers.append(XidWatcher(hardware.nvml, config.catalog(),
-                                   hardware.kernel_log(config.kmsg_from_start)))
+        watchers.append(
+            XidWatcher(hardware.nvml, config.catalog(), hardware.kernel_log(config.kmsg_from_start))
+        )
     return watchers

@@ -31,8 +31,12 @@ def _probe_name(probe: Probe) -> str:
 
 
 def _error_result(probe: Probe, exc: BaseException) -> CheckResult:
-    return CheckResult(_probe_name(probe), Health.UNKNOWN,
-                       f"probe failed: {type(exc).__name__}: {exc}", Action.INSPECT)
+    return CheckResult(
+        _probe_name(probe),
+        Health.UNKNOWN,
+        f"probe failed: {type(exc).__name__}: {exc}",
+        Action.INSPECT,
+    )
 
 
 def _timeout_result(probe: Probe, timeout_s: float, still: bool = False) -> CheckResult:
@@ -42,12 +46,18 @@ def _timeout_result(probe: Probe, timeout_s: float, still: bool = False) -> Chec
         except Exception as exc:
             return _error_result(probe, exc)
     what = "is still stuck from an earlier run" if still else f"timed out after {timeout_s:g} s"
-    return CheckResult(_probe_name(probe), Health.UNKNOWN, f"probe {what}", Action.INSPECT,
-                       {"timeout_s": timeout_s})
+    return CheckResult(
+        _probe_name(probe),
+        Health.UNKNOWN,
+        f"probe {what}",
+        Action.INSPECT,
+        {"timeout_s": timeout_s},
+    )
 
 
-def _start(probe: Probe, loop: asyncio.AbstractEventLoop, clock: Clock
-           ) -> asyncio.Future[CheckResult]:
+def _start(
+    probe: Probe, loop: asyncio.AbstractEventLoop, clock: Clock
+) -> asyncio.Future[CheckResult]:
     fut: asyncio.Future[CheckResult] = loop.create_future()
 
     def deliver(result: CheckResult) -> None:

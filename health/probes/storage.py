@@ -81,36 +81,71 @@ def evaluate_storage(s: StorageSample, t: StorageThresholds) -> CheckResult:
     mp = s.mount.mount_point if s.mount else s.path
     cause = f"storage:{mp}"
     values: dict[str, Value] = {
-        "path": s.path, "mount_point": s.mount.mount_point if s.mount else None,
-        "fstype": s.mount.fstype if s.mount else None, "round_trip_s": s.round_trip_s,
+        "path": s.path,
+        "mount_point": s.mount.mount_point if s.mount else None,
+        "fstype": s.mount.fstype if s.mount else None,
+        "round_trip_s": s.round_trip_s,
     }
     faults: list[Fault] = []
     if not s.exists:
-        faults.append(Fault(fk.STORAGE_UNMOUNTED, Severity.FATAL,
-                            f"{s.path} does not exist (not mounted?)", cause=cause))
+        faults.append(
+            Fault(
+                fk.STORAGE_UNMOUNTED,
+                Severity.FATAL,
+                f"{s.path} does not exist (not mounted?)",
+                cause=cause,
+            )
+        )
         return fold(name, faults, values, "")
     if s.stats is not None:
         st = s.stats
         free_ratio = st.free_bytes / st.total_bytes if st.total_bytes else 1.0
         inode_ratio = st.free_inodes / st.total_inodes if st.total_inodes else 1.0
-        values.update(free_bytes=st.free_bytes, total_bytes=st.total_bytes,
-                      free_inodes=st.free_inodes, total_inodes=st.total_inodes,
-                      free_ratio=round(free_ratio, 4))
+        values.update(
+            free_bytes=st.free_bytes,
+            total_bytes=st.total_bytes,
+            free_inodes=st.free_inodes,
+            total_inodes=st.total_inodes,
+            free_ratio=round(free_ratio, 4),
+        )
         low = min(free_ratio, inode_ratio)
         what = "inodes" if inode_ratio < free_ratio else "space"
         if low < t.full_free_ratio:
-            faults.append(Fault(fk.STORAGE_FULL, Severity.FATAL,
-                                f"{mp} is full ({low:.1%} {what} free)", cause=cause))
+            faults.append(
+                Fault(
+                    fk.STORAGE_FULL,
+                    Severity.FATAL,
+                    f"{mp} is full ({low:.1%} {what} free)",
+                    cause=cause,
+                )
+            )
         elif low < t.low_free_ratio:
-            faults.append(Fault(fk.STORAGE_FULL, Severity.DEGRADED,
-                                f"{mp} is nearly full ({low:.1%} {what} free)", cause=cause))
+            faults.append(
+                Fault(
+                    fk.STORAGE_FULL,
+                    Severity.DEGRADED,
+                    f"{mp} is nearly full ({low:.1%} {what} free)",
+                    cause=cause,
+                )
+            )
     if s.error:
-        faults.append(Fault(fk.STORAGE_HANG, Severity.FATAL,
-                            f"{s.path}: write/read failed: {s.error}", cause=cause))
+        faults.append(
+            Fault(
+                fk.STORAGE_HANG,
+                Severity.FATAL,
+                f"{s.path}: write/read failed: {s.error}",
+                cause=cause,
+            )
+        )
     elif s.round_trip_s is not None and s.round_trip_s > t.slow_s:
-        faults.append(Fault(fk.STORAGE_SLOW, Severity.DEGRADED,
-                            f"{mp}: write+fsync+read took {s.round_trip_s:.2f} s "
-                            f"(limit {t.slow_s} s)", cause=cause))
+        faults.append(
+            Fault(
+                fk.STORAGE_SLOW,
+                Severity.DEGRADED,
+                f"{mp}: write+fsync+read took {s.round_trip_s:.2f} s (limit {t.slow_s} s)",
+                cause=cause,
+            )
+        )
     fs = f"{s.mount.fstype} at {s.mount.mount_point}" if s.mount else "unknown mount"
     rt = f"{s.round_trip_s * 1000:.1f} ms" if s.round_trip_s is not None else "n/a"
     return fold(name, faults, values, f"{s.path} ({fs}) round trip {rt}")
@@ -148,9 +183,17 @@ class StorageProbe:
     def on_hang(self, timeout_s: float) -> CheckResult:
         """The verdict when the check did not return in time: the mount is hung."""
         mp = self._mount.mount_point if self._mount else self.path
-        fault = Fault(fk.STORAGE_HANG, Severity.FATAL,
-                      f"storage hung: {self.path} did not answer within {timeout_s:g} s",
-                      cause=f"storage:{mp}")
-        return CheckResult(self.name, Health.UNHEALTHY, fault.detail, Action.DRAIN,
-                           {"path": self.path, "mount_point": mp, "timeout_s": timeout_s},
-                           (fault,))
+        fault = Fault(
+            fk.STORAGE_HANG,
+            Severity.FATAL,
+            f"storage hung: {self.path} did not answer within {timeout_s:g} s",
+            cause=f"storage:{mp}",
+        )
+        return CheckResult(
+            self.name,
+            Health.UNHEALTHY,
+            fault.detail,
+            Action.DRAIN,
+            {"path": self.path, "mount_point": mp, "timeout_s": timeout_s},
+            (fault,),
+        )

@@ -14,8 +14,15 @@ _SEVERITY_HEALTH = {
 }
 _SEVERITY_RANK = {Severity.INFO: 0, Severity.DEGRADED: 1, Severity.FATAL: 2}
 # When several faults of the worst severity suggest different actions, the strongest wins.
-ACTION_RANK = {Action.NONE: 0, Action.ALERT: 1, Action.INSPECT: 2, Action.RESTART_JOB: 3,
-               Action.RESET_GPU: 4, Action.DRAIN: 5, Action.REBOOT: 6}
+ACTION_RANK = {
+    Action.NONE: 0,
+    Action.ALERT: 1,
+    Action.INSPECT: 2,
+    Action.RESTART_JOB: 3,
+    Action.RESET_GPU: 4,
+    Action.DRAIN: 5,
+    Action.REBOOT: 6,
+}
 
 
 def read_text(path: Path) -> str | None:
@@ -58,8 +65,10 @@ def fold(
     ordered = sorted(serious, key=lambda f: -_SEVERITY_RANK[f.severity])
     reason = "; ".join(f.detail for f in ordered)
     worst_faults = [f for f in faults if f.severity is worst_fault.severity]
-    action = max(((actions or {}).get(f) or default_action(f) for f in worst_faults),
-                 key=ACTION_RANK.__getitem__)
+    action = max(
+        ((actions or {}).get(f) or default_action(f) for f in worst_faults),
+        key=ACTION_RANK.__getitem__,
+    )
     return CheckResult(probe, health, reason, action, dict(values), tuple(faults))
 
 

@@ -108,27 +108,43 @@ def apply_fault(state_dir: Path, state: st.SimState, text: str) -> None:
         gpu = spec.gpu or 0
         pci = st.pci_of(gpu)
         detail = XID_DETAILS.get(spec.code, "simulated")
-        st.append(state_dir / "kmsg", st.kmsg_line(
-            state, f"NVRM: Xid (PCI:{pci}): {spec.code}, pid=4242, name=python, {detail}"))
-        st.append(state_dir / "xid-events.jsonl",
-                  json.dumps({"code": spec.code, "gpu": gpu, "pci": pci}))
+        st.append(
+            state_dir / "kmsg",
+            st.kmsg_line(
+                state, f"NVRM: Xid (PCI:{pci}): {spec.code}, pid=4242, name=python, {detail}"
+            ),
+        )
+        st.append(
+            state_dir / "xid-events.jsonl", json.dumps({"code": spec.code, "gpu": gpu, "pci": pci})
+        )
     elif spec.base == "ib-link-flap":
         c["link_downed"] = c.get("link_downed", 0) + 2
         c["link_error_recovery"] = c.get("link_error_recovery", 0) + 2
-        st.append(state_dir / "kmsg", st.kmsg_line(
-            state, "mlx5_core 0000:c1:00.0: mlx5_port_module_event: Link down, then up"))
+        st.append(
+            state_dir / "kmsg",
+            st.kmsg_line(
+                state, "mlx5_core 0000:c1:00.0: mlx5_port_module_event: Link down, then up"
+            ),
+        )
     elif spec.base == "nvlink-errors":
         key = f"nvlink_errors@{spec.gpu or 0}"
         c[key] = c.get(key, 0) + 10_000
     elif spec.base == "ib-errors":
         c["symbol_error"] = c.get("symbol_error", 0) + 50_000
     elif spec.base == "host-oom":
-        st.append(state_dir / "kmsg", st.kmsg_line(
-            state, "Out of memory: Killed process 4242 (python) total-vm:812345678kB, "
-            "anon-rss:501234567kB, file-rss:0kB, shmem-rss:0kB, UID:1000"))
+        st.append(
+            state_dir / "kmsg",
+            st.kmsg_line(
+                state,
+                "Out of memory: Killed process 4242 (python) total-vm:812345678kB, "
+                "anon-rss:501234567kB, file-rss:0kB, shmem-rss:0kB, UID:1000",
+            ),
+        )
     elif spec.base == "host-mce":
-        st.append(state_dir / "kmsg", st.kmsg_line(
-            state, "mce: [Hardware Error]: Machine check events logged"))
+        st.append(
+            state_dir / "kmsg",
+            st.kmsg_line(state, "mce: [Hardware Error]: Machine check events logged"),
+        )
     elif spec.name not in state.active:
         state.active.append(spec.name)
 

@@ -79,8 +79,9 @@ class SimStorage:
     def statvfs(self, path: str) -> FsStats:
         real = self._real.statvfs(path)
         if "storage-full" in st.active(self._dir):
-            return FsStats(real.total_bytes, real.total_bytes // 200, real.total_inodes,
-                           real.free_inodes)
+            return FsStats(
+                real.total_bytes, real.total_bytes // 200, real.total_inodes, real.free_inodes
+            )
         return real
 
     def round_trip(self, path: str, payload: bytes) -> None:
@@ -185,5 +186,3 @@ class SimulatedHardware:
 def _remove(path: Path) -> None:
     release_hang(path)
     shutil.rmtree(path, ignore_errors=True)
-
-

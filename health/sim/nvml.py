@@ -112,8 +112,15 @@ class SimNvml:
         for line in data[: end + 1].decode().splitlines():
             try:
                 e = json.loads(line)
-                out.append(XidEvent(code=int(e["code"]), pci_bus_id=e.get("pci"),
-                                    gpu=e.get("gpu"), detail=e.get("detail", ""), source="nvml"))
+                out.append(
+                    XidEvent(
+                        code=int(e["code"]),
+                        pci_bus_id=e.get("pci"),
+                        gpu=e.get("gpu"),
+                        detail=e.get("detail", ""),
+                        source="nvml",
+                    )
+                )
             except (ValueError, KeyError, TypeError):
                 continue
         return out

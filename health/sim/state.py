@@ -31,7 +31,7 @@ PCI_BUSES = ("18", "2a", "3b", "5d", "9a", "ab", "ba", "db")
 
 def pci_of(gpu: int) -> str:
     """The kernel's spelling (``0000:3b:00``) of the simulated GPU's PCI address."""
-    bus = PCI_BUSES[gpu] if gpu < len(PCI_BUSES) else f"{0xe0 + gpu - len(PCI_BUSES):02x}"
+    bus = PCI_BUSES[gpu] if gpu < len(PCI_BUSES) else f"{0xE0 + gpu - len(PCI_BUSES):02x}"
     return f"0000:{bus}:00"
 
 
@@ -46,8 +46,13 @@ class SimState:
     counters: dict[str, int] = field(default_factory=dict)
 
     def config_json(self) -> dict[str, Any]:
-        return {"node": self.node, "gpus": self.gpus, "fabric": self.fabric,
-                "storage_slow_s": self.storage_slow_s, "created": self.created}
+        return {
+            "node": self.node,
+            "gpus": self.gpus,
+            "fabric": self.fabric,
+            "storage_slow_s": self.storage_slow_s,
+            "created": self.created,
+        }
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -72,17 +77,25 @@ def load(state_dir: Path) -> SimState:
     try:
         cfg = json.loads((state_dir / "config.json").read_text())
     except FileNotFoundError:
-        raise HealthError(f"{state_dir} is not a simulated node's state directory "
-                          "(no config.json); start the simulated node first") from None
+        raise HealthError(
+            f"{state_dir} is not a simulated node's state directory "
+            "(no config.json); start the simulated node first"
+        ) from None
     except (OSError, ValueError) as exc:
         raise HealthError(f"cannot read {state_dir}/config.json: {exc}") from None
     try:
         st = json.loads((state_dir / "state.json").read_text())
     except (OSError, ValueError):
         st = {}
-    return SimState(cfg["node"], int(cfg["gpus"]), cfg.get("fabric", "ib"),
-                    float(cfg.get("storage_slow_s", 1.5)), float(cfg.get("created", time.time())),
-                    list(st.get("active", [])), dict(st.get("counters", {})))
+    return SimState(
+        cfg["node"],
+        int(cfg["gpus"]),
+        cfg.get("fabric", "ib"),
+        float(cfg.get("storage_slow_s", 1.5)),
+        float(cfg.get("created", time.time())),
+        list(st.get("active", [])),
+        dict(st.get("counters", {})),
+    )
 
 
 def active(state_dir: Path) -> list[str]:
@@ -103,8 +116,9 @@ def counters(state_dir: Path) -> dict[str, int]:
 
 def save(state_dir: Path, state: SimState) -> None:
     atomic_write(state_dir / "config.json", json.dumps(state.config_json()))
-    atomic_write(state_dir / "state.json",
-                 json.dumps({"active": state.active, "counters": state.counters}))
+    atomic_write(
+        state_dir / "state.json", json.dumps({"active": state.active, "counters": state.counters})
+    )
 
 
 def append(path: Path, line: str) -> None:

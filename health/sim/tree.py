@@ -36,9 +36,16 @@ def write_sysfs(state_dir: Path, state: SimState) -> None:
         _put(sys, f"{port}/state", "1: DOWN" if down else "4: ACTIVE")
         _put(sys, f"{port}/phys_state", "3: Disabled" if down else "5: LinkUp")
         _put(sys, f"{port}/rate", "400 Gb/sec (4X NDR)")
-        for name in ("symbol_error", "link_error_recovery", "port_rcv_errors",
-                     "port_rcv_remote_physical_errors", "local_link_integrity_errors",
-                     "excessive_buffer_overrun_errors", "port_xmit_discards", "link_downed"):
+        for name in (
+            "symbol_error",
+            "link_error_recovery",
+            "port_rcv_errors",
+            "port_rcv_remote_physical_errors",
+            "local_link_integrity_errors",
+            "excessive_buffer_overrun_errors",
+            "port_xmit_discards",
+            "link_downed",
+        ):
             _put(sys, f"{port}/counters/{name}", c.get(name, 0))
     else:
         cxi = "class/cxi/cxi0/device/port"
@@ -65,12 +72,17 @@ def write_procfs(state_dir: Path, state: SimState) -> None:
     proc = state_dir / "proc"
     total = 512 * GIB_KB
     avail = total // 100 if _has(state, "host-memory-low") else 400 * GIB_KB
-    atomic_write(proc / "meminfo", (
-        f"MemTotal:       {total} kB\nMemFree:        {avail // 2} kB\n"
-        f"MemAvailable:   {avail} kB\nSwapTotal:      0 kB\nSwapFree:       0 kB\n"))
+    atomic_write(
+        proc / "meminfo",
+        (
+            f"MemTotal:       {total} kB\nMemFree:        {avail // 2} kB\n"
+            f"MemAvailable:   {avail} kB\nSwapTotal:      0 kB\nSwapFree:       0 kB\n"
+        ),
+    )
     atomic_write(proc / "loadavg", "3.20 2.90 2.50 2/1234 5678\n")
-    atomic_write(proc / "stat", "cpu  1 2 3 4\n"
-                 + "".join(f"cpu{i} 1 2 3 4\n" for i in range(CPUS)))
+    atomic_write(
+        proc / "stat", "cpu  1 2 3 4\n" + "".join(f"cpu{i} 1 2 3 4\n" for i in range(CPUS))
+    )
     d_state = 24 if _has(state, "host-d-state") else 0
     wanted = {1: "(systemd) S", 2: "(kthreadd) S", 4242: "(python train.py) R"}
     for i in range(d_state):
@@ -82,10 +94,14 @@ def write_procfs(state_dir: Path, state: SimState) -> None:
     for pid, comm_state in wanted.items():
         atomic_write(proc / str(pid) / "stat", f"{pid} {comm_state} 0 {pid} {pid} 0 -1\n")
     lustre = storage_dir(state_dir)
-    atomic_write(proc / "self" / "mountinfo", (
-        "22 1 0:21 / / rw,relatime shared:1 - overlay overlay rw\n"
-        f"98 22 0:52 / {lustre} rw,relatime shared:40 - lustre 10.1.0.1@o2ib:/capstor "
-        "rw,flock,lazystatfs\n"))
+    atomic_write(
+        proc / "self" / "mountinfo",
+        (
+            "22 1 0:21 / / rw,relatime shared:1 - overlay overlay rw\n"
+            f"98 22 0:52 / {lustre} rw,relatime shared:40 - lustre 10.1.0.1@o2ib:/capstor "
+            "rw,flock,lazystatfs\n"
+        ),
+    )
 
 
 def render(state_dir: Path, state: SimState) -> None:

@@ -202,8 +202,9 @@ class OperatorClient:
         from trainwarden.supervisor.api.contract import ActionRow
 
         body = {"reason": reason, "who": who}
-        return self._one(ActionRow, self.request("POST", f"/api/v1/nodes/{_seg(node)}/drain",
-                                                 body=body))
+        return self._one(
+            ActionRow, self.request("POST", f"/api/v1/nodes/{_seg(node)}/drain", body=body)
+        )
 
     def undrain(self, node: str, reason: str | None, who: str) -> ActionRow:
         from trainwarden.supervisor.api.contract import ActionRow
@@ -211,8 +212,9 @@ class OperatorClient:
         body: dict[str, Any] = {"who": who}
         if reason:
             body["reason"] = reason
-        return self._one(ActionRow, self.request("POST", f"/api/v1/nodes/{_seg(node)}/undrain",
-                                                 body=body))
+        return self._one(
+            ActionRow, self.request("POST", f"/api/v1/nodes/{_seg(node)}/undrain", body=body)
+        )
 
     def runs(self) -> list[RunRow]:
         from trainwarden.supervisor.api.contract import RunRow
@@ -229,8 +231,9 @@ class OperatorClient:
         from trainwarden.supervisor.api.contract import ActionRow
 
         body = {"reason": reason, "who": who}
-        return self._one(ActionRow, self.request("POST", f"/api/v1/runs/{_seg(run)}/restart",
-                                                 body=body))
+        return self._one(
+            ActionRow, self.request("POST", f"/api/v1/runs/{_seg(run)}/restart", body=body)
+        )
 
     def events(
         self,
@@ -261,15 +264,15 @@ class OperatorClient:
     def approve(self, action_id: int, who: str) -> ActionRow:
         from trainwarden.supervisor.api.contract import ActionRow
 
-        reply = self.request("POST", f"/api/v1/actions/{int(action_id)}/approve",
-                             body={"who": who})
+        reply = self.request("POST", f"/api/v1/actions/{int(action_id)}/approve", body={"who": who})
         return self._one(ActionRow, reply)
 
     def reject(self, action_id: int, reason: str, who: str) -> ActionRow:
         from trainwarden.supervisor.api.contract import ActionRow
 
-        reply = self.request("POST", f"/api/v1/actions/{int(action_id)}/reject",
-                             body={"reason": reason, "who": who})
+        reply = self.request(
+            "POST", f"/api/v1/actions/{int(action_id)}/reject", body={"reason": reason, "who": who}
+        )
         return self._one(ActionRow, reply)
 
     def healthz(self) -> dict[str, Any]:

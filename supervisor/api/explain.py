@@ -20,13 +20,19 @@ async def explain(sup: Supervisor, ident: int, what: Literal["event", "action"])
         ev = await st.call(st.store.event, ident)
         if ev is None:
             raise NotFoundError(f"unknown event {ident}")
-        lines = [f"event {ident} at {_when(ev.ts)}: {ev.kind.value} "
-                 f"{ev.node or ev.run or ''} -- {ev.message}"]
+        lines = [
+            f"event {ident} at {_when(ev.ts)}: {ev.kind.value} "
+            f"{ev.node or ev.run or ''} -- {ev.message}"
+        ]
         action_id = ev.data.get("action_id") if isinstance(ev.data, dict) else None
         if isinstance(action_id, int):
             inner = await explain(sup, action_id, "action")
-            return Explanation(subject=f"event {ident}", lines=lines + inner.lines,
-                               action=inner.action, events=[EventRow.of(ev), *inner.events])
+            return Explanation(
+                subject=f"event {ident}",
+                lines=lines + inner.lines,
+                action=inner.action,
+                events=[EventRow.of(ev), *inner.events],
+            )
         return Explanation(subject=f"event {ident}", lines=lines, events=[EventRow.of(ev)])
     rec = await st.call(st.store.action, ident)
     if rec is None:
@@ -43,17 +49,25 @@ async def explain(sup: Supervisor, ident: int, what: Literal["event", "action"])
         ev = await st.call(st.store.event, eid)
         if ev is not None:
             evidence.append(ev)
-            lines.append(f"  evidence: event {eid} at {_when(ev.ts)} {ev.kind.value}: "
-                         f"{ev.message}")
+            lines.append(f"  evidence: event {eid} at {_when(ev.ts)} {ev.kind.value}: {ev.message}")
         else:
             lines.append(f"  evidence: event {eid} (no longer stored)")
     if not rec.evidence:
-        lines.append("  evidence: none recorded (manual action)" if rec.who
-                     else "  evidence: none recorded")
+        lines.append(
+            "  evidence: none recorded (manual action)" if rec.who else "  evidence: none recorded"
+        )
     for g in rec.guards:
-        lines.append(f"  guard {g.guard}: {'passed' if g.passed else 'BLOCKED'}"
-                     f"{' -- ' + g.detail if g.detail else ''}")
-    lines.append(f"  verdict: {rec.verdict.value}; status: {rec.status.value}"
-                 f"{'; result: ' + rec.result if rec.result else ''}")
-    return Explanation(subject=f"action {ident}", lines=lines, action=ActionRow.of(rec),
-                       events=[EventRow.of(e) for e in evidence])
+        lines.append(
+            f"  guard {g.guard}: {'passed' if g.passed else 'BLOCKED'}"
+            f"{' -- ' + g.detail if g.detail else ''}"
+        )
+    lines.append(
+        f"  verdict: {rec.verdict.value}; status: {rec.status.value}"
+        f"{'; result: ' + rec.result if rec.result else ''}"
+    )
+    return Explanation(
+        subject=f"action {ident}",
+        lines=lines,
+        action=ActionRow.of(rec),
+        events=[EventRow.of(e) for e in evidence],
+    )

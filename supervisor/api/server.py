@@ -155,8 +155,7 @@ def _opt_name(query: Mapping[str, str], key: str) -> str | None:
 
 def _limit(query: Mapping[str, str]) -> int:
     raw = query.get("limit")
-    return DEFAULT_LIMIT if raw in (None, "") else _int(raw, "limit", minimum=1,
-                                                          maximum=MAX_LIMIT)
+    return DEFAULT_LIMIT if raw in (None, "") else _int(raw, "limit", minimum=1, maximum=MAX_LIMIT)
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:
@@ -403,4 +402,3 @@ class ApiServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-

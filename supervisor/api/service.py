@@ -34,8 +34,9 @@ VERSION = "0.1.0"
 class DaemonService:
     """Implements :class:`supervisor.api.contract.OperatorService` over a running Supervisor."""
 
-    def __init__(self, sup: Supervisor, *, broker_connected: Any = None,
-                 leader: Any = None) -> None:
+    def __init__(
+        self, sup: Supervisor, *, broker_connected: Any = None, leader: Any = None
+    ) -> None:
         self.sup = sup
         self.started_at = time.time()
         self._broker_connected = broker_connected or (lambda: True)
@@ -46,11 +47,18 @@ class DaemonService:
     async def list_nodes(self) -> list[NodeRow]:
         rows = []
         for n in sorted(self.sup.state.nodes.values(), key=lambda n: n.name):
-            rows.append(NodeRow(
-                name=n.name, state=n.phase.value, scheduler_state=n.scheduler_state,
-                run=n.run, drained_by=n.drained_by,  # type: ignore[arg-type]
-                drain_reason=n.drain_reason, last_heartbeat_at=n.last_heartbeat_at,
-                conditions=sorted(c.value for c in self.sup.book.types_of(n.name))))
+            rows.append(
+                NodeRow(
+                    name=n.name,
+                    state=n.phase.value,
+                    scheduler_state=n.scheduler_state,
+                    run=n.run,
+                    drained_by=n.drained_by,  # type: ignore[arg-type]
+                    drain_reason=n.drain_reason,
+                    last_heartbeat_at=n.last_heartbeat_at,
+                    conditions=sorted(c.value for c in self.sup.book.types_of(n.name)),
+                )
+            )
         return rows
 
     def _known_node(self, node: str) -> None:
@@ -58,16 +66,34 @@ class DaemonService:
             known = ", ".join(sorted(self.sup.state.nodes)[:20]) or "none yet"
             raise NotFoundError(f"unknown node {node!r} (known: {known})")
 
-    async def _manual(self, kind: ActionKind, reason: str, who: str, *, node: str | None = None,
-                      run: str | None = None, exclude: tuple[str, ...] = ()) -> ActionRow:
+    async def _manual(
+        self,
+        kind: ActionKind,
+        reason: str,
+        who: str,
+        *,
+        node: str | None = None,
+        run: str | None = None,
+        exclude: tuple[str, ...] = (),
+    ) -> ActionRow:
         if not who.strip():
             raise SupervisorError("a manual action needs the operator's name (--who)")
         if not reason.strip():
             raise SupervisorError("a manual action needs a reason (--reason)")
-        req = ActionRequest(kind=kind, actor=Actor.OPERATOR, reason=reason, node=node, run=run,
-                            who=who, exclude=exclude)
-        decision = Decision(req, Verdict.ALLOW, (GuardVerdict(
-            "operator", True, f"manual action by {who}: guards do not apply"),))
+        req = ActionRequest(
+            kind=kind,
+            actor=Actor.OPERATOR,
+            reason=reason,
+            node=node,
+            run=run,
+            who=who,
+            exclude=exclude,
+        )
+        decision = Decision(
+            req,
+            Verdict.ALLOW,
+            (GuardVerdict("operator", True, f"manual action by {who}: guards do not apply"),),
+        )
         action_id, _ok, _result = await self.sup.carry_out(decision)
         row = await self._action_row(action_id)
         if kind is ActionKind.DRAIN and node is not None:
@@ -80,21 +106,30 @@ class DaemonService:
 
     async def undrain(self, node: str, reason: str, who: str) -> ActionRow:
         self._known_node(node)
-        return await self._manual(ActionKind.UNDRAIN, reason or "returned by operator", who,
-                                  node=node)
+        return await self._manual(
+            ActionKind.UNDRAIN, reason or "returned by operator", who, node=node
+        )
 
     # -- runs ------------------------------------------------------------------------
 
     def _run_row(self, r: RunInfo) -> RunRow:
-        return RunRow(name=r.name, scheduler=r.scheduler, state=r.phase.value,
-                      attempt=r.attempt, restarts=r.restarts, nodes=list(r.nodes),
-                      last_step=r.last_step, target_step=r.spec.target_step,
-                      last_checkpoint_step=r.last_checkpoint_step,
-                      resumed_from_step=r.resumed_from_step)
+        return RunRow(
+            name=r.name,
+            scheduler=r.scheduler,
+            state=r.phase.value,
+            attempt=r.attempt,
+            restarts=r.restarts,
+            nodes=list(r.nodes),
+            last_step=r.last_step,
+            target_step=r.spec.target_step,
+            last_checkpoint_step=r.last_checkpoint_step,
+            resumed_from_step=r.resumed_from_step,
+        )
 
     async def list_runs(self) -> list[RunRow]:
-        return [self._run_row(r) for r in sorted(self.sup.state.runs.values(),
-                                                 key=lambda r: r.name)]
+        return [
+            self._run_row(r) for r in sorted(self.sup.state.runs.values(), key=lambda r: r.name)
+        ]
 
     async def add_run(self, spec: RunSpecIn, who: str) -> RunRow:
         if spec.name in self.sup.state.runs:
@@ -102,14 +137,21 @@ class DaemonService:
         if spec.scheduler != self.sup.scheduler.name:
             raise SupervisorError(
                 f"run {spec.name!r} asks for the {spec.scheduler} scheduler but this daemon "
-                f"drives {self.sup.scheduler.name}")
+                f"drives {self.sup.scheduler.name}"
+            )
         if spec.min_nodes is not None and spec.min_nodes > spec.nodes:
             raise SupervisorError(f"min_nodes {spec.min_nodes} is more than nodes {spec.nodes}")
-        run_spec = RunSpec(command=tuple(spec.command), nodes=spec.nodes,
-                           checkpoint_dir=spec.checkpoint_dir, env=dict(spec.env),
-                           target_step=spec.target_step, min_nodes=spec.min_nodes)
-        run = await ops.add_run(self.sup, spec.name, spec.scheduler, run_spec, who,
-                                submit=not spec.adopt)
+        run_spec = RunSpec(
+            command=tuple(spec.command),
+            nodes=spec.nodes,
+            checkpoint_dir=spec.checkpoint_dir,
+            env=dict(spec.env),
+            target_step=spec.target_step,
+            min_nodes=spec.min_nodes,
+        )
+        run = await ops.add_run(
+            self.sup, spec.name, spec.scheduler, run_spec, who, submit=not spec.adopt
+        )
         return self._run_row(run)
 
     async def restart_run(self, run: str, reason: str, who: str) -> ActionRow:
@@ -122,11 +164,24 @@ class DaemonService:
 
     # -- events and actions ----------------------------------------------------------
 
-    async def list_events(self, *, limit: int, node: str | None, run: str | None,
-                          kind: str | None, since_id: int | None) -> list[EventRow]:
+    async def list_events(
+        self,
+        *,
+        limit: int,
+        node: str | None,
+        run: str | None,
+        kind: str | None,
+        since_id: int | None,
+    ) -> list[EventRow]:
         st = self.sup.store
-        events = await st.call(st.store.events, since_id=since_id, node=node, run=run,
-                               kinds=[kind] if kind else None, limit=limit)
+        events = await st.call(
+            st.store.events,
+            since_id=since_id,
+            node=node,
+            run=run,
+            kinds=[kind] if kind else None,
+            limit=limit,
+        )
         return [EventRow.of(e) for e in events]
 
     async def _action_row(self, action_id: int) -> ActionRow:
@@ -156,7 +211,14 @@ class DaemonService:
 
     def status(self) -> dict[str, Any]:
         broker = bool(self._broker_connected())
-        return {"ok": broker, "broker": broker, "db": True, "leader": bool(self._leader()),
-                "started_at": self.started_at, "version": VERSION,
-                "nodes": len(self.sup.state.nodes), "runs": len(self.sup.state.runs),
-                "rejected_messages": self.sup.rejected}
+        return {
+            "ok": broker,
+            "broker": broker,
+            "db": True,
+            "leader": bool(self._leader()),
+            "started_at": self.started_at,
+            "version": VERSION,
+            "nodes": len(self.sup.state.nodes),
+            "runs": len(self.sup.state.runs),
+            "rejected_messages": self.sup.rejected,
+        }

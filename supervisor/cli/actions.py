@@ -14,26 +14,44 @@ if TYPE_CHECKING:
     from trainwarden.supervisor.api.contract import ActionRow
 
 STATUSES = ("pending", "running", "succeeded", "failed", "approved", "rejected", "skipped")
-STATUS_STYLE = {"succeeded": "green", "failed": "bold red", "pending": "yellow",
-                "rejected": "red", "skipped": "dim", "approved": "cyan", "running": "magenta"}
+STATUS_STYLE = {
+    "succeeded": "green",
+    "failed": "bold red",
+    "pending": "yellow",
+    "rejected": "red",
+    "skipped": "dim",
+    "approved": "cyan",
+    "running": "magenta",
+}
 
 
 def register(subparsers: Any) -> None:
     actions: argparse.ArgumentParser = subparsers.add_parser(
-        "actions", help="list recorded actions (newest last)",
+        "actions",
+        help="list recorded actions (newest last)",
         description="List actions taken or proposed by rules and operators; or explain one.",
     )
-    actions.add_argument("--status", choices=STATUSES, default=None,
-                         help="only actions with this status (pending: awaiting approval)")
+    actions.add_argument(
+        "--status",
+        choices=STATUSES,
+        default=None,
+        help="only actions with this status (pending: awaiting approval)",
+    )
     actions.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    actions.add_argument("--explain", type=int, default=None, metavar="ID",
-                         help="explain action ID: why, on which evidence, with what result")
+    actions.add_argument(
+        "--explain",
+        type=int,
+        default=None,
+        metavar="ID",
+        help="explain action ID: why, on which evidence, with what result",
+    )
     actions.add_argument("--json", action="store_true", help="print JSON rows for scripts")
     add_api_arguments(actions)
     actions.set_defaults(func=run_actions)
 
     approve: argparse.ArgumentParser = subparsers.add_parser(
-        "approve", help="approve a queued action", description="Approve queued action ID.")
+        "approve", help="approve a queued action", description="Approve queued action ID."
+    )
     approve.add_argument("id", type=int, metavar="ID")
     approve.add_argument("--who", default=None, help="operator name (default: $SUDO_USER or $USER)")
     approve.add_argument("--json", action="store_true", help="print the action as JSON")
@@ -41,7 +59,8 @@ def register(subparsers: Any) -> None:
     approve.set_defaults(func=run_approve)
 
     reject: argparse.ArgumentParser = subparsers.add_parser(
-        "reject", help="reject a queued action", description="Reject queued action ID.")
+        "reject", help="reject a queued action", description="Reject queued action ID."
+    )
     reject.add_argument("id", type=int, metavar="ID")
     reject.add_argument("--reason", required=True, help="why it must not be carried out")
     reject.add_argument("--who", default=None, help="operator name (default: $SUDO_USER or $USER)")
@@ -77,8 +96,16 @@ def run_actions(args: argparse.Namespace) -> int:
         table.add_column(column, justify="right" if column == "ID" else "left")
     for r in sorted(rows, key=lambda r: r.id):
         style = STATUS_STYLE.get(r.status, "")
-        table.add_row(str(r.id), fmt_time(r.ts), r.kind, _target(r), _by(r), r.verdict,
-                      f"[{style}]{r.status}[/]" if style else r.status, _escape(r.reason))
+        table.add_row(
+            str(r.id),
+            fmt_time(r.ts),
+            r.kind,
+            _target(r),
+            _by(r),
+            r.verdict,
+            f"[{style}]{r.status}[/]" if style else r.status,
+            _escape(r.reason),
+        )
     out.print(table)
     return 0
 

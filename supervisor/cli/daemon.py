@@ -20,13 +20,20 @@ def _hostport(text: str, default_port: int) -> tuple[str, int]:
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "daemon", help="run the supervisor daemon (login node)",
-        description="Subscribe to agents and ranks, detect failures, drain and restart.")
-    p.add_argument("--db", default=None,
-                   help="database URL (default $TRAINWARDEN_DB_URL or a SQLite file in the "
-                        "state dir)")
-    p.add_argument("--broker", default=os.environ.get("TRAINWARDEN_BROKER", "127.0.0.1:1883"),
-                   help="MQTT broker HOST:PORT")
+        "daemon",
+        help="run the supervisor daemon (login node)",
+        description="Subscribe to agents and ranks, detect failures, drain and restart.",
+    )
+    p.add_argument(
+        "--db",
+        default=None,
+        help="database URL (default $TRAINWARDEN_DB_URL or a SQLite file in the state dir)",
+    )
+    p.add_argument(
+        "--broker",
+        default=os.environ.get("TRAINWARDEN_BROKER", "127.0.0.1:1883"),
+        help="MQTT broker HOST:PORT",
+    )
     p.add_argument("--api", default="127.0.0.1:8470", help="bind the HTTP API on HOST:PORT")
     p.add_argument("--scheduler", choices=["local", "slurm"], default="slurm")
     p.add_argument("--local-nodes", default="", help="local scheduler: comma-separated nodes")
@@ -35,14 +42,25 @@ def register(sub: Any) -> None:
     p.add_argument("--policy", default=None, help="policy file (default: the shipped policy)")
     p.add_argument("--mode", choices=["enforce", "dry-run", "approve"], default="enforce")
     p.add_argument("--heartbeat-misses", type=float, default=3.0)
-    p.add_argument("--will-confirm", type=float, default=2.0,
-                   help="seconds after a last will without heartbeat before a node is dead")
+    p.add_argument(
+        "--will-confirm",
+        type=float,
+        default=2.0,
+        help="seconds after a last will without heartbeat before a node is dead",
+    )
     p.add_argument("--hang-floor", type=float, default=30.0)
     p.add_argument("--hang-k", type=float, default=2.0)
-    p.add_argument("--startup-timeout", type=float, default=1800.0,
-                   help="seconds an attempt may take to its first step before it is hung")
-    p.add_argument("--client-id", default="trainwarden-daemon",
-                   help="MQTT client id; the broker keeps this daemon's session under it")
+    p.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds an attempt may take to its first step before it is hung",
+    )
+    p.add_argument(
+        "--client-id",
+        default="trainwarden-daemon",
+        help="MQTT client id; the broker keeps this daemon's session under it",
+    )
     from trainwarden.health.mqtt import add_auth_arguments
 
     add_auth_arguments(p)
@@ -56,19 +74,31 @@ def run(args: argparse.Namespace) -> int:
     from trainwarden.supervisor.daemon.supervisor import CoreConfig
     from trainwarden.supervisor.store.engine import default_url
 
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     bhost, bport = _hostport(args.broker, 1883)
     ahost, aport = _hostport(args.api, 8470)
     cfg = DaemonConfig(
-        db_url=args.db or default_url(), broker_host=bhost, broker_port=bport,
-        api_host=ahost, api_port=aport, scheduler=args.scheduler,
+        db_url=args.db or default_url(),
+        broker_host=bhost,
+        broker_port=bport,
+        api_host=ahost,
+        api_port=aport,
+        scheduler=args.scheduler,
         local_nodes=tuple(n for n in args.local_nodes.split(",") if n),
-        local_log_dir=args.local_log_dir, slurm_conf=args.slurm_conf,
-        policy_file=args.policy, mode=args.mode, client_id=args.client_id,
+        local_log_dir=args.local_log_dir,
+        slurm_conf=args.slurm_conf,
+        policy_file=args.policy,
+        mode=args.mode,
+        client_id=args.client_id,
         mqtt_auth=auth_from_args(args),
-        core=CoreConfig(heartbeat_misses=args.heartbeat_misses,
-                        will_confirm_s=args.will_confirm, hang_floor_s=args.hang_floor,
-                        hang_k=args.hang_k, startup_timeout_s=args.startup_timeout),
+        core=CoreConfig(
+            heartbeat_misses=args.heartbeat_misses,
+            will_confirm_s=args.will_confirm,
+            hang_floor_s=args.hang_floor,
+            hang_k=args.hang_k,
+            startup_timeout_s=args.startup_timeout,
+        ),
     )
     return run_daemon(cfg)

@@ -39,9 +39,13 @@ def register(subparsers: Any) -> None:
 
 
 def _url_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=None, metavar="URL",
-                        help="database URL, e.g. sqlite:///var/lib/trainwarden/trainwarden.db "
-                        "or postgresql+psycopg://user@host/trainwarden")
+    parser.add_argument(
+        "--url",
+        default=None,
+        metavar="URL",
+        help="database URL, e.g. sqlite:///var/lib/trainwarden/trainwarden.db "
+        "or postgresql+psycopg://user@host/trainwarden",
+    )
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -70,11 +74,12 @@ def _current(args: argparse.Namespace) -> int:
     rev = current(url)
     head = head_revision()
     if args.json:
-        print(json.dumps({"url": mask(url), "revision": rev, "head": head,
-                          "at_head": rev == head}))
+        print(json.dumps({"url": mask(url), "revision": rev, "head": head, "at_head": rev == head}))
     else:
-        print(f"{mask(url)}: revision {rev or 'none'}" + (" (head)" if rev == head else
-                                                         f" (this trainwarden needs {head})"))
+        print(
+            f"{mask(url)}: revision {rev or 'none'}"
+            + (" (head)" if rev == head else f" (this trainwarden needs {head})")
+        )
     return 0
 
 

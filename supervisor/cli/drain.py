@@ -13,7 +13,8 @@ from trainwarden.supervisor.api.client import add_api_arguments
 
 def register(subparsers: Any) -> None:
     drain: argparse.ArgumentParser = subparsers.add_parser(
-        "drain", help="drain a node (take it out of service)",
+        "drain",
+        help="drain a node (take it out of service)",
         description="Drain NODE in the scheduler, recorded as an operator action.",
     )
     drain.add_argument("node", metavar="NODE")
@@ -24,7 +25,8 @@ def register(subparsers: Any) -> None:
     drain.set_defaults(func=run_drain)
 
     undrain: argparse.ArgumentParser = subparsers.add_parser(
-        "undrain", help="return a drained node to service",
+        "undrain",
+        help="return a drained node to service",
         description="Resume NODE in the scheduler, recorded as an operator action.",
     )
     undrain.add_argument("node", metavar="NODE")

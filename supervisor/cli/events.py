@@ -15,17 +15,28 @@ if TYPE_CHECKING:
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "events", help="list recorded events (newest last)",
+        "events",
+        help="list recorded events (newest last)",
         description="List recorded events, filtered by node, run or kind; or explain one.",
     )
     parser.add_argument("--node", default=None, help="only events about this node")
     parser.add_argument("--run", default=None, help="only events about this run")
     parser.add_argument("--kind", default=None, help="only events of this kind (e.g. fault)")
     parser.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    parser.add_argument("--since-id", type=int, default=None, metavar="ID",
-                        help="only events with an id greater than ID")
-    parser.add_argument("--explain", type=int, default=None, metavar="ID",
-                        help="explain event ID: what it is and what it led to")
+    parser.add_argument(
+        "--since-id",
+        type=int,
+        default=None,
+        metavar="ID",
+        help="only events with an id greater than ID",
+    )
+    parser.add_argument(
+        "--explain",
+        type=int,
+        default=None,
+        metavar="ID",
+        help="explain event ID: what it is and what it led to",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON rows for scripts")
     add_api_arguments(parser)
     parser.set_defaults(func=run)
@@ -42,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             render_explanation(console(), explanation)
         return 0
-    rows = client.events(limit=args.limit, node=args.node, run=args.run, kind=args.kind,
-                         since_id=args.since_id)
+    rows = client.events(
+        limit=args.limit, node=args.node, run=args.run, kind=args.kind, since_id=args.since_id
+    )
     if args.json:
         print_json(rows)
         return 0
@@ -66,8 +78,9 @@ def events_table(rows: list[EventRow]) -> Any:
     for column in ("ID", "TIME", "KIND", "NODE", "RUN", "MESSAGE"):
         table.add_column(column, justify="right" if column == "ID" else "left")
     for r in rows:
-        table.add_row(str(r.id), fmt_time(r.ts), r.kind, r.node or "-", r.run or "-",
-                      escape(r.message))
+        table.add_row(
+            str(r.id), fmt_time(r.ts), r.kind, r.node or "-", r.run or "-", escape(r.message)
+        )
     return table
 
 

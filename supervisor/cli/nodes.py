@@ -20,7 +20,8 @@ STATE_STYLE = {
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "nodes", help="list compute nodes and their state",
+        "nodes",
+        help="list compute nodes and their state",
         description="List the compute nodes the daemon knows, with state, run and conditions.",
     )
     parser.add_argument("--json", action="store_true", help="print JSON rows for scripts")

@@ -10,8 +10,14 @@ from typing import Any
 
 from trainwarden.supervisor.api.client import add_api_arguments
 
-STATE_STYLE = {"running": "green", "restarting": "yellow", "failed": "bold red",
-               "completed": "cyan", "pending": "dim", "stopped": "dim"}
+STATE_STYLE = {
+    "running": "green",
+    "restarting": "yellow",
+    "failed": "bold red",
+    "completed": "cyan",
+    "pending": "dim",
+    "stopped": "dim",
+}
 
 
 class _CommandAfterDashes(argparse.ArgumentParser):
@@ -36,18 +42,21 @@ class _CommandAfterDashes(argparse.ArgumentParser):
 
 def register(subparsers: Any) -> None:
     runs: argparse.ArgumentParser = subparsers.add_parser(
-        "runs", help="list supervised runs; add or restart one",
+        "runs",
+        help="list supervised runs; add or restart one",
         description="List supervised training runs. `runs add` puts a new run under "
         "supervision; `runs restart` restarts one from its last valid checkpoint.",
     )
     runs.add_argument("--json", action="store_true", help="print JSON rows for scripts")
     add_api_arguments(runs)
     runs.set_defaults(func=run_list)
-    sub = runs.add_subparsers(dest="runs_command", metavar="{add,restart}",
-                              parser_class=_CommandAfterDashes)
+    sub = runs.add_subparsers(
+        dest="runs_command", metavar="{add,restart}", parser_class=_CommandAfterDashes
+    )
 
     add: argparse.ArgumentParser = sub.add_parser(
-        "add", help="put a new run under supervision",
+        "add",
+        help="put a new run under supervision",
         description="Submit a new run. Everything after `--` is the command: for the local "
         "scheduler the command each node runs, for Slurm the sbatch script and its arguments.",
         usage="trainwarden runs add NAME --scheduler {local,slurm} --nodes N "
@@ -56,24 +65,47 @@ def register(subparsers: Any) -> None:
     add.add_argument("name", metavar="NAME")
     add.add_argument("--scheduler", choices=("local", "slurm"), required=True)
     add.add_argument("--nodes", type=int, required=True, help="number of nodes")
-    add.add_argument("--checkpoint-dir", required=True, metavar="DIR",
-                     help="where the run writes checkpoints (made absolute here)")
-    add.add_argument("--target-step", type=int, default=None, metavar="N",
-                     help="the run is complete at this step")
-    add.add_argument("--env", action="append", default=[], metavar="K=V",
-                     help="environment for the job (repeatable)")
-    add.add_argument("--min-nodes", type=int, default=None, metavar="N",
-                     help="restart on fewer nodes when not enough are healthy, down to N")
-    add.add_argument("--adopt", action="store_true",
-                     help="do not submit: supervise the job already running with the comment "
-                          "or name trainwarden:NAME (its ranks report with TRAINWARDEN_RUN=NAME)")
+    add.add_argument(
+        "--checkpoint-dir",
+        required=True,
+        metavar="DIR",
+        help="where the run writes checkpoints (made absolute here)",
+    )
+    add.add_argument(
+        "--target-step",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the run is complete at this step",
+    )
+    add.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="environment for the job (repeatable)",
+    )
+    add.add_argument(
+        "--min-nodes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="restart on fewer nodes when not enough are healthy, down to N",
+    )
+    add.add_argument(
+        "--adopt",
+        action="store_true",
+        help="do not submit: supervise the job already running with the comment "
+        "or name trainwarden:NAME (its ranks report with TRAINWARDEN_RUN=NAME)",
+    )
     add.add_argument("--who", default=None, help="operator name (default: $SUDO_USER or $USER)")
     add.add_argument("--json", action="store_true", help="print the new run as JSON")
     add_api_arguments(add)
     add.set_defaults(func=run_add)
 
     restart: argparse.ArgumentParser = sub.add_parser(
-        "restart", help="restart a run from its last valid checkpoint",
+        "restart",
+        help="restart a run from its last valid checkpoint",
         description="Stop RUN and resubmit it from its newest valid checkpoint.",
     )
     restart.add_argument("run", metavar="RUN")
@@ -98,8 +130,17 @@ def run_list(args: argparse.Namespace) -> int:
         out.print("no runs under supervision")
         return 0
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("RUN", "SCHEDULER", "STATE", "ATTEMPT", "RESTARTS", "NODES", "STEP",
-                   "CHECKPOINT", "RESUMED FROM"):
+    for column in (
+        "RUN",
+        "SCHEDULER",
+        "STATE",
+        "ATTEMPT",
+        "RESTARTS",
+        "NODES",
+        "STEP",
+        "CHECKPOINT",
+        "RESUMED FROM",
+    ):
         table.add_column(column)
     for r in rows:
         style = STATE_STYLE.get(r.state, "")
@@ -107,9 +148,15 @@ def run_list(args: argparse.Namespace) -> int:
         if r.target_step is not None:
             step += f"/{r.target_step}"
         table.add_row(
-            r.name, r.scheduler, f"[{style}]{r.state}[/]" if style else r.state,
-            str(r.attempt), str(r.restarts), _nodes(r.nodes), step,
-            _opt(r.last_checkpoint_step), _opt(r.resumed_from_step),
+            r.name,
+            r.scheduler,
+            f"[{style}]{r.state}[/]" if style else r.state,
+            str(r.attempt),
+            str(r.restarts),
+            _nodes(r.nodes),
+            step,
+            _opt(r.last_checkpoint_step),
+            _opt(r.resumed_from_step),
         )
     out.print(table)
     return 0
@@ -153,8 +200,11 @@ def run_add(args: argparse.Namespace) -> int:
     if args.json:
         print_json(row)
     else:
-        console().print(f"run {row.name} added ({row.scheduler}, {len(row.nodes) or spec.nodes} "
-                        f"nodes): state {row.state}, attempt {row.attempt}", markup=False)
+        console().print(
+            f"run {row.name} added ({row.scheduler}, {len(row.nodes) or spec.nodes} "
+            f"nodes): state {row.state}, attempt {row.attempt}",
+            markup=False,
+        )
     return 0
 
 

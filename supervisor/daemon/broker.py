@@ -22,8 +22,14 @@ _NOISY_LOGGERS = ("amqtt", "transitions")
 class EmbeddedBroker:
     """``async with EmbeddedBroker(port=0) as b: ... b.port ...``; port 0 picks a free one."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
-                 log_level: int = logging.CRITICAL, start_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        log_level: int = logging.CRITICAL,
+        start_timeout_s: float = 10.0,
+    ) -> None:
         if not 0 <= port < 65536:
             raise ConfigError(f"broker port {port} is out of range 0-65535")
         self.host = host
@@ -50,7 +56,8 @@ class EmbeddedBroker:
             from amqtt.broker import Broker
         except ImportError as exc:
             raise SupervisorError(
-                "the embedded broker needs amqtt: pip install 'trainwarden[demo]'") from exc
+                "the embedded broker needs amqtt: pip install 'trainwarden[demo]'"
+            ) from exc
         for name in _NOISY_LOGGERS:
             logging.getLogger(name).setLevel(self._log_level)
         config = {
@@ -58,8 +65,9 @@ class EmbeddedBroker:
                 "default": {"type": "tcp", "bind": f"{self.host}:{self._requested_port}"},
             },
             # no $SYS publisher, no packet/event loggers: only anonymous auth
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
-                        {"allow_anonymous": True}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
         }
         broker = Broker(config)
         try:
@@ -68,7 +76,8 @@ class EmbeddedBroker:
         except Exception as exc:
             raise SupervisorError(
                 f"embedded broker could not listen on {self.host}:{self._requested_port}: "
-                f"{exc.__cause__ or exc}") from exc
+                f"{exc.__cause__ or exc}"
+            ) from exc
         self._broker = broker
         self._port = self._bound_port(broker)
 
@@ -97,6 +106,10 @@ class EmbeddedBroker:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()

@@ -99,8 +99,11 @@ def validate(path: str | os.PathLike[str], *, use_torch: bool | None = None) -> 
         if not meta.is_file():
             shards = [p.name for p in _list_shards(root)]
             what = f"{len(shards)} shard file(s) but " if shards else ""
-            return Validation(False, f"{what}no {METADATA_FILE}: checkpoint incomplete "
-                                     "(still being written or the save failed)")
+            return Validation(
+                False,
+                f"{what}no {METADATA_FILE}: checkpoint incomplete "
+                "(still being written or the save failed)",
+            )
         if meta.stat().st_size == 0:
             return Validation(False, f"{METADATA_FILE} is empty")
         if use_torch is None:
@@ -112,8 +115,9 @@ def validate(path: str | os.PathLike[str], *, use_torch: bool | None = None) -> 
         return Validation(False, f"cannot read {root}: {exc.strerror or exc}")
 
 
-def latest_valid(ckpt_dir: str | os.PathLike[str], *,
-                 use_torch: bool | None = None) -> CheckpointInfo | None:
+def latest_valid(
+    ckpt_dir: str | os.PathLike[str], *, use_torch: bool | None = None
+) -> CheckpointInfo | None:
     """The newest checkpoint under ``ckpt_dir`` that validates, or ``None``."""
     for info in discover(ckpt_dir):
         if validate(info.path, use_torch=use_torch).valid:
@@ -180,13 +184,15 @@ def _check_files(root: Path, needed: dict[str, int]) -> Validation:
     for rel, size in sorted(needed.items()):
         shard = root / rel
         if os.path.isabs(rel) or ".." in Path(rel).parts:
-            return Validation(False, f"{METADATA_FILE} references a path outside the "
-                                     f"checkpoint: {rel!r}")
+            return Validation(
+                False, f"{METADATA_FILE} references a path outside the checkpoint: {rel!r}"
+            )
         try:
             actual = shard.stat().st_size
         except FileNotFoundError:
             return Validation(False, f"shard {rel} referenced by {METADATA_FILE} is missing")
         if actual < size:
-            return Validation(False, f"shard {rel} is truncated: {actual} bytes, "
-                                     f"metadata needs {size}")
+            return Validation(
+                False, f"shard {rel} is truncated: {actual} bytes, metadata needs {size}"
+            )
     return Validation(True, f"complete: {len(needed)} shard file(s) present")

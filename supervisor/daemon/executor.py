@@ -57,8 +57,11 @@ async def attempt(sup: Supervisor, d: Decision, action_id: int) -> tuple[bool, s
         if req.kind is ActionKind.VET and req.node:
             return (*await _vet(sup, d), False)
     except SchedulerError as exc:
-        return (False, f"{sup.scheduler.name} refused: {exc}",
-                exc.retryable and req.kind in RETRYABLE_KINDS)
+        return (
+            False,
+            f"{sup.scheduler.name} refused: {exc}",
+            exc.retryable and req.kind in RETRYABLE_KINDS,
+        )
     return False, f"{req.kind.value} needs a {'node' if req.node is None else 'run'}", False
 
 
@@ -81,8 +84,10 @@ async def _undrain(sup: Supervisor, d: Decision) -> tuple[bool, str]:
     node = sup.state.node(d.request.node or "")
     if d.request.actor is not Actor.OPERATOR and node.drained_by != "trainwarden":
         # never undrain automatically what trainwarden did not drain
-        return False, (f"{node.name} was drained by {node.drained_by or 'someone else'}; "
-                       "only an operator may return it")
+        return False, (
+            f"{node.name} was drained by {node.drained_by or 'someone else'}; "
+            "only an operator may return it"
+        )
     await sup.scheduler.resume(node.name)
     node.drained_by = None
     node.drain_reason = None
@@ -95,8 +100,9 @@ async def _undrain(sup: Supervisor, d: Decision) -> tuple[bool, str]:
         node.move(NodePhase.HEALTHY)
     except LifecycleError as exc:
         log.warning("node %s: %s", node.name, exc)
-    await sup.store.call(sup.store.store.save_conditions,
-                         [c for c in sup.book.all() if c.subject == node.name])
+    await sup.store.call(
+        sup.store.store.save_conditions, [c for c in sup.book.all() if c.subject == node.name]
+    )
     await sup.save_node(node)
     return True, f"{node.name} returned to service"
 
@@ -113,8 +119,10 @@ async def _vet(sup: Supervisor, d: Decision) -> tuple[bool, str]:
         return False, str(exc)
     node.vet_started_at = sup.clock.now()
     await sup.save_node(node)
-    return True, (f"vetting {node.name}: back in service after "
-                  f"{sup.config.vet_period_s:.0f} s of healthy reports")
+    return True, (
+        f"vetting {node.name}: back in service after "
+        f"{sup.config.vet_period_s:.0f} s of healthy reports"
+    )
 
 
 async def _restart(sup: Supervisor, d: Decision) -> tuple[bool, str]:
@@ -131,8 +139,9 @@ async def _checkpoint_now(sup: Supervisor, d: Decision) -> tuple[bool, str]:
     run = d.request.run or ""
     if sup.publish is None:
         return False, "no broker connection to ask the run for a checkpoint"
-    msg = ControlMessage(run=run, command="checkpoint-now", request_id=uuid.uuid4().hex[:16],
-                         ts=sup.clock.now())
+    msg = ControlMessage(
+        run=run, command="checkpoint-now", request_id=uuid.uuid4().hex[:16], ts=sup.clock.now()
+    )
     await sup.publish(control_topic(run), encode(msg))
     saved = await sup.wait_for_checkpoint(run, sup.config.checkpoint_wait_s)
     if saved:

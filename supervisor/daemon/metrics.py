@@ -59,44 +59,88 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         ns = NAMESPACE
-        self.node_state = Gauge("nodes", "Compute nodes by state.", ["state"], namespace=ns,
-                                registry=r)
-        self.runs_state = Gauge("runs", "Supervised runs by state.", ["state"], namespace=ns,
-                                registry=r)
-        self.incidents_open = Gauge("incidents_open", "Cluster-wide incidents now open.",
-                                    namespace=ns, registry=r)
-        self.leader = Gauge("leader", "1 while this daemon holds the leader lease.",
-                            namespace=ns, registry=r)
-        self.broker_connected = Gauge("broker_connected",
-                                      "1 while the daemon is connected to the MQTT broker.",
-                                      namespace=ns, registry=r)
-        self.detections_total = Counter("detections", "Conditions detected, by kind.", ["kind"],
-                                        namespace=ns, registry=r)
+        self.node_state = Gauge(
+            "nodes", "Compute nodes by state.", ["state"], namespace=ns, registry=r
+        )
+        self.runs_state = Gauge(
+            "runs", "Supervised runs by state.", ["state"], namespace=ns, registry=r
+        )
+        self.incidents_open = Gauge(
+            "incidents_open", "Cluster-wide incidents now open.", namespace=ns, registry=r
+        )
+        self.leader = Gauge(
+            "leader", "1 while this daemon holds the leader lease.", namespace=ns, registry=r
+        )
+        self.broker_connected = Gauge(
+            "broker_connected",
+            "1 while the daemon is connected to the MQTT broker.",
+            namespace=ns,
+            registry=r,
+        )
+        self.detections_total = Counter(
+            "detections", "Conditions detected, by kind.", ["kind"], namespace=ns, registry=r
+        )
         self.detection_latency_seconds = Histogram(
             "detection_latency_seconds",
             "Time from the evidence (report timestamp) to the detection, by kind.",
-            ["kind"], buckets=DETECTION_BUCKETS, namespace=ns, registry=r)
-        self.actions_total = Counter("actions", "Actions decided, by kind, verdict and status.",
-                                     ["kind", "verdict", "status"], namespace=ns, registry=r)
-        self.messages_total = Counter("messages", "Messages accepted from the bus, by kind.",
-                                      ["kind"], namespace=ns, registry=r)
+            ["kind"],
+            buckets=DETECTION_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
+        self.actions_total = Counter(
+            "actions",
+            "Actions decided, by kind, verdict and status.",
+            ["kind", "verdict", "status"],
+            namespace=ns,
+            registry=r,
+        )
+        self.messages_total = Counter(
+            "messages",
+            "Messages accepted from the bus, by kind.",
+            ["kind"],
+            namespace=ns,
+            registry=r,
+        )
         self.rejected_messages_total = Counter(
-            "rejected_messages", "Messages from the bus refused, by reason.", ["reason"],
-            namespace=ns, registry=r)
+            "rejected_messages",
+            "Messages from the bus refused, by reason.",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
         self.store_flush_seconds = Histogram(
-            "store_flush_seconds", "Duration of one store flush (one transaction).",
-            buckets=FLUSH_BUCKETS, namespace=ns, registry=r)
+            "store_flush_seconds",
+            "Duration of one store flush (one transaction).",
+            buckets=FLUSH_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
         self.store_batch_size = Histogram(
-            "store_batch_size", "Rows written by one store flush.", buckets=BATCH_BUCKETS,
-            namespace=ns, registry=r)
-        self.run_restarts_total = Counter("run_restarts", "Restarts of a run.", ["run"],
-                                          namespace=ns, registry=r)
+            "store_batch_size",
+            "Rows written by one store flush.",
+            buckets=BATCH_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
+        self.run_restarts_total = Counter(
+            "run_restarts", "Restarts of a run.", ["run"], namespace=ns, registry=r
+        )
         self.api_requests_total = Counter(
-            "api_requests", "Operator API requests, by route and status code.",
-            ["method", "route", "code"], namespace=ns, registry=r)
+            "api_requests",
+            "Operator API requests, by route and status code.",
+            ["method", "route", "code"],
+            namespace=ns,
+            registry=r,
+        )
         self.api_request_duration_seconds = Histogram(
-            "api_request_duration_seconds", "Operator API request duration, by route.",
-            ["route"], buckets=API_BUCKETS, namespace=ns, registry=r)
+            "api_request_duration_seconds",
+            "Operator API request duration, by route.",
+            ["route"],
+            buckets=API_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
         self._run_states: set[str] = set(RUN_STATES)
         self.set_node_states({})
         self.set_run_states({})

@@ -14,6 +14,7 @@ from trainwarden.supervisor.model.lifecycle import RunPhase
 
 log = logging.getLogger(__name__)
 
+
 async def load(sup: Supervisor) -> None:
     """Rebuild memory from the store after a restart: nothing known is lost."""
     from trainwarden.supervisor.model.cluster import RunSpec
@@ -39,10 +40,17 @@ async def load(sup: Supervisor) -> None:
         except Exception as exc:  # a damaged row must not stop the daemon
             log.error("run %s: cannot load its spec: %s", rec.name, exc)
             continue
-        run = RunInfo(rec.name, rec.scheduler, spec, rec.created_at,
-                      phase=RunPhase(rec.state) if rec.state in RunPhase._value2member_map_
-                      else RunPhase.PENDING,
-                      attempt=rec.current_attempt, restarts=rec.restarts)
+        run = RunInfo(
+            rec.name,
+            rec.scheduler,
+            spec,
+            rec.created_at,
+            phase=RunPhase(rec.state)
+            if rec.state in RunPhase._value2member_map_
+            else RunPhase.PENDING,
+            attempt=rec.current_attempt,
+            restarts=rec.restarts,
+        )
         attempts = await sup.store.call(st.attempts, rec.name)
         if attempts:
             last = attempts[-1]
@@ -50,8 +58,9 @@ async def load(sup: Supervisor) -> None:
             run.excluded = set(last.excluded)
             run.resumed_from_step = last.resumed_from_step
             run.last_step = last.last_step
-            run.attempt_phase = (AttemptPhase(last.state)
-                                 if last.state in AttemptPhase._value2member_map_ else None)
+            run.attempt_phase = (
+                AttemptPhase(last.state) if last.state in AttemptPhase._value2member_map_ else None
+            )
             sup.state.place(run, last.nodes)
             if run.attempt_phase in (AttemptPhase.SUBMITTED, AttemptPhase.RUNNING):
                 sup.progress.start_attempt(run.name, run.attempt, now, spec.target_step)
@@ -64,21 +73,32 @@ async def load(sup: Supervisor) -> None:
         sup.runs.prewarm()
 
 
-async def add_run(sup: Supervisor, name: str, scheduler: str, spec: Any, who: str, *,
-                  submit: bool = True) -> RunInfo:
+async def add_run(
+    sup: Supervisor, name: str, scheduler: str, spec: Any, who: str, *, submit: bool = True
+) -> RunInfo:
     """Register a run and submit its first attempt, or (``submit=False``) wait to adopt the
     job already running under its tag (see periodic.adopt_tagged_jobs)."""
     from trainwarden.supervisor.store.records import RunRecord
 
     now = sup.clock.now()
     run = RunInfo(name, scheduler, spec, now)
-    await sup.store.call(sup.store.store.add_run, RunRecord(
-        name=name, scheduler=scheduler, spec=spec.to_dict(), created_at=now))
+    await sup.store.call(
+        sup.store.store.add_run,
+        RunRecord(name=name, scheduler=scheduler, spec=spec.to_dict(), created_at=now),
+    )
     sup.state.runs[name] = run
-    await sup.record_events([Event(now, EventKind.RUN_STARTED, run=name,
-                                    message=f"run registered by {who}"
-                                            + ("" if submit else "; adopting its running job"),
-                                    data={"who": who, "spec": spec.to_dict()})])
+    await sup.record_events(
+        [
+            Event(
+                now,
+                EventKind.RUN_STARTED,
+                run=name,
+                message=f"run registered by {who}"
+                + ("" if submit else "; adopting its running job"),
+                data={"who": who, "spec": spec.to_dict()},
+            )
+        ]
+    )
     if not submit:
         return run
     result = await sup.runs.start(run)
@@ -95,15 +115,25 @@ async def after_operator_drain(sup: Supervisor, node: str, action_id: int) -> No
     run = sup.state.runs.get(info.run)
     if run is None or not run.active:
         return
-    ev = Event(sup.clock.now(), EventKind.ACTION, node=node, run=run.name,
-               message=f"node {node} of run {run.name} drained by an operator",
-               data={"kind": ActionKind.DRAIN.value, "actor": Actor.OPERATOR.value,
-                     "action_id": action_id})
+    ev = Event(
+        sup.clock.now(),
+        EventKind.ACTION,
+        node=node,
+        run=run.name,
+        message=f"node {node} of run {run.name} drained by an operator",
+        data={
+            "kind": ActionKind.DRAIN.value,
+            "actor": Actor.OPERATOR.value,
+            "action_id": action_id,
+        },
+    )
     [eid] = await sup.record_events([ev])
     sup.execute(sup.policy.on_event(_with_id(ev, eid), sup.view(), list(sup.history)))
 
-async def resolve_queued(sup: Supervisor, action_id: int, *, approve: bool, who: str,
-                         reason: str) -> None:
+
+async def resolve_queued(
+    sup: Supervisor, action_id: int, *, approve: bool, who: str, reason: str
+) -> None:
     """An operator approves or rejects an action queued in ``approve`` mode."""
     from trainwarden.supervisor.daemon.executor import perform
     from trainwarden.supervisor.errors import NotFoundError, SupervisorError
@@ -115,29 +145,53 @@ async def resolve_queued(sup: Supervisor, action_id: int, *, approve: bool, who:
     if rec.verdict is not Verdict.QUEUED or rec.status.value != "pending":
         raise SupervisorError(
             f"action {action_id} is not waiting for approval (verdict {rec.verdict.value}, "
-            f"status {rec.status.value})")
+            f"status {rec.status.value})"
+        )
     now = sup.clock.now()
-    await sup.record_events([Event(now, EventKind.ACTION, node=rec.node, run=rec.run,
-                                    message=f"action {action_id} "
-                                            f"{'approved' if approve else 'rejected'} by "
-                                            f"{who}: {reason}",
-                                    data={"action_id": action_id, "who": who,
-                                          "approved": approve})])
+    await sup.record_events(
+        [
+            Event(
+                now,
+                EventKind.ACTION,
+                node=rec.node,
+                run=rec.run,
+                message=f"action {action_id} "
+                f"{'approved' if approve else 'rejected'} by "
+                f"{who}: {reason}",
+                data={"action_id": action_id, "who": who, "approved": approve},
+            )
+        ]
+    )
     queued = Decision(rec.request, Verdict.QUEUED, rec.guards)
     resolved = sup.policy.resolve(queued, approve, sup.view(), who)
     if resolved.verdict is not Verdict.ALLOW:
-        why = reason if not approve else "; ".join(
-            g.detail for g in resolved.guards if not g.passed) or resolved.verdict.value
-        await sup.store.call(st.update_action, action_id,
-                             status="rejected" if not approve else "skipped",
-                             result=f"{'rejected' if not approve else 'approved'} by {who}: "
-                                    f"{why}", finished_at=now)
+        why = (
+            reason
+            if not approve
+            else "; ".join(g.detail for g in resolved.guards if not g.passed)
+            or resolved.verdict.value
+        )
+        await sup.store.call(
+            st.update_action,
+            action_id,
+            status="rejected" if not approve else "skipped",
+            result=f"{'rejected' if not approve else 'approved'} by {who}: {why}",
+            finished_at=now,
+        )
         return
-    await sup.store.call(st.update_action, action_id, status="approved",
-                         result=f"approved by {who}", finished_at=None)
+    await sup.store.call(
+        st.update_action,
+        action_id,
+        status="approved",
+        result=f"approved by {who}",
+        finished_at=None,
+    )
     ok, result = await perform(sup, resolved, action_id)
-    await sup.store.call(st.update_action, action_id,
-                         status="succeeded" if ok else "failed",
-                         result=f"approved by {who}; {result}",
-                         finished_at=sup.clock.now())
+    await sup.store.call(
+        st.update_action,
+        action_id,
+        status="succeeded" if ok else "failed",
+        result=f"approved by {who}; {result}",
+        finished_at=sup.clock.now(),
+    )
     sup.policy.record_result(resolved, ok, sup.clock.now())

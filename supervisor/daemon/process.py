@@ -81,8 +81,9 @@ def build_policy(cfg: DaemonConfig) -> Any:
 class Daemon:
     """One daemon process. ``run`` returns when ``stop`` is set."""
 
-    def __init__(self, cfg: DaemonConfig, *, clock: Clock | None = None,
-                 scheduler: Scheduler | None = None) -> None:
+    def __init__(
+        self, cfg: DaemonConfig, *, clock: Clock | None = None, scheduler: Scheduler | None = None
+    ) -> None:
         self.cfg = cfg
         self.clock = clock or SystemClock()
         self._scheduler = scheduler
@@ -117,8 +118,9 @@ class Daemon:
         self.sup = sup
         metrics.set_leader(True)
         await ops.load(sup)
-        service = DaemonService(sup, broker_connected=lambda: self.connected,
-                                leader=lambda: self.leader)
+        service = DaemonService(
+            sup, broker_connected=lambda: self.connected, leader=lambda: self.leader
+        )
         api = ApiServer(create_app(service, metrics), cfg.api_host, cfg.api_port)
         await api.start()
         self.api_url = api.url
@@ -126,16 +128,27 @@ class Daemon:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self._reload_policy)
-        tasks = [loop.create_task(self._mqtt_loop(sup, stop)),
-                 loop.create_task(self._tick_loop(sup, notifier, stop))]
+        tasks = [
+            loop.create_task(self._mqtt_loop(sup, stop)),
+            loop.create_task(self._tick_loop(sup, notifier, stop)),
+        ]
         try:
             await asyncio.wait_for(self.ready.wait(), 30)
         except TimeoutError:
-            log.warning("broker %s:%d not reachable yet; serving and retrying",
-                        cfg.broker_host, cfg.broker_port)
+            log.warning(
+                "broker %s:%d not reachable yet; serving and retrying",
+                cfg.broker_host,
+                cfg.broker_port,
+            )
         notifier.ready(f"serving API on {api.url}")
-        log.info("trainwarden daemon ready: API %s, broker %s:%d, scheduler %s, mode %s",
-                 api.url, cfg.broker_host, cfg.broker_port, scheduler.name, cfg.mode)
+        log.info(
+            "trainwarden daemon ready: API %s, broker %s:%d, scheduler %s, mode %s",
+            api.url,
+            cfg.broker_host,
+            cfg.broker_port,
+            scheduler.name,
+            cfg.mode,
+        )
         try:
             await stop.wait()
         finally:
@@ -162,8 +175,13 @@ class Daemon:
         """Wait until this daemon holds the leader lease (a standby waits here)."""
         announced = False
         while not stop.is_set():
-            if await store.call(store.store.acquire_lease, LEASE, self.holder,
-                                self.cfg.lease_ttl_s, self.clock.now()):
+            if await store.call(
+                store.store.acquire_lease,
+                LEASE,
+                self.holder,
+                self.cfg.lease_ttl_s,
+                self.clock.now(),
+            ):
                 self.leader = True
                 return True
             if not announced:
@@ -174,8 +192,9 @@ class Daemon:
         return False
 
     async def _renew(self, store: AsyncStore, stop: asyncio.Event) -> None:
-        if not await store.call(store.store.acquire_lease, LEASE, self.holder,
-                                self.cfg.lease_ttl_s, self.clock.now()):
+        if not await store.call(
+            store.store.acquire_lease, LEASE, self.holder, self.cfg.lease_ttl_s, self.clock.now()
+        ):
             log.error("lost the leader lease to another daemon; stopping")
             self.leader = False
             if self.sup is not None:
@@ -197,10 +216,15 @@ class Daemon:
         backoff = 0.5
         while not stop.is_set():
             try:
-                async with aiomqtt.Client(self.cfg.broker_host, self.cfg.broker_port,
-                                          identifier=self.cfg.client_id, clean_session=False,
-                                          keepalive=15, timeout=10,
-                                          **self.cfg.mqtt_auth.aiomqtt_kwargs()) as client:
+                async with aiomqtt.Client(
+                    self.cfg.broker_host,
+                    self.cfg.broker_port,
+                    identifier=self.cfg.client_id,
+                    clean_session=False,
+                    keepalive=15,
+                    timeout=10,
+                    **self.cfg.mqtt_auth.aiomqtt_kwargs(),
+                ) as client:
                     self._client = client
                     for topic in SUBSCRIPTIONS:
                         await client.subscribe(topic, qos=1)

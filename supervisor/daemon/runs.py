@@ -41,9 +41,18 @@ class RestartResult:
 class RunManager:
     """Carries out submissions and restarts; watches attempts until they end."""
 
-    def __init__(self, state: ClusterState, scheduler: Scheduler, clock: Clock,
-                 progress: ProgressTracker, emit: EventSink, save_attempt: AttemptSink,
-                 observe: ObservationSink, *, stop_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        state: ClusterState,
+        scheduler: Scheduler,
+        clock: Clock,
+        progress: ProgressTracker,
+        emit: EventSink,
+        save_attempt: AttemptSink,
+        observe: ObservationSink,
+        *,
+        stop_timeout_s: float = 60.0,
+    ) -> None:
         self.state = state
         self.scheduler = scheduler
         self.clock = clock
@@ -62,7 +71,8 @@ class RunManager:
         """Have the checkpoint validator ready before the first restart needs it."""
         if self._prewarm is None:
             self._prewarm = asyncio.get_running_loop().create_task(
-                asyncio.to_thread(checkpoints.prewarm))
+                asyncio.to_thread(checkpoints.prewarm)
+            )
 
     async def start(self, run: RunInfo) -> RestartResult:
         self.prewarm()
@@ -80,22 +90,29 @@ class RunManager:
             run.failure_steps.append(run.last_step)
             ckpt = await asyncio.to_thread(checkpoints.latest_valid, run.spec.checkpoint_dir)
             if ckpt is None:
-                log.warning("run %s: no valid checkpoint in %s; restarting from scratch",
-                            run.name, run.spec.checkpoint_dir)
-            return await self._submit(run, resume=ckpt.path if ckpt else None,
-                                      resume_step=ckpt.step if ckpt else None)
+                log.warning(
+                    "run %s: no valid checkpoint in %s; restarting from scratch",
+                    run.name,
+                    run.spec.checkpoint_dir,
+                )
+            return await self._submit(
+                run, resume=ckpt.path if ckpt else None, resume_step=ckpt.step if ckpt else None
+            )
 
     async def stop(self, run: RunInfo, reason: str) -> None:
         async with self.lock(run.name):
             await self._stop_current(run, reason)
 
     async def _stop_current(self, run: RunInfo, reason: str) -> None:
-        if run.job_id is None or run.attempt_phase in (AttemptPhase.COMPLETED,
-                                                       AttemptPhase.FAILED,
-                                                       AttemptPhase.STOPPED):
+        if run.job_id is None or run.attempt_phase in (
+            AttemptPhase.COMPLETED,
+            AttemptPhase.FAILED,
+            AttemptPhase.STOPPED,
+        ):
             return
-        run.attempt_phase = attempt_move(run.attempt_phase or AttemptPhase.SUBMITTED,
-                                         AttemptPhase.STOPPING)
+        run.attempt_phase = attempt_move(
+            run.attempt_phase or AttemptPhase.SUBMITTED, AttemptPhase.STOPPING
+        )
         self.progress.stop(run.name)
         job_id = run.job_id
         try:
@@ -109,8 +126,11 @@ class RunManager:
             if info is None or info.state.finished:
                 final = info
                 break
-            if (info.state is JobState.COMPLETING and info.nodes
-                    and set(info.nodes) <= self._unusable(run)):
+            if (
+                info.state is JobState.COMPLETING
+                and info.nodes
+                and set(info.nodes) <= self._unusable(run)
+            ):
                 # Only nodes this run will not use again still hold the job: a dead node's
                 # share completes when the scheduler marks it down (Slurm: SlurmdTimeout),
                 # and the scheduler gives no node to a new job before it has.
@@ -118,50 +138,82 @@ class RunManager:
                 break
             await self.clock.sleep(0.25)
         run.attempt_phase = AttemptPhase.STOPPED
-        await self.save_attempt(run, {"state": "stopped", "ended_at": self.clock.now(),
-                                      "end_reason": f"stopped by trainwarden: {reason}",
-                                      "last_step": run.last_step})
+        await self.save_attempt(
+            run,
+            {
+                "state": "stopped",
+                "ended_at": self.clock.now(),
+                "end_reason": f"stopped by trainwarden: {reason}",
+                "last_step": run.last_step,
+            },
+        )
         if final is None:
-            log.warning("run %s: job %s still not finished after %.0f s", run.name, job_id,
-                        self.stop_timeout_s)
+            log.warning(
+                "run %s: job %s still not finished after %.0f s",
+                run.name,
+                job_id,
+                self.stop_timeout_s,
+            )
 
     def _unusable(self, run: RunInfo) -> set[str]:
         """Nodes the next attempt of ``run`` will not be placed on."""
-        return run.excluded | {n.name for n in self.state.nodes.values()
-                               if n.drained or n.phase is NodePhase.FAILED}
+        return run.excluded | {
+            n.name for n in self.state.nodes.values() if n.drained or n.phase is NodePhase.FAILED
+        }
 
     async def _placeable(self, run: RunInfo) -> int:
         """How many nodes this run may use now (healthy, not drained, not excluded)."""
         usable = 0
         for sn in await self.scheduler.nodes():
             info = self.state.nodes.get(sn.name)
-            bad = info is not None and (info.drained or info.phase in (NodePhase.FAILED,
-                                                                       NodePhase.SUSPECT))
-            if (sn.state in (NodeState.IDLE, NodeState.ALLOCATED) and not bad
-                    and sn.name not in run.excluded):
+            bad = info is not None and (
+                info.drained or info.phase in (NodePhase.FAILED, NodePhase.SUSPECT)
+            )
+            if (
+                sn.state in (NodeState.IDLE, NodeState.ALLOCATED)
+                and not bad
+                and sn.name not in run.excluded
+            ):
                 usable += 1
         return usable
 
-    async def _submit(self, run: RunInfo, resume: str | None,
-                      resume_step: int | None) -> RestartResult:
+    async def _submit(
+        self, run: RunInfo, resume: str | None, resume_step: int | None
+    ) -> RestartResult:
         want = run.spec.nodes
         if run.spec.min_nodes is not None:
             usable = await self._placeable(run)
             want = max(run.spec.min_nodes, min(run.spec.nodes, usable))
-        exclude = tuple(sorted(run.excluded | {n.name for n in self.state.nodes.values()
-                                               if n.drained}))
+        exclude = tuple(
+            sorted(run.excluded | {n.name for n in self.state.nodes.values() if n.drained})
+        )
         attempt = run.attempt + 1
-        spec = JobSpec(run=run.name, attempt=attempt, nodes=want, command=run.spec.command,
-                       exclude=exclude, resume_from=resume, env=run.spec.env,
-                       workdir=run.spec.workdir)
+        spec = JobSpec(
+            run=run.name,
+            attempt=attempt,
+            nodes=want,
+            command=run.spec.command,
+            exclude=exclude,
+            resume_from=resume,
+            env=run.spec.env,
+            workdir=run.spec.workdir,
+        )
         now = self.clock.now()
         try:
             job_id = await self.scheduler.submit(spec)
         except SchedulerError as exc:
             run.phase = RunPhase.HELD
-            await self.emit([Event(now, EventKind.ACTION, run=run.name,
-                                   message=f"submission of attempt {attempt} failed: {exc}",
-                                   data={"attempt": attempt, "error": str(exc)})])
+            await self.emit(
+                [
+                    Event(
+                        now,
+                        EventKind.ACTION,
+                        run=run.name,
+                        message=f"submission of attempt {attempt} failed: {exc}",
+                        data={"attempt": attempt, "error": str(exc)},
+                    )
+                ]
+            )
             return RestartResult(False, f"submit failed: {exc}")
         run.attempt = attempt
         run.job_id = job_id
@@ -172,16 +224,40 @@ class RunManager:
         info = await self.scheduler.job(job_id)
         self.state.place(run, info.nodes if info else ())
         cleared = self.progress.start_attempt(run.name, attempt, now, run.spec.target_step)
-        await self.save_attempt(run, {"state": "submitted", "job_id": job_id,
-                                      "nodes": list(run.nodes), "excluded": list(exclude),
-                                      "resumed_from": resume,
-                                      "resumed_from_step": resume_step, "submitted_at": now})
-        what = (f"attempt {attempt} submitted as job {job_id} on {len(run.nodes) or want} "
-                f"node(s)" + (f", resuming from step {resume_step}" if resume else ", fresh"))
-        await self.emit([Event(now, EventKind.RUN_STARTED, run=run.name, message=what,
-                               data={"attempt": attempt, "job_id": job_id,
-                                     "nodes": list(run.nodes), "exclude": list(exclude),
-                                     "resume_from": resume, "resumed_from_step": resume_step})])
+        await self.save_attempt(
+            run,
+            {
+                "state": "submitted",
+                "job_id": job_id,
+                "nodes": list(run.nodes),
+                "excluded": list(exclude),
+                "resumed_from": resume,
+                "resumed_from_step": resume_step,
+                "submitted_at": now,
+            },
+        )
+        what = (
+            f"attempt {attempt} submitted as job {job_id} on {len(run.nodes) or want} "
+            f"node(s)" + (f", resuming from step {resume_step}" if resume else ", fresh")
+        )
+        await self.emit(
+            [
+                Event(
+                    now,
+                    EventKind.RUN_STARTED,
+                    run=run.name,
+                    message=what,
+                    data={
+                        "attempt": attempt,
+                        "job_id": job_id,
+                        "nodes": list(run.nodes),
+                        "exclude": list(exclude),
+                        "resume_from": resume,
+                        "resumed_from_step": resume_step,
+                    },
+                )
+            ]
+        )
         if cleared:
             await self.observe(cleared)
         return RestartResult(True, what, job_id, resume_step)
@@ -193,25 +269,48 @@ class RunManager:
             # attempt 0: what ranks report when no TRAINWARDEN_ATTEMPT was given to them
             run.attempt = 0
             run.job_id = info.job_id
-            run.attempt_phase = (AttemptPhase.RUNNING if info.state is JobState.RUNNING
-                                 else AttemptPhase.SUBMITTED)
+            run.attempt_phase = (
+                AttemptPhase.RUNNING if info.state is JobState.RUNNING else AttemptPhase.SUBMITTED
+            )
             run.phase = RunPhase.RUNNING
             self.state.place(run, info.nodes)
             self.progress.start_attempt(run.name, run.attempt, now, run.spec.target_step)
             self.prewarm()
-            await self.save_attempt(run, {"state": "submitted", "job_id": info.job_id,
-                                          "nodes": list(info.nodes), "excluded": [],
-                                          "resumed_from": None, "submitted_at": now})
-            await self.emit([Event(now, EventKind.RUN_STARTED, run=run.name,
-                                   message=f"adopted job {info.job_id} ({info.state.value}) as "
-                                           f"attempt {run.attempt}",
-                                   data={"attempt": run.attempt, "job_id": info.job_id,
-                                         "nodes": list(info.nodes), "adopted": True})])
+            await self.save_attempt(
+                run,
+                {
+                    "state": "submitted",
+                    "job_id": info.job_id,
+                    "nodes": list(info.nodes),
+                    "excluded": [],
+                    "resumed_from": None,
+                    "submitted_at": now,
+                },
+            )
+            await self.emit(
+                [
+                    Event(
+                        now,
+                        EventKind.RUN_STARTED,
+                        run=run.name,
+                        message=f"adopted job {info.job_id} ({info.state.value}) as "
+                        f"attempt {run.attempt}",
+                        data={
+                            "attempt": run.attempt,
+                            "job_id": info.job_id,
+                            "nodes": list(info.nodes),
+                            "adopted": True,
+                        },
+                    )
+                ]
+            )
 
     async def poll(self, run: RunInfo) -> JobState | None:
         """Look at the current attempt; returns its state when it just ended."""
-        if run.job_id is None or run.attempt_phase not in (AttemptPhase.SUBMITTED,
-                                                           AttemptPhase.RUNNING):
+        if run.job_id is None or run.attempt_phase not in (
+            AttemptPhase.SUBMITTED,
+            AttemptPhase.RUNNING,
+        ):
             return None
         if self.lock(run.name).locked():
             return None
@@ -233,11 +332,16 @@ class RunManager:
         run.attempt_phase = AttemptPhase.COMPLETED if ok else AttemptPhase.FAILED
         self.progress.stop(run.name)
         now = self.clock.now()
-        await self.save_attempt(run, {"state": run.attempt_phase.value, "ended_at": now,
-                                      "end_reason": f"job {info.job_id} {info.state.value}"
-                                      + (f" (exit {info.exit_code})"
-                                         if info.exit_code is not None else ""),
-                                      "last_step": run.last_step})
+        await self.save_attempt(
+            run,
+            {
+                "state": run.attempt_phase.value,
+                "ended_at": now,
+                "end_reason": f"job {info.job_id} {info.state.value}"
+                + (f" (exit {info.exit_code})" if info.exit_code is not None else ""),
+                "last_step": run.last_step,
+            },
+        )
         if ok:  # the job itself says it reached its end
             run.phase = RunPhase.COMPLETED
         return info.state

@@ -78,9 +78,16 @@ class CoreConfig:
 class Supervisor:
     """Owns the state, the detectors and the run manager; asks the policy what to do."""
 
-    def __init__(self, config: CoreConfig, clock: Clock, store: AsyncStore,
-                 scheduler: Scheduler, policy: PolicyEngine, metrics: Metrics,
-                 publish: Publisher | None = None) -> None:
+    def __init__(
+        self,
+        config: CoreConfig,
+        clock: Clock,
+        store: AsyncStore,
+        scheduler: Scheduler,
+        policy: PolicyEngine,
+        metrics: Metrics,
+        publish: Publisher | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
         self.store = store
@@ -92,15 +99,24 @@ class Supervisor:
         self.book = ConditionBook()
         self.nodes = NodeHealthTracker(
             XidCatalog(dict(config.xid_overrides.items())),
-            heartbeat_misses=config.heartbeat_misses, will_confirm_s=config.will_confirm_s,
+            heartbeat_misses=config.heartbeat_misses,
+            will_confirm_s=config.will_confirm_s,
         )
         self.stragglers = StragglerDetector()
         self.imbalance_seen: set[tuple[str, str]] = set()
         self.last_straggler_eval = float("-inf")
-        self.progress = ProgressTracker(k=config.hang_k, floor_s=config.hang_floor_s,
-                                        startup_timeout_s=config.startup_timeout_s)
-        self.runs = RunManager(self.state, scheduler, clock, self.progress, self.record_events,
-                               self._save_attempt, self.observe)
+        self.progress = ProgressTracker(
+            k=config.hang_k, floor_s=config.hang_floor_s, startup_timeout_s=config.startup_timeout_s
+        )
+        self.runs = RunManager(
+            self.state,
+            scheduler,
+            clock,
+            self.progress,
+            self.record_events,
+            self._save_attempt,
+            self.observe,
+        )
         self.history: deque[Event] = deque(maxlen=2000)
         self.recent_actions: deque[ActionRecordView] = deque(maxlen=2000)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -161,15 +177,17 @@ class Supervisor:
         # become a flood of log lines and rows.
         if self.rejected <= 20 or self.rejected % 100 == 0:
             log.warning("rejected message: %s", why)
-            await self.record_events([Event(now, EventKind.REJECTED_MESSAGE, message=why,
-                                            data={"count": self.rejected})])
+            await self.record_events(
+                [Event(now, EventKind.REJECTED_MESSAGE, message=why, data={"count": self.rejected})]
+            )
 
     def _on_steps(self, msg: StepReport, now: float) -> list[Observation]:
         run = self.state.runs.get(msg.run)
         if run is None:
             return []
-        obs = self.progress.on_steps(msg.run, msg.attempt, msg.rank, msg.node,
-                                     list(msg.samples), now)
+        obs = self.progress.on_steps(
+            msg.run, msg.attempt, msg.rank, msg.node, list(msg.samples), now
+        )
         if msg.attempt == run.attempt:
             self.stragglers.observe_report(msg)
         if msg.attempt == run.attempt:
@@ -189,15 +207,27 @@ class Supervisor:
             run.last_checkpoint_path = msg.path
         from trainwarden.supervisor.store.records import CheckpointRecord
 
-        await self.store.call(self.store.store.add_checkpoint, CheckpointRecord(
-            run=msg.run, step=msg.step, path=msg.path, reported_at=now, attempt=msg.attempt))
+        await self.store.call(
+            self.store.store.add_checkpoint,
+            CheckpointRecord(
+                run=msg.run, step=msg.step, path=msg.path, reported_at=now, attempt=msg.attempt
+            ),
+        )
         waiter = self._checkpoint_waiters.get(msg.run)
         if waiter is not None:
             waiter.set()
-        return [Observation(Event(now, EventKind.CHECKPOINT_SAVED, run=msg.run, node=msg.node,
-                                  message=f"checkpoint of step {msg.step} saved in {msg.path}",
-                                  data={"step": msg.step, "path": msg.path,
-                                        "attempt": msg.attempt}))]
+        return [
+            Observation(
+                Event(
+                    now,
+                    EventKind.CHECKPOINT_SAVED,
+                    run=msg.run,
+                    node=msg.node,
+                    message=f"checkpoint of step {msg.step} saved in {msg.path}",
+                    data={"step": msg.step, "path": msg.path, "attempt": msg.attempt},
+                )
+            )
+        ]
 
     # -- detections -> conditions -> policy ------------------------------------------
 
@@ -268,19 +298,26 @@ class Supervisor:
             if ended is not None and ended is not JobState.COMPLETED:
                 self._spawn(self._after_attempt_failed(run, run.attempt, ended))
             elif ended is JobState.COMPLETED:
-                await self.record_events([Event(now, EventKind.ATTEMPT_ENDED, run=run.name,
-                                                message=f"run completed at step "
-                                                        f"{run.last_step}",
-                                                data={"state": "completed",
-                                                      "attempt": run.attempt})])
+                await self.record_events(
+                    [
+                        Event(
+                            now,
+                            EventKind.ATTEMPT_ENDED,
+                            run=run.name,
+                            message=f"run completed at step {run.last_step}",
+                            data={"state": "completed", "attempt": run.attempt},
+                        )
+                    ]
+                )
         from trainwarden.supervisor.daemon import upkeep as periodic
 
         if now - self._last_sync >= self.config.scheduler_sync_s:
             self._last_sync = now
             await periodic.sync_scheduler(self)
             await periodic.adopt_tagged_jobs(self)
-        obs = (self.nodes.tick(now) + self.progress.tick(now)
-               + periodic.straggler_findings(self, now))
+        obs = (
+            self.nodes.tick(now) + self.progress.tick(now) + periodic.straggler_findings(self, now)
+        )
         if obs:
             await self.observe(obs)
         await periodic.vetting(self, now)
@@ -290,14 +327,25 @@ class Supervisor:
     async def _after_attempt_failed(self, run: RunInfo, attempt: int, state: JobState) -> None:
         """Give node detections a moment to arrive, then let the policy decide."""
         await self.clock.sleep(self.config.settle_s)
-        if run.attempt != attempt or run.phase in (RunPhase.RESTARTING, RunPhase.COMPLETED,
-                                                   RunPhase.GAVE_UP):
+        if run.attempt != attempt or run.phase in (
+            RunPhase.RESTARTING,
+            RunPhase.COMPLETED,
+            RunPhase.GAVE_UP,
+        ):
             return
         now = self.clock.now()
-        ev = Event(now, EventKind.ATTEMPT_ENDED, run=run.name,
-                   message=f"attempt {attempt} ended: {state.value} at step {run.last_step}",
-                   data={"state": state.value, "attempt": attempt, "last_step": run.last_step,
-                         "failed": True})
+        ev = Event(
+            now,
+            EventKind.ATTEMPT_ENDED,
+            run=run.name,
+            message=f"attempt {attempt} ended: {state.value} at step {run.last_step}",
+            data={
+                "state": state.value,
+                "attempt": attempt,
+                "last_step": run.last_step,
+                "failed": True,
+            },
+        )
         [eid] = await self.record_events([ev])
         self.execute(self.policy.on_event(_with_id(ev, eid), self.view(), list(self.history)))
 
@@ -338,26 +386,43 @@ class Supervisor:
         held = self._held_actions.pop(d.request, None)
         if held is not None:  # a decision the policy held earlier, now released or dropped
             action_id = held
-            await self.store.call(self.store.store.update_action, action_id,
-                                  status="pending" if d.verdict is Verdict.ALLOW else "skipped",
-                                  result=f"released: {d.verdict.value}; " + "; ".join(
-                                      f"{g.guard}: {g.detail}" for g in d.guards),
-                                  finished_at=None if d.verdict is Verdict.ALLOW else now)
+            await self.store.call(
+                self.store.store.update_action,
+                action_id,
+                status="pending" if d.verdict is Verdict.ALLOW else "skipped",
+                result=f"released: {d.verdict.value}; "
+                + "; ".join(f"{g.guard}: {g.detail}" for g in d.guards),
+                finished_at=None if d.verdict is Verdict.ALLOW else now,
+            )
         else:
             action_id = await self.store.call(self.store.store.record_action, d, ts=now)
         if d.verdict is Verdict.HOLD:
             self._held_actions[d.request] = action_id
-        self.recent_actions.append(ActionRecordView(now, d.request.kind, d.request.node,
-                                                    d.request.run, d.verdict))
-        await self.record_events([Event(
-            now, EventKind.ACTION, node=d.request.node, run=d.request.run,
-            message=f"{d.request.kind.value} ({d.verdict.value}) by "
+        self.recent_actions.append(
+            ActionRecordView(now, d.request.kind, d.request.node, d.request.run, d.verdict)
+        )
+        await self.record_events(
+            [
+                Event(
+                    now,
+                    EventKind.ACTION,
+                    node=d.request.node,
+                    run=d.request.run,
+                    message=f"{d.request.kind.value} ({d.verdict.value}) by "
                     f"{d.request.who or d.request.rule or d.request.actor.value}: "
                     f"{d.request.reason}",
-            data={"action_id": action_id, "kind": d.request.kind.value,
-                  "actor": d.request.actor.value, "verdict": d.verdict.value,
-                  "who": d.request.who, "rule": d.request.rule,
-                  "evidence": list(d.request.evidence)})])
+                    data={
+                        "action_id": action_id,
+                        "kind": d.request.kind.value,
+                        "actor": d.request.actor.value,
+                        "verdict": d.verdict.value,
+                        "who": d.request.who,
+                        "rule": d.request.rule,
+                        "evidence": list(d.request.evidence),
+                    },
+                )
+            ]
+        )
         if d.verdict is not Verdict.ALLOW:
             self.metrics.action(d.request.kind.value, d.verdict.value, "skipped")
         return action_id
@@ -365,8 +430,13 @@ class Supervisor:
     async def _perform(self, d: Decision, action_id: int) -> tuple[bool, str]:
         from trainwarden.supervisor.daemon.executor import attempt
 
-        await self.store.call(self.store.store.update_action, action_id, status="running",
-                              result=None, finished_at=None)
+        await self.store.call(
+            self.store.store.update_action,
+            action_id,
+            status="running",
+            result=None,
+            finished_at=None,
+        )
         ok, result, retry = await attempt(self, d, action_id)
         if retry:
             result += f" (retrying up to {len(self.config.retry_delays_s)} times)"
@@ -385,17 +455,21 @@ class Supervisor:
             if ok or not again or n == len(self.config.retry_delays_s):
                 await self._finish(d, action_id, ok, f"retry {n}: {result}")
                 return
-            log.warning("action %s %s: retry %d failed: %s", action_id, d.request.kind.value,
-                        n, result)
+            log.warning(
+                "action %s %s: retry %d failed: %s", action_id, d.request.kind.value, n, result
+            )
 
     async def _finish(self, d: Decision, action_id: int, ok: bool, result: str) -> None:
         done = self.clock.now()
-        await self.store.call(self.store.store.update_action, action_id,
-                              status="succeeded" if ok else "failed", result=result,
-                              finished_at=done)
+        await self.store.call(
+            self.store.store.update_action,
+            action_id,
+            status="succeeded" if ok else "failed",
+            result=result,
+            finished_at=done,
+        )
         self.policy.record_result(d, ok, done)
-        self.metrics.action(d.request.kind.value, d.verdict.value,
-                            "succeeded" if ok else "failed")
+        self.metrics.action(d.request.kind.value, d.verdict.value, "succeeded" if ok else "failed")
         if not ok:
             log.error("action %s %s failed: %s", action_id, d.request.kind.value, result)
 
@@ -416,10 +490,15 @@ class Supervisor:
         from trainwarden.supervisor.store.records import NodeRecord
 
         return NodeRecord(
-            name=node.name, state=node.phase.value, scheduler_state=node.scheduler_state,
-            drained_by=node.drained_by, drain_reason=node.drain_reason,
-            last_heartbeat_at=node.last_heartbeat_at, last_report_at=node.last_report_at,
-            updated_at=self.clock.now())
+            name=node.name,
+            state=node.phase.value,
+            scheduler_state=node.scheduler_state,
+            drained_by=node.drained_by,
+            drain_reason=node.drain_reason,
+            last_heartbeat_at=node.last_heartbeat_at,
+            last_report_at=node.last_report_at,
+            updated_at=self.clock.now(),
+        )
 
     async def save_node(self, node: NodeInfo) -> None:
         self.store.batch.nodes.append(self.node_record(node))
@@ -429,15 +508,29 @@ class Supervisor:
 
         st = self.store.store
         if fields.get("state") == "submitted":
-            await self.store.call(st.add_attempt, AttemptRecord(
-                run=run.name, attempt=run.attempt, state="submitted",
-                job_id=fields["job_id"], nodes=tuple(run.nodes),
-                excluded=tuple(fields["excluded"]), resumed_from=fields["resumed_from"],
-                resumed_from_step=run.resumed_from_step, submitted_at=fields["submitted_at"]))
+            await self.store.call(
+                st.add_attempt,
+                AttemptRecord(
+                    run=run.name,
+                    attempt=run.attempt,
+                    state="submitted",
+                    job_id=fields["job_id"],
+                    nodes=tuple(run.nodes),
+                    excluded=tuple(fields["excluded"]),
+                    resumed_from=fields["resumed_from"],
+                    resumed_from_step=run.resumed_from_step,
+                    submitted_at=fields["submitted_at"],
+                ),
+            )
         else:
             await self.store.call(st.update_attempt, run.name, run.attempt, **fields)
-        await self.store.call(st.update_run, run.name, state=run.phase.value,
-                              current_attempt=run.attempt, restarts=run.restarts)
+        await self.store.call(
+            st.update_run,
+            run.name,
+            state=run.phase.value,
+            current_attempt=run.attempt,
+            restarts=run.restarts,
+        )
 
 
 def _with_id(ev: Event, eid: int) -> Event:
@@ -449,4 +542,3 @@ def actor_of(who: str | None) -> Actor:
 
 
 __all__ = ["ActionKind", "CoreConfig", "Supervisor"]
-

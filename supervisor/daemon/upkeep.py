@@ -45,23 +45,45 @@ async def sync_scheduler(sup: Supervisor) -> None:
         if sn.state in (NodeState.DRAINED, NodeState.DRAINING) and not node.drained:
             node.drained_by, node.drain_reason = "external", sn.reason
             node.phase = NodePhase.DRAINED
-            events.append(Event(now, EventKind.CONDITION_CHANGED, node=sn.name,
-                                message=f"drained outside trainwarden: {sn.reason}",
-                                data={"scheduler_state": sn.state.value}))
+            events.append(
+                Event(
+                    now,
+                    EventKind.CONDITION_CHANGED,
+                    node=sn.name,
+                    message=f"drained outside trainwarden: {sn.reason}",
+                    data={"scheduler_state": sn.state.value},
+                )
+            )
         elif sn.state is NodeState.DOWN and before is not None:
-            events.append(Event(now, EventKind.CONDITION_CHANGED, node=sn.name,
-                                message=f"{sup.scheduler.name} marks the node down"
-                                        + (f": {sn.reason}" if sn.reason else ""),
-                                data={"scheduler_state": sn.state.value}))
-        elif (sn.state in (NodeState.IDLE, NodeState.ALLOCATED) and node.drained
-              and node.drained_by == "external"):
+            events.append(
+                Event(
+                    now,
+                    EventKind.CONDITION_CHANGED,
+                    node=sn.name,
+                    message=f"{sup.scheduler.name} marks the node down"
+                    + (f": {sn.reason}" if sn.reason else ""),
+                    data={"scheduler_state": sn.state.value},
+                )
+            )
+        elif (
+            sn.state in (NodeState.IDLE, NodeState.ALLOCATED)
+            and node.drained
+            and node.drained_by == "external"
+        ):
             node.drained_by = node.drain_reason = None
             node.phase = NodePhase.HEALTHY
-            events.append(Event(now, EventKind.CONDITION_CHANGED, node=sn.name,
-                                message="returned to service outside trainwarden"))
+            events.append(
+                Event(
+                    now,
+                    EventKind.CONDITION_CHANGED,
+                    node=sn.name,
+                    message="returned to service outside trainwarden",
+                )
+            )
         sup.store.batch.nodes.append(sup.node_record(node))
     if events:
         await sup.record_events(events)
+
 
 def straggler_findings(sup: Supervisor, now: float) -> list[Observation]:
     """Straggler flags and clears (node-level ones move the Straggler condition);
@@ -73,8 +95,7 @@ def straggler_findings(sup: Supervisor, now: float) -> list[Observation]:
     for f in sup.stragglers.evaluate(now):
         cond = f.condition()
         if f.rank is None:
-            out.append(Observation(f.event(), cond.subject, cond.type, cond.status,
-                                   cond.reason))
+            out.append(Observation(f.event(), cond.subject, cond.type, cond.status, cond.reason))
         else:
             out.append(Observation(f.event()))
     for imb in sup.stragglers.stage_imbalance():
@@ -82,13 +103,24 @@ def straggler_findings(sup: Supervisor, now: float) -> list[Observation]:
         if key in sup.imbalance_seen:
             continue
         sup.imbalance_seen.add(key)
-        out.append(Observation(Event(
-            now, EventKind.STAGE_IMBALANCE, run=imb.run,
-            message=f"stage {imb.slowest} is {imb.ratio:.2f}x the fastest stage: a "
+        out.append(
+            Observation(
+                Event(
+                    now,
+                    EventKind.STAGE_IMBALANCE,
+                    run=imb.run,
+                    message=f"stage {imb.slowest} is {imb.ratio:.2f}x the fastest stage: a "
                     "partitioning problem, not a bad node",
-            data={"levels": [list(lv) for lv in imb.levels], "ratio": imb.ratio,
-                  "step": imb.step})))
+                    data={
+                        "levels": [list(lv) for lv in imb.levels],
+                        "ratio": imb.ratio,
+                        "step": imb.step,
+                    },
+                )
+            )
+        )
     return out
+
 
 async def vetting(sup: Supervisor, now: float) -> None:
     """Nodes being vetted: back to service when healthy long enough, else drained again."""
@@ -96,23 +128,42 @@ async def vetting(sup: Supervisor, now: float) -> None:
         if node.phase is not NodePhase.VETTING or node.vet_started_at is None:
             continue
         bad = sup.book.types_of(node.name) & {
-            ConditionType.NODE_DEAD, ConditionType.GPU_FATAL, ConditionType.NODE_UNHEALTHY}
+            ConditionType.NODE_DEAD,
+            ConditionType.GPU_FATAL,
+            ConditionType.NODE_UNHEALTHY,
+        }
         if bad:
             node.move(NodePhase.DRAINED)
             node.vet_started_at = None
-            await sup.record_events([Event(now, EventKind.CONDITION_CHANGED, node=node.name,
-                                            message="vetting failed: "
-                                                    + ", ".join(sorted(bad)))])
+            await sup.record_events(
+                [
+                    Event(
+                        now,
+                        EventKind.CONDITION_CHANGED,
+                        node=node.name,
+                        message="vetting failed: " + ", ".join(sorted(bad)),
+                    )
+                ]
+            )
             await sup.save_node(node)
             continue
         fresh = (node.last_report_at or 0) > node.vet_started_at
         if fresh and now - node.vet_started_at >= sup.config.vet_period_s:
             node.vet_started_at = None
-            await sup.carry_out(Decision(
-                ActionRequest(ActionKind.UNDRAIN, Actor.RULE, "vetting passed: healthy "
-                              f"reports for {sup.config.vet_period_s:.0f} s",
-                              node=node.name, rule="vet"),
-                Verdict.ALLOW, (GuardVerdict("vetting", True, "no condition set"),)))
+            await sup.carry_out(
+                Decision(
+                    ActionRequest(
+                        ActionKind.UNDRAIN,
+                        Actor.RULE,
+                        f"vetting passed: healthy reports for {sup.config.vet_period_s:.0f} s",
+                        node=node.name,
+                        rule="vet",
+                    ),
+                    Verdict.ALLOW,
+                    (GuardVerdict("vetting", True, "no condition set"),),
+                )
+            )
+
 
 def gpu_signal(report: HealthReport, now: float) -> GpuSignal | None:
     """A node's GPU evidence for the straggler detector, from its GPU probe's values:
@@ -149,11 +200,18 @@ async def adopt_tagged_jobs(sup: Supervisor) -> None:
         run = sup.state.runs.get(name)
         if run is None:
             sup.reported_tags.add(job_id)
-            await sup.record_events([Event(
-                now, EventKind.RUN_STARTED, run=None,
-                message=f"job {job_id} is tagged trainwarden:{name}, but no run {name!r} is "
+            await sup.record_events(
+                [
+                    Event(
+                        now,
+                        EventKind.RUN_STARTED,
+                        run=None,
+                        message=f"job {job_id} is tagged trainwarden:{name}, but no run {name!r} is "
                         f"registered: `trainwarden runs add {name} --adopt ...` supervises it",
-                data={"job_id": job_id, "tag_run": name})])
+                        data={"job_id": job_id, "tag_run": name},
+                    )
+                ]
+            )
             continue
         if run.job_id is not None or run.phase is not RunPhase.PENDING:
             continue

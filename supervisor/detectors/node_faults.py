@@ -23,11 +23,21 @@ from trainwarden.health.report import HealthReport, ProbeReport
 from trainwarden.policies.model import ConditionType, Event, EventKind
 
 # Fault kinds that are about the GPU (fatal ones give GpuFatal, which is sticky).
-GPU_FAULT_KINDS = frozenset({
-    fk.XID, fk.GPU_LOST, fk.GPU_MISSING, fk.ECC_DBE, fk.ROW_REMAP_FAILURE, fk.NVLINK_DOWN,
-    fk.PCIE_DEGRADED, fk.ROW_REMAP_PENDING, fk.THERMAL_THROTTLE, fk.POWER_THROTTLE,
-    fk.GPU_MEM_HELD,
-})
+GPU_FAULT_KINDS = frozenset(
+    {
+        fk.XID,
+        fk.GPU_LOST,
+        fk.GPU_MISSING,
+        fk.ECC_DBE,
+        fk.ROW_REMAP_FAILURE,
+        fk.NVLINK_DOWN,
+        fk.PCIE_DEGRADED,
+        fk.ROW_REMAP_PENDING,
+        fk.THERMAL_THROTTLE,
+        fk.POWER_THROTTLE,
+        fk.GPU_MEM_HELD,
+    }
+)
 GRACEFUL_STOP = "agent stopped"
 
 
@@ -114,10 +124,15 @@ class NodeHealthTracker:
             n.offline_since = None
             n.stopped = False
             msg = "agent back online" if was_dead else "agent online"
-            out.append(Observation(
-                Event(now, EventKind.NODE_ONLINE, node=node, message=msg),
-                node, ConditionType.NODE_DEAD, False, msg,
-            ))
+            out.append(
+                Observation(
+                    Event(now, EventKind.NODE_ONLINE, node=node, message=msg),
+                    node,
+                    ConditionType.NODE_DEAD,
+                    False,
+                    msg,
+                )
+            )
         return out
 
     def on_status(self, node: str, state: str, reason: str, now: float) -> list[Observation]:
@@ -127,16 +142,32 @@ class NodeHealthTracker:
         if reason == GRACEFUL_STOP:
             n.stopped = True
             n.offline_since = None
-            return [Observation(Event(now, EventKind.NODE_OFFLINE, node=node,
-                                      message="agent stopped gracefully; not a node failure",
-                                      data={"graceful": True}))]
+            return [
+                Observation(
+                    Event(
+                        now,
+                        EventKind.NODE_OFFLINE,
+                        node=node,
+                        message="agent stopped gracefully; not a node failure",
+                        data={"graceful": True},
+                    )
+                )
+            ]
         if n.dead or n.offline_since is not None:
             return []
         n.offline_since = now
         n.offline_reason = reason or "connection lost"
-        obs = [Observation(Event(now, EventKind.NODE_OFFLINE, node=node,
-                                 message=f"last will: {n.offline_reason}; node suspect",
-                                 data={"graceful": False}))]
+        obs = [
+            Observation(
+                Event(
+                    now,
+                    EventKind.NODE_OFFLINE,
+                    node=node,
+                    message=f"last will: {n.offline_reason}; node suspect",
+                    data={"graceful": False},
+                )
+            )
+        ]
         if self.will_confirm_s <= 0:
             obs += self._declare_dead(node, n, now, f"last will ({n.offline_reason})")
         return obs
@@ -171,27 +202,45 @@ class NodeHealthTracker:
         faults = [f.to_fault() for p in report.probes for f in p.faults]
         n = self.node(node)
         out: list[Observation] = []
-        gpu_fatal_now = any(self._classify(f).severity is Severity.FATAL
-                            and f.kind in GPU_FAULT_KINDS for f in faults)
+        gpu_fatal_now = any(
+            self._classify(f).severity is Severity.FATAL and f.kind in GPU_FAULT_KINDS
+            for f in faults
+        )
         if n.gpu_fatal and n.restarted_since_fatal and not gpu_fatal_now:
             # A GPU fault is sticky until the node has been through a restart (a reboot, a
             # repair) and then reports its GPUs healthy.
             n.gpu_fatal = n.restarted_since_fatal = False
             n.seen_faults.clear()
             msg = "GPUs healthy after the node came back"
-            out.append(Observation(Event(now, EventKind.CONDITION_CHANGED, node=node,
-                                         message=msg), node, ConditionType.GPU_FATAL, False, msg))
+            out.append(
+                Observation(
+                    Event(now, EventKind.CONDITION_CHANGED, node=node, message=msg),
+                    node,
+                    ConditionType.GPU_FATAL,
+                    False,
+                    msg,
+                )
+            )
         out += self.on_faults(node, faults, now)
-        bad = [p for p in report.probes if p.health is Health.UNHEALTHY
-               and not any(self._classify(f.to_fault()).kind in GPU_FAULT_KINDS
-                           and f.severity is Severity.FATAL for f in p.faults)]
+        bad = [
+            p
+            for p in report.probes
+            if p.health is Health.UNHEALTHY
+            and not any(
+                self._classify(f.to_fault()).kind in GPU_FAULT_KINDS
+                and f.severity is Severity.FATAL
+                for f in p.faults
+            )
+        ]
         deg = [p for p in report.probes if p.health is Health.DEGRADED]
         n.causes = {f.cause for p in report.probes for f in p.faults if f.cause}
-        n.unhealthy, o = _follow(node, ConditionType.NODE_UNHEALTHY, n.unhealthy, bad, now,
-                                 "all probes healthy again")
+        n.unhealthy, o = _follow(
+            node, ConditionType.NODE_UNHEALTHY, n.unhealthy, bad, now, "all probes healthy again"
+        )
         out += o
-        n.degraded, o = _follow(node, ConditionType.NODE_DEGRADED, n.degraded, deg, now,
-                                "no probe degraded")
+        n.degraded, o = _follow(
+            node, ConditionType.NODE_DEGRADED, n.degraded, deg, now, "no probe degraded"
+        )
         out += o
         return out
 
@@ -204,7 +253,9 @@ class NodeHealthTracker:
             if n.offline_since is not None:
                 if now - n.offline_since >= self.will_confirm_s:
                     out += self._declare_dead(
-                        name, n, now,
+                        name,
+                        n,
+                        now,
                         f"last will ({n.offline_reason}) and no heartbeat for "
                         f"{now - n.offline_since:.1f} s",
                     )
@@ -214,8 +265,16 @@ class NodeHealthTracker:
             limit = self.heartbeat_misses * n.interval_s + self.heartbeat_grace_s
             silent = now - n.last_heartbeat
             if silent > limit:
-                out.append(Observation(Event(now, EventKind.HEARTBEAT_MISSED, node=name,
-                                             message=f"no heartbeat for {silent:.1f} s")))
+                out.append(
+                    Observation(
+                        Event(
+                            now,
+                            EventKind.HEARTBEAT_MISSED,
+                            node=name,
+                            message=f"no heartbeat for {silent:.1f} s",
+                        )
+                    )
+                )
                 out += self._declare_dead(name, n, now, f"no heartbeat for {silent:.1f} s")
         return out
 
@@ -227,18 +286,35 @@ class NodeHealthTracker:
         n.restarted_since_fatal = False
         if n.gpu_fatal:
             n.gpu_fatal = False
-            out.append(Observation(Event(0.0, EventKind.CONDITION_CHANGED, node=node,
-                                         message="GPU fault cleared by return to service"),
-                                   node, ConditionType.GPU_FATAL, False, "returned to service"))
+            out.append(
+                Observation(
+                    Event(
+                        0.0,
+                        EventKind.CONDITION_CHANGED,
+                        node=node,
+                        message="GPU fault cleared by return to service",
+                    ),
+                    node,
+                    ConditionType.GPU_FATAL,
+                    False,
+                    "returned to service",
+                )
+            )
         return out
 
     # -- helpers -------------------------------------------------------------------
 
     def _declare_dead(self, node: str, n: NodeLiveness, now: float, why: str) -> list[Observation]:
         n.dead = True
-        return [Observation(Event(now, EventKind.CONDITION_CHANGED, node=node,
-                                  message=f"node dead: {why}"),
-                            node, ConditionType.NODE_DEAD, True, why)]
+        return [
+            Observation(
+                Event(now, EventKind.CONDITION_CHANGED, node=node, message=f"node dead: {why}"),
+                node,
+                ConditionType.NODE_DEAD,
+                True,
+                why,
+            )
+        ]
 
     def _classify(self, f: Fault) -> Fault:
         """XIDs are re-classified with the daemon's catalogue (central operator overrides)."""
@@ -249,17 +325,31 @@ class NodeHealthTracker:
         return Fault(f.kind, cls.severity, detail, f.gpu, f.code, f.cause)
 
 
-def _follow(node: str, ctype: ConditionType, was: bool, probes: list[ProbeReport], now: float,
-            cleared: str) -> tuple[bool, list[Observation]]:
+def _follow(
+    node: str, ctype: ConditionType, was: bool, probes: list[ProbeReport], now: float, cleared: str
+) -> tuple[bool, list[Observation]]:
     """A condition that follows the probes of each report: set while some probe says so,
     cleared when none does. Returns the new state and the transition, if any."""
     if bool(probes) == was:
         return was, []
     reason = "; ".join(f"{p.probe}: {p.reason}" for p in probes) if probes else cleared
-    return bool(probes), [Observation(Event(now, EventKind.CONDITION_CHANGED, node=node,
-                                            message=reason), node, ctype, bool(probes), reason)]
+    return bool(probes), [
+        Observation(
+            Event(now, EventKind.CONDITION_CHANGED, node=node, message=reason),
+            node,
+            ctype,
+            bool(probes),
+            reason,
+        )
+    ]
 
 
 def _fault_data(f: Fault) -> dict[str, object]:
-    return {"kind": f.kind, "severity": f.severity.value, "gpu": f.gpu, "code": f.code,
-            "cause": f.cause, "detail": f.detail}
+    return {
+        "kind": f.kind,
+        "severity": f.severity.value,
+        "gpu": f.gpu,
+        "code": f.code,
+        "cause": f.cause,
+        "detail": f.detail,
+    }

@@ -46,8 +46,9 @@ class AttemptProgress:
 class ProgressTracker:
     """Follows the step reports of every active run attempt."""
 
-    def __init__(self, *, k: float = 2.0, floor_s: float = 30.0,
-                 startup_timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, *, k: float = 2.0, floor_s: float = 30.0, startup_timeout_s: float = 300.0
+    ) -> None:
         self.k = k
         self.floor_s = floor_s
         self.startup_timeout_s = startup_timeout_s
@@ -56,8 +57,9 @@ class ProgressTracker:
     def get(self, run: str) -> AttemptProgress | None:
         return self._runs.get(run)
 
-    def start_attempt(self, run: str, attempt: int, now: float,
-                      target_step: int | None = None) -> list[Observation]:
+    def start_attempt(
+        self, run: str, attempt: int, now: float, target_step: int | None = None
+    ) -> list[Observation]:
         """Follow a new attempt. A hang of the previous attempt ends with it (so a hang of
         this one is a new transition)."""
         old = self._runs.get(run)
@@ -65,17 +67,29 @@ class ProgressTracker:
         if old is None or not old.hung:
             return []
         why = f"attempt {attempt} started"
-        return [Observation(Event(now, EventKind.CONDITION_CHANGED, run=run,
-                                  message=f"hang of attempt {old.attempt} over: {why}"),
-                            run, ConditionType.RUN_HUNG, False, why)]
+        return [
+            Observation(
+                Event(
+                    now,
+                    EventKind.CONDITION_CHANGED,
+                    run=run,
+                    message=f"hang of attempt {old.attempt} over: {why}",
+                ),
+                run,
+                ConditionType.RUN_HUNG,
+                False,
+                why,
+            )
+        ]
 
     def stop(self, run: str) -> None:
         p = self._runs.get(run)
         if p is not None:
             p.active = False
 
-    def on_steps(self, run: str, attempt: int, rank: int, node: str,
-                 samples: list[StepSample], now: float) -> list[Observation]:
+    def on_steps(
+        self, run: str, attempt: int, rank: int, node: str, samples: list[StepSample], now: float
+    ) -> list[Observation]:
         p = self._runs.get(run)
         if p is None or attempt != p.attempt or not p.active:
             return []  # a report from an older attempt or an unknown run changes nothing
@@ -89,18 +103,32 @@ class ProgressTracker:
                 continue
             if p.first_step is None:
                 p.first_step, p.first_step_at = s.step, now
-                out.append(Observation(Event(now, EventKind.RUN_STARTED, run=run,
-                                             message=f"attempt {attempt}: first step {s.step}",
-                                             data={"attempt": attempt, "step": s.step})))
+                out.append(
+                    Observation(
+                        Event(
+                            now,
+                            EventKind.RUN_STARTED,
+                            run=run,
+                            message=f"attempt {attempt}: first step {s.step}",
+                            data={"attempt": attempt, "step": s.step},
+                        )
+                    )
+                )
             p.last_step = s.step
             p.last_progress_at = now
             if s.step_s > 0:
                 p.step_times.append(s.step_s)
         if p.hung and p.last_progress_at == now:
             p.hung = False
-            out.append(Observation(Event(now, EventKind.CONDITION_CHANGED, run=run,
-                                         message="progress resumed"),
-                                   run, ConditionType.RUN_HUNG, False, "progress resumed"))
+            out.append(
+                Observation(
+                    Event(now, EventKind.CONDITION_CHANGED, run=run, message="progress resumed"),
+                    run,
+                    ConditionType.RUN_HUNG,
+                    False,
+                    "progress resumed",
+                )
+            )
         return out
 
     def threshold_s(self, p: AttemptProgress) -> float:
@@ -114,27 +142,50 @@ class ProgressTracker:
         for run, p in self._runs.items():
             if not p.active or p.hung:
                 continue
-            if (p.target_step is not None and p.last_step is not None
-                    and p.last_step >= p.target_step):
+            if (
+                p.target_step is not None
+                and p.last_step is not None
+                and p.last_step >= p.target_step
+            ):
                 continue
             since = p.last_progress_at if p.last_progress_at is not None else p.started_at
             limit = self.threshold_s(p)
             if now - since <= limit:
                 continue
             p.hung = True
-            culprits = hang_culprits({rank: RankLast(r.node, r.last_step, r.last_report_at)
-                                      for rank, r in p.ranks.items()})
+            culprits = hang_culprits(
+                {
+                    rank: RankLast(r.node, r.last_step, r.last_report_at)
+                    for rank, r in p.ranks.items()
+                }
+            )
             where = ", ".join(f"rank {r} on {p.ranks[r].node}" for r in culprits.ranks[:8])
-            what = (f"no step for {now - since:.1f} s (limit {limit:.1f} s); "
-                    + (f"stopped first: {where} ({culprits.reason})" if where
-                       else culprits.reason))
-            out.append(Observation(
-                Event(now, EventKind.RUN_PROGRESS_STALLED, run=run, message=what,
-                      data={"attempt": p.attempt, "last_step": p.last_step,
-                            "silent_s": round(now - since, 3), "limit_s": limit,
-                            "culprits": [{"rank": r, "node": p.ranks[r].node,
-                                          "step": p.ranks[r].last_step}
-                                         for r in culprits.ranks],
-                            "culprit_nodes": list(culprits.nodes)}),
-                run, ConditionType.RUN_HUNG, True, what))
+            what = f"no step for {now - since:.1f} s (limit {limit:.1f} s); " + (
+                f"stopped first: {where} ({culprits.reason})" if where else culprits.reason
+            )
+            out.append(
+                Observation(
+                    Event(
+                        now,
+                        EventKind.RUN_PROGRESS_STALLED,
+                        run=run,
+                        message=what,
+                        data={
+                            "attempt": p.attempt,
+                            "last_step": p.last_step,
+                            "silent_s": round(now - since, 3),
+                            "limit_s": limit,
+                            "culprits": [
+                                {"rank": r, "node": p.ranks[r].node, "step": p.ranks[r].last_step}
+                                for r in culprits.ranks
+                            ],
+                            "culprit_nodes": list(culprits.nodes),
+                        },
+                    ),
+                    run,
+                    ConditionType.RUN_HUNG,
+                    True,
+                    what,
+                )
+            )
         return out

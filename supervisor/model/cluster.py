@@ -29,15 +29,22 @@ class RunSpec:
     workdir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"command": list(self.command), "nodes": self.nodes,
-                "checkpoint_dir": self.checkpoint_dir, "min_nodes": self.min_nodes,
-                "env": dict(self.env), "target_step": self.target_step, "workdir": self.workdir}
+        return {
+            "command": list(self.command),
+            "nodes": self.nodes,
+            "checkpoint_dir": self.checkpoint_dir,
+            "min_nodes": self.min_nodes,
+            "env": dict(self.env),
+            "target_step": self.target_step,
+            "workdir": self.workdir,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunSpec:
         try:
             spec = cls(
-                command=tuple(str(c) for c in d["command"]), nodes=int(d["nodes"]),
+                command=tuple(str(c) for c in d["command"]),
+                nodes=int(d["nodes"]),
                 checkpoint_dir=str(d["checkpoint_dir"]),
                 min_nodes=None if d.get("min_nodes") is None else int(d["min_nodes"]),
                 env={str(k): str(v) for k, v in dict(d.get("env") or {}).items()},
@@ -97,8 +104,12 @@ class RunInfo:
 
     @property
     def active(self) -> bool:
-        return self.phase in (RunPhase.RUNNING, RunPhase.RESTARTING, RunPhase.PENDING,
-                              RunPhase.HELD)
+        return self.phase in (
+            RunPhase.RUNNING,
+            RunPhase.RESTARTING,
+            RunPhase.PENDING,
+            RunPhase.HELD,
+        )
 
 
 class ClusterState:
@@ -122,26 +133,37 @@ class ClusterState:
         for name in run.nodes:
             self.node(name).run = run.name
 
-    def view(self, now: float, book: ConditionBook,
-             recent_actions: Iterable[ActionRecordView] = (),
-             causes: Mapping[str, frozenset[str]] | None = None) -> ClusterView:
+    def view(
+        self,
+        now: float,
+        book: ConditionBook,
+        recent_actions: Iterable[ActionRecordView] = (),
+        causes: Mapping[str, frozenset[str]] | None = None,
+    ) -> ClusterView:
         causes = causes or {}
         nodes = {
             n.name: NodeView(
-                name=n.name, run=n.run, drained=n.drained,
+                name=n.name,
+                run=n.run,
+                drained=n.drained,
                 drained_by_trainwarden=n.drained and n.drained_by == "trainwarden",
-                returned_at=n.returned_at, conditions=book.types_of(n.name),
+                returned_at=n.returned_at,
+                conditions=book.types_of(n.name),
                 causes=causes.get(n.name, frozenset()),
             )
             for n in self.nodes.values()
         }
         runs = {
             r.name: RunView(
-                name=r.name, nodes=r.nodes, active=r.active, attempt=r.attempt,
-                restarts=r.restarts, restart_times=tuple(r.restart_times),
-                failure_steps=tuple(r.failure_steps), last_step=r.last_step,
+                name=r.name,
+                nodes=r.nodes,
+                active=r.active,
+                attempt=r.attempt,
+                restarts=r.restarts,
+                restart_times=tuple(r.restart_times),
+                failure_steps=tuple(r.failure_steps),
+                last_step=r.last_step,
             )
             for r in self.runs.values()
         }
-        return ClusterView(now=now, nodes=nodes, runs=runs,
-                           recent_actions=tuple(recent_actions))
+        return ClusterView(now=now, nodes=nodes, runs=runs, recent_actions=tuple(recent_actions))

@@ -35,8 +35,12 @@ class JobState(StrEnum):
 
     @property
     def finished(self) -> bool:
-        return self not in (JobState.PENDING, JobState.RUNNING, JobState.COMPLETING,
-                            JobState.UNKNOWN)
+        return self not in (
+            JobState.PENDING,
+            JobState.RUNNING,
+            JobState.COMPLETING,
+            JobState.UNKNOWN,
+        )
 
 
 @dataclass(frozen=True)

@@ -67,8 +67,9 @@ class _LocalJob:
 class LocalScheduler:
     """Runs jobs as local process groups on named, simulated nodes."""
 
-    def __init__(self, nodes: Sequence[str], log_dir: str | Path,
-                 stop_grace_s: float = 10.0) -> None:
+    def __init__(
+        self, nodes: Sequence[str], log_dir: str | Path, stop_grace_s: float = 10.0
+    ) -> None:
         if not nodes:
             raise SchedulerError("the local scheduler needs at least one node")
         self._nodes = {n: _LocalNode(n) for n in nodes}
@@ -115,8 +116,11 @@ class LocalScheduler:
     async def submit(self, spec: JobSpec) -> str:
         for x in spec.exclude:
             self._node(x)
-        free = [n.name for n in self._nodes.values()
-                if not (n.drained or n.down or n.job) and n.name not in spec.exclude]
+        free = [
+            n.name
+            for n in self._nodes.values()
+            if not (n.drained or n.down or n.job) and n.name not in spec.exclude
+        ]
         if len(free) < spec.nodes:
             raise SchedulerError(
                 f"cannot place run {spec.run!r}: needs {spec.nodes} nodes, {len(free)} available "
@@ -129,19 +133,35 @@ class LocalScheduler:
         port = free_port()
         try:
             for rank, node in enumerate(chosen):
-                values = {"node": node, "node_rank": str(rank), "nnodes": str(len(chosen)),
-                          "master_addr": "127.0.0.1", "master_port": str(port),
-                          "job_id": job_id}
+                values = {
+                    "node": node,
+                    "node_rank": str(rank),
+                    "nnodes": str(len(chosen)),
+                    "master_addr": "127.0.0.1",
+                    "master_port": str(port),
+                    "job_id": job_id,
+                }
                 argv = [a.format(**values) for a in spec.command]
-                env = {**os.environ, **spec.job_env(), "TRAINWARDEN_NODE": node,
-                       "NODE_RANK": values["node_rank"], "NNODES": values["nnodes"],
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": values["master_port"],
-                       "TRAINWARDEN_JOB_ID": job_id}
+                env = {
+                    **os.environ,
+                    **spec.job_env(),
+                    "TRAINWARDEN_NODE": node,
+                    "NODE_RANK": values["node_rank"],
+                    "NNODES": values["nnodes"],
+                    "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": values["master_port"],
+                    "TRAINWARDEN_JOB_ID": job_id,
+                }
                 log = (self._log_dir / f"{job_id}-{node}.log").open("ab")
                 try:
                     proc = await asyncio.create_subprocess_exec(
-                        *argv, env=env, cwd=spec.workdir, stdout=log, stderr=log,
-                        stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+                        *argv,
+                        env=env,
+                        cwd=spec.workdir,
+                        stdout=log,
+                        stderr=log,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        start_new_session=True,
                     )
                 finally:
                     log.close()
@@ -156,8 +176,7 @@ class LocalScheduler:
             asyncio.get_running_loop().create_task(self._watch(job, node, proc))
         return job_id
 
-    async def _watch(self, job: _LocalJob, node: str,
-                     proc: asyncio.subprocess.Process) -> None:
+    async def _watch(self, job: _LocalJob, node: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
         job.exit_codes[node] = code
         if len(job.exit_codes) == len(job.procs):
@@ -212,8 +231,13 @@ class LocalScheduler:
         if job is None:
             return None
         codes = [c for c in job.exit_codes.values() if c != 0]
-        return JobInfo(job_id, job.state, job.nodes, codes[0] if codes else None,
-                       f"node {job.node_failed} failed" if job.node_failed else "")
+        return JobInfo(
+            job_id,
+            job.state,
+            job.nodes,
+            codes[0] if codes else None,
+            f"node {job.node_failed} failed" if job.node_failed else "",
+        )
 
     async def jobs_tagged(self) -> list[tuple[str, str]]:
         return [(j.job_id, j.spec.run) for j in self._jobs.values()]

@@ -41,8 +41,9 @@ class SlurmScheduler:
     ``bin_dir``: folder holding the Slurm commands (default: found on PATH).
     """
 
-    def __init__(self, slurm_conf: str | None = None, timeout_s: float = 20.0,
-                 bin_dir: str | None = None) -> None:
+    def __init__(
+        self, slurm_conf: str | None = None, timeout_s: float = 20.0, bin_dir: str | None = None
+    ) -> None:
         if timeout_s <= 0:
             raise SchedulerError(f"Slurm command timeout must be positive, got {timeout_s}")
         self._conf = slurm_conf or os.environ.get("SLURM_CONF") or DEFAULT_CONF
@@ -67,9 +68,11 @@ class SlurmScheduler:
         """One node's state and reason; SchedulerError when Slurm does not know it."""
         rec = await self._node_record(node)
         state_words = rec.get("State", "").split("+")
-        return SchedNode(name=rec.get("NodeName", node),
-                         state=sp.node_state(state_words[0], state_words[1:]),
-                         reason=_strip_stamp(rec.get("Reason", "")))
+        return SchedNode(
+            name=rec.get("NodeName", node),
+            state=sp.node_state(state_words[0], state_words[1:]),
+            reason=_strip_stamp(rec.get("Reason", "")),
+        )
 
     async def job(self, job_id: str) -> JobInfo | None:
         """The job as slurmctld holds it; None once it is unknown (finished longer than
@@ -89,9 +92,13 @@ class SlurmScheduler:
         except ValueError as exc:
             raise SchedulerError(f"scontrol show job {job_id}: {exc}") from exc
         reason = rec.get("Reason", "")
-        return JobInfo(job_id=rec.get("JobId", job_id), state=sp.job_state(rec.get("JobState", "")),
-                       nodes=nodes, exit_code=sp.exit_code(rec.get("ExitCode", "")),
-                       reason="" if reason == "None" else reason)
+        return JobInfo(
+            job_id=rec.get("JobId", job_id),
+            state=sp.job_state(rec.get("JobState", "")),
+            nodes=nodes,
+            exit_code=sp.exit_code(rec.get("ExitCode", "")),
+            reason="" if reason == "None" else reason,
+        )
 
     async def jobs_tagged(self) -> list[tuple[str, str]]:
         """(job_id, run) of every job slurmctld knows that trainwarden submitted (comment or
@@ -119,8 +126,9 @@ class SlurmScheduler:
         words = rec.get("State", "").split("+")
         if "DRAIN" not in words and words[0] in ("IDLE", "ALLOCATED", "MIXED", "COMPLETING"):
             return
-        rc, _, err = await self._call("scontrol", "update", f"NodeName={rec.get('NodeName', node)}",
-                                      "State=RESUME")
+        rc, _, err = await self._call(
+            "scontrol", "update", f"NodeName={rec.get('NodeName', node)}", "State=RESUME"
+        )
         if rc != 0 and not re.search(r"Invalid node state specified", err):
             raise self._error("scontrol update State=RESUME", rc, err)
 
@@ -138,12 +146,22 @@ class SlurmScheduler:
         env = spec.job_env()
         for key, value in env.items():
             if "," in value or "\n" in value:
-                raise SchedulerError(f"run {spec.run}: environment value of {key} contains ',' "
-                                     "or a newline, which sbatch --export cannot carry")
+                raise SchedulerError(
+                    f"run {spec.run}: environment value of {key} contains ',' "
+                    "or a newline, which sbatch --export cannot carry"
+                )
         tag = f"{sp.TAG_PREFIX}{spec.run}"
         exports = ",".join(["ALL", *(f"{k}={v}" for k, v in sorted(env.items()))])
-        args = ["sbatch", "--parsable", f"--nodes={spec.nodes}", "--exclusive", "--no-requeue",
-                f"--job-name={tag}", f"--comment={tag}", f"--export={exports}"]
+        args = [
+            "sbatch",
+            "--parsable",
+            f"--nodes={spec.nodes}",
+            "--exclusive",
+            "--no-requeue",
+            f"--job-name={tag}",
+            f"--comment={tag}",
+            f"--export={exports}",
+        ]
         if spec.exclude:
             args.append(f"--exclude={','.join(spec.exclude)}")
         if spec.workdir:
@@ -158,8 +176,9 @@ class SlurmScheduler:
         """scancel; a job that has finished or is unknown is fine."""
         _check_job_id(job_id)
         rc, _, err = await self._call("scancel", job_id)
-        if rc != 0 and not (_UNKNOWN_JOB.search(err) or "already completing" in err
-                            or "Job/step already" in err):
+        if rc != 0 and not (
+            _UNKNOWN_JOB.search(err) or "already completing" in err or "Job/step already" in err
+        ):
             raise self._error("scancel", rc, err)
 
     # --- plumbing -----------------------------------------------------------------------
@@ -189,14 +208,21 @@ class SlurmScheduler:
         conf = Path(self._conf)
         if not conf.is_file():
             # Slurm's commands would retry for a minute before saying so.
-            raise SchedulerError(f"Slurm configuration {conf} does not exist "
-                                 "(set SLURM_CONF or the scheduler's slurm_conf)")
+            raise SchedulerError(
+                f"Slurm configuration {conf} does not exist "
+                "(set SLURM_CONF or the scheduler's slurm_conf)"
+            )
         exe = str(Path(self._bin_dir) / args[0]) if self._bin_dir else args[0]
         env = dict(os.environ, SLURM_CONF=str(conf))
         try:
             proc = await asyncio.create_subprocess_exec(
-                exe, *args[1:], env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                exe,
+                *args[1:],
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
         except FileNotFoundError as exc:
             where = f"in {self._bin_dir}" if self._bin_dir else "on PATH"
             raise SchedulerError(f"Slurm command {args[0]} not found {where}") from exc
@@ -209,12 +235,16 @@ class SlurmScheduler:
                 proc.kill()
             await proc.wait()
             what = " ".join(args[:2])
-            raise SchedulerError(f"{what} did not finish within {self._timeout_s:g} s "
-                                 "(slurmctld slow or unreachable)", retryable=True) from None
+            raise SchedulerError(
+                f"{what} did not finish within {self._timeout_s:g} s "
+                "(slurmctld slow or unreachable)",
+                retryable=True,
+            ) from None
         err_text = err.decode(errors="replace")
         if "fatal:" in err_text and "configuration file" in err_text:
-            raise SchedulerError(f"Slurm cannot read its configuration {conf}: "
-                                 f"{' '.join(err_text.split())}")
+            raise SchedulerError(
+                f"Slurm cannot read its configuration {conf}: {' '.join(err_text.split())}"
+            )
         return proc.returncode or 0, out.decode(errors="replace"), err_text
 
 

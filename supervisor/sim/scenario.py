@@ -139,7 +139,9 @@ def shipped_names() -> list[str]:
 
 def load_scenario(name_or_path: str) -> Scenario:
     if name_or_path in shipped_names():
-        text = resources.files("trainwarden.supervisor.sim").joinpath(f"scenarios/{name_or_path}.yaml")
+        text = resources.files("trainwarden.supervisor.sim").joinpath(
+            f"scenarios/{name_or_path}.yaml"
+        )
         return parse_scenario(text.read_text(), f"scenarios/{name_or_path}.yaml")
     p = Path(name_or_path)
     if not p.exists():

@@ -53,8 +53,9 @@ class ActionStore(StoreCore):
             "status": str(status or initial_status(decision.verdict)),
         }
         with self._write(f"recording a {req.kind} action") as conn:
-            return int(conn.execute(insert(ACTIONS).values(**row).returning(ACTIONS.c.id))
-                       .scalar_one())
+            return int(
+                conn.execute(insert(ACTIONS).values(**row).returning(ACTIONS.c.id)).scalar_one()
+            )
 
     def update_action(
         self,
@@ -114,8 +115,9 @@ class ActionStore(StoreCore):
             "detail": json_ready(dict(detail or {}), f"the detail of incident {kind!r}"),
         }
         with self._write(f"opening a {kind} incident") as conn:
-            return int(conn.execute(insert(INCIDENTS).values(**row).returning(INCIDENTS.c.id))
-                       .scalar_one())
+            return int(
+                conn.execute(insert(INCIDENTS).values(**row).returning(INCIDENTS.c.id)).scalar_one()
+            )
 
     def close_incident(self, incident_id: int, closed_at: float) -> bool:
         """Close an incident; False if it was closed already (its close time is kept)."""

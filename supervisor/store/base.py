@@ -95,8 +95,9 @@ class StoreCore:
             raise
         except (OperationalError, DBAPIError) as exc:
             if isinstance(exc, OperationalError) or exc.connection_invalidated:
-                raise StoreUnavailable(f"{what}: database {self.url} unavailable: "
-                                       f"{_first_line(exc)}") from exc
+                raise StoreUnavailable(
+                    f"{what}: database {self.url} unavailable: {_first_line(exc)}"
+                ) from exc
             raise StoreError(f"{what}: rejected by the database: {_first_line(exc)}") from exc
         except SQLAlchemyError as exc:
             raise StoreError(f"{what}: {_first_line(exc)}") from exc
@@ -107,8 +108,9 @@ class StoreCore:
             with self._engine.connect() as conn:
                 yield conn
         except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"{what}: database {self.url} unavailable: "
-                                   f"{_first_line(exc)}") from exc
+            raise StoreUnavailable(
+                f"{what}: database {self.url} unavailable: {_first_line(exc)}"
+            ) from exc
 
     def _insert(self, tbl: Table) -> Any:
         """A dialect INSERT that supports ON CONFLICT (both SQLite and PostgreSQL have it)."""
@@ -137,8 +139,7 @@ class StoreCore:
         conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=sets), rows)
 
 
-def checked_fields(fields: Mapping[str, Any], allowed: frozenset[str], what: str) -> dict[str,
-                                                                                         Any]:
+def checked_fields(fields: Mapping[str, Any], allowed: frozenset[str], what: str) -> dict[str, Any]:
     """``fields`` for an UPDATE of ``what``, or StoreError naming the unknown ones."""
     unknown = sorted(set(fields) - allowed)
     if unknown:

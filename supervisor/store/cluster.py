@@ -157,8 +157,11 @@ class StateStore(StoreCore):
             {"name": name, "state": "unknown", "labels": {}, "last_heartbeat_at": float(ts)}
             for name, ts in heartbeats.items()
         ]
-        later = {"last_heartbeat_at": lambda ex: later_of(NODES.c.last_heartbeat_at,
-                                                          ex.last_heartbeat_at)}
+        later = {
+            "last_heartbeat_at": lambda ex: later_of(
+                NODES.c.last_heartbeat_at, ex.last_heartbeat_at
+            )
+        }
         self._upsert(conn, NODES, rows, ("name",), later)
 
     # -- the flusher's batch ------------------------------------------------------------
@@ -173,8 +176,7 @@ class StateStore(StoreCore):
             self._upsert_nodes(conn, nodes)
             self._touch(conn, batch.heartbeats)
             ids = self._insert_events(conn, events)
-            self._upsert(conn, CONDITIONS, dedupe(conds, ("subject", "type")),
-                         ("subject", "type"))
+            self._upsert(conn, CONDITIONS, dedupe(conds, ("subject", "type")), ("subject", "type"))
         return ids
 
 

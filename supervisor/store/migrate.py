@@ -78,15 +78,18 @@ def schema_problem(current: str | None) -> str | None:
     if current == head:
         return None
     if current is None:
-        return f"database schema is at revision none (empty), this trainwarden needs {head}: "\
+        return (
+            f"database schema is at revision none (empty), this trainwarden needs {head}: "
             f"{UPGRADE_HINT}"
+        )
     if current not in known_revisions():
         return (
             f"database schema is at revision {current}, unknown to this trainwarden (it needs "
             f"{head}): the database was upgraded by a newer trainwarden; upgrade trainwarden"
         )
-    return f"database schema is at revision {current}, this trainwarden needs {head}: "\
-        f"{UPGRADE_HINT}"
+    return (
+        f"database schema is at revision {current}, this trainwarden needs {head}: {UPGRADE_HINT}"
+    )
 
 
 def _engine_for_upgrade(raw: str) -> tuple[URL, Engine]:

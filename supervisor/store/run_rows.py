@@ -62,8 +62,10 @@ class RunStore(StoreCore):
         row = {"run": a.run, "attempt": a.attempt, **_attempt_values(_record_fields(a))}
         with self._write(f"adding attempt {a.attempt} of run {a.run!r}") as conn:
             _require_run(conn, a.run)
-            stmt = self._insert(ATTEMPTS).values(**row).on_conflict_do_nothing(
-                index_elements=["run", "attempt"]
+            stmt = (
+                self._insert(ATTEMPTS)
+                .values(**row)
+                .on_conflict_do_nothing(index_elements=["run", "attempt"])
             )
             if conn.execute(stmt.returning(ATTEMPTS.c.run)).first() is None:
                 raise StoreError(f"attempt {a.attempt} of run {a.run!r} already exists")
@@ -95,8 +97,10 @@ class RunStore(StoreCore):
         row = {f.name: getattr(c, f.name) for f in dc_fields(CheckpointRecord)}
         with self._write(f"adding checkpoint {c.step} of run {c.run!r}") as conn:
             _require_run(conn, c.run)
-            stmt = self._insert(CHECKPOINTS).values(**row).on_conflict_do_nothing(
-                index_elements=["run", "step"]
+            stmt = (
+                self._insert(CHECKPOINTS)
+                .values(**row)
+                .on_conflict_do_nothing(index_elements=["run", "step"])
             )
             # (RETURNING, not rowcount: drivers do not all report it for INSERT.)
             return conn.execute(stmt.returning(CHECKPOINTS.c.step)).first() is not None

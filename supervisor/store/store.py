@@ -39,8 +39,9 @@ def open_store(raw_url: str, *, check_schema: bool = True) -> Store:
     url = parse_url(raw_url)
     path = sqlite_path(url)
     if path is not None and not path.exists():
-        raise StoreError(f"database file {path} does not exist: {UPGRADE_HINT} --url "
-                         f"'{mask(url)}' to create it")
+        raise StoreError(
+            f"database file {path} does not exist: {UPGRADE_HINT} --url '{mask(url)}' to create it"
+        )
     engine = make_engine(url)
     try:
         with engine.connect() as conn:

@@ -42,8 +42,7 @@ class Collector:
             msg = exc
         self.q.put((at, m.topic, msg))
 
-    def wait_for(self, pred: Callable[[Any], bool], timeout: float = 5.0
-                 ) -> tuple[float, Any]:
+    def wait_for(self, pred: Callable[[Any], bool], timeout: float = 5.0) -> tuple[float, Any]:
         """The first message matching ``pred`` (others are discarded)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -77,14 +76,16 @@ class PrivateMosquitto:
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                             "persistence false\n")
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             with socket.socket() as s:

@@ -54,14 +54,27 @@ class QueueWatcher:
             return []
 
 
-def _agent(node: str, port: int = 1883, probes: list[Any] | None = None,
-           watchers: list[Any] | None = None, **kw: Any) -> Agent:
-    cfg = AgentConfig(node=node, broker_port=port, report_interval_s=kw.pop("report", 0.3),
-                      heartbeat_interval_s=kw.pop("heartbeat", 0.1),
-                      probes=ProbeConfig(timeout_s=1.0), **kw)
-    return Agent(cfg, hardware=None,  # type: ignore[arg-type]
-                 probes=probes if probes is not None else [StaticProbe()],
-                 watchers=watchers or [])
+def _agent(
+    node: str,
+    port: int = 1883,
+    probes: list[Any] | None = None,
+    watchers: list[Any] | None = None,
+    **kw: Any,
+) -> Agent:
+    cfg = AgentConfig(
+        node=node,
+        broker_port=port,
+        report_interval_s=kw.pop("report", 0.3),
+        heartbeat_interval_s=kw.pop("heartbeat", 0.1),
+        probes=ProbeConfig(timeout_s=1.0),
+        **kw,
+    )
+    return Agent(
+        cfg,
+        hardware=None,  # type: ignore[arg-type]
+        probes=probes if probes is not None else [StaticProbe()],
+        watchers=watchers or [],
+    )
 
 
 # --- unit ------------------------------------------------------------------------------
@@ -69,14 +82,17 @@ def _agent(node: str, port: int = 1883, probes: list[Any] | None = None,
 
 async def test_collect_turns_a_broken_probe_into_data() -> None:
     clock = VirtualClock()
-    agent = Agent(AgentConfig(node="nid000001"), hardware=None,  # type: ignore[arg-type]
-                  clock=clock, probes=[StaticProbe(), BrokenProbe(), DegradedProbe()],
-                  watchers=[])
+    agent = Agent(
+        AgentConfig(node="nid000001"),
+        hardware=None,  # type: ignore[arg-type]
+        clock=clock,
+        probes=[StaticProbe(), BrokenProbe(), DegradedProbe()],
+        watchers=[],
+    )
     first = await agent.collect()
     second = await agent.collect()
     by_name = {p.probe: p for p in first.probes}
-    assert by_name["static"].health is Health.HEALTHY and by_name["static"].values == {
-        "answer": 42}
+    assert by_name["static"].health is Health.HEALTHY and by_name["static"].values == {"answer": 42}
     assert by_name["broken"].health is Health.UNKNOWN
     assert "sensor on fire" in by_name["broken"].reason
     assert first.overall is Health.DEGRADED
@@ -100,7 +116,8 @@ async def _get(col: Collector, pred: Any, within: float = 5.0) -> tuple[float, A
 
 @pytest.mark.integration
 async def test_publishes_status_reports_heartbeats_and_stops_cleanly(
-        node_name: str, collector: Collector) -> None:
+    node_name: str, collector: Collector
+) -> None:
     agent = _agent(node_name)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
@@ -111,8 +128,7 @@ async def test_publishes_status_reports_heartbeats_and_stops_cleanly(
         assert report.probes[0].probe == "static" and report.overall is Health.HEALTHY
         _, report2 = await _get(collector, lambda m: isinstance(m, HealthReport))
         assert report2.seq == report.seq + 1
-        beats = [(await _get(collector, lambda m: isinstance(m, Heartbeat)))[1]
-                 for _ in range(3)]
+        beats = [(await _get(collector, lambda m: isinstance(m, Heartbeat)))[1] for _ in range(3)]
         assert [b.seq for b in beats] == sorted(b.seq for b in beats)
         assert beats[0].interval_s == pytest.approx(0.1)
     finally:
@@ -131,8 +147,9 @@ async def test_event_fault_is_published_at_once(node_name: str, collector: Colle
     try:
         await _get(collector, lambda m: isinstance(m, HealthReport))
         t0 = time.monotonic()
-        watcher.q.put(Fault("xid", Severity.FATAL, "Xid 79: GPU has fallen off the bus",
-                            gpu=2, code=79))
+        watcher.q.put(
+            Fault("xid", Severity.FATAL, "Xid 79: GPU has fallen off the bus", gpu=2, code=79)
+        )
         arrived, fault = await _get(collector, lambda m: isinstance(m, FaultReport))
         latency = arrived - t0
         print(f"\nfault latency (watcher -> subscriber): {latency * 1000:.0f} ms")
@@ -144,8 +161,7 @@ async def test_event_fault_is_published_at_once(node_name: str, collector: Colle
 
 
 @pytest.mark.integration
-async def test_survives_a_broker_restart(private_broker: PrivateMosquitto, node_name: str
-                                         ) -> None:
+async def test_survives_a_broker_restart(private_broker: PrivateMosquitto, node_name: str) -> None:
     port = private_broker.port
     agent = _agent(node_name, port=port, probes=[BrokenProbe()], reconnect_max_s=0.5)
     stop = asyncio.Event()
@@ -187,13 +203,22 @@ class LongNameProbe:
     name = "storage:/" + "very-long-directory/" * 10
 
     def check(self) -> CheckResult:
-        return CheckResult(self.name, Health.DEGRADED, "x" * 5000,
-                           faults=(Fault("storage-slow", Severity.DEGRADED, "y" * 3000),))
+        return CheckResult(
+            self.name,
+            Health.DEGRADED,
+            "x" * 5000,
+            faults=(Fault("storage-slow", Severity.DEGRADED, "y" * 3000),),
+        )
 
 
 async def test_oversized_result_is_trimmed_not_fatal() -> None:
-    agent = Agent(AgentConfig(node="nid000002"), hardware=None,  # type: ignore[arg-type]
-                  clock=VirtualClock(), probes=[LongNameProbe(), StaticProbe()], watchers=[])
+    agent = Agent(
+        AgentConfig(node="nid000002"),
+        hardware=None,  # type: ignore[arg-type]
+        clock=VirtualClock(),
+        probes=[LongNameProbe(), StaticProbe()],
+        watchers=[],
+    )
     report = await agent.collect()
     long, static = report.probes
     assert long.probe.startswith("storage:/very-long-directory/") and len(long.probe) <= 64
@@ -202,22 +227,31 @@ async def test_oversized_result_is_trimmed_not_fatal() -> None:
     assert static.values == {"answer": 42}
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    ("127.0.0.1:1883", ("127.0.0.1", 1883)),
-    ("login01", ("login01", 1883)),
-    ("[::1]:8883", ("::1", 8883)),
-    (" broker.alps:1884 ", ("broker.alps", 1884)),
-])
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("127.0.0.1:1883", ("127.0.0.1", 1883)),
+        ("login01", ("login01", 1883)),
+        ("[::1]:8883", ("::1", 8883)),
+        (" broker.alps:1884 ", ("broker.alps", 1884)),
+    ],
+)
 def test_parse_broker(spec: str, expected: tuple[str, int]) -> None:
     from trainwarden.health.mqtt import parse_broker
 
     assert parse_broker(spec) == expected
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("", "empty"), (":1883", "no host"), ("h:x", "not a number"), ("h:70000", "out of range"),
-    ("[::1", "unclosed"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "empty"),
+        (":1883", "no host"),
+        ("h:x", "not a number"),
+        ("h:70000", "out of range"),
+        ("[::1", "unclosed"),
+    ],
+)
 def test_parse_broker_rejects(spec: str, message: str) -> None:
     from trainwarden.health.errors import HealthError
     from trainwarden.health.mqtt import parse_broker

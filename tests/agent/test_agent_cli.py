@@ -20,8 +20,9 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def _tw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*TRAINWARDEN, *args], check=False, capture_output=True, text=True,
-                          timeout=60, env=ENV)
+    return subprocess.run(
+        [*TRAINWARDEN, *args], check=False, capture_output=True, text=True, timeout=60, env=ENV
+    )
 
 
 def test_once_json_on_this_machine_reports_measured_values() -> None:
@@ -54,16 +55,32 @@ def test_once_with_simulated_fault_and_bad_arguments() -> None:
 
 
 @pytest.mark.integration
-def test_sigkill_publishes_the_will_and_xids_are_live(tmp_path: Path, node_name: str,
-                                                      collector: Collector) -> None:
+def test_sigkill_publishes_the_will_and_xids_are_live(
+    tmp_path: Path, node_name: str, collector: Collector
+) -> None:
     from trainwarden.health.sim.hardware import SimulatedHardware, inject_into
 
     state = tmp_path / "node"
     SimulatedHardware(node_name, gpus=2, state_dir=state)
     proc = subprocess.Popen(
-        [*TRAINWARDEN, "agent", "--node", node_name, "--broker", "127.0.0.1:1883",
-         "--interval", "5", "--heartbeat", "1", "--simulated-hardware", str(state)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV)
+        [
+            *TRAINWARDEN,
+            "agent",
+            "--node",
+            node_name,
+            "--broker",
+            "127.0.0.1:1883",
+            "--interval",
+            "5",
+            "--heartbeat",
+            "1",
+            "--simulated-hardware",
+            str(state),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=ENV,
+    )
     try:
         _, online = collector.wait_for(lambda m: isinstance(m, NodeStatus), timeout=20)
         assert online.state == "online"
@@ -89,16 +106,30 @@ def test_sigkill_publishes_the_will_and_xids_are_live(tmp_path: Path, node_name:
 @pytest.mark.integration
 def test_sigterm_stops_gracefully(tmp_path: Path, node_name: str, collector: Collector) -> None:
     proc = subprocess.Popen(
-        [*TRAINWARDEN, "agent", "--node", node_name, "--broker", "127.0.0.1:1883",
-         "--interval", "5", "--simulate", "ecc-dbe"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV)
+        [
+            *TRAINWARDEN,
+            "agent",
+            "--node",
+            node_name,
+            "--broker",
+            "127.0.0.1:1883",
+            "--interval",
+            "5",
+            "--simulate",
+            "ecc-dbe",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=ENV,
+    )
     try:
         _, report = collector.wait_for(lambda m: isinstance(m, HealthReport), timeout=20)
         assert report.overall.value == "unhealthy"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-        _, status = collector.wait_for(lambda m: isinstance(m, NodeStatus)
-                                       and m.state == "offline", timeout=5)
+        _, status = collector.wait_for(
+            lambda m: isinstance(m, NodeStatus) and m.state == "offline", timeout=5
+        )
         assert status.reason == "agent stopped"
     finally:
         proc.kill()

@@ -80,8 +80,9 @@ async def test_will_is_published_when_a_client_drops_its_socket() -> None:
         will = encode(NodeStatus(node="nid-will", state="offline", reason="connection lost"))
         async with aiomqtt.Client("127.0.0.1", broker.port, timeout=5) as sub:
             await sub.subscribe(topic, qos=1)
-            sock = await asyncio.to_thread(_connect_with_will, broker.port, "tw-agent-nid-will",
-                                           topic, will)
+            sock = await asyncio.to_thread(
+                _connect_with_will, broker.port, "tw-agent-nid-will", topic, will
+            )
             await asyncio.sleep(0.2)
             sock.close()  # no DISCONNECT: the broker must publish the will
             async with asyncio.timeout(5):
@@ -93,8 +94,13 @@ async def test_will_is_published_when_a_client_drops_its_socket() -> None:
 
 async def test_agent_traffic_flows_through_it() -> None:
     async with EmbeddedBroker(port=free_port()) as broker:
-        cfg = AgentConfig(node="nid-emb", broker_port=broker.port, report_interval_s=0.2,
-                          heartbeat_interval_s=0.1, probes=ProbeConfig(timeout_s=1))
+        cfg = AgentConfig(
+            node="nid-emb",
+            broker_port=broker.port,
+            report_interval_s=0.2,
+            heartbeat_interval_s=0.1,
+            probes=ProbeConfig(timeout_s=1),
+        )
         agent = Agent(cfg, hardware=None, probes=[OkProbe()], watchers=[])  # type: ignore[arg-type]
         seen: set[type] = set()
         async with aiomqtt.Client("127.0.0.1", broker.port, timeout=5) as sub:

@@ -29,8 +29,10 @@ def secured(tmp_path: Path) -> tuple[PrivateMosquitto, Path]:
     pw = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "node7", "s3cret"], check=True)
     broker = PrivateMosquitto(tmp_path)
-    broker.conf.write_text(f"listener {broker.port} 127.0.0.1\nallow_anonymous false\n"
-                           f"password_file {pw}\npersistence false\nuser root\n")
+    broker.conf.write_text(
+        f"listener {broker.port} 127.0.0.1\nallow_anonymous false\n"
+        f"password_file {pw}\npersistence false\nuser root\n"
+    )
     (tmp_path / "node7.pw").write_text("s3cret\n")
     broker.start()
     yield broker, tmp_path / "node7.pw"
@@ -49,19 +51,27 @@ def watch(port: int) -> tuple[mqtt.Client, list[object]]:
 
 
 async def run_agent(port: int, auth: MqttAuth, tmp: Path, seconds: float) -> None:
-    cfg = AgentConfig(node="node7", broker_port=port, heartbeat_interval_s=0.2,
-                      report_interval_s=5, probes=ProbeConfig(storage_paths=(str(tmp),)),
-                      auth=auth, reconnect_max_s=0.5)
+    cfg = AgentConfig(
+        node="node7",
+        broker_port=port,
+        heartbeat_interval_s=0.2,
+        report_interval_s=5,
+        probes=ProbeConfig(storage_paths=(str(tmp),)),
+        auth=auth,
+        reconnect_max_s=0.5,
+    )
     stop = asyncio.Event()
-    task = asyncio.create_task(Agent(cfg, SimulatedHardware("node7", state_dir=tmp / "hw"))
-                               .run(stop))
+    task = asyncio.create_task(
+        Agent(cfg, SimulatedHardware("node7", state_dir=tmp / "hw")).run(stop)
+    )
     await asyncio.sleep(seconds)
     stop.set()
     await asyncio.wait_for(task, 10)
 
 
-async def test_agent_logs_in_with_a_password_file(secured: tuple[PrivateMosquitto, Path],
-                                                  tmp_path: Path) -> None:
+async def test_agent_logs_in_with_a_password_file(
+    secured: tuple[PrivateMosquitto, Path], tmp_path: Path
+) -> None:
     broker, pwfile = secured
     client, seen = watch(broker.port)
     try:
@@ -75,14 +85,21 @@ async def test_agent_logs_in_with_a_password_file(secured: tuple[PrivateMosquitt
 
 
 def test_reporter_takes_credentials_from_the_environment(
-        secured: tuple[PrivateMosquitto, Path]) -> None:
+    secured: tuple[PrivateMosquitto, Path],
+) -> None:
     broker, pwfile = secured
     client, seen = watch(broker.port)
     try:
-        rep = Reporter.from_env({"TRAINWARDEN_BROKER": f"127.0.0.1:{broker.port}",
-                                 "TRAINWARDEN_RUN": "r", "RANK": "0", "TRAINWARDEN_NODE": "node7",
-                                 "TRAINWARDEN_MQTT_USERNAME": "node7",
-                                 "TRAINWARDEN_MQTT_PASSWORD_FILE": str(pwfile)})
+        rep = Reporter.from_env(
+            {
+                "TRAINWARDEN_BROKER": f"127.0.0.1:{broker.port}",
+                "TRAINWARDEN_RUN": "r",
+                "RANK": "0",
+                "TRAINWARDEN_NODE": "node7",
+                "TRAINWARDEN_MQTT_USERNAME": "node7",
+                "TRAINWARDEN_MQTT_PASSWORD_FILE": str(pwfile),
+            }
+        )
         assert rep.wait_connected(5)
         rep.step_done(1, 0.1)
         rep.close()

@@ -65,23 +65,31 @@ class MemoryService:
             raise NotFoundError(f"unknown node {node!r}")
         return self.nodes[node]
 
-    def _operator_action(self, kind: ActionKind, reason: str, who: str, **target: Any
-                         ) -> ActionRow:
-        event = self.add_event(str(EventKind.ACTION), f"{kind} by operator {who}: {reason}",
-                               **target)
+    def _operator_action(self, kind: ActionKind, reason: str, who: str, **target: Any) -> ActionRow:
+        event = self.add_event(
+            str(EventKind.ACTION), f"{kind} by operator {who}: {reason}", **target
+        )
         status = ActionStatus.FAILED if self.fail_scheduler else ActionStatus.SUCCEEDED
-        return self.add_action(kind=kind, actor=Actor.OPERATOR, who=who, reason=reason,
-                               verdict=Verdict.ALLOW, status=status, evidence=[event.id],
-                               result="scheduler refused" if self.fail_scheduler else "done",
-                               **target)
+        return self.add_action(
+            kind=kind,
+            actor=Actor.OPERATOR,
+            who=who,
+            reason=reason,
+            verdict=Verdict.ALLOW,
+            status=status,
+            evidence=[event.id],
+            result="scheduler refused" if self.fail_scheduler else "done",
+            **target,
+        )
 
     async def drain(self, node: str, reason: str, who: str) -> ActionRow:
         self.calls.append(("drain", {"node": node, "reason": reason, "who": who}))
         row = self._node(node)
         if row.state == "drained":
             raise SupervisorError(f"node {node!r} is already drained ({row.drain_reason})")
-        self.nodes[node] = row.model_copy(update={"state": "drained", "drained_by": "operator",
-                                                   "drain_reason": reason})
+        self.nodes[node] = row.model_copy(
+            update={"state": "drained", "drained_by": "operator", "drain_reason": reason}
+        )
         return self._operator_action(ActionKind.DRAIN, reason, who, node=node)
 
     async def undrain(self, node: str, reason: str, who: str) -> ActionRow:
@@ -89,8 +97,9 @@ class MemoryService:
         row = self._node(node)
         if row.state != "drained":
             raise SupervisorError(f"node {node!r} is not drained (it is {row.state})")
-        self.nodes[node] = row.model_copy(update={"state": "healthy", "drained_by": None,
-                                                   "drain_reason": None})
+        self.nodes[node] = row.model_copy(
+            update={"state": "healthy", "drained_by": None, "drain_reason": None}
+        )
         return self._operator_action(ActionKind.UNDRAIN, reason, who, node=node)
 
     async def list_runs(self) -> list[RunRow]:
@@ -100,8 +109,14 @@ class MemoryService:
         self.calls.append(("add_run", {"spec": spec, "who": who}))
         if spec.name in self.runs:
             raise SupervisorError(f"a run named {spec.name!r} already exists")
-        row = RunRow(name=spec.name, scheduler=spec.scheduler, state="pending", attempt=0,
-                     restarts=0, target_step=spec.target_step)
+        row = RunRow(
+            name=spec.name,
+            scheduler=spec.scheduler,
+            state="pending",
+            attempt=0,
+            restarts=0,
+            target_step=spec.target_step,
+        )
         self.runs[spec.name] = row
         self.specs[spec.name] = spec
         return row
@@ -113,18 +128,34 @@ class MemoryService:
         if self.fail_scheduler:
             raise SchedulerError("sbatch: error: Batch job submission failed", retryable=True)
         row = self.runs[run]
-        self.runs[run] = row.model_copy(update={"attempt": row.attempt + 1,
-                                                "restarts": row.restarts + 1,
-                                                "state": "restarting"})
+        self.runs[run] = row.model_copy(
+            update={"attempt": row.attempt + 1, "restarts": row.restarts + 1, "state": "restarting"}
+        )
         return self._operator_action(ActionKind.RESTART_RUN, reason, who, run=run)
 
-    async def list_events(self, *, limit: int, node: str | None, run: str | None,
-                          kind: str | None, since_id: int | None) -> list[EventRow]:
-        self.calls.append(("list_events", {"limit": limit, "node": node, "run": run,
-                                           "kind": kind, "since_id": since_id}))
-        rows = [e for e in reversed(self.events)
-                if (node is None or e.node == node) and (run is None or e.run == run)
-                and (kind is None or e.kind == kind) and (since_id is None or e.id > since_id)]
+    async def list_events(
+        self,
+        *,
+        limit: int,
+        node: str | None,
+        run: str | None,
+        kind: str | None,
+        since_id: int | None,
+    ) -> list[EventRow]:
+        self.calls.append(
+            (
+                "list_events",
+                {"limit": limit, "node": node, "run": run, "kind": kind, "since_id": since_id},
+            )
+        )
+        rows = [
+            e
+            for e in reversed(self.events)
+            if (node is None or e.node == node)
+            and (run is None or e.run == run)
+            and (kind is None or e.kind == kind)
+            and (since_id is None or e.id > since_id)
+        ]
         return rows[:limit]
 
     async def list_actions(self, *, status: str | None, limit: int) -> list[ActionRow]:
@@ -141,26 +172,36 @@ class MemoryService:
         if what == "action":
             action = self._action(ident)
             events = [e for e in self.events if e.id in action.evidence]
-            by = (f"operator {action.who}" if action.actor == Actor.OPERATOR
-                  else f"rule {action.rule}")
-            lines = [f"{action.kind} decided by {by} because {action.reason}",
-                     f"verdict {action.verdict}, status {action.status}"]
-            return Explanation(subject=f"action {ident}", lines=lines, action=action,
-                               events=events)
+            by = (
+                f"operator {action.who}"
+                if action.actor == Actor.OPERATOR
+                else f"rule {action.rule}"
+            )
+            lines = [
+                f"{action.kind} decided by {by} because {action.reason}",
+                f"verdict {action.verdict}, status {action.status}",
+            ]
+            return Explanation(subject=f"action {ident}", lines=lines, action=action, events=events)
         for e in self.events:
             if e.id == ident:
                 led = [a for a in self.actions if ident in a.evidence]
-                lines = [f"{e.kind}: {e.message}"] + [f"led to action {a.id} ({a.kind})"
-                                                      for a in led]
-                return Explanation(subject=f"event {ident}", lines=lines,
-                                   action=led[0] if led else None, events=[e])
+                lines = [f"{e.kind}: {e.message}"] + [
+                    f"led to action {a.id} ({a.kind})" for a in led
+                ]
+                return Explanation(
+                    subject=f"event {ident}",
+                    lines=lines,
+                    action=led[0] if led else None,
+                    events=[e],
+                )
         raise NotFoundError(f"unknown event {ident}")
 
     def _decide(self, action_id: int, status: ActionStatus, result: str) -> ActionRow:
         action = self._action(action_id)
         if action.status != ActionStatus.PENDING or action.verdict != Verdict.QUEUED:
             raise SupervisorError(
-                f"action {action_id} is not awaiting approval (status {action.status})")
+                f"action {action_id} is not awaiting approval (status {action.status})"
+            )
         updated = action.model_copy(update={"status": status, "result": result})
         self.actions[self.actions.index(action)] = updated
         return updated
@@ -172,8 +213,14 @@ class MemoryService:
         return self._decide(action_id, ActionStatus.REJECTED, f"rejected by {who}: {reason}")
 
     def status(self) -> dict[str, Any]:
-        return {"ok": self.ok, "db": self.ok, "broker": True, "leader": True,
-                "started_at": 1_800_000_000.0, "version": "0.1.0"}
+        return {
+            "ok": self.ok,
+            "db": self.ok,
+            "broker": True,
+            "leader": True,
+            "started_at": 1_800_000_000.0,
+            "version": "0.1.0",
+        }
 
 
 def seeded() -> MemoryService:
@@ -181,20 +228,49 @@ def seeded() -> MemoryService:
     svc = MemoryService()
     svc.add_node("nid001", run="pretrain", scheduler_state="allocated")
     svc.add_node("nid002", run="pretrain", scheduler_state="allocated")
-    svc.add_node("nid003", state="failed", conditions=["GpuFatal"], scheduler_state="allocated",
-                 run="pretrain")
-    svc.add_node("nid004", state="drained", drained_by="external", drain_reason="maintenance",
-                 scheduler_state="drained")
-    svc.runs["pretrain"] = RunRow(name="pretrain", scheduler="slurm", state="running", attempt=2,
-                                  restarts=1, nodes=["nid001", "nid002", "nid003"],
-                                  last_step=1200, target_step=10000, last_checkpoint_step=1000,
-                                  resumed_from_step=500)
-    fault = svc.add_event("fault", "XID 79 on gpu 2: GPU has fallen off the bus", node="nid003",
-                          data={"code": 79, "gpu": 2})
+    svc.add_node(
+        "nid003",
+        state="failed",
+        conditions=["GpuFatal"],
+        scheduler_state="allocated",
+        run="pretrain",
+    )
+    svc.add_node(
+        "nid004",
+        state="drained",
+        drained_by="external",
+        drain_reason="maintenance",
+        scheduler_state="drained",
+    )
+    svc.runs["pretrain"] = RunRow(
+        name="pretrain",
+        scheduler="slurm",
+        state="running",
+        attempt=2,
+        restarts=1,
+        nodes=["nid001", "nid002", "nid003"],
+        last_step=1200,
+        target_step=10000,
+        last_checkpoint_step=1000,
+        resumed_from_step=500,
+    )
+    fault = svc.add_event(
+        "fault",
+        "XID 79 on gpu 2: GPU has fallen off the bus",
+        node="nid003",
+        data={"code": 79, "gpu": 2},
+    )
     svc.add_event("run-started", "attempt 2 started", run="pretrain")
-    svc.add_action(kind=ActionKind.DRAIN, actor=Actor.RULE, rule="gpu-fatal-drain",
-                   node="nid003", run="pretrain", reason="GpuFatal: XID 79 on gpu 2",
-                   evidence=[fault.id],
-                   guards=[{"guard": "max-drains-per-window", "passed": True, "detail": "0/4"}],
-                   verdict=Verdict.QUEUED, status=ActionStatus.PENDING)
+    svc.add_action(
+        kind=ActionKind.DRAIN,
+        actor=Actor.RULE,
+        rule="gpu-fatal-drain",
+        node="nid003",
+        run="pretrain",
+        reason="GpuFatal: XID 79 on gpu 2",
+        evidence=[fault.id],
+        guards=[{"guard": "max-drains-per-window", "passed": True, "detail": "0/4"}],
+        verdict=Verdict.QUEUED,
+        status=ActionStatus.PENDING,
+    )
     return svc

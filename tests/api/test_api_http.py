@@ -57,19 +57,30 @@ async def test_runs_are_listed_as_rows(http: aiohttp.ClientSession) -> None:
     body = await _json(await http.get("/api/v1/runs"), 200)
     (run,) = [RunRow.model_validate(r) for r in body]
     assert (run.name, run.attempt, run.restarts, run.last_checkpoint_step) == (
-        "pretrain", 2, 1, 1000)
+        "pretrain",
+        2,
+        1,
+        1000,
+    )
 
 
 async def test_events_filters_reach_the_service(
     http: aiohttp.ClientSession, service: MemoryService
 ) -> None:
-    body = await _json(await http.get("/api/v1/events", params={
-        "node": "nid003", "kind": "fault", "limit": "5", "since_id": "0"}), 200)
+    body = await _json(
+        await http.get(
+            "/api/v1/events",
+            params={"node": "nid003", "kind": "fault", "limit": "5", "since_id": "0"},
+        ),
+        200,
+    )
     rows = [EventRow.model_validate(r) for r in body]
     assert [(r.kind, r.node) for r in rows] == [("fault", "nid003")]
     assert rows[0].data == {"code": 79, "gpu": 2}
-    assert service.calls[-1] == ("list_events", {"limit": 5, "node": "nid003", "run": None,
-                                                 "kind": "fault", "since_id": 0})
+    assert service.calls[-1] == (
+        "list_events",
+        {"limit": 5, "node": "nid003", "run": None, "kind": "fault", "since_id": 0},
+    )
 
 
 async def test_events_default_limit_and_order(
@@ -102,7 +113,11 @@ async def test_actions_by_status(http: aiohttp.ClientSession) -> None:
     body = await _json(await http.get("/api/v1/actions", params={"status": "pending"}), 200)
     (row,) = [ActionRow.model_validate(r) for r in body]
     assert (row.kind, row.actor, row.rule, row.verdict) == (
-        "drain", "rule", "gpu-fatal-drain", "queued")
+        "drain",
+        "rule",
+        "gpu-fatal-drain",
+        "queued",
+    )
     assert row.guards == [{"guard": "max-drains-per-window", "passed": True, "detail": "0/4"}]
     assert await _json(await http.get("/api/v1/actions?status=succeeded"), 200) == []
     message = await _error(await http.get("/api/v1/actions?status=done"), 400)
@@ -133,11 +148,17 @@ async def test_explain_unknown_or_malformed_id(http: aiohttp.ClientSession) -> N
 async def test_drain_records_an_operator_action(
     http: aiohttp.ClientSession, service: MemoryService
 ) -> None:
-    resp = await http.post("/api/v1/nodes/nid002/drain",
-                           json={"reason": "  bad HBM, ticket 4711 ", "who": "alice"})
+    resp = await http.post(
+        "/api/v1/nodes/nid002/drain", json={"reason": "  bad HBM, ticket 4711 ", "who": "alice"}
+    )
     row = ActionRow.model_validate(await _json(resp, 200))
     assert (row.kind, row.actor, row.who, row.node, row.status) == (
-        "drain", "operator", "alice", "nid002", "succeeded")
+        "drain",
+        "operator",
+        "alice",
+        "nid002",
+        "succeeded",
+    )
     assert row.reason == "bad HBM, ticket 4711"  # surrounding whitespace stripped
     assert service.nodes["nid002"].state == "drained"
     assert service.nodes["nid002"].drained_by == "operator"
@@ -169,8 +190,9 @@ async def test_service_refusal_is_400_with_its_sentence(http: aiohttp.ClientSess
 async def test_malformed_drain_bodies_are_400(
     http: aiohttp.ClientSession, service: MemoryService, body: bytes, message: str
 ) -> None:
-    resp = await http.post("/api/v1/nodes/nid001/drain", data=body,
-                           headers={"Content-Type": "application/json"})
+    resp = await http.post(
+        "/api/v1/nodes/nid001/drain", data=body, headers={"Content-Type": "application/json"}
+    )
     assert message in await _error(resp, 400)
     assert service.nodes["nid001"].state == "healthy"  # nothing changed
 
@@ -192,7 +214,11 @@ async def test_undrain_reason_is_optional(
 async def test_add_run(http: aiohttp.ClientSession, service: MemoryService) -> None:
     row = RunRow.model_validate(await _json(await http.post("/api/v1/runs", json=RUN_SPEC), 201))
     assert (row.name, row.scheduler, row.state, row.target_step) == (
-        "finetune-7b", "local", "pending", 5000)
+        "finetune-7b",
+        "local",
+        "pending",
+        5000,
+    )
     spec = service.specs["finetune-7b"]
     assert spec.command == ["python", "train.py", "--lr", "3e-4"]
     assert spec.env == {"OMP_NUM_THREADS": "8"}
@@ -257,15 +283,20 @@ async def test_approve_and_reject(http: aiohttp.ClientSession) -> None:
 
 async def test_unknown_route_and_wrong_method_are_json(http: aiohttp.ClientSession) -> None:
     assert await _error(await http.get("/api/v1/gpus"), 404) == (
-        "no such endpoint: GET /api/v1/gpus")
+        "no such endpoint: GET /api/v1/gpus"
+    )
     resp = await http.get("/api/v1/nodes/nid001/drain")
     assert await _error(resp, 405) == (
-        "method GET is not allowed on /api/v1/nodes/nid001/drain (use POST)")
+        "method GET is not allowed on /api/v1/nodes/nid001/drain (use POST)"
+    )
 
 
 async def test_oversized_body_is_413(http: aiohttp.ClientSession) -> None:
-    resp = await http.post("/api/v1/runs", data=b"{" + b" " * (2 * 1024 * 1024) + b"}",
-                           headers={"Content-Type": "application/json"})
+    resp = await http.post(
+        "/api/v1/runs",
+        data=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+        headers={"Content-Type": "application/json"},
+    )
     assert await _error(resp, 413) == "request body is larger than the 1048576-byte limit"
 
 
@@ -301,10 +332,13 @@ async def test_metrics_endpoint_counts_requests(http: aiohttp.ClientSession) -> 
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain; version=")
     text = await resp.text()
-    assert ('trainwarden_api_requests_total{code="200",method="GET",'
-            'route="/api/v1/nodes"} 1.0') in text
-    assert ('trainwarden_api_requests_total{code="404",method="POST",'
-            'route="/api/v1/nodes/{name}/drain"} 1.0') in text
+    assert (
+        'trainwarden_api_requests_total{code="200",method="GET",route="/api/v1/nodes"} 1.0'
+    ) in text
+    assert (
+        'trainwarden_api_requests_total{code="404",method="POST",'
+        'route="/api/v1/nodes/{name}/drain"} 1.0'
+    ) in text
     assert 'trainwarden_nodes{state="healthy"} 0.0' in text
     resp = await http.get("/metrics", headers={"Accept": "application/openmetrics-text"})
     assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
@@ -313,7 +347,8 @@ async def test_metrics_endpoint_counts_requests(http: aiohttp.ClientSession) -> 
 
 async def test_server_reports_port_in_use(server: ApiServer) -> None:
     assert server.port and server.url == f"http://127.0.0.1:{server.port}"
-    other = ApiServer(create_app(MemoryService(), Metrics(CollectorRegistry())),
-                      "127.0.0.1", server.port)
+    other = ApiServer(
+        create_app(MemoryService(), Metrics(CollectorRegistry())), "127.0.0.1", server.port
+    )
     with pytest.raises(SupervisorError, match=f"cannot serve the API on 127.0.0.1:{server.port}"):
         await other.start()

@@ -44,18 +44,34 @@ def test_every_family_is_exposed() -> None:
     m = Metrics(CollectorRegistry())
     _exercise(m)
     assert set(m.names()) == {
-        "trainwarden_nodes", "trainwarden_runs", "trainwarden_incidents_open",
-        "trainwarden_leader", "trainwarden_broker_connected", "trainwarden_detections",
-        "trainwarden_detection_latency_seconds", "trainwarden_actions", "trainwarden_messages",
-        "trainwarden_rejected_messages", "trainwarden_store_flush_seconds",
-        "trainwarden_store_batch_size", "trainwarden_run_restarts", "trainwarden_api_requests",
+        "trainwarden_nodes",
+        "trainwarden_runs",
+        "trainwarden_incidents_open",
+        "trainwarden_leader",
+        "trainwarden_broker_connected",
+        "trainwarden_detections",
+        "trainwarden_detection_latency_seconds",
+        "trainwarden_actions",
+        "trainwarden_messages",
+        "trainwarden_rejected_messages",
+        "trainwarden_store_flush_seconds",
+        "trainwarden_store_batch_size",
+        "trainwarden_run_restarts",
+        "trainwarden_api_requests",
         "trainwarden_api_request_duration_seconds",
     }
     s = _samples(m)
     assert s[("trainwarden_nodes", (("state", "healthy"),))] == 2680
     assert s[("trainwarden_detections_total", (("kind", "GpuFatal"),))] == 1
-    assert s[("trainwarden_actions_total",
-              (("kind", "drain"), ("status", "succeeded"), ("verdict", "allow")))] == 1
+    assert (
+        s[
+            (
+                "trainwarden_actions_total",
+                (("kind", "drain"), ("status", "succeeded"), ("verdict", "allow")),
+            )
+        ]
+        == 1
+    )
     assert s[("trainwarden_messages_total", (("kind", "heartbeat"),))] == 3
     assert s[("trainwarden_run_restarts_total", (("run", "pretrain"),))] == 1
     assert s[("trainwarden_incidents_open", ())] == 1
@@ -97,8 +113,11 @@ def test_rejection_reasons_are_a_fixed_set() -> None:
     m.message_rejected("version")
     m.message_rejected("something nobody foresaw")
     s = _samples(m)
-    reasons = {dict(k[1])["reason"]: v for k, v in s.items()
-               if k[0] == "trainwarden_rejected_messages_total"}
+    reasons = {
+        dict(k[1])["reason"]: v
+        for k, v in s.items()
+        if k[0] == "trainwarden_rejected_messages_total"
+    }
     assert reasons == {"invalid": 1, "not-json": 1, "other": 1, "version": 1}
 
 
@@ -122,8 +141,9 @@ def test_promtool_accepts_the_metric_names() -> None:
     m = Metrics(CollectorRegistry())
     _exercise(m)
     body, _ = m.exposition()
-    proc = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True,
-                          timeout=30, check=False)
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30, check=False
+    )
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
 
 
@@ -135,11 +155,16 @@ def test_promtool_accepts_the_metric_names() -> None:
         ("trainwarden/v1/node/n1/health", b"[1]", "not-json"),
         ("trainwarden/v1/node/n1/health", b'{"v": 9, "kind": "health"}', "version"),
         ("trainwarden/v1/node/n1/health", b'{"v": 1, "kind": "gossip"}', "unknown-kind"),
-        ("trainwarden/v1/node/n1/heartbeat", b'{"v": 1, "kind": "heartbeat", "node": "n1"}',
-         "invalid"),
-        ("trainwarden/v1/node/n2/heartbeat",
-         b'{"v": 1, "kind": "heartbeat", "node": "n1", "ts": 1, "seq": 0, "interval_s": 5}',
-         "topic"),
+        (
+            "trainwarden/v1/node/n1/heartbeat",
+            b'{"v": 1, "kind": "heartbeat", "node": "n1"}',
+            "invalid",
+        ),
+        (
+            "trainwarden/v1/node/n2/heartbeat",
+            b'{"v": 1, "kind": "heartbeat", "node": "n1", "ts": 1, "seq": 0, "interval_s": 5}',
+            "topic",
+        ),
         ("elsewhere/x", b"{}", "topic"),
     ],
 )

@@ -19,13 +19,15 @@ from trainwarden.supervisor.daemon.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROM = DEPLOY / "prometheus"
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
-                                    reason="promtool is not installed")
+needs_promtool = pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool is not installed"
+)
 
 
 def _run(*argv: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=60,
-                          cwd=cwd, check=False)
+    return subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, timeout=60, cwd=cwd, check=False
+    )
 
 
 def _sample_names() -> set[str]:
@@ -52,8 +54,9 @@ def _metric_refs(expr: str) -> set[str]:
 def test_units_verify(unit: str, tmp_path: Path) -> None:
     # ExecStart must name an existing binary for verify: point it at this venv's script.
     text = (DEPLOY / unit).read_text()
-    text = text.replace("/opt/trainwarden/.venv/bin/trainwarden", str(Path(sys.executable).parent /
-                                                                 "trainwarden"))
+    text = text.replace(
+        "/opt/trainwarden/.venv/bin/trainwarden", str(Path(sys.executable).parent / "trainwarden")
+    )
     (tmp_path / unit).write_text(text)
     proc = _run("systemd-analyze", "verify", "--man=no", f"./{unit}", cwd=tmp_path)
     assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
@@ -61,9 +64,16 @@ def test_units_verify(unit: str, tmp_path: Path) -> None:
 
 def test_daemon_unit_is_notify_with_watchdog_and_hardening() -> None:
     text = (DEPLOY / "trainwarden-daemon.service").read_text()
-    for line in ("Type=notify", "WatchdogSec=60s", "Restart=on-failure", "NoNewPrivileges=yes",
-                 "ProtectSystem=strict", "PrivateTmp=yes", "CapabilityBoundingSet=",
-                 "StateDirectory=trainwarden"):
+    for line in (
+        "Type=notify",
+        "WatchdogSec=60s",
+        "Restart=on-failure",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=",
+        "StateDirectory=trainwarden",
+    ):
         assert f"\n{line}\n" in text, line
 
 
@@ -87,8 +97,11 @@ def test_alert_rules_use_only_existing_metrics() -> None:
     rules = yaml.safe_load((PROM / "trainwarden.rules.yml").read_text())
     alerts = [r for g in rules["groups"] for r in g["rules"]]
     assert {a["alert"] for a in alerts} >= {
-        "TrainwardenNodeFailed", "TrainwardenIncidentOpen", "TrainwardenRestartStorm",
-        "TrainwardenDetectionSlow"}
+        "TrainwardenNodeFailed",
+        "TrainwardenIncidentOpen",
+        "TrainwardenRestartStorm",
+        "TrainwardenDetectionSlow",
+    }
     for alert in alerts:
         assert _metric_refs(alert["expr"]) <= names, alert["alert"]
 
@@ -126,10 +139,19 @@ def test_dashboard_uses_only_existing_metrics() -> None:
 @needs_promtool
 def test_dashboard_queries_parse(tmp_path: Path) -> None:
     """Each query, with Grafana's variables filled in, as a recording rule for promtool."""
-    exprs = [e.replace("$__rate_interval", "5m").replace("$instance", ".*")
-             for e in _dashboard_exprs()]
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    exprs = [
+        e.replace("$__rate_interval", "5m").replace("$instance", ".*") for e in _dashboard_exprs()
+    ]
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(exprs)
+                ],
+            }
+        ]
+    }
     path = tmp_path / "dashboard.rules.yml"
     path.write_text(yaml.safe_dump(rules))
     proc = _run("promtool", "check", "rules", path)

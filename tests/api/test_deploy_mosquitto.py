@@ -26,9 +26,10 @@ USERS = {"trainwarden-daemon": "daemon-secret", "nid001": "secret-1", "nid002": 
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("mosquitto") is None or
-                       shutil.which("mosquitto_passwd") is None,
-                       reason="mosquitto is not installed"),
+    pytest.mark.skipif(
+        shutil.which("mosquitto") is None or shutil.which("mosquitto_passwd") is None,
+        reason="mosquitto is not installed",
+    ),
 ]
 
 
@@ -43,21 +44,22 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     tmp = tmp_path_factory.mktemp("mosquitto")
     passwd = tmp / "trainwarden.passwd"
     for i, (user, password) in enumerate(USERS.items()):
-        args = ["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(passwd), user,
-                password]
+        args = ["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(passwd), user, password]
         subprocess.run(args, check=True, capture_output=True, timeout=30)
     shutil.copy(DEPLOY / "trainwarden.acl", tmp / "trainwarden.acl")
     port = _free_port()
     conf = (DEPLOY / "trainwarden.conf").read_text()
     assert "\nlistener 1883\n" in conf
     conf = conf.replace("/etc/mosquitto/", f"{tmp}/").replace(
-        "\nlistener 1883\n", f"\nlistener {port} 127.0.0.1\n")
+        "\nlistener 1883\n", f"\nlistener {port} 127.0.0.1\n"
+    )
     if os.geteuid() == 0:
         conf += "\nuser root\n"  # keep the test's file permissions readable
     (tmp / "mosquitto.conf").write_text(conf)
     log = (tmp / "mosquitto.log").open("w")
-    proc = subprocess.Popen(["mosquitto", "-c", str(tmp / "mosquitto.conf")], stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        ["mosquitto", "-c", str(tmp / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -79,8 +81,14 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 def _client(port: int, user: str | None, password: str | None = None) -> aiomqtt.Client:
     if user is not None and password is None:
         password = USERS[user]
-    return aiomqtt.Client("127.0.0.1", port, username=user, password=password,
-                          identifier=f"test-{user}-{time.monotonic_ns()}", timeout=5)
+    return aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        username=user,
+        password=password,
+        identifier=f"test-{user}-{time.monotonic_ns()}",
+        timeout=5,
+    )
 
 
 @pytest.fixture
@@ -106,7 +114,8 @@ async def test_a_node_writes_only_its_own_topics(broker: int, daemon: aiomqtt.Cl
         await node.publish("trainwarden/v1/node/nid002/heartbeat", b"forged", qos=1)
         await node.publish("trainwarden/v1/node/nid001/heartbeat", b"{}", qos=1)
     assert await _received_until(daemon, "trainwarden/v1/node/nid001/heartbeat") == [
-        "trainwarden/v1/node/nid001/heartbeat"]
+        "trainwarden/v1/node/nid001/heartbeat"
+    ]
 
 
 async def test_ranks_report_steps_but_cannot_send_control(
@@ -117,7 +126,9 @@ async def test_ranks_report_steps_but_cannot_send_control(
         await node.publish("trainwarden/v1/run/pretrain/steps/7", b"{}", qos=1)
         await node.publish("trainwarden/v1/run/pretrain/checkpoint", b"{}", qos=1)
     assert await _received_until(daemon, "trainwarden/v1/run/pretrain/checkpoint") == [
-        "trainwarden/v1/run/pretrain/steps/7", "trainwarden/v1/run/pretrain/checkpoint"]
+        "trainwarden/v1/run/pretrain/steps/7",
+        "trainwarden/v1/run/pretrain/checkpoint",
+    ]
 
 
 async def test_a_node_cannot_read_other_nodes_but_gets_control(
@@ -128,12 +139,14 @@ async def test_a_node_cannot_read_other_nodes_but_gets_control(
         await other.publish("trainwarden/v1/node/nid002/health", b"{}", qos=1)
         await daemon.publish("trainwarden/v1/run/pretrain/control", b"{}", qos=1)
         assert await _received_until(spy, "trainwarden/v1/run/pretrain/control") == [
-            "trainwarden/v1/run/pretrain/control"]
+            "trainwarden/v1/run/pretrain/control"
+        ]
 
 
 @pytest.mark.parametrize(("user", "password"), [(None, None), ("nid001", "wrong")])
-async def test_unknown_clients_are_refused(broker: int, user: str | None,
-                                           password: str | None) -> None:
+async def test_unknown_clients_are_refused(
+    broker: int, user: str | None, password: str | None
+) -> None:
     with pytest.raises(aiomqtt.MqttError, match=r"[Nn]ot authori[sz]ed|[Bb]ad user name"):
         async with _client(broker, user, password or ""):
             pass

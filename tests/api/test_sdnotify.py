@@ -32,7 +32,10 @@ def test_ready_reaches_the_socket(listener: tuple[socket.socket, str]) -> None:
     assert notifier.enabled
     assert notifier.ready("serving 2688 nodes")
     assert sock.recv(4096).decode().split("\n") == [
-        "READY=1", f"MAINPID={os.getpid()}", "STATUS=serving 2688 nodes"]
+        "READY=1",
+        f"MAINPID={os.getpid()}",
+        "STATUS=serving 2688 nodes",
+    ]
     assert notifier.status("line one\nline two")
     assert sock.recv(4096) == b"STATUS=line one line two"
     assert notifier.stopping()
@@ -60,8 +63,9 @@ def test_no_socket_is_a_no_op() -> None:
     assert notifier.ready() is False and notifier.watchdog() is False
 
 
-def test_a_vanished_socket_is_logged_not_raised(tmp_path: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_a_vanished_socket_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
     assert notifier.ready() is False
     assert "cannot notify systemd" in caplog.text
@@ -76,8 +80,9 @@ def test_fields_are_checked(listener: tuple[socket.socket, str]) -> None:
 def test_watchdog_interval() -> None:
     assert watchdog_interval({}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
-    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) \
-        == 15.0
+    assert (
+        watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) == 15.0
+    )
     assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "soon"}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None

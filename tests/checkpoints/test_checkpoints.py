@@ -28,8 +28,7 @@ def _save(root: Path, step: int) -> Path:
     path = root / step_dir_name(step)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
-        dcp.save({"model": model.state_dict(), "optim": opt.state_dict()},
-                 checkpoint_id=str(path))
+        dcp.save({"model": model.state_dict(), "optim": opt.state_dict()}, checkpoint_id=str(path))
     return path
 
 

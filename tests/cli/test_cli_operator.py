@@ -37,8 +37,15 @@ def test_nodes_table(daemon: Daemon, capsys: Capture) -> None:
     code, out, err = run(capsys, "nodes")
     assert code == 0 and err == ""
     lines = out.splitlines()
-    assert lines[0].split() == ["NODE", "STATE", "SCHEDULER", "RUN", "HEARTBEAT", "CONDITIONS",
-                                "DRAIN"]
+    assert lines[0].split() == [
+        "NODE",
+        "STATE",
+        "SCHEDULER",
+        "RUN",
+        "HEARTBEAT",
+        "CONDITIONS",
+        "DRAIN",
+    ]
     nid003 = next(line for line in lines if line.startswith("nid003"))
     assert nid003.split()[:4] == ["nid003", "failed", "allocated", "pretrain"]
     assert "GpuFatal" in nid003
@@ -67,7 +74,9 @@ def test_drain_records_who_and_why(daemon: Daemon, capsys: Capture) -> None:
     assert "by operator tester: HBM errors, ticket 4711" in out
     assert "verdict allow, status succeeded: done" in out
     assert daemon.service.calls[-1] == (
-        "drain", {"node": "nid002", "reason": "HBM errors, ticket 4711", "who": "tester"})
+        "drain",
+        {"node": "nid002", "reason": "HBM errors, ticket 4711", "who": "tester"},
+    )
     assert daemon.service.nodes["nid002"].state == "drained"
 
 
@@ -109,14 +118,18 @@ def test_unreachable_daemon_is_one_line(closed_port: int, capsys: Capture) -> No
     url = f"http://127.0.0.1:{closed_port}"
     code, out, err = run(capsys, "nodes", "--api", url)
     assert (code, out) == (2, "")
-    assert err == f"trainwarden: error: cannot reach the trainwarden daemon at {url}: " \
-                  "Connection refused\n"
+    assert (
+        err == f"trainwarden: error: cannot reach the trainwarden daemon at {url}: "
+        "Connection refused\n"
+    )
 
 
 def test_invalid_api_url(capsys: Capture) -> None:
     code, _, err = run(capsys, "runs", "--api", "localhost:8470")
     assert code == 2
-    assert err == "trainwarden: error: invalid API URL 'localhost:8470': expected http://HOST:PORT\n"
+    assert (
+        err == "trainwarden: error: invalid API URL 'localhost:8470': expected http://HOST:PORT\n"
+    )
 
 
 def test_api_url_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,8 +145,10 @@ def test_a_daemon_that_never_answers_times_out() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)  # accepts into the backlog, never replies
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        with pytest.raises(ApiUnreachableError, match=f"cannot reach the trainwarden daemon at "
-                           f"{url}: no answer within 0.3 s"):
+        with pytest.raises(
+            ApiUnreachableError,
+            match=f"cannot reach the trainwarden daemon at {url}: no answer within 0.3 s",
+        ):
             OperatorClient(url, timeout_s=0.3).nodes()
 
 
@@ -145,8 +160,17 @@ def test_runs_table_and_json(daemon: Daemon, capsys: Capture) -> None:
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["RUN", "SCHEDULER", "STATE"]
-    assert lines[1].split() == ["pretrain", "slurm", "running", "2", "1",
-                                "nid001,nid002,nid003", "1200/10000", "1000", "500"]
+    assert lines[1].split() == [
+        "pretrain",
+        "slurm",
+        "running",
+        "2",
+        "1",
+        "nid001,nid002,nid003",
+        "1200/10000",
+        "1000",
+        "500",
+    ]
     code, out, _ = run(capsys, "runs", "--json")
     (row,) = json.loads(out)
     assert row["name"] == "pretrain" and row["nodes"] == ["nid001", "nid002", "nid003"]
@@ -157,9 +181,26 @@ def test_runs_add(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     code, out, err = run(
-        capsys, "runs", "add", "llm-70b", "--scheduler", "slurm", "--nodes", "512",
-        "--checkpoint-dir", "ckpt", "--target-step", "250000", "--env", "NCCL_DEBUG=WARN",
-        "--env", "EMPTY=", "--", "/opt/jobs/train.sbatch", "--config", "70b.yaml",
+        capsys,
+        "runs",
+        "add",
+        "llm-70b",
+        "--scheduler",
+        "slurm",
+        "--nodes",
+        "512",
+        "--checkpoint-dir",
+        "ckpt",
+        "--target-step",
+        "250000",
+        "--env",
+        "NCCL_DEBUG=WARN",
+        "--env",
+        "EMPTY=",
+        "--",
+        "/opt/jobs/train.sbatch",
+        "--config",
+        "70b.yaml",
     )
     assert (code, err) == (0, "")
     assert out == "run llm-70b added (slurm, 512 nodes): state pending, attempt 0\n"
@@ -169,24 +210,43 @@ def test_runs_add(
     assert spec.env == {"NCCL_DEBUG": "WARN", "EMPTY": ""}
     assert (spec.nodes, spec.target_step) == (512, 250000)
     assert daemon.service.calls[-1][1]["who"] == "tester"
-    code, _, err = run(capsys, "runs", "add", "llm-70b", "--scheduler", "slurm", "--nodes", "1",
-                       "--checkpoint-dir", "/c", "--", "x")
+    code, _, err = run(
+        capsys,
+        "runs",
+        "add",
+        "llm-70b",
+        "--scheduler",
+        "slurm",
+        "--nodes",
+        "1",
+        "--checkpoint-dir",
+        "/c",
+        "--",
+        "x",
+    )
     assert code == 2 and err == "trainwarden: error: a run named 'llm-70b' already exists\n"
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["r1", "--nodes", "1", "--checkpoint-dir", "/c"],
-         "no command given: put it after `--`"),
-        (["r1", "--nodes", "1", "--checkpoint-dir", "/c", "--env", "NOEQUALS", "--", "x"],
-         "--env 'NOEQUALS' is not of the form KEY=VALUE"),
-        (["bad name", "--nodes", "1", "--checkpoint-dir", "/c", "--", "x"],
-         "invalid run name: String should match pattern"),
-        (["r1", "--nodes", "0", "--checkpoint-dir", "/c", "--", "x"],
-         "invalid run nodes: Input should be greater than or equal to 1"),
-        (["r1", "--nodes", "1", "--checkpoint-dir", "/c", "--env", "1X=y", "--", "x"],
-         "invalid run env: '1X' is not a valid environment variable name"),
+        (["r1", "--nodes", "1", "--checkpoint-dir", "/c"], "no command given: put it after `--`"),
+        (
+            ["r1", "--nodes", "1", "--checkpoint-dir", "/c", "--env", "NOEQUALS", "--", "x"],
+            "--env 'NOEQUALS' is not of the form KEY=VALUE",
+        ),
+        (
+            ["bad name", "--nodes", "1", "--checkpoint-dir", "/c", "--", "x"],
+            "invalid run name: String should match pattern",
+        ),
+        (
+            ["r1", "--nodes", "0", "--checkpoint-dir", "/c", "--", "x"],
+            "invalid run nodes: Input should be greater than or equal to 1",
+        ),
+        (
+            ["r1", "--nodes", "1", "--checkpoint-dir", "/c", "--env", "1X=y", "--", "x"],
+            "invalid run env: '1X' is not a valid environment variable name",
+        ),
     ],
 )
 def test_runs_add_refuses_bad_input(
@@ -221,11 +281,17 @@ def test_events_table_oldest_first(daemon: Daemon, capsys: Capture) -> None:
 
 
 def test_events_filters_and_json(daemon: Daemon, capsys: Capture) -> None:
-    code, out, _ = run(capsys, "events", "--json", "--node", "nid003", "--kind", "fault",
-                       "--limit", "7")
+    code, out, _ = run(
+        capsys, "events", "--json", "--node", "nid003", "--kind", "fault", "--limit", "7"
+    )
     assert code == 0 and [e["id"] for e in json.loads(out)] == [1]
-    assert daemon.service.calls[-1][1] == {"limit": 7, "node": "nid003", "run": None,
-                                           "kind": "fault", "since_id": None}
+    assert daemon.service.calls[-1][1] == {
+        "limit": 7,
+        "node": "nid003",
+        "run": None,
+        "kind": "fault",
+        "since_id": None,
+    }
     code, out, _ = run(capsys, "events", "--run", "nobody")
     assert (code, out) == (0, "no events\n")
     code, _, err = run(capsys, "events", "--limit", "0")
@@ -236,8 +302,10 @@ def test_explain_event(daemon: Daemon, capsys: Capture) -> None:
     code, out, _ = run(capsys, "events", "--explain", "1")
     assert code == 0
     assert out.splitlines()[:3] == [
-        "event 1", "  fault: XID 79 on gpu 2: GPU has fallen off the bus",
-        "  led to action 1 (drain)"]
+        "event 1",
+        "  fault: XID 79 on gpu 2: GPU has fallen off the bus",
+        "  led to action 1 (drain)",
+    ]
     assert "evidence" in out.splitlines()
     code, _, err = run(capsys, "events", "--explain", "404")
     assert code == 2 and err == "trainwarden: error: unknown event 404\n"
@@ -247,8 +315,7 @@ def test_actions_table_and_explain(daemon: Daemon, capsys: Capture) -> None:
     code, out, _ = run(capsys, "actions", "--status", "pending")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["ID", "TIME", "KIND", "TARGET", "BY", "VERDICT", "STATUS",
-                                "REASON"]
+    assert lines[0].split() == ["ID", "TIME", "KIND", "TARGET", "BY", "VERDICT", "STATUS", "REASON"]
     assert "rule gpu-fatal-drain" in lines[1] and "queued" in lines[1]
     code, out, _ = run(capsys, "actions", "--explain", "1", "--json")
     exp = json.loads(out)
@@ -271,7 +338,9 @@ def test_reject(daemon: Daemon, capsys: Capture) -> None:
     code, out, _ = run(capsys, "reject", "1", "--reason", "node is fine", "--json")
     row = json.loads(out)
     assert code == 0 and (row["status"], row["result"]) == (
-        "rejected", "rejected by tester: node is fine")
+        "rejected",
+        "rejected by tester: node is fine",
+    )
 
 
 def test_status_choices_match_the_store() -> None:
@@ -290,8 +359,9 @@ def test_explanation_without_lines_shows_the_action(daemon: Daemon) -> None:
 
     action = daemon.service.actions[0]
     out = Console(width=200, record=True, file=io.StringIO())
-    render_explanation(out, Explanation(subject="action 1", action=action,
-                                        events=daemon.service.events[:1]))
+    render_explanation(
+        out, Explanation(subject="action 1", action=action, events=daemon.service.events[:1])
+    )
     text = out.export_text()
     assert "by rule gpu-fatal-drain: GpuFatal: XID 79 on gpu 2" in text
     assert "guard max-drains-per-window: pass (0/4)" in text

@@ -35,24 +35,61 @@ class Cluster:
         subprocess.run([BIN, "db", "upgrade", "--url", db], check=True, capture_output=True)
         log = (self.tmp / "daemon.log").open("wb")
         self.procs["daemon"] = subprocess.Popen(
-            [BIN, "daemon", "--db", db, "--broker", "127.0.0.1:1883",
-             "--api", self.api.removeprefix("http://"), "--scheduler", "local",
-             "--local-nodes", ",".join(self.nodes), "--local-log-dir", str(self.tmp / "jobs"),
-             "--will-confirm", "1.0", "--client-id", f"tw-test-{self.tag}"],
-            stdout=log, stderr=log)
+            [
+                BIN,
+                "daemon",
+                "--db",
+                db,
+                "--broker",
+                "127.0.0.1:1883",
+                "--api",
+                self.api.removeprefix("http://"),
+                "--scheduler",
+                "local",
+                "--local-nodes",
+                ",".join(self.nodes),
+                "--local-log-dir",
+                str(self.tmp / "jobs"),
+                "--will-confirm",
+                "1.0",
+                "--client-id",
+                f"tw-test-{self.tag}",
+            ],
+            stdout=log,
+            stderr=log,
+        )
         for n in self.nodes:
             self.start_agent(n)
 
     def start_agent(self, node: str) -> None:
         log = (self.tmp / f"agent-{node}.log").open("wb")
         self.procs[node] = subprocess.Popen(
-            [BIN, "agent", "--node", node, "--broker", "127.0.0.1:1883", "--heartbeat", "0.5",
-             "--interval", "2", "--simulated-hardware", str(self.tmp / "hw" / node)],
-            stdout=log, stderr=log)
+            [
+                BIN,
+                "agent",
+                "--node",
+                node,
+                "--broker",
+                "127.0.0.1:1883",
+                "--heartbeat",
+                "0.5",
+                "--interval",
+                "2",
+                "--simulated-hardware",
+                str(self.tmp / "hw" / node),
+            ],
+            stdout=log,
+            stderr=log,
+        )
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([BIN, *args, "--api", self.api], capture_output=True, text=True,
-                              timeout=30, env={**os.environ, "USER": "tester"})
+        proc = subprocess.run(
+            [BIN, *args, "--api", self.api],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "USER": "tester"},
+        )
         if check:
             assert proc.returncode == 0, proc.stderr
         return proc
@@ -87,8 +124,11 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(tmp_path)
     c.start()
     try:
-        wait_for(lambda: all(c.nodes_json().get(n, {}).get("state") == "healthy"
-                             for n in c.nodes), 40, "three healthy nodes")
+        wait_for(
+            lambda: all(c.nodes_json().get(n, {}).get("state") == "healthy" for n in c.nodes),
+            40,
+            "three healthy nodes",
+        )
         yield c
     finally:
         c.stop()
@@ -99,8 +139,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 def test_killed_agent_is_detected_within_seconds(cluster: Cluster) -> None:
     victim = cluster.nodes[1]
     cluster.procs[victim].kill()  # SIGKILL: the broker publishes the last will
-    took = wait_for(lambda: "NodeDead" in cluster.nodes_json()[victim]["conditions"], 10,
-                    "the dead node")
+    took = wait_for(
+        lambda: "NodeDead" in cluster.nodes_json()[victim]["conditions"], 10, "the dead node"
+    )
     assert took <= 5
     assert cluster.nodes_json()[victim]["state"] in ("failed", "drained")
     # not in a run: the shipped policy still drains a dead node
@@ -111,8 +152,11 @@ def test_killed_agent_is_detected_within_seconds(cluster: Cluster) -> None:
 
 def test_injected_xid_drains_the_node(cluster: Cluster) -> None:
     victim = cluster.nodes[2]
-    subprocess.run([BIN, "hw", "inject", "--state-dir", str(cluster.tmp / "hw" / victim),
-                    "xid:79"], check=True, capture_output=True)
+    subprocess.run(
+        [BIN, "hw", "inject", "--state-dir", str(cluster.tmp / "hw" / victim), "xid:79"],
+        check=True,
+        capture_output=True,
+    )
     took = wait_for(lambda: cluster.nodes_json()[victim]["state"] == "drained", 10, "drain")
     assert took <= 5
     row = cluster.nodes_json()[victim]
@@ -136,26 +180,66 @@ def test_operator_drain_and_bad_input(cluster: Cluster) -> None:
     cluster.cli("undrain", node, "--reason", "fixed")
     assert cluster.nodes_json()[node]["state"] == "healthy"
     # a malformed message on the bus is rejected and the daemon keeps serving
-    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-t",
-                    f"trainwarden/v1/node/{node}/heartbeat", "-m", "{oops"], check=True)
-    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-t",
-                    f"trainwarden/v1/node/{node}/heartbeat", "-m",
-                    json.dumps({"v": 1, "kind": "heartbeat", "node": cluster.nodes[1],
-                                "ts": 1, "seq": 1, "interval_s": 1})], check=True)
-    wait_for(lambda: len(json.loads(cluster.cli(
-        "events", "--json", "--kind", "rejected-message").stdout)) >= 2, 10, "rejections")
+    subprocess.run(
+        [
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+            "-t",
+            f"trainwarden/v1/node/{node}/heartbeat",
+            "-m",
+            "{oops",
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+            "-t",
+            f"trainwarden/v1/node/{node}/heartbeat",
+            "-m",
+            json.dumps(
+                {
+                    "v": 1,
+                    "kind": "heartbeat",
+                    "node": cluster.nodes[1],
+                    "ts": 1,
+                    "seq": 1,
+                    "interval_s": 1,
+                }
+            ),
+        ],
+        check=True,
+    )
+    wait_for(
+        lambda: (
+            len(json.loads(cluster.cli("events", "--json", "--kind", "rejected-message").stdout))
+            >= 2
+        ),
+        10,
+        "rejections",
+    )
     assert cluster.procs["daemon"].poll() is None
     assert cluster.nodes_json()[node]["state"] == "healthy"
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--db", "nonsense://x"], "nonsense"),
-    (["--db", "sqlite:////nonexistent/dir/tw.db"], "trainwarden db upgrade"),
-    (["--db", "postgresql+psycopg://postgres@127.0.0.1:1/none"], "127.0.0.1"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--db", "nonsense://x"], "nonsense"),
+        (["--db", "sqlite:////nonexistent/dir/tw.db"], "trainwarden db upgrade"),
+        (["--db", "postgresql+psycopg://postgres@127.0.0.1:1/none"], "127.0.0.1"),
+    ],
+)
 def test_daemon_refuses_a_bad_database_url_with_one_line(args: list[str], needle: str) -> None:
-    proc = subprocess.run([BIN, "daemon", "--scheduler", "local", "--local-nodes", "n1", *args],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [BIN, "daemon", "--scheduler", "local", "--local-nodes", "n1", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -163,13 +247,28 @@ def test_daemon_refuses_a_bad_database_url_with_one_line(args: list[str], needle
 
 def test_daemon_refuses_an_invalid_policy(tmp_path: Path) -> None:
     bad = tmp_path / "policy.yaml"
-    bad.write_text("version: 1\nrules:\n  - name: r\n    when: {condition: NoSuchThing}\n"
-                   "    then: [drain]\n")
+    bad.write_text(
+        "version: 1\nrules:\n  - name: r\n    when: {condition: NoSuchThing}\n    then: [drain]\n"
+    )
     db = f"sqlite:///{tmp_path / 'tw.db'}"
     subprocess.run([BIN, "db", "upgrade", "--url", db], check=True, capture_output=True)
-    proc = subprocess.run([BIN, "daemon", "--scheduler", "local", "--local-nodes", "n1",
-                           "--db", db, "--policy", str(bad)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            BIN,
+            "daemon",
+            "--scheduler",
+            "local",
+            "--local-nodes",
+            "n1",
+            "--db",
+            db,
+            "--policy",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "policy.yaml" in proc.stderr and "NoSuchThing" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -18,8 +18,13 @@ BIN = Path(sys.executable).parent / "trainwarden"
 
 def run_demo(*args: str) -> tuple[dict[str, Any], str, float]:
     started = time.monotonic()
-    proc = subprocess.run([str(BIN), "demo", "--json", *args], capture_output=True, text=True,
-                          timeout=240, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.run(
+        [str(BIN), "demo", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     wall = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout), proc.stderr, wall
@@ -63,5 +68,7 @@ def test_demo_restarts_a_hung_run_without_draining() -> None:
     stalled = next(line for line in timeline.splitlines() if "run-stalled" in line)
     # the frozen rank is named as the culprit -- unless every rank's last report landed at
     # the same step, when the detector says there is no single culprit; never another rank
-    assert (f"stopped first: rank 3 on {out['fault']['node']}" in stalled
-            or "no single culprit" in stalled), stalled
+    assert (
+        f"stopped first: rank 3 on {out['fault']['node']}" in stalled
+        or "no single culprit" in stalled
+    ), stalled

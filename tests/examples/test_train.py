@@ -42,17 +42,30 @@ LINE = re.compile(r"^attempt=(\d+) (?:(\w+) )?step=(\d+)(?: loss=(\S+))?(?: para
 
 def _env(run: str, attempt: int, resume: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINWARDEN_")}
-    env.update(TRAINWARDEN_BROKER="127.0.0.1:1883", TRAINWARDEN_RUN=run,
-               TRAINWARDEN_ATTEMPT=str(attempt), TRAINWARDEN_NODE="exnode",
-               PYTHONUNBUFFERED="1")
+    env.update(
+        TRAINWARDEN_BROKER="127.0.0.1:1883",
+        TRAINWARDEN_RUN=run,
+        TRAINWARDEN_ATTEMPT=str(attempt),
+        TRAINWARDEN_NODE="exnode",
+        PYTHONUNBUFFERED="1",
+    )
     if resume:
         env["TRAINWARDEN_RESUME_FROM"] = resume
     return env
 
 
 def _cmd(ckpt: Path, *extra: str) -> list[str]:
-    return [*TORCHRUN, str(TRAIN), "--steps", str(STEPS), "--ckpt-every", str(EVERY),
-            "--ckpt-dir", str(ckpt), *extra]
+    return [
+        *TORCHRUN,
+        str(TRAIN),
+        "--steps",
+        str(STEPS),
+        "--ckpt-every",
+        str(EVERY),
+        "--ckpt-dir",
+        str(ckpt),
+        *extra,
+    ]
 
 
 def _events(ckpt: Path, rank: int) -> list[tuple[int, str, int, str | None, str | None]]:
@@ -106,8 +119,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     run = f"ex-{uuid.uuid4().hex[:8]}"
     bus = Bus(run)
     time.sleep(0.2)
-    out = subprocess.run(_cmd(ckpt), env=_env(run, 0), capture_output=True, text=True,
-                         timeout=180, check=False)
+    out = subprocess.run(
+        _cmd(ckpt), env=_env(run, 0), capture_output=True, text=True, timeout=180, check=False
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     yield ckpt, bus.drain()
     bus.close()
@@ -124,8 +138,12 @@ def test_runs_to_completion_and_reports(reference: tuple[Path, list[Any]]) -> No
     assert info is not None and info.step == STEPS
     steps = {(m.rank, s.step) for m in msgs if isinstance(m, StepReport) for s in m.samples}
     assert steps == {(r, s) for r in (0, 1) for s in range(1, STEPS + 1)}
-    assert all(s.compute_s is not None and s.compute_s <= s.step_s + 1e-3
-               for m in msgs if isinstance(m, StepReport) for s in m.samples)
+    assert all(
+        s.compute_s is not None and s.compute_s <= s.step_s + 1e-3
+        for m in msgs
+        if isinstance(m, StepReport)
+        for s in m.samples
+    )
     ckpts = [m for m in msgs if isinstance(m, CheckpointReport)]
     assert sorted(c.step for c in ckpts) == [3, 6, 8] and {c.rank for c in ckpts} == {0}
     assert ckpts[0].node == "exnode"
@@ -141,15 +159,21 @@ def _wait(pred: Any, what: str, proc: subprocess.Popen[str], timeout: float = 60
         time.sleep(0.05)
 
 
-def test_checkpoint_now_kill_and_resume_matches(reference: tuple[Path, list[Any]],
-                                                tmp_path: Path) -> None:
+def test_checkpoint_now_kill_and_resume_matches(
+    reference: tuple[Path, list[Any]], tmp_path: Path
+) -> None:
     ref_ckpt, _ = reference
     ckpt = tmp_path / "ckpt"
     run = f"ex-{uuid.uuid4().hex[:8]}"
     bus = Bus(run)
-    proc = subprocess.Popen(_cmd(ckpt, "--step-time", "0.4"), env=_env(run, 0),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _cmd(ckpt, "--step-time", "0.4"),
+        env=_env(run, 0),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _wait(lambda: 1 in _steps(ckpt, 0, 0), "step 1", proc)
         request = ControlMessage(run=run, command="checkpoint-now", request_id="t1", ts=1.0)
@@ -175,16 +199,24 @@ def test_checkpoint_now_kill_and_resume_matches(reference: tuple[Path, list[Any]
 
     start = latest_valid(ckpt)
     assert start is not None and start.step <= killed_at
-    out = subprocess.run(_cmd(ckpt), env=_env(run, 1, start.path), capture_output=True,
-                         text=True, timeout=180, check=False)
+    out = subprocess.run(
+        _cmd(ckpt),
+        env=_env(run, 1, start.path),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     bus.close()
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     for rank in (0, 1):
         first = _steps(ckpt, rank, 0)
         assert first == list(range(1, len(first) + 1)), "attempt 0 skipped no step"
         assert _steps(ckpt, rank, 1) == list(range(start.step + 1, STEPS + 1)), (
-            "attempt 1 starts right after its checkpoint and skips nothing")
+            "attempt 1 starts right after its checkpoint and skips nothing"
+        )
     assert _done(ckpt, 0) == _done(ref_ckpt, 0), "resumed run ends exactly like the reference"
-    print(f"\nkilled after step {killed_at}, resumed from step {start.step}; "
-          f"final loss/params {_done(ckpt, 0)}")
-
+    print(
+        f"\nkilled after step {killed_at}, resumed from step {start.step}; "
+        f"final loss/params {_done(ckpt, 0)}"
+    )

@@ -16,8 +16,9 @@ TRAINWARDEN = str(Path(sys.executable).parent / "trainwarden")
 
 
 def tw(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TRAINWARDEN, *args], check=False, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [TRAINWARDEN, *args], check=False, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def check_lines(out: str) -> dict[str, str]:
@@ -50,8 +51,12 @@ def test_vet_expecting_gpus_here_is_critical() -> None:
 
 @pytest.mark.parametrize(
     ("fault", "check", "words"),
-    [("xid:79", "gpu", "XID 79"), ("gpu-lost", "gpu", "fallen off the bus"),
-     ("ecc-dbe", "gpu", "uncorrectable ECC"), ("ib-link-down", "network", "DOWN")],
+    [
+        ("xid:79", "gpu", "XID 79"),
+        ("gpu-lost", "gpu", "fallen off the bus"),
+        ("ecc-dbe", "gpu", "uncorrectable ECC"),
+        ("ib-link-down", "network", "DOWN"),
+    ],
 )
 def test_vet_simulated_critical(fault: str, check: str, words: str) -> None:
     proc = tw("vet", "--simulate", fault)
@@ -86,13 +91,16 @@ def test_vet_json_and_repeated_simulate() -> None:
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(("vet", "--simulate", "gpu-melted"), "unknown fault 'gpu-melted'"),
-     (("vet", "--timeout", "0"), "--timeout must be positive"),
-     (("vet", "--disable", "gpus"), "unknown probe 'gpus'"),
-     (("hw", "inject", "--state-dir", "/nonexistent/x", "ecc-dbe"), "not a simulated node")],
+    [
+        (("vet", "--simulate", "gpu-melted"), "unknown fault 'gpu-melted'"),
+        (("vet", "--timeout", "0"), "--timeout must be positive"),
+        (("vet", "--disable", "gpus"), "unknown probe 'gpus'"),
+        (("hw", "inject", "--state-dir", "/nonexistent/x", "ecc-dbe"), "not a simulated node"),
+    ],
 )
-def test_bad_input_is_a_clear_error(args: tuple[str, ...], message: str,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_is_a_clear_error(
+    args: tuple[str, ...], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(list(args)) == 2  # in process: the same entry point, without start-up cost
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -134,6 +142,18 @@ def test_hw_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 def test_vet_lists_the_fault_names_it_can_simulate(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["vet", "--list-faults", "--json"]) == 0
     names = {f["name"] for f in json.loads(capsys.readouterr().out)["faults"]}
-    assert {"xid:<code>", "gpu-lost", "ecc-dbe", "row-remap-failure", "nvlink-down",
-            "pcie-degraded", "thermal-throttle", "ib-link-down", "ib-link-flap", "storage-hang",
-            "storage-slow", "storage-full", "gpu-mem-held"} <= names
+    assert {
+        "xid:<code>",
+        "gpu-lost",
+        "ecc-dbe",
+        "row-remap-failure",
+        "nvlink-down",
+        "pcie-degraded",
+        "thermal-throttle",
+        "ib-link-down",
+        "ib-link-flap",
+        "storage-hang",
+        "storage-slow",
+        "storage-full",
+        "gpu-mem-held",
+    } <= names

@@ -32,15 +32,21 @@ def test_parse_captured_meminfo(data: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "state"),
-    [("1 (systemd) S 0 1", "S"), ("301 (a) (b) R 1 301", "R"), ("300 (tmux: server) D 1", "D"),
-     ("garbage", None), ("5 (x)", None)],
+    [
+        ("1 (systemd) S 0 1", "S"),
+        ("301 (a) (b) R 1 301", "R"),
+        ("300 (tmux: server) D 1", "D"),
+        ("garbage", None),
+        ("5 (x)", None),
+    ],
 )
 def test_parse_stat_state(text: str, state: str | None) -> None:
     assert parse_stat_state(text) == state
 
 
-@pytest.mark.parametrize(("text", "load"), [("0.52 0.58 0.59 3/712 30012", 0.52), ("", None),
-                                            ("x y", None)])
+@pytest.mark.parametrize(
+    ("text", "load"), [("0.52 0.58 0.59 3/712 30012", 0.52), ("", None), ("x y", None)]
+)
 def test_parse_loadavg(text: str, load: float | None) -> None:
     assert parse_loadavg(text) == load
 
@@ -57,9 +63,16 @@ def test_read_fixture_tree(data: Path) -> None:
 
 
 def sample(**kw: object) -> HostSample:
-    base: dict[str, object] = dict(mem_total_bytes=100, mem_available_bytes=50,
-                                   swap_total_bytes=0, swap_free_bytes=0, load1=1.0, cpus=4,
-                                   d_state=0, zombies=0)
+    base: dict[str, object] = dict(
+        mem_total_bytes=100,
+        mem_available_bytes=50,
+        swap_total_bytes=0,
+        swap_free_bytes=0,
+        load1=1.0,
+        cpus=4,
+        d_state=0,
+        zombies=0,
+    )
     base.update(kw)
     return HostSample(**base)  # type: ignore[arg-type]
 
@@ -70,10 +83,18 @@ CASES = [
     ("load high", sample(load1=40.0), Health.DEGRADED, ["host-load"]),
     ("D state", sample(d_state=30), Health.DEGRADED, [fk.HOST_D_STATE]),
     ("zombies", sample(zombies=500), Health.DEGRADED, ["host-zombies"]),
-    ("oom", sample(oom_lines=("Out of memory: Killed process 1 (x)",)), Health.DEGRADED,
-     [fk.HOST_OOM]),
-    ("mce", sample(mce_lines=("mce: [Hardware Error]: Machine check events logged",)),
-     Health.DEGRADED, [fk.HOST_MCE]),
+    (
+        "oom",
+        sample(oom_lines=("Out of memory: Killed process 1 (x)",)),
+        Health.DEGRADED,
+        [fk.HOST_OOM],
+    ),
+    (
+        "mce",
+        sample(mce_lines=("mce: [Hardware Error]: Machine check events logged",)),
+        Health.DEGRADED,
+        [fk.HOST_MCE],
+    ),
     ("unknown memory", sample(mem_total_bytes=None, mem_available_bytes=None), Health.HEALTHY, []),
 ]
 
@@ -88,8 +109,9 @@ def test_evaluate_host(case: str, s: HostSample, health: Health, kinds: list[str
 
 def test_probe_reads_kernel_log_and_forgets(data: Path) -> None:
     clock = VirtualClock()
-    probe = HostProbe(data / "procfs", kernel_log=FileKernelLog(data / "dmesg-xid.txt"),
-                      clock=clock, hold_s=100)
+    probe = HostProbe(
+        data / "procfs", kernel_log=FileKernelLog(data / "dmesg-xid.txt"), clock=clock, hold_s=100
+    )
     first = probe.check()
     assert first.health is Health.DEGRADED
     assert {f.kind for f in first.faults} == {fk.HOST_OOM, fk.HOST_MCE}

@@ -19,8 +19,11 @@ from trainwarden.health.kmsg import (
 @pytest.mark.parametrize(
     ("raw", "message", "uptime"),
     [
-        ("[ 9002.000001] NVRM: Xid (PCI:0000:3b:00): 79, x", "NVRM: Xid (PCI:0000:3b:00): 79, x",
-         9002.000001),
+        (
+            "[ 9002.000001] NVRM: Xid (PCI:0000:3b:00): 79, x",
+            "NVRM: Xid (PCI:0000:3b:00): 79, x",
+            9002.000001,
+        ),
         ("4,5522,9010101010,-;NVRM: hello", "NVRM: hello", 9010.10101),
         ("plain text line\n", "plain text line", None),
         ("[    5.1] a", "a", 5.1),
@@ -35,13 +38,19 @@ def test_parse_line(raw: str, message: str, uptime: float | None) -> None:
 @pytest.mark.parametrize(
     ("message", "pci", "code"),
     [
-        ("NVRM: Xid (PCI:0000:3b:00): 79, pid=1, name=p, GPU has fallen off the bus.",
-         "0000:3b:00", 79),
+        (
+            "NVRM: Xid (PCI:0000:3b:00): 79, pid=1, name=p, GPU has fallen off the bus.",
+            "0000:3b:00",
+            79,
+        ),
         ("NVRM: Xid (PCI:0000:9A:00.0): 94, pid=2, Contained: SM", "0000:9a:00.0", 94),
         ("NVRM: Xid (PCI:0000:18:00): 13, Graphics SM Warp Exception", "0000:18:00", 13),
         ("NVRM: Xid (0000:02:00): 79, GPU has fallen off the bus.", "0000:02:00", 79),
-        ("NVRM: Xid (PCI:0000:3b:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen",
-         "0000:3b:00", 79),
+        (
+            "NVRM: Xid (PCI:0000:3b:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen",
+            "0000:3b:00",
+            79,
+        ),
         ("NVRM: GPU 0000:3b:00.0: GPU has fallen off the bus.", None, None),
         ("mlx5_core 0000:c1:00.0: Xid-like but not NVRM", None, None),
     ],
@@ -70,9 +79,15 @@ def test_oom_mce(message: str, oom: bool, mce: bool) -> None:
 
 @pytest.mark.parametrize(
     ("bus", "norm"),
-    [("00000000:3B:00.0", "0000:3b:00"), ("0000:3b:00", "0000:3b:00"),
-     ("0000:3b:00.1", "0000:3b:00"), ("00000009:01:00.0", "0009:01:00"),
-     ("0019:01:00", "0019:01:00"), ("3b:00", "0000:3b:00"), ("garbage", "garbage")],
+    [
+        ("00000000:3B:00.0", "0000:3b:00"),
+        ("0000:3b:00", "0000:3b:00"),
+        ("0000:3b:00.1", "0000:3b:00"),
+        ("00000009:01:00.0", "0009:01:00"),
+        ("0019:01:00", "0019:01:00"),
+        ("3b:00", "0000:3b:00"),
+        ("garbage", "garbage"),
+    ],
 )
 def test_normalize_pci(bus: str, norm: str) -> None:
     assert normalize_pci(bus) == norm

@@ -25,8 +25,14 @@ from trainwarden.health.probes.network import (
 
 @pytest.mark.parametrize(
     ("text", "up", "name"),
-    [("4: ACTIVE", True, "ACTIVE"), ("1: DOWN", False, "DOWN"), ("2: INIT", False, "INIT"),
-     ("3: ARMED\n", False, "ARMED"), (None, False, "unreadable"), ("", False, "unreadable")],
+    [
+        ("4: ACTIVE", True, "ACTIVE"),
+        ("1: DOWN", False, "DOWN"),
+        ("2: INIT", False, "INIT"),
+        ("3: ARMED\n", False, "ARMED"),
+        (None, False, "unreadable"),
+        ("", False, "unreadable"),
+    ],
 )
 def test_parse_ib_state(text: str | None, up: bool, name: str) -> None:
     assert parse_ib_state(text) == (up, name)
@@ -60,20 +66,27 @@ def test_fixture_tree_verdict(data: Path) -> None:
 
 
 def test_link_faults_name_the_fabric_domain_when_known(data: Path) -> None:
-    probe = NetworkProbe(data / "sysfs", NetThresholds(fabric_domain="leaf-r07"),
-                         clock=VirtualClock())
+    probe = NetworkProbe(
+        data / "sysfs", NetThresholds(fabric_domain="leaf-r07"), clock=VirtualClock()
+    )
     causes = {f.kind: f.cause for f in probe.check().faults}
     assert causes[fk.IB_LINK_DOWN] == causes[fk.CXI_LINK_DOWN] == "fabric:leaf-r07"
 
 
 def ib(downed: int = 0, symbol: int = 0, up: bool = True) -> Link:
-    return Link("ib", "mlx5_0/1", up, "ACTIVE" if up else "DOWN",
-                {"link_downed": downed, "symbol_error": symbol})
+    return Link(
+        "ib",
+        "mlx5_0/1",
+        up,
+        "ACTIVE" if up else "DOWN",
+        {"link_downed": downed, "symbol_error": symbol},
+    )
 
 
 def eth(changes: int = 0, rx: int = 0) -> Link:
-    return Link("eth", "eth0", True, "up", {"carrier_changes": changes, "rx_errors": rx,
-                                             "tx_errors": 0})
+    return Link(
+        "eth", "eth0", True, "up", {"carrier_changes": changes, "rx_errors": rx, "tx_errors": 0}
+    )
 
 
 # (case, previous links or None, current links, seconds between, health, fault kinds)
@@ -82,8 +95,14 @@ RATE_CASES = [
     ("stable counters", (ib(5, 100),), (ib(5, 100),), 10, Health.HEALTHY, []),
     ("link flapped", (ib(5),), (ib(7),), 10, Health.DEGRADED, [fk.IB_LINK_FLAP]),
     ("errors below the rate", (ib(symbol=0),), (ib(symbol=5),), 10, Health.HEALTHY, []),
-    ("errors above the rate", (ib(symbol=0),), (ib(symbol=500),), 10, Health.DEGRADED,
-     [fk.IB_ERRORS]),
+    (
+        "errors above the rate",
+        (ib(symbol=0),),
+        (ib(symbol=500),),
+        10,
+        Health.DEGRADED,
+        [fk.IB_ERRORS],
+    ),
     ("counter reset is not negative", (ib(symbol=500),), (ib(symbol=0),), 10, Health.HEALTHY, []),
     ("link down", (ib(),), (ib(up=False),), 10, Health.UNHEALTHY, [fk.IB_LINK_DOWN]),
     ("eth carrier flap", (eth(3),), (eth(5),), 10, Health.DEGRADED, [ETH_LINK_FLAP]),
@@ -91,10 +110,17 @@ RATE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("case", "prev", "cur", "dt", "health", "kinds"), RATE_CASES,
-                         ids=[c[0] for c in RATE_CASES])
-def test_evaluate_links(case: str, prev: tuple[Link, ...] | None, cur: tuple[Link, ...],
-                        dt: float, health: Health, kinds: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("case", "prev", "cur", "dt", "health", "kinds"), RATE_CASES, ids=[c[0] for c in RATE_CASES]
+)
+def test_evaluate_links(
+    case: str,
+    prev: tuple[Link, ...] | None,
+    cur: tuple[Link, ...],
+    dt: float,
+    health: Health,
+    kinds: list[str],
+) -> None:
     before = NetSample(100.0, prev) if prev is not None else None
     result = evaluate_links(before, NetSample(100.0 + dt, cur), NetThresholds(1.0))
     assert result.health is health, result.reason

@@ -64,8 +64,9 @@ def test_real_dev_kmsg_records_parse() -> None:
 
 
 def test_real_hardware_uses_configured_roots(tmp_path: object) -> None:
-    hw = real_hardware(ProbeConfig(sysfs_root="/x/sys", procfs_root="/x/proc",
-                                   kmsg_path="/nonexistent/kern.log"))
+    hw = real_hardware(
+        ProbeConfig(sysfs_root="/x/sys", procfs_root="/x/proc", kmsg_path="/nonexistent/kern.log")
+    )
     assert str(hw.sysfs_root) == "/x/sys" and str(hw.procfs_root) == "/x/proc"
     assert hw.kernel_log() is None  # configured log missing: no source, not an exception
     assert isinstance(hw, RealHardware) and hw.default_storage_paths() == ("/tmp",)

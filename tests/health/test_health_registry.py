@@ -11,11 +11,13 @@ from trainwarden.health.sim.hardware import SimulatedHardware
 
 @pytest.mark.parametrize(
     ("enabled", "names"),
-    [(("*",), ["gpu", "network", "storage", "host"]),
-     (("*", "-gpu"), ["network", "storage", "host"]),
-     (("gpu", "host"), ["gpu", "host"]),
-     (("*", "-storage", "storage"), ["gpu", "network", "storage", "host"]),
-     ((), [])],
+    [
+        (("*",), ["gpu", "network", "storage", "host"]),
+        (("*", "-gpu"), ["network", "storage", "host"]),
+        (("gpu", "host"), ["gpu", "host"]),
+        (("*", "-storage", "storage"), ["gpu", "network", "storage", "host"]),
+        ((), []),
+    ],
 )
 def test_enabled(sim: SimulatedHardware, enabled: tuple[str, ...], names: list[str]) -> None:
     probes = build_probes(ProbeConfig(enabled=enabled), sim)

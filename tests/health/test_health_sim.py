@@ -60,8 +60,9 @@ def test_every_fault_name_is_covered() -> None:
 
 def config(**kw: object) -> ProbeConfig:
     # Limits loose enough for a loaded CI machine; the simulated slow storage takes 1.3 s.
-    base: dict[str, object] = dict(expected_gpus=4, timeout_s=3.0,
-                                   storage=StorageThresholds(slow_s=1.0))
+    base: dict[str, object] = dict(
+        expected_gpus=4, timeout_s=3.0, storage=StorageThresholds(slow_s=1.0)
+    )
     base.update(kw)
     return ProbeConfig(**base)  # type: ignore[arg-type]
 
@@ -107,9 +108,15 @@ def test_gpu_scoped_fault_and_clear_all(sim: SimulatedHardware) -> None:
 
 @pytest.mark.parametrize(
     ("fault", "message"),
-    [("gpu-melted", "valid faults: xid:<code>, gpu-lost"), ("xid:abc", "xid:<code>"),
-     ("xid:0", "1..999"), ("ib-link-down@1", "does not take a GPU"), ("ecc-dbe@x", "bad GPU"),
-     ("ecc-dbe@9", "GPUs 0..3"), ("cxi-link-down", "slingshot")],
+    [
+        ("gpu-melted", "valid faults: xid:<code>, gpu-lost"),
+        ("xid:abc", "xid:<code>"),
+        ("xid:0", "1..999"),
+        ("ib-link-down@1", "does not take a GPU"),
+        ("ecc-dbe@x", "bad GPU"),
+        ("ecc-dbe@9", "GPUs 0..3"),
+        ("cxi-link-down", "slingshot"),
+    ],
 )
 def test_bad_fault_names(sim: SimulatedHardware, fault: str, message: str) -> None:
     with pytest.raises(HealthError, match=message.replace("(", r"\(").replace(".", r"\.")):
@@ -123,15 +130,18 @@ def test_inject_into_requires_a_simulated_node(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing").exists()
 
 
-def test_xid_from_another_process_surfaces_as_event_then_in_probe(
-        sim: SimulatedHardware) -> None:
+def test_xid_from_another_process_surfaces_as_event_then_in_probe(sim: SimulatedHardware) -> None:
     cfg = config()
     (watcher,) = build_watchers(cfg, sim)
     probes = build_probes(cfg, sim)
     assert watcher.poll(0.05) == []
     t0 = time.monotonic()
-    subprocess.run([str(TRAINWARDEN), "hw", "inject", "--state-dir", str(sim.state_dir),
-                    "xid:79@1"], check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        [str(TRAINWARDEN), "hw", "inject", "--state-dir", str(sim.state_dir), "xid:79@1"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     injected = time.monotonic()
     faults: list[Fault] = []
     while not faults and time.monotonic() - t0 < 10:

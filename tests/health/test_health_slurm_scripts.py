@@ -14,11 +14,23 @@ TRAINWARDEN = str(Path(sys.executable).parent / "trainwarden")
 
 
 def script(name: str, vet_args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, TRAINWARDEN_BIN=TRAINWARDEN, TRAINWARDEN_VET_ARGS=vet_args,
-               SCONTROL="echo", SLURMD_NODENAME="nid001", TRAINWARDEN_VET_TIMEOUT="3",
-               TRAINWARDEN_STORAGE=str(tmp_path))
-    return subprocess.run(["bash", str(ROOT / "deploy/slurm" / name)], env=env, check=False,
-                          capture_output=True, text=True, timeout=60)
+    env = dict(
+        os.environ,
+        TRAINWARDEN_BIN=TRAINWARDEN,
+        TRAINWARDEN_VET_ARGS=vet_args,
+        SCONTROL="echo",
+        SLURMD_NODENAME="nid001",
+        TRAINWARDEN_VET_TIMEOUT="3",
+        TRAINWARDEN_STORAGE=str(tmp_path),
+    )
+    return subprocess.run(
+        ["bash", str(ROOT / "deploy/slurm" / name)],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_healthcheck_drains_on_critical(tmp_path: Path) -> None:
@@ -34,8 +46,9 @@ def test_healthcheck_leaves_warnings_alone(tmp_path: Path) -> None:
     assert proc.stdout == ""  # no scontrol call
 
 
-@pytest.mark.parametrize(("vet_args", "rc"), [("--simulate ecc-dbe", 1),
-                                              ("--simulate thermal-throttle", 0)])
+@pytest.mark.parametrize(
+    ("vet_args", "rc"), [("--simulate ecc-dbe", 1), ("--simulate thermal-throttle", 0)]
+)
 def test_prolog_fails_only_on_critical(tmp_path: Path, vet_args: str, rc: int) -> None:
     proc = script("prolog-vet.sh", vet_args, tmp_path)
     assert proc.returncode == rc

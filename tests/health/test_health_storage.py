@@ -25,8 +25,15 @@ from trainwarden.health.probes.storage import (
 
 def test_parse_mountinfo_fixture(data: Path) -> None:
     mounts = parse_mountinfo((data / "mountinfo-cluster.txt").read_text())
-    assert [m.fstype for m in mounts] == ["overlay", "proc", "sysfs", "lustre", "lustre", "nfs4",
-                                          "gpfs"]
+    assert [m.fstype for m in mounts] == [
+        "overlay",
+        "proc",
+        "sysfs",
+        "lustre",
+        "lustre",
+        "nfs4",
+        "gpfs",
+    ]
     assert mounts[3] == Mount("/capstor", "lustre", "10.100.0.1@o2ib:10.100.0.2@o2ib:/capstor")
     assert mounts[6].mount_point == "/gpfs/data set"  # \040 unescaped
 
@@ -38,11 +45,15 @@ def test_parse_captured_mountinfo(data: Path) -> None:
 
 @pytest.mark.parametrize(
     ("path", "mount_point", "fstype"),
-    [("/capstor/users/x", "/capstor", "lustre"), ("/capstor/scratch/run1", "/capstor/scratch",
-                                                   "lustre"),
-     ("/capstor", "/capstor", "lustre"), ("/capstorX/a", "/", "overlay"),
-     ("/users/alice", "/users", "nfs4"), ("/gpfs/data set/x", "/gpfs/data set", "gpfs"),
-     ("/", "/", "overlay")],
+    [
+        ("/capstor/users/x", "/capstor", "lustre"),
+        ("/capstor/scratch/run1", "/capstor/scratch", "lustre"),
+        ("/capstor", "/capstor", "lustre"),
+        ("/capstorX/a", "/", "overlay"),
+        ("/users/alice", "/users", "nfs4"),
+        ("/gpfs/data set/x", "/gpfs/data set", "gpfs"),
+        ("/", "/", "overlay"),
+    ],
 )
 def test_mount_for(data: Path, path: str, mount_point: str, fstype: str) -> None:
     m = mount_for(path, parse_mountinfo((data / "mountinfo-cluster.txt").read_text()))
@@ -54,24 +65,49 @@ OK = FsStats(1000, 500, 100, 50)
 # (case, sample, health, fault kinds)
 CASES = [
     ("healthy", StorageSample("/capstor/a", True, LUSTRE, OK, 0.01), Health.HEALTHY, []),
-    ("missing", StorageSample("/capstor/a", False, LUSTRE, None, None), Health.UNHEALTHY,
-     [fk.STORAGE_UNMOUNTED]),
-    ("slow", StorageSample("/capstor/a", True, LUSTRE, OK, 2.5), Health.DEGRADED,
-     [fk.STORAGE_SLOW]),
-    ("nearly full", StorageSample("/capstor/a", True, LUSTRE, FsStats(1000, 30, 100, 50), 0.01),
-     Health.DEGRADED, [fk.STORAGE_FULL]),
-    ("full", StorageSample("/capstor/a", True, LUSTRE, FsStats(1000, 5, 100, 50), 0.01),
-     Health.UNHEALTHY, [fk.STORAGE_FULL]),
-    ("out of inodes", StorageSample("/capstor/a", True, LUSTRE, FsStats(1000, 500, 1000, 0), 0.01),
-     Health.UNHEALTHY, [fk.STORAGE_FULL]),
-    ("write failed", StorageSample("/capstor/a", True, LUSTRE, OK, None, "EIO"), Health.UNHEALTHY,
-     [fk.STORAGE_HANG]),
+    (
+        "missing",
+        StorageSample("/capstor/a", False, LUSTRE, None, None),
+        Health.UNHEALTHY,
+        [fk.STORAGE_UNMOUNTED],
+    ),
+    (
+        "slow",
+        StorageSample("/capstor/a", True, LUSTRE, OK, 2.5),
+        Health.DEGRADED,
+        [fk.STORAGE_SLOW],
+    ),
+    (
+        "nearly full",
+        StorageSample("/capstor/a", True, LUSTRE, FsStats(1000, 30, 100, 50), 0.01),
+        Health.DEGRADED,
+        [fk.STORAGE_FULL],
+    ),
+    (
+        "full",
+        StorageSample("/capstor/a", True, LUSTRE, FsStats(1000, 5, 100, 50), 0.01),
+        Health.UNHEALTHY,
+        [fk.STORAGE_FULL],
+    ),
+    (
+        "out of inodes",
+        StorageSample("/capstor/a", True, LUSTRE, FsStats(1000, 500, 1000, 0), 0.01),
+        Health.UNHEALTHY,
+        [fk.STORAGE_FULL],
+    ),
+    (
+        "write failed",
+        StorageSample("/capstor/a", True, LUSTRE, OK, None, "EIO"),
+        Health.UNHEALTHY,
+        [fk.STORAGE_HANG],
+    ),
 ]
 
 
 @pytest.mark.parametrize(("case", "sample", "health", "kinds"), CASES, ids=[c[0] for c in CASES])
-def test_evaluate_storage(case: str, sample: StorageSample, health: Health,
-                          kinds: list[str]) -> None:
+def test_evaluate_storage(
+    case: str, sample: StorageSample, health: Health, kinds: list[str]
+) -> None:
     result = evaluate_storage(sample, StorageThresholds(slow_s=1.0))
     assert result.health is health, result.reason
     assert [f.kind for f in result.faults] == kinds

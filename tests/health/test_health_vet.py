@@ -15,23 +15,33 @@ from trainwarden.health.vet import VetReport, exit_code, vet
 
 
 def r(name: str, health: Health) -> CheckResult:
-    return CheckResult(name, health, f"{name} is {health.value}",
-                       Action.DRAIN if health is Health.UNHEALTHY else Action.NONE)
+    return CheckResult(
+        name,
+        health,
+        f"{name} is {health.value}",
+        Action.DRAIN if health is Health.UNHEALTHY else Action.NONE,
+    )
 
 
 @pytest.mark.parametrize(
     ("healths", "code"),
-    [([], 0), ([Health.HEALTHY], 0), ([Health.HEALTHY, Health.DEGRADED], 1),
-     ([Health.UNKNOWN, Health.HEALTHY], 3), ([Health.UNKNOWN, Health.DEGRADED], 1),
-     ([Health.DEGRADED, Health.UNHEALTHY, Health.UNKNOWN], 2)],
+    [
+        ([], 0),
+        ([Health.HEALTHY], 0),
+        ([Health.HEALTHY, Health.DEGRADED], 1),
+        ([Health.UNKNOWN, Health.HEALTHY], 3),
+        ([Health.UNKNOWN, Health.DEGRADED], 1),
+        ([Health.DEGRADED, Health.UNHEALTHY, Health.UNKNOWN], 2),
+    ],
 )
 def test_exit_code(healths: list[Health], code: int) -> None:
     assert exit_code([r(f"c{i}", h) for i, h in enumerate(healths)]) == code
 
 
 def test_lines_and_json() -> None:
-    report = VetReport("n1", (r("gpu", Health.UNHEALTHY), r("host", Health.HEALTHY)), 1.234,
-                       ("ecc-dbe",))
+    report = VetReport(
+        "n1", (r("gpu", Health.UNHEALTHY), r("host", Health.HEALTHY)), 1.234, ("ecc-dbe",)
+    )
     lines = report.lines()
     assert lines[0].startswith("CRITICAL gpu") and lines[0].endswith("[action: drain]")
     assert lines[1].startswith("OK       host")
@@ -45,12 +55,16 @@ def test_window_overlaps_the_other_checks(tmp_path: Path) -> None:
     try:
         hw.inject("storage-slow")
         t0 = time.monotonic()
-        report = asyncio.run(vet(ProbeConfig(expected_gpus=4, timeout_s=4.0), hw,
-                                 window_s=1.5))
+        report = asyncio.run(vet(ProbeConfig(expected_gpus=4, timeout_s=4.0), hw, window_s=1.5))
         elapsed = time.monotonic() - t0
     finally:
         hw.close()
     assert elapsed < 2.5  # in sequence it would be at least 1.5 + 1.2 s
     assert report.exit_code == 1  # 1.2 s is over the default 1 s limit
     assert [r.probe.split(":")[0] for r in report.results] == [
-        "gpu", "network", "storage", "host", "gpu-compute"]
+        "gpu",
+        "network",
+        "storage",
+        "host",
+        "gpu-compute",
+    ]

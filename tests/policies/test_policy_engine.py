@@ -22,8 +22,13 @@ GPU = ConditionType.GPU_FATAL
 T0 = 1_700_000_000.0
 
 
-def cond(subject: str, ctype: ConditionType = GPU, status: bool = True, t: float = T0,
-         ev: tuple[int, ...] = (7,)) -> Condition:
+def cond(
+    subject: str,
+    ctype: ConditionType = GPU,
+    status: bool = True,
+    t: float = T0,
+    ev: tuple[int, ...] = (7,),
+) -> Condition:
     return Condition(subject, ctype, status, "xid 79", t, ev)
 
 
@@ -40,11 +45,16 @@ def test_gpu_fatal_drains_the_node_and_restarts_without_it() -> None:
     assert drain.request.node == "n003" and drain.request.rule == "gpu-fatal"
     assert restart.request.run == "llm" and restart.request.exclude == ("n003",)
     assert drain.request.evidence == (7,)
-    assert {g.guard for g in drain.guards} >= {"max-drains-per-window", "cluster-fraction",
-                                              "run-fraction", "correlated-failure"}
+    assert {g.guard for g in drain.guards} >= {
+        "max-drains-per-window",
+        "cluster-fraction",
+        "run-fraction",
+        "correlated-failure",
+    }
     # the job's own exit for the same attempt is not a second restart
-    ended = Event(T0 + 60, EventKind.ATTEMPT_ENDED, run="llm", data={"failed": True,
-                                                                      "attempt": 1}, id=9)
+    ended = Event(
+        T0 + 60, EventKind.ATTEMPT_ENDED, run="llm", data={"failed": True, "attempt": 1}, id=9
+    )
     assert eng.on_event(ended, view(T0 + 60, nv), []) == []
 
 
@@ -60,7 +70,8 @@ def test_stale_attempt_end_is_ignored() -> None:
     ended = Event(T0, EventKind.ATTEMPT_ENDED, run="llm", data={"failed": True, "attempt": 1})
     assert eng.on_event(ended, view(T0, nodes(8), attempt=2), []) == []
     assert kinds(eng.on_event(ended, view(T0, nodes(8), attempt=1), [])) == [
-        ("restart-run", "allow")]
+        ("restart-run", "allow")
+    ]
 
 
 def test_drain_window_blocks_the_ninth_drain_in_an_hour() -> None:
@@ -87,10 +98,10 @@ def test_storage_outage_is_one_incident_no_drains_and_held_restart() -> None:
     out: list[Decision] = []
     for i in range(6):
         nv = with_node(nv, f"n{i:03d}", conditions=[ConditionType.NODE_UNHEALTHY], causes=[cause])
-        out += eng.on_condition(cond(f"n{i:03d}", ConditionType.NODE_UNHEALTHY, t=T0),
-                                view(T0, nv), [])
-    out += eng.on_condition(cond("llm", ConditionType.RUN_HUNG, t=T0 + 600), view(T0 + 600, nv),
-                            [])
+        out += eng.on_condition(
+            cond(f"n{i:03d}", ConditionType.NODE_UNHEALTHY, t=T0), view(T0, nv), []
+        )
+    out += eng.on_condition(cond("llm", ConditionType.RUN_HUNG, t=T0 + 600), view(T0 + 600, nv), [])
     assert [i.kind for i in eng.incidents()] == [IncidentKind.CORRELATED]
     assert not [d for d in out if d.verdict is Verdict.ALLOW and d.request.kind is ActionKind.DRAIN]
     assert ("restart-run", "hold") in kinds(out)
@@ -125,7 +136,8 @@ def test_restart_backoff_holds_then_releases() -> None:
     eng = PolicyEngine(load_policy())
     ended = Event(T0, EventKind.ATTEMPT_ENDED, run="llm", data={"failed": True})
     assert kinds(eng.on_event(ended, view(T0, nodes(8), attempt=1, last_step=10), [])) == [
-        ("restart-run", "allow")]
+        ("restart-run", "allow")
+    ]
     # attempt 2 dies 30 s later at another step: backoff 1 min from the first restart
     ds = eng.on_event(ended, view(T0 + 30, nodes(8), attempt=2, last_step=20), [])
     assert kinds(ds) == [("restart-run", "hold")]
@@ -140,8 +152,9 @@ def test_crash_loop_stops_restarts_and_raises_an_incident() -> None:
     results = []
     for attempt in (1, 2, 3):
         now = T0 + 3600 * attempt
-        results.append(eng.on_event(ended, view(now, nodes(8), attempt=attempt, last_step=1200),
-                                    []))
+        results.append(
+            eng.on_event(ended, view(now, nodes(8), attempt=attempt, last_step=1200), [])
+        )
     assert kinds(results[0]) == kinds(results[1]) == [("restart-run", "allow")]
     assert kinds(results[2]) == [("restart-run", "block"), ("alert", "allow")]
     assert "step 1200" in results[2][0].guards[0].detail
@@ -166,8 +179,11 @@ rules:
     verdicts = []
     for attempt in (1, 2, 3):
         now = T0 + 3600 * attempt
-        ds = eng.on_condition(cond("llm", ConditionType.RUN_HUNG, t=now),
-                              view(now, nodes(8), attempt=attempt, last_step=attempt * 100), [])
+        ds = eng.on_condition(
+            cond("llm", ConditionType.RUN_HUNG, t=now),
+            view(now, nodes(8), attempt=attempt, last_step=attempt * 100),
+            [],
+        )
         verdicts.append(kinds(ds))
     assert verdicts[2] == [("restart-run", "block"), ("alert", "allow")]
     assert eng.incidents()[0].kind is IncidentKind.RESTART_BUDGET
@@ -227,7 +243,9 @@ def test_dry_run_records_only() -> None:
     eng = PolicyEngine(load_policy(), Mode.DRY_RUN)
     nv = with_node(nodes(40), "n003", conditions=[GPU])
     assert kinds(eng.on_condition(cond("n003"), view(T0, nv), [])) == [
-        ("drain", "dry-run"), ("restart-run", "dry-run")]
+        ("drain", "dry-run"),
+        ("restart-run", "dry-run"),
+    ]
 
 
 def test_approve_mode_queues_until_resolved() -> None:
@@ -249,8 +267,13 @@ def test_repeated_degraded_faults_rule_uses_history() -> None:
     hist: list[Event] = []
     results = []
     for i in range(3):
-        ev = Event(T0 + 600 * i, EventKind.FAULT, node="n004",
-                   data={"kind": "xid", "severity": "degraded", "code": 13}, id=i + 1)
+        ev = Event(
+            T0 + 600 * i,
+            EventKind.FAULT,
+            node="n004",
+            data={"kind": "xid", "severity": "degraded", "code": 13},
+            id=i + 1,
+        )
         results.append(kinds(eng.on_event(ev, view(ev.ts, nv), hist)))
         hist.append(ev)
     assert results == [[], [], [("drain", "allow")]]
@@ -266,8 +289,16 @@ def test_explain_lists_rule_evidence_and_guards() -> None:
     assert "rule 'gpu-fatal'" in lines[1]
     assert any("#7" in ln and "XID 79 on gpu 2" in ln for ln in lines)
     assert any(ln.strip().startswith("pass max-drains-per-window") for ln in lines)
-    record = {"kind": "drain", "verdict": "allow", "actor": "operator", "who": "carol",
-              "reason": "manual", "node": "n9", "evidence": [], "guards": []}
+    record = {
+        "kind": "drain",
+        "verdict": "allow",
+        "actor": "operator",
+        "who": "carol",
+        "reason": "manual",
+        "node": "n9",
+        "evidence": [],
+        "guards": [],
+    }
     assert explain(record)[1] == "  by: operator carol"
 
 
@@ -293,8 +324,12 @@ def test_reload_keeps_history() -> None:
     eng = PolicyEngine(load_policy())
     nv = with_node(nodes(40), "n003", conditions=[GPU])
     eng.on_condition(cond("n003"), view(T0, nv), [])
-    eng.reload(parse_policy("version: 1\nguards: {drains: {max_per_window: 1}}\nrules:\n"
-                            "  - {name: g, when: {condition: GpuFatal}, then: [drain]}\n"))
+    eng.reload(
+        parse_policy(
+            "version: 1\nguards: {drains: {max_per_window: 1}}\nrules:\n"
+            "  - {name: g, when: {condition: GpuFatal}, then: [drain]}\n"
+        )
+    )
     nv = with_node(nv, "n004", conditions=[GPU])
     ds = eng.on_condition(cond("n004", t=T0 + 60), view(T0 + 60, nv), [])
     assert kinds(ds) == [("drain", "block")]  # the drain before the reload still counts
@@ -304,8 +339,9 @@ def test_reload_keeps_history() -> None:
 def test_unknown_subjects_and_vanished_runs_are_harmless() -> None:
     eng = PolicyEngine(load_policy(), Mode.APPROVE)
     assert eng.on_condition(cond("ghost"), view(T0, nodes(4)), []) == []
-    _drain, restart = eng.on_condition(cond("n001"), view(T0, with_node(nodes(4), "n001",
-                                                                       conditions=[GPU])), [])
+    _drain, restart = eng.on_condition(
+        cond("n001"), view(T0, with_node(nodes(4), "n001", conditions=[GPU])), []
+    )
     gone = view(T0 + 10, nodes(4, run=None))
     gone = type(gone)(gone.now, gone.nodes, {})
     final = eng.resolve(restart, True, gone, who="dave")

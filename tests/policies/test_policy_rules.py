@@ -40,8 +40,10 @@ def test_minimal_policy_uses_default_guards() -> None:
 
 
 def test_durations_and_percentages() -> None:
-    p = parse_policy(GOOD + "guards:\n  drains: {window: 90m, max_cluster_fraction: '10%'}\n"
-                     "  cooldown: 1.5h\n", "x.yaml")
+    p = parse_policy(
+        GOOD + "guards:\n  drains: {window: 90m, max_cluster_fraction: '10%'}\n  cooldown: 1.5h\n",
+        "x.yaml",
+    )
     assert p.guards.drains.window_s == 5400.0
     assert p.guards.drains.max_cluster_fraction == pytest.approx(0.10)
     assert p.guards.cooldown_s == 5400.0
@@ -62,28 +64,49 @@ BROKEN = [
     ("version: 2\nrules: []\n", "x.yaml:1:10: version: unsupported policy version 2"),
     ("rules: []\n", "missing required key 'version'"),
     (GOOD + "rulez: []\n", "x.yaml:6:1: rulez: unknown key 'rulez'"),
-    (GOOD.replace("NodeDead", "NodeDed"),
-     "x.yaml:4:23: rules[0].when.condition: 'NodeDed' is not one of"),
-    (GOOD.replace("[drain, restart-run]", "[drain, reboot]"),
-     "x.yaml:5:19: rules[0].then[1]: 'reboot' is not one of"),
+    (
+        GOOD.replace("NodeDead", "NodeDed"),
+        "x.yaml:4:23: rules[0].when.condition: 'NodeDed' is not one of",
+    ),
+    (
+        GOOD.replace("[drain, restart-run]", "[drain, reboot]"),
+        "x.yaml:5:19: rules[0].then[1]: 'reboot' is not one of",
+    ),
     (GOOD.replace("[drain, restart-run]", "[]"), "rules[0].then: must not be empty"),
     (GOOD.replace("NodeDead", "RunHung"), "rules[0].then[0]: 'drain' needs a node"),
-    (GOOD + "  - name: dead\n    when: {condition: GpuFatal}\n    then: [alert]\n",
-     "x.yaml:6:11: rules[1].name: duplicate rule name 'dead'"),
-    (GOOD + "guards:\n  drains: {max_per_window: -1}\n",
-     "x.yaml:7:28: guards.drains.max_per_window: -1 is out of range"),
-    (GOOD + "guards:\n  cooldown: 10 minutes\n",
-     "x.yaml:7:13: guards.cooldown: expected a duration like 30s"),
-    (GOOD + "guards:\n  drains: {max_cluster_fraction: 1.5}\n",
-     "guards.drains.max_cluster_fraction: 1.5 is out of range [0.0, 1.0]"),
-    (GOOD + "xid:\n  overrides: {94: 'deadly'}\n",
-     "x.yaml:7:19: xid.overrides.94: XID override for 94"),
-    (GOOD + "  - name: rep\n    when: {event: fault, count: 3}\n    then: [drain]\n",
-     "rules[1].when.within: count 3 needs a window"),
-    (GOOD + "  - name: ev\n    when: {event: fault, condition: GpuFatal}\n    then: [drain]\n",
-     "rules[1].when: give exactly one of 'condition' or 'event'"),
-    (GOOD + "  - name: ck\n    when: {condition: Straggler}\n    then: [drain, checkpoint-now]\n",
-     "rules[1].then: checkpoint-now must come first"),
+    (
+        GOOD + "  - name: dead\n    when: {condition: GpuFatal}\n    then: [alert]\n",
+        "x.yaml:6:11: rules[1].name: duplicate rule name 'dead'",
+    ),
+    (
+        GOOD + "guards:\n  drains: {max_per_window: -1}\n",
+        "x.yaml:7:28: guards.drains.max_per_window: -1 is out of range",
+    ),
+    (
+        GOOD + "guards:\n  cooldown: 10 minutes\n",
+        "x.yaml:7:13: guards.cooldown: expected a duration like 30s",
+    ),
+    (
+        GOOD + "guards:\n  drains: {max_cluster_fraction: 1.5}\n",
+        "guards.drains.max_cluster_fraction: 1.5 is out of range [0.0, 1.0]",
+    ),
+    (
+        GOOD + "xid:\n  overrides: {94: 'deadly'}\n",
+        "x.yaml:7:19: xid.overrides.94: XID override for 94",
+    ),
+    (
+        GOOD + "  - name: rep\n    when: {event: fault, count: 3}\n    then: [drain]\n",
+        "rules[1].when.within: count 3 needs a window",
+    ),
+    (
+        GOOD + "  - name: ev\n    when: {event: fault, condition: GpuFatal}\n    then: [drain]\n",
+        "rules[1].when: give exactly one of 'condition' or 'event'",
+    ),
+    (
+        GOOD
+        + "  - name: ck\n    when: {condition: Straggler}\n    then: [drain, checkpoint-now]\n",
+        "rules[1].then: checkpoint-now must come first",
+    ),
     (GOOD.replace("version: 1\n", "version: 1\nversion: 1\n"), "version: duplicate key"),
 ]
 

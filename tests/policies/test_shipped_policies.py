@@ -22,4 +22,7 @@ def test_evict_stragglers_is_the_default_but_for_the_straggler_rule() -> None:
     for name in set(d) & set(e):
         assert d[name] == e[name], name
     assert [a.value if hasattr(a, "value") else a for a in e["straggler-evict"].then] == [
-        "checkpoint-now", "drain", "restart-run"]
+        "checkpoint-now",
+        "drain",
+        "restart-run",
+    ]

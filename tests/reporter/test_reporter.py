@@ -35,8 +35,9 @@ def _steps(msgs: list[object]) -> list[StepReport]:
 
 
 def test_first_step_is_sent_at_once_then_batched(run_name: str, collector: Any) -> None:
-    rep = Reporter(BROKER, run_name, attempt=3, rank=5, node="nid001", group="stage-1",
-                   flush_interval_s=1.0)
+    rep = Reporter(
+        BROKER, run_name, attempt=3, rank=5, node="nid001", group="stage-1", flush_interval_s=1.0
+    )
     try:
         assert rep.wait_connected(5)
         t0 = time.monotonic()
@@ -88,8 +89,15 @@ def test_close_flushes_pending_steps(run_name: str, collector: Any) -> None:
 
 def test_compute_section_is_reported(run_name: str, collector: Any) -> None:
     ticks = iter(float(i) for i in range(1000))
-    rep = Reporter(BROKER, run_name, attempt=0, rank=0, node="nid004", flush_interval_s=60.0,
-                   monotonic=lambda: next(ticks))
+    rep = Reporter(
+        BROKER,
+        run_name,
+        attempt=0,
+        rank=0,
+        node="nid004",
+        flush_interval_s=60.0,
+        monotonic=lambda: next(ticks),
+    )
     assert rep.wait_connected(5)
     with rep.compute():  # start at t, end at t+1
         pass
@@ -121,8 +129,9 @@ def test_control_checkpoint_now(run_name: str, collector: Any) -> None:
 
 
 def test_no_broker_drops_instead_of_stalling(run_name: str) -> None:
-    rep = Reporter(f"127.0.0.1:{_free_port()}", run_name, attempt=0, rank=0, node="nid006",
-                   max_pending=100)
+    rep = Reporter(
+        f"127.0.0.1:{_free_port()}", run_name, attempt=0, rank=0, node="nid006", max_pending=100
+    )
     n = 20_000
     worst = 0.0
     t0 = time.perf_counter()
@@ -134,8 +143,10 @@ def test_no_broker_drops_instead_of_stalling(run_name: str) -> None:
     t1 = time.monotonic()
     rep.close(timeout_s=2)
     close_s = time.monotonic() - t1
-    print(f"\nstep_done with broker away: mean {mean_us:.2f} us, worst {worst * 1e6:.0f} us, "
-          f"close {close_s:.3f} s, dropped {rep.stats.steps_dropped}")
+    print(
+        f"\nstep_done with broker away: mean {mean_us:.2f} us, worst {worst * 1e6:.0f} us, "
+        f"close {close_s:.3f} s, dropped {rep.stats.steps_dropped}"
+    )
     assert mean_us < 100, f"step_done costs {mean_us:.1f} us on average"
     assert rep.stats.steps_queued == 100
     assert rep.stats.steps_dropped == n  # 19,900 over the bound + the 100 never sent
@@ -161,14 +172,26 @@ def test_bad_env_gives_noop_not_a_crash() -> None:
 
 
 def test_from_env_reads_everything(run_name: str, collector: Any) -> None:
-    rep = Reporter.from_env({"TRAINWARDEN_BROKER": BROKER, "TRAINWARDEN_RUN": run_name,
-                             "TRAINWARDEN_ATTEMPT": "2", "RANK": "9",
-                             "TRAINWARDEN_NODE": "nid007", "TRAINWARDEN_GROUP": "pp3"})
+    rep = Reporter.from_env(
+        {
+            "TRAINWARDEN_BROKER": BROKER,
+            "TRAINWARDEN_RUN": run_name,
+            "TRAINWARDEN_ATTEMPT": "2",
+            "RANK": "9",
+            "TRAINWARDEN_NODE": "nid007",
+            "TRAINWARDEN_GROUP": "pp3",
+        }
+    )
     try:
         assert rep.wait_connected(5)
         rep.step_done(0, step_s=1.0)
         _, msg = collector.get()
     finally:
         rep.close()
-    assert (msg.run, msg.attempt, msg.rank, msg.node, msg.group) == (run_name, 2, 9, "nid007",
-                                                                     "pp3")
+    assert (msg.run, msg.attempt, msg.rank, msg.node, msg.group) == (
+        run_name,
+        2,
+        9,
+        "nid007",
+        "pp3",
+    )

@@ -16,25 +16,37 @@ from trainwarden.supervisor.sim.scenario import FaultSpec, RunSpec, Scenario
 KINDS = ["gpu-fatal", "node-dead", "node-unhealthy"]
 
 faults = st.lists(
-    st.tuples(st.floats(0, 20 * 3600), st.integers(0, 99), st.sampled_from(KINDS),
-              st.one_of(st.none(), st.sampled_from(["storage:/capstor", "fabric:leaf-r1"])),
-              st.floats(600, 12 * 3600)),
-    min_size=1, max_size=40)
+    st.tuples(
+        st.floats(0, 20 * 3600),
+        st.integers(0, 99),
+        st.sampled_from(KINDS),
+        st.one_of(st.none(), st.sampled_from(["storage:/capstor", "fabric:leaf-r1"])),
+        st.floats(600, 12 * 3600),
+    ),
+    min_size=1,
+    max_size=40,
+)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(faults)
-def test_drain_limits_hold_on_random_timelines(spec: list[tuple[float, int, str, str | None,
-                                                                float]]) -> None:
+def test_drain_limits_hold_on_random_timelines(
+    spec: list[tuple[float, int, str, str | None, float]],
+) -> None:
     sc = Scenario("random", "", 24 * 3600.0, 100, 10, RunSpec(nodes=80))
-    fs = [FaultSpec(at, kind, (f"n{node:04d}",), cause, dur, "crash") for at, node, kind, cause, dur
-          in spec]
+    fs = [
+        FaultSpec(at, kind, (f"n{node:04d}",), cause, dur, "crash")
+        for at, node, kind, cause, dur in spec
+    ]
     policy = load_policy()
     sim = Simulation(sc, policy, fs)
     result = sim.run()
     limits = policy.guards.drains
-    drains = [x.ts for x in result.decisions if x.decision.request.kind is ActionKind.DRAIN
-              and x.decision.verdict is Verdict.ALLOW]
+    drains = [
+        x.ts
+        for x in result.decisions
+        if x.decision.request.kind is ActionKind.DRAIN and x.decision.verdict is Verdict.ALLOW
+    ]
     for t in drains:  # never more than max_per_window in any window
         assert sum(1 for u in drains if t <= u < t + limits.window_s) <= limits.max_per_window
     drained_now = sum(1 for n in sim.cluster.nodes.values() if n.drained)
@@ -43,8 +55,9 @@ def test_drain_limits_hold_on_random_timelines(spec: list[tuple[float, int, str,
     assert 0.0 <= result.figures["ettr"] <= 1.0
 
 
-@pytest.mark.parametrize("name", ["single-gpu-failure", "storage-outage", "crash-loop",
-                                  "lemon-node", "straggler-evict"])
+@pytest.mark.parametrize(
+    "name", ["single-gpu-failure", "storage-outage", "crash-loop", "lemon-node", "straggler-evict"]
+)
 def test_dry_run_changes_nothing(name: str) -> None:
     from dataclasses import replace
 

@@ -15,8 +15,14 @@ from trainwarden.supervisor.sim import load_scenario, shipped_names, simulate
 from trainwarden.supervisor.sim.scenario import parse_scenario
 from trainwarden.supervisor.sim.trace import classify, load_trace, replay
 
-SMALL = ["single-gpu-failure", "storage-outage", "rack-failure", "crash-loop", "lemon-node",
-         "straggler-evict"]
+SMALL = [
+    "single-gpu-failure",
+    "storage-outage",
+    "rack-failure",
+    "crash-loop",
+    "lemon-node",
+    "straggler-evict",
+]
 
 
 def test_all_issue_scenarios_ship() -> None:
@@ -29,8 +35,9 @@ def test_single_gpu_failure_drains_exactly_that_node_and_restarts_once() -> None
     assert (f["drains"], f["restarts"], f["false_drains"], f["incidents"]) == (1, 1, 0, 0)
     drains = [d.decision for d in r.decisions if d.decision.request.kind is ActionKind.DRAIN]
     assert [d.request.node for d in drains] == ["n0005"]
-    restart = next(d.decision for d in r.decisions
-                   if d.decision.request.kind is ActionKind.RESTART_RUN)
+    restart = next(
+        d.decision for d in r.decisions if d.decision.request.kind is ActionKind.RESTART_RUN
+    )
     assert restart.request.exclude == ("n0005",)
     assert f["returned_to_service"] == 1  # vetted and returned after its repair
     assert 0.9 < f["ettr"] < 1.0
@@ -77,10 +84,12 @@ def test_straggler_checkpoint_before_eviction_loses_no_work() -> None:
 def test_the_same_scenario_without_guards_drains_healthy_nodes(tmp_path: Path) -> None:
     """What the correlation guard prevents: a policy without it drains 20% of the run."""
     naive = tmp_path / "naive.yaml"
-    naive.write_text("version: 1\nguards:\n  correlation: {min_nodes: 1000, settle: 0}\n"
-                     "  drains: {max_per_window: 100, max_cluster_fraction: 1.0, "
-                     "max_run_fraction: 1.0}\n"
-                     "rules:\n  - {name: u, when: {condition: NodeUnhealthy}, then: [drain]}\n")
+    naive.write_text(
+        "version: 1\nguards:\n  correlation: {min_nodes: 1000, settle: 0}\n"
+        "  drains: {max_per_window: 100, max_cluster_fraction: 1.0, "
+        "max_run_fraction: 1.0}\n"
+        "rules:\n  - {name: u, when: {condition: NodeUnhealthy}, then: [drain]}\n"
+    )
     from trainwarden.policies.rules import load_policy
 
     f = simulate(load_scenario("storage-outage"), load_policy(naive)).figures
@@ -130,8 +139,16 @@ def test_trace_tiling_keeps_the_fault_rate() -> None:
 def test_cli_json_and_explain(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", "single-gpu-failure", "--json", "--explain"]) == 0
     out = json.loads(capsys.readouterr().out)
-    for key in ("drains", "restarts", "incidents", "guard_blocks", "false_drains",
-                "lost_node_hours", "ettr", "assumptions"):
+    for key in (
+        "drains",
+        "restarts",
+        "incidents",
+        "guard_blocks",
+        "false_drains",
+        "lost_node_hours",
+        "ettr",
+        "assumptions",
+    ):
         assert key in out
     assert out["assumptions"]["checkpoint_interval_s"] == 3600.0
     assert any("rule 'gpu-fatal'" in ln for ln in out["explain"])
@@ -144,27 +161,39 @@ def test_cli_human_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert "detections           {'RunHung': 3}" in out
 
 
-def test_cli_unmet_expectation_exits_1(tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_unmet_expectation_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sc = tmp_path / "s.yaml"
-    sc.write_text("name: s\nduration: 2h\ncluster: {nodes: 10}\nrun: {nodes: 8}\n"
-                  "faults:\n  - {at: 1h, kind: gpu-fatal, node: n0001}\nexpect: {drains: 0}\n")
+    sc.write_text(
+        "name: s\nduration: 2h\ncluster: {nodes: 10}\nrun: {nodes: 8}\n"
+        "faults:\n  - {at: 1h, kind: gpu-fatal, node: n0001}\nexpect: {drains: 0}\n"
+    )
     assert main(["sim", str(sc)]) == 1
     assert "drains: expected 0, got 1" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("name: s\nduration: 2h\ncluster: {nodes: 10}\nrun: {nodes: 20}\n",
-     "s.yaml:4:14: run.nodes: the run needs 20 nodes but the cluster has 10"),
-    ("name: s\nduration: 2h\ncluster: {nodes: 10}\nrun: {nodes: 8}\n"
-     "faults:\n  - {at: 1h, kind: gpu-melt, node: n0001}\n",
-     "s.yaml:6:20: faults[0].kind: 'gpu-melt' is not one of"),
-    ("name: s\nduration: 2h\ncluster: {nodes: 10}\nrun: {nodes: 8}\n"
-     "faults:\n  - {at: 1h, kind: gpu-fatal, node: n0099}\n",
-     "faults[0].node: no node 'n0099'"),
-    ("name: s\nduration: soon\ncluster: {nodes: 10}\nrun: {nodes: 8}\n",
-     "s.yaml:2:11: duration: expected a duration"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "name: s\nduration: 2h\ncluster: {nodes: 10}\nrun: {nodes: 20}\n",
+            "s.yaml:4:14: run.nodes: the run needs 20 nodes but the cluster has 10",
+        ),
+        (
+            "name: s\nduration: 2h\ncluster: {nodes: 10}\nrun: {nodes: 8}\n"
+            "faults:\n  - {at: 1h, kind: gpu-melt, node: n0001}\n",
+            "s.yaml:6:20: faults[0].kind: 'gpu-melt' is not one of",
+        ),
+        (
+            "name: s\nduration: 2h\ncluster: {nodes: 10}\nrun: {nodes: 8}\n"
+            "faults:\n  - {at: 1h, kind: gpu-fatal, node: n0099}\n",
+            "faults[0].node: no node 'n0099'",
+        ),
+        (
+            "name: s\nduration: soon\ncluster: {nodes: 10}\nrun: {nodes: 8}\n",
+            "s.yaml:2:11: duration: expected a duration",
+        ),
+    ],
+)
 def test_broken_scenarios_name_the_place(text: str, expected: str) -> None:
     with pytest.raises(PolicyError) as info:
         parse_scenario(text, "s.yaml")
@@ -176,12 +205,14 @@ def test_unknown_scenario_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert "not a shipped one" in capsys.readouterr().err
 
 
-def test_inline_policy_errors_point_into_the_scenario_file(tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]
-                                                           ) -> None:
+def test_inline_policy_errors_point_into_the_scenario_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     sc = tmp_path / "s.yaml"
-    sc.write_text("name: s\nduration: 2h\ncluster: {nodes: 10}\nrun: {nodes: 8}\npolicy:\n"
-                  "  version: 1\n  rules:\n"
-                  "    - {name: x, when: {condition: Nope}, then: [drain]}\n")
+    sc.write_text(
+        "name: s\nduration: 2h\ncluster: {nodes: 10}\nrun: {nodes: 8}\npolicy:\n"
+        "  version: 1\n  rules:\n"
+        "    - {name: x, when: {condition: Nope}, then: [drain]}\n"
+    )
     assert main(["sim", str(sc)]) == 2
     assert f"{sc} (inline policy):8:35: rules[0].when.condition: 'Nope'" in capsys.readouterr().err

@@ -22,12 +22,24 @@ from slurm_testcluster import SCRIPTS, SlurmCluster
 def slurm_cluster() -> Iterator[SlurmCluster]:
     state_dir = Path(os.environ.get("TW_SLURM_DIR", "/tmp/tw-slurm"))
     env = dict(os.environ, TW_SLURM_DIR=str(state_dir))
-    status = subprocess.run([str(SCRIPTS / "status.sh")], env=env, capture_output=True,
-                            check=False, text=True, timeout=30).stdout
+    status = subprocess.run(
+        [str(SCRIPTS / "status.sh")],
+        env=env,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=30,
+    ).stdout
     was_up = "slurmctld: running" in status
     t0 = time.monotonic()
-    started = subprocess.run([str(SCRIPTS / "start.sh")], env=env, capture_output=True, check=False,
-                             text=True, timeout=300)
+    started = subprocess.run(
+        [str(SCRIPTS / "start.sh")],
+        env=env,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=300,
+    )
     start_s = time.monotonic() - t0
     if started.returncode == 3 and not os.environ.get("CI"):
         pytest.skip(f"Slurm cannot be installed here: {started.stderr.strip()}")
@@ -35,13 +47,15 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         pytest.fail(f"test Slurm cluster did not start:\n{started.stdout}\n{started.stderr}")
     print(f"\nslurm test cluster up in {start_s:.1f} s (already running: {was_up})")
     nodes = tuple(f"n{i}" for i in range(1, int(os.environ.get("TW_SLURM_NODES", "8")) + 1))
-    cluster = SlurmCluster(state_dir=state_dir, conf=str(state_dir / "slurm.conf"),
-                           nodes=nodes, start_s=start_s)
+    cluster = SlurmCluster(
+        state_dir=state_dir, conf=str(state_dir / "slurm.conf"), nodes=nodes, start_s=start_s
+    )
     asyncio.run(_clean_slate(cluster))
     yield cluster
     if not was_up and not os.environ.get("TW_SLURM_KEEP"):
-        subprocess.run([str(SCRIPTS / "stop.sh")], env=env, capture_output=True, timeout=60,
-                       check=False)
+        subprocess.run(
+            [str(SCRIPTS / "stop.sh")], env=env, capture_output=True, timeout=60, check=False
+        )
 
 
 async def _clean_slate(cluster: SlurmCluster) -> None:

@@ -19,11 +19,18 @@ class SlurmCluster:
     nodes: tuple[str, ...]
     start_s: float
 
-    def script(self, name: str, *args: str,
-               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def script(
+        self, name: str, *args: str, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, TW_SLURM_DIR=str(self.state_dir))
-        return subprocess.run([str(SCRIPTS / name), *args], env=env, capture_output=True,
-                              text=True, timeout=timeout, check=True)
+        return subprocess.run(
+            [str(SCRIPTS / name), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        )
 
     def kill_node(self, node: str) -> None:
         self.script("kill-node.sh", node)
@@ -34,7 +41,10 @@ class SlurmCluster:
     async def command(self, *args: str) -> str:
         """Run a Slurm client command against this cluster; its stdout."""
         proc = await asyncio.create_subprocess_exec(
-            *args, env=dict(os.environ, SLURM_CONF=self.conf),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            *args,
+            env=dict(os.environ, SLURM_CONF=self.conf),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), 15)
         return out.decode()

@@ -64,5 +64,6 @@ async def test_bad_specs(conf: str, tmp_path: Path) -> None:
     with pytest.raises(SchedulerError, match=r"job\.shx does not exist"):
         await sched.submit(JobSpec(run="r", attempt=1, nodes=1, command=(f"{script}x",)))
     with pytest.raises(SchedulerError, match="contains ','"):
-        await sched.submit(JobSpec(run="r", attempt=1, nodes=1, command=(str(script),),
-                                   env={"A": "x,y"}))
+        await sched.submit(
+            JobSpec(run="r", attempt=1, nodes=1, command=(str(script),), env={"A": "x,y"})
+        )

@@ -13,17 +13,20 @@ from trainwarden.supervisor.scheduler.base import JobState, NodeState
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.mark.parametrize(("text", "names"), [
-    ("n1", ("n1",)),
-    ("n[1-3,5]", ("n1", "n2", "n3", "n5")),
-    ("n[1,3]", ("n1", "n3")),
-    ("n1,n2", ("n1", "n2")),
-    ("gpu[08-11]", ("gpu08", "gpu09", "gpu10", "gpu11")),
-    ("nid[001-002]-ib,login1", ("nid001-ib", "nid002-ib", "login1")),
-    ("r[1-2]n[1-2]", ("r1n1", "r1n2", "r2n1", "r2n2")),
-    ("", ()),
-    ("(null)", ()),
-])
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("n1", ("n1",)),
+        ("n[1-3,5]", ("n1", "n2", "n3", "n5")),
+        ("n[1,3]", ("n1", "n3")),
+        ("n1,n2", ("n1", "n2")),
+        ("gpu[08-11]", ("gpu08", "gpu09", "gpu10", "gpu11")),
+        ("nid[001-002]-ib,login1", ("nid001-ib", "nid002-ib", "login1")),
+        ("r[1-2]n[1-2]", ("r1n1", "r1n2", "r2n1", "r2n2")),
+        ("", ()),
+        ("(null)", ()),
+    ],
+)
 def test_expand_hostlist(text: str, names: tuple[str, ...]) -> None:
     assert sp.expand_hostlist(text) == names
 
@@ -34,30 +37,42 @@ def test_expand_hostlist_rejects_garbage(bad: str) -> None:
         sp.expand_hostlist(bad)
 
 
-@pytest.mark.parametrize(("text", "state"), [
-    ("PENDING", JobState.PENDING), ("RUNNING", JobState.RUNNING),
-    ("COMPLETING", JobState.COMPLETING), ("COMPLETED", JobState.COMPLETED),
-    ("FAILED", JobState.FAILED), ("NODE_FAIL", JobState.NODE_FAIL),
-    ("CANCELLED by 0", JobState.CANCELLED), ("TIMEOUT", JobState.TIMEOUT),
-    ("BOOT_FAIL", JobState.NODE_FAIL), ("OUT_OF_MEMORY", JobState.FAILED),
-    ("REQUEUED", JobState.PENDING), ("something-new", JobState.UNKNOWN),
-])
+@pytest.mark.parametrize(
+    ("text", "state"),
+    [
+        ("PENDING", JobState.PENDING),
+        ("RUNNING", JobState.RUNNING),
+        ("COMPLETING", JobState.COMPLETING),
+        ("COMPLETED", JobState.COMPLETED),
+        ("FAILED", JobState.FAILED),
+        ("NODE_FAIL", JobState.NODE_FAIL),
+        ("CANCELLED by 0", JobState.CANCELLED),
+        ("TIMEOUT", JobState.TIMEOUT),
+        ("BOOT_FAIL", JobState.NODE_FAIL),
+        ("OUT_OF_MEMORY", JobState.FAILED),
+        ("REQUEUED", JobState.PENDING),
+        ("something-new", JobState.UNKNOWN),
+    ],
+)
 def test_job_state(text: str, state: JobState) -> None:
     assert sp.job_state(text) is state
 
 
-@pytest.mark.parametrize(("base", "flags", "state"), [
-    ("idle", [], NodeState.IDLE),
-    ("allocated", [], NodeState.ALLOCATED),
-    ("mixed", [], NodeState.ALLOCATED),
-    ("idle", ["DRAIN"], NodeState.DRAINED),
-    ("allocated", ["DRAIN"], NodeState.DRAINING),
-    ("idle", ["COMPLETING", "DRAIN"], NodeState.DRAINING),
-    ("idle", ["NOT_RESPONDING"], NodeState.IDLE),  # also right after every RESUME
-    ("down", ["NOT_RESPONDING"], NodeState.DOWN),
-    ("down", ["DRAIN"], NodeState.DOWN),
-    ("future", [], NodeState.UNKNOWN),
-])
+@pytest.mark.parametrize(
+    ("base", "flags", "state"),
+    [
+        ("idle", [], NodeState.IDLE),
+        ("allocated", [], NodeState.ALLOCATED),
+        ("mixed", [], NodeState.ALLOCATED),
+        ("idle", ["DRAIN"], NodeState.DRAINED),
+        ("allocated", ["DRAIN"], NodeState.DRAINING),
+        ("idle", ["COMPLETING", "DRAIN"], NodeState.DRAINING),
+        ("idle", ["NOT_RESPONDING"], NodeState.IDLE),  # also right after every RESUME
+        ("down", ["NOT_RESPONDING"], NodeState.DOWN),
+        ("down", ["DRAIN"], NodeState.DOWN),
+        ("future", [], NodeState.UNKNOWN),
+    ],
+)
 def test_node_state(base: str, flags: list[str], state: NodeState) -> None:
     assert sp.node_state(base, flags) is state
 

@@ -38,8 +38,9 @@ def script(tmp_path: Path, body: str, name: str = "job.sh") -> str:
     return str(path)
 
 
-async def wait_job(sched: SlurmScheduler, job_id: str, ok: Callable[[JobInfo], bool],
-                   limit_s: float = 30) -> JobInfo:
+async def wait_job(
+    sched: SlurmScheduler, job_id: str, ok: Callable[[JobInfo], bool], limit_s: float = 30
+) -> JobInfo:
     end = time.monotonic() + limit_s
     info = None
     while time.monotonic() < end:
@@ -50,8 +51,9 @@ async def wait_job(sched: SlurmScheduler, job_id: str, ok: Callable[[JobInfo], b
     raise AssertionError(f"job {job_id} not as expected after {limit_s} s: {info}")
 
 
-async def wait_node(sched: SlurmScheduler, name: str, state: NodeState,
-                    limit_s: float = 30) -> None:
+async def wait_node(
+    sched: SlurmScheduler, name: str, state: NodeState, limit_s: float = 30
+) -> None:
     end = time.monotonic() + limit_s
     while (node := await node_of(sched, name)).state is not state:
         assert time.monotonic() < end, f"{node} not {state} after {limit_s} s"
@@ -86,10 +88,16 @@ async def test_drain_twice_then_resume(sched: SlurmScheduler, slurm_cluster: Slu
 async def test_submit_exclude_env_and_srun_steps(sched: SlurmScheduler, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    spec = JobSpec(run="r-submit", attempt=2, nodes=2,
-                   command=(script(tmp_path, SRUN_SCRIPT), str(out), "arg-two"),
-                   exclude=("n1", "n2", "n3", "n4", "n5"), resume_from="/ckpt/step_100",
-                   env={"EXTRA_FLAG": "yes"}, workdir=str(tmp_path))
+    spec = JobSpec(
+        run="r-submit",
+        attempt=2,
+        nodes=2,
+        command=(script(tmp_path, SRUN_SCRIPT), str(out), "arg-two"),
+        exclude=("n1", "n2", "n3", "n4", "n5"),
+        resume_from="/ckpt/step_100",
+        env={"EXTRA_FLAG": "yes"},
+        workdir=str(tmp_path),
+    )
     job_id = await sched.submit(spec)
     info = await wait_job(sched, job_id, lambda j: j.state.finished)
     assert info.state is JobState.COMPLETED, info
@@ -102,21 +110,35 @@ async def test_submit_exclude_env_and_srun_steps(sched: SlurmScheduler, tmp_path
     for node in info.nodes:
         assert (out / f"{node}.task").read_text().split()[1] == "arg-two"
         env = (out / f"{node}.env").read_text().splitlines()
-        assert env == ["EXTRA_FLAG=yes", "TRAINWARDEN_ATTEMPT=2",
-                       "TRAINWARDEN_RESUME_FROM=/ckpt/step_100", "TRAINWARDEN_RUN=r-submit"]
+        assert env == [
+            "EXTRA_FLAG=yes",
+            "TRAINWARDEN_ATTEMPT=2",
+            "TRAINWARDEN_RESUME_FROM=/ckpt/step_100",
+            "TRAINWARDEN_RUN=r-submit",
+        ]
 
 
 async def test_failed_job_exit_code(sched: SlurmScheduler, tmp_path: Path) -> None:
-    spec = JobSpec(run="r-fail", attempt=1, nodes=1,
-                   command=(script(tmp_path, "#!/bin/bash\nexit 3\n"),), workdir=str(tmp_path))
+    spec = JobSpec(
+        run="r-fail",
+        attempt=1,
+        nodes=1,
+        command=(script(tmp_path, "#!/bin/bash\nexit 3\n"),),
+        workdir=str(tmp_path),
+    )
     info = await wait_job(sched, await sched.submit(spec), lambda j: j.state.finished)
     assert info.state is JobState.FAILED
     assert info.exit_code == 3
 
 
 async def test_cancel_and_tagged(sched: SlurmScheduler, tmp_path: Path) -> None:
-    spec = JobSpec(run="r-cancel", attempt=1, nodes=1,
-                   command=(script(tmp_path, "#!/bin/bash\nsleep 300\n"),), workdir=str(tmp_path))
+    spec = JobSpec(
+        run="r-cancel",
+        attempt=1,
+        nodes=1,
+        command=(script(tmp_path, "#!/bin/bash\nsleep 300\n"),),
+        workdir=str(tmp_path),
+    )
     job_id = await sched.submit(spec)
     await wait_job(sched, job_id, lambda j: j.state is JobState.RUNNING)
     assert (job_id, "r-cancel") in await sched.jobs_tagged()
@@ -128,8 +150,9 @@ async def test_cancel_and_tagged(sched: SlurmScheduler, tmp_path: Path) -> None:
     assert await sched.job("99999999") is None
 
 
-async def test_error_cases(sched: SlurmScheduler, slurm_cluster: SlurmCluster,
-                           tmp_path: Path) -> None:
+async def test_error_cases(
+    sched: SlurmScheduler, slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
     with pytest.raises(SchedulerError, match=r"does not know node 'nosuch'") as err:
         await sched.drain("nosuch", "x")
     assert not err.value.retryable
@@ -142,11 +165,19 @@ async def test_error_cases(sched: SlurmScheduler, slurm_cluster: SlurmCluster,
     with pytest.raises(SchedulerError, match="does not exist"):
         await sched.submit(JobSpec(run="r", attempt=1, nodes=1, command=("/nonexistent.sh",)))
     with pytest.raises(SchedulerError, match="does not look like a batch script"):
-        await sched.submit(JobSpec(run="r", attempt=1, nodes=1,
-                                   command=(script(tmp_path, "echo no shebang\n"),)))
+        await sched.submit(
+            JobSpec(run="r", attempt=1, nodes=1, command=(script(tmp_path, "echo no shebang\n"),))
+        )
     with pytest.raises(SchedulerError, match="Invalid node name specified"):
-        await sched.submit(JobSpec(run="r", attempt=1, nodes=1, exclude=("zz9",),
-                                   command=(script(tmp_path, "#!/bin/bash\ntrue\n"),)))
+        await sched.submit(
+            JobSpec(
+                run="r",
+                attempt=1,
+                nodes=1,
+                exclude=("zz9",),
+                command=(script(tmp_path, "#!/bin/bash\ntrue\n"),),
+            )
+        )
 
     missing = SlurmScheduler(str(tmp_path / "nope.conf"))
     with pytest.raises(SchedulerError, match=r"nope.conf does not exist"):
@@ -159,8 +190,10 @@ async def test_error_cases(sched: SlurmScheduler, slurm_cluster: SlurmCluster,
     # slurmctld unreachable: the same cluster config pointing at a port where nothing listens
     conf = Path(slurm_cluster.conf).read_text().splitlines()
     down = tmp_path / "down.conf"
-    down.write_text("\n".join("SlurmctldPort=1" if ln.startswith("SlurmctldPort=") else ln
-                              for ln in conf) + "\n")
+    down.write_text(
+        "\n".join("SlurmctldPort=1" if ln.startswith("SlurmctldPort=") else ln for ln in conf)
+        + "\n"
+    )
     unreachable = SlurmScheduler(str(down))
     with pytest.raises(SchedulerError, match="slurmctld") as err:
         await unreachable.nodes()
@@ -173,13 +206,20 @@ async def test_error_cases(sched: SlurmScheduler, slurm_cluster: SlurmCluster,
     assert err.value.retryable
 
 
-async def test_node_death_node_fail_and_return(sched: SlurmScheduler, slurm_cluster: SlurmCluster,
-                                               tmp_path: Path) -> None:
+async def test_node_death_node_fail_and_return(
+    sched: SlurmScheduler, slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
     """Kill a node of a running 2-node job the hard way; Slurm must mark it NOT_RESPONDING,
     then DOWN after SlurmdTimeout, and fail the job with NODE_FAIL."""
     body = "#!/bin/bash\nsrun --nodes=2 --ntasks-per-node=1 sleep 300\n"
-    spec = JobSpec(run="r-nodefail", attempt=1, nodes=2, command=(script(tmp_path, body),),
-                   exclude=("n1", "n2", "n3", "n4"), workdir=str(tmp_path))
+    spec = JobSpec(
+        run="r-nodefail",
+        attempt=1,
+        nodes=2,
+        command=(script(tmp_path, body),),
+        exclude=("n1", "n2", "n3", "n4"),
+        workdir=str(tmp_path),
+    )
     job_id = await sched.submit(spec)
     info = await wait_job(sched, job_id, lambda j: j.state is JobState.RUNNING)
     # the batch host: with the batch script gone, only slurmctld's verdict can end the job
@@ -188,8 +228,9 @@ async def test_node_death_node_fail_and_return(sched: SlurmScheduler, slurm_clus
     victim = rec.split("BatchHost=", 1)[1].split()[0]
     assert victim in info.nodes
     end = time.monotonic() + 30  # the srun step runs on every node: the job is fully launched
-    while f"{job_id}.0" not in await slurm_cluster.command("squeue", "-h", "-s", "-j", job_id,
-                                                            "-o", "%i"):
+    while f"{job_id}.0" not in await slurm_cluster.command(
+        "squeue", "-h", "-s", "-j", job_id, "-o", "%i"
+    ):
         assert time.monotonic() < end, "srun step never started"
         await asyncio.sleep(0.3)
     await asyncio.sleep(0.5)
@@ -218,8 +259,7 @@ async def test_node_death_node_fail_and_return(sched: SlurmScheduler, slurm_clus
     # (ReturnToService=1 returns only nodes DOWN for "Not responding") until resumed.
     slurm_cluster.restart_missing()
     end = time.monotonic() + 30
-    while "NOT_RESPONDING" in await slurm_cluster.command("scontrol", "show", "node", "-o",
-                                                        victim):
+    while "NOT_RESPONDING" in await slurm_cluster.command("scontrol", "show", "node", "-o", victim):
         assert time.monotonic() < end, "restarted slurmd never answered"
         await asyncio.sleep(0.3)
     back = await sched.node(victim)

@@ -25,8 +25,10 @@ def e2e_cluster() -> Iterator[SlurmTestCluster]:
         if "needs root" in str(exc) and not os.environ.get("CI"):
             pytest.skip(f"Slurm cannot be installed here: {exc}")
         pytest.fail(f"test Slurm cluster did not start: {exc}")
-    print(f"\nslurm e2e cluster ({len(cluster.nodes)} nodes, {cluster.state_dir}) "
-          f"up in {cluster.start_s:.1f} s")
+    print(
+        f"\nslurm e2e cluster ({len(cluster.nodes)} nodes, {cluster.state_dir}) "
+        f"up in {cluster.start_s:.1f} s"
+    )
     yield cluster
     if not was_up and not os.environ.get("TW_SLURM_KEEP"):
         cluster.stop()

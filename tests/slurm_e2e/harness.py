@@ -65,6 +65,7 @@ def free_port() -> int:
 
 # --- the Slurm cluster ------------------------------------------------------------------------
 
+
 @dataclass
 class SlurmTestCluster:
     env: dict[str, str] = field(default_factory=lambda: dict(CLUSTER_ENV))
@@ -90,11 +91,18 @@ class SlurmTestCluster:
         return {**os.environ, **self.env, "SLURM_CONF": self.conf}
 
     def script(self, name: str, *args: str, timeout: float = 300) -> str:
-        proc = subprocess.run([str(SCRIPTS / name), *args], env=self._env(), text=True,
-                              capture_output=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            [str(SCRIPTS / name), *args],
+            env=self._env(),
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
         if proc.returncode != 0:
-            raise HarnessError(f"{name} {' '.join(args)} failed ({proc.returncode}):\n"
-                               f"{proc.stdout}\n{proc.stderr}")
+            raise HarnessError(
+                f"{name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc.stdout
 
     def start(self) -> None:
@@ -106,8 +114,9 @@ class SlurmTestCluster:
         self.script("stop.sh", timeout=120)
 
     def slurm(self, *args: str, check: bool = True) -> str:
-        proc = subprocess.run(list(args), env=self._env(), text=True, capture_output=True,
-                              timeout=30, check=False)
+        proc = subprocess.run(
+            list(args), env=self._env(), text=True, capture_output=True, timeout=30, check=False
+        )
         if check and proc.returncode != 0:
             raise HarnessError(f"{' '.join(args)}: {proc.stderr.strip()}")
         return proc.stdout
@@ -136,9 +145,17 @@ class SlurmTestCluster:
     def job_processes(self, node: str) -> list[int]:
         """Pids of the job processes on ``node`` (descendants of its slurmstepds)."""
         out = subprocess.run(
-            ["bash", "-c", f'source "{SCRIPTS}/env.sh"; s=$(tw_stepd_pids {node}); '
-             '[ -n "$s" ] && tw_tree $s'], env=self._env(), text=True, capture_output=True,
-            timeout=30, check=False).stdout
+            [
+                "bash",
+                "-c",
+                f'source "{SCRIPTS}/env.sh"; s=$(tw_stepd_pids {node}); [ -n "$s" ] && tw_tree $s',
+            ],
+            env=self._env(),
+            text=True,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        ).stdout
         pids = [int(p) for p in out.split()]
         return [p for p in pids if _comm(p) not in ("slurmstepd", "")]
 
@@ -152,8 +169,14 @@ class SlurmTestCluster:
             if "COMPLETING" in flags and flags & {"DRAIN", "DOWN", "NOT_RESPONDING"}:
                 # a job still completing on a node killed earlier: Slurm would retry the
                 # restarted slurmd for a while; taking the node down ends the job there
-                self.slurm("scontrol", "update", f"NodeName={node}", "State=DOWN",
-                           "Reason=e2e cleanup", check=False)
+                self.slurm(
+                    "scontrol",
+                    "update",
+                    f"NodeName={node}",
+                    "State=DOWN",
+                    "Reason=e2e cleanup",
+                    check=False,
+                )
                 flags = self.node_flags(node)
             if flags & {"DRAIN", "DOWN", "FAIL"}:
                 self.slurm("scontrol", "update", f"NodeName={node}", "State=RESUME", check=False)
@@ -177,6 +200,7 @@ def _comm(pid: int) -> str:
 
 # --- trainwarden on top of it --------------------------------------------------------------
 
+
 @dataclass
 class Stack:
     """Mosquitto + SQLite + daemon + agents for one scenario."""
@@ -195,42 +219,82 @@ class Stack:
     def broker(self) -> str:
         return f"127.0.0.1:{self.broker_port}"
 
-    def _spawn(self, name: str, args: list[str], cwd: Path | None = None,
-               env: dict[str, str] | None = None) -> None:
+    def _spawn(
+        self, name: str, args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
         log = (self.tmp / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                            cwd=cwd, env=env, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True
+        )
 
     def start(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
         (self.tmp / "jobs").mkdir(exist_ok=True)
         self.broker_port = free_port()
         conf = self.tmp / "mosquitto.conf"
-        conf.write_text(f"listener {self.broker_port} 127.0.0.1\nallow_anonymous true\n"
-                        "persistence false\n")
+        conf.write_text(
+            f"listener {self.broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        )
         self._spawn("mosquitto", [shutil.which("mosquitto") or "mosquitto", "-c", str(conf)])
         wait_for(lambda: _port_open(self.broker_port), 10, "the private Mosquitto")
         db = f"sqlite:///{self.tmp / 'tw.db'}"
-        subprocess.run([BIN, "db", "upgrade", "--url", db], check=True, capture_output=True,
-                       timeout=60)
+        subprocess.run(
+            [BIN, "db", "upgrade", "--url", db], check=True, capture_output=True, timeout=60
+        )
         self.api = f"http://127.0.0.1:{free_port()}"
         env = {**os.environ, "SLURM_CONF": self.cluster.conf}
-        self._spawn("daemon", [
-            BIN, "daemon", "--scheduler", "slurm", "--slurm-conf", self.cluster.conf,
-            "--db", db, "--broker", self.broker, "--api", self.api.removeprefix("http://"),
-            "--client-id", f"tw-slurm-{self.tag}", "--will-confirm", str(self.will_confirm_s),
-            "--hang-floor", str(self.hang_floor_s),
-            *(["--policy", str(self.policy)] if self.policy else [])],
-            cwd=self.tmp / "jobs", env=env)
+        self._spawn(
+            "daemon",
+            [
+                BIN,
+                "daemon",
+                "--scheduler",
+                "slurm",
+                "--slurm-conf",
+                self.cluster.conf,
+                "--db",
+                db,
+                "--broker",
+                self.broker,
+                "--api",
+                self.api.removeprefix("http://"),
+                "--client-id",
+                f"tw-slurm-{self.tag}",
+                "--will-confirm",
+                str(self.will_confirm_s),
+                "--hang-floor",
+                str(self.hang_floor_s),
+                *(["--policy", str(self.policy)] if self.policy else []),
+            ],
+            cwd=self.tmp / "jobs",
+            env=env,
+        )
         for node in self.cluster.nodes:
             self.start_agent(node)
-        wait_for(lambda: all(self.node(n).get("state") == "healthy"
-                             for n in self.cluster.nodes), 60, "every node healthy in trainwarden")
+        wait_for(
+            lambda: all(self.node(n).get("state") == "healthy" for n in self.cluster.nodes),
+            60,
+            "every node healthy in trainwarden",
+        )
 
     def start_agent(self, node: str) -> None:
-        self._spawn(f"agent-{node}", [
-            BIN, "agent", "--node", node, "--broker", self.broker, "--heartbeat", "0.5",
-            "--interval", "2", "--simulated-hardware", str(self.hw_dir(node))])
+        self._spawn(
+            f"agent-{node}",
+            [
+                BIN,
+                "agent",
+                "--node",
+                node,
+                "--broker",
+                self.broker,
+                "--heartbeat",
+                "0.5",
+                "--interval",
+                "2",
+                "--simulated-hardware",
+                str(self.hw_dir(node)),
+            ],
+        )
 
     def hw_dir(self, node: str) -> Path:
         return self.tmp / "hw" / node
@@ -286,23 +350,55 @@ class Stack:
             where[i:i] = ["--api", self.api]
         else:
             where += ["--api", self.api]
-        proc = subprocess.run([BIN, *where], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "USER": "tester"})
+        proc = subprocess.run(
+            [BIN, *where],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "USER": "tester"},
+        )
         if check and proc.returncode != 0:
-            raise HarnessError(f"trainwarden {' '.join(args)} failed ({proc.returncode}): "
-                               f"{proc.stderr.strip()}")
+            raise HarnessError(
+                f"trainwarden {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}"
+            )
         return proc
 
-    def add_run(self, name: str, *, nodes: int = 2, steps: int = 40, ckpt_every: int = 5,
-                step_time: float = 0.25, script: Path = SBATCH) -> Path:
+    def add_run(
+        self,
+        name: str,
+        *,
+        nodes: int = 2,
+        steps: int = 40,
+        ckpt_every: int = 5,
+        step_time: float = 0.25,
+        script: Path = SBATCH,
+    ) -> Path:
         """``trainwarden runs add`` of the example job; its checkpoint directory."""
         ckpt = self.tmp / "ckpt" / name
-        env = {"TW_PYTHON": sys.executable, "TW_TRAIN_SCRIPT": str(TRAIN),
-               "TW_STEPS": str(steps), "TW_CKPT_EVERY": str(ckpt_every),
-               "TW_CKPT_DIR": str(ckpt), "TW_STEP_TIME": str(step_time),
-               "TRAINWARDEN_BROKER": self.broker}
-        args = ["runs", "add", name, "--scheduler", "slurm", "--nodes", str(nodes),
-                "--checkpoint-dir", str(ckpt), "--target-step", str(steps), "--who", "tester"]
+        env = {
+            "TW_PYTHON": sys.executable,
+            "TW_TRAIN_SCRIPT": str(TRAIN),
+            "TW_STEPS": str(steps),
+            "TW_CKPT_EVERY": str(ckpt_every),
+            "TW_CKPT_DIR": str(ckpt),
+            "TW_STEP_TIME": str(step_time),
+            "TRAINWARDEN_BROKER": self.broker,
+        }
+        args = [
+            "runs",
+            "add",
+            name,
+            "--scheduler",
+            "slurm",
+            "--nodes",
+            str(nodes),
+            "--checkpoint-dir",
+            str(ckpt),
+            "--target-step",
+            str(steps),
+            "--who",
+            "tester",
+        ]
         for k, v in env.items():
             args += ["--env", f"{k}={v}"]
         self.cli(*args, "--", str(script))
@@ -310,22 +406,28 @@ class Stack:
 
     def running_on(self, run: str, attempt: int, timeout: float = 60) -> list[str]:
         """Nodes of ``run``'s attempt once it runs and has reported a step."""
+
         def ready() -> list[str] | None:
             r = self.run(run)
             if r.get("attempt") == attempt and r.get("nodes") and r.get("last_step"):
                 return list(r["nodes"])
             return None
+
         nodes: list[str] = wait_for(ready, timeout, f"attempt {attempt} of {run} stepping")
         return nodes
 
     def wait_step(self, run: str, step: int, timeout: float = 120) -> None:
-        wait_for(lambda: (self.run(run).get("last_step") or 0) >= step, timeout,
-                 f"run {run} at step {step}")
+        wait_for(
+            lambda: (self.run(run).get("last_step") or 0) >= step,
+            timeout,
+            f"run {run} at step {step}",
+        )
 
     def wait_completed(self, run: str, timeout: float = 180) -> dict[str, Any]:
         def completed() -> dict[str, Any] | None:
             row = self.run(run)
             return row if row.get("state") == "completed" else None
+
         r: dict[str, Any] = wait_for(completed, timeout, f"run {run} completed")
         return r
 
@@ -405,7 +507,8 @@ def check_resumed_exactly(p: Progress, final_step: int) -> tuple[int, int]:
             last_ckpt = max(written)
             resumed_from = p.resumed[a]
             assert resumed_from == last_ckpt, (
-                f"attempt {a} resumed from {resumed_from}, newest checkpoint {last_ckpt}")
+                f"attempt {a} resumed from {resumed_from}, newest checkpoint {last_ckpt}"
+            )
             assert s[0] == resumed_from + 1, f"attempt {a} began at {s[0]}, not {resumed_from + 1}"
         written += p.ckpts.get(a, [])
     assert p.steps[attempts[-1]][-1] == final_step
@@ -414,6 +517,7 @@ def check_resumed_exactly(p: Progress, final_step: int) -> tuple[int, int]:
 
 
 # --- one failover, measured ----------------------------------------------------------------------
+
 
 @dataclass
 class Failover:
@@ -433,11 +537,17 @@ class Failover:
     first_job: str | None = None
 
 
-def start_run(stack: Stack, name: str, *, steps: int = 30, ckpt_every: int = 5,
-              at_step: int = 12, step_time: float = 0.25) -> tuple[Path, list[str]]:
+def start_run(
+    stack: Stack,
+    name: str,
+    *,
+    steps: int = 30,
+    ckpt_every: int = 5,
+    at_step: int = 12,
+    step_time: float = 0.25,
+) -> tuple[Path, list[str]]:
     """Register the example job on 2 nodes; return once it is past ``at_step``."""
-    ckpt = stack.add_run(name, nodes=2, steps=steps, ckpt_every=ckpt_every,
-                         step_time=step_time)
+    ckpt = stack.add_run(name, nodes=2, steps=steps, ckpt_every=ckpt_every, step_time=step_time)
     nodes = stack.running_on(name, 1, timeout=120)
     stack.wait_step(name, at_step, timeout=90)
     return ckpt, nodes
@@ -450,8 +560,9 @@ def job_of(stack: Stack, run: str, attempt: int) -> str | None:
     return None
 
 
-def follow_failover(stack: Stack, fo: Failover, *, timeout: float = 180,
-                    wait_slurm_down: bool = False) -> Failover:
+def follow_failover(
+    stack: Stack, fo: Failover, *, timeout: float = 180, wait_slurm_down: bool = False
+) -> Failover:
     """Watch trainwarden and Slurm after the fault until the run completed (and, when asked,
     Slurm itself marked the node DOWN); fill in the timings."""
     cluster = stack.cluster
@@ -473,8 +584,9 @@ def follow_failover(stack: Stack, fo: Failover, *, timeout: float = 180,
         if done and (fo.slurm_down_s is not None or not wait_slurm_down):
             break
         if time.monotonic() > end:
-            raise HarnessError(f"after {timeout:.0f} s: run {fo.run} {fo.run_row}, "
-                               f"{fo.victim} {sorted(flags)}")
+            raise HarnessError(
+                f"after {timeout:.0f} s: run {fo.run} {fo.run_row}, {fo.victim} {sorted(flags)}"
+            )
         time.sleep(0.2)
     actions = stack.actions()
     drain = next((a for a in actions if a["kind"] == "drain" and a["node"] == fo.victim), None)

@@ -40,17 +40,17 @@ def _check_failover(stack: Stack, fo: Failover, rule: str) -> None:
     assert reason.startswith("trainwarden:") and "by trainwarden" in reason, reason
     actions = stack.actions()
     drain = [a for a in actions if a["kind"] == "drain"]
-    assert [(a["node"], a["rule"], a["status"]) for a in drain] == [(fo.victim, rule,
-                                                                     "succeeded")]
+    assert [(a["node"], a["rule"], a["status"]) for a in drain] == [(fo.victim, rule, "succeeded")]
     restart = [a for a in actions if a["kind"] == "restart-run"]
-    assert [(a["run"], a["rule"], a["status"]) for a in restart] == [(fo.run, rule,
-                                                                      "succeeded")]
+    assert [(a["run"], a["rule"], a["status"]) for a in restart] == [(fo.run, rule, "succeeded")]
     # what was left of the first job was cancelled; the second excluded the node
     # (until Slurm marks a dead node DOWN, the job still completes there and only there)
-    first = parse_record(stack.cluster.slurm("scontrol", "show", "job", "-o",
-                                             str(fo.first_job)).splitlines()[0])
-    assert (first["JobState"] == "CANCELLED"
-            or (first["JobState"] == "COMPLETING" and first["NodeList"] == fo.victim)), first
+    first = parse_record(
+        stack.cluster.slurm("scontrol", "show", "job", "-o", str(fo.first_job)).splitlines()[0]
+    )
+    assert first["JobState"] == "CANCELLED" or (
+        first["JobState"] == "COMPLETING" and first["NodeList"] == fo.victim
+    ), first
     # resumed from the newest valid checkpoint: nothing skipped, nothing repeated beyond it
     resumed_from, last_ckpt = check_resumed_exactly(read_progress(fo.ckpt), STEPS)
     assert resumed_from == last_ckpt == row["resumed_from_step"]
@@ -77,8 +77,12 @@ def test_gpu_fault_drains_the_node_and_the_run_resumes(stack: Stack) -> None:
     ckpt, nodes = start_run(stack, "xid", steps=STEPS, at_step=8)
     victim = nodes[0]
     t = time.time()
-    subprocess.run([BIN, "hw", "inject", "--state-dir", str(stack.hw_dir(victim)), "xid:79"],
-                   check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        [BIN, "hw", "inject", "--state-dir", str(stack.hw_dir(victim)), "xid:79"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     fo = follow_failover(stack, Failover("xid", ckpt, victim, nodes, t), timeout=150)
     _check_failover(stack, fo, "gpu-fatal")
     assert stack.node(victim)["drained_by"] == "trainwarden"
@@ -106,8 +110,9 @@ def test_hung_rank_restarts_the_run_without_draining(stack: Stack) -> None:
                 os.kill(pid, signal.SIGCONT)
     took = time.time() - t
     assert took >= 10 - 1, f"restarted {took:.1f} s after the hang: before --hang-floor"
-    hung = [e for e in stack.events(run="hang") if e["kind"] in ("condition-changed",
-                                                                  "run-stalled")]
+    hung = [
+        e for e in stack.events(run="hang") if e["kind"] in ("condition-changed", "run-stalled")
+    ]
     assert hung, "no hang detection recorded"
     row = stack.wait_completed("hang", timeout=150)
     assert row["attempt"] == 2 and row["restarts"] == 1
@@ -127,18 +132,24 @@ def test_operator_drain_is_recorded_and_the_run_moves(stack: Stack) -> None:
     node = nodes[1]
     stack.cli("drain", node, "--reason", "fan noise", "--who", "alice")
     action = next(a for a in stack.actions() if a["kind"] == "drain")
-    assert (action["actor"], action["who"], action["reason"], action["node"],
-            action["status"]) == ("operator", "alice", "fan noise", node, "succeeded")
+    assert (action["actor"], action["who"], action["reason"], action["node"], action["status"]) == (
+        "operator",
+        "alice",
+        "fan noise",
+        node,
+        "succeeded",
+    )
     reason = stack.cluster.drain_reasons()[node]
     assert reason.startswith("trainwarden: fan noise") and "operator alice" in reason, reason
     assert stack.node(node)["drained_by"] == "operator"
     row = stack.wait_completed("opdrain", timeout=150)
     assert row["attempt"] == 2 and row["restarts"] == 1 and node not in row["nodes"]
-    done = [(a["kind"], a["actor"], a["rule"] or a["who"], a["status"])
-            for a in stack.actions()]
-    assert done == [("drain", "operator", "alice", "succeeded"),
-                    ("checkpoint-now", "rule", "operator-drain", "succeeded"),
-                    ("restart-run", "rule", "operator-drain", "succeeded")]
+    done = [(a["kind"], a["actor"], a["rule"] or a["who"], a["status"]) for a in stack.actions()]
+    assert done == [
+        ("drain", "operator", "alice", "succeeded"),
+        ("checkpoint-now", "rule", "operator-drain", "succeeded"),
+        ("restart-run", "rule", "operator-drain", "succeeded"),
+    ]
     # resumed from the checkpoint taken on request: nothing skipped, nothing repeated
     resumed_from, last_ckpt = check_resumed_exactly(read_progress(ckpt), STEPS)
     assert resumed_from == last_ckpt == row["resumed_from_step"]
@@ -149,22 +160,49 @@ def test_operator_drain_is_recorded_and_the_run_moves(stack: Stack) -> None:
     assert node not in stack.cluster.drain_reasons()
 
 
-def test_sbatch_refusal_is_recorded_and_the_daemon_keeps_serving(stack: Stack,
-                                                                 tmp_path: Path) -> None:
+def test_sbatch_refusal_is_recorded_and_the_daemon_keeps_serving(
+    stack: Stack, tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.sbatch"
     bad.write_text("#!/bin/bash\n#SBATCH --partition=no-such-partition\nsrun true\n")
     ckpt = tmp_path / "ckpt-bad"
-    stack.cli("runs", "add", "bad", "--scheduler", "slurm", "--nodes", "1",
-              "--checkpoint-dir", str(ckpt), "--who", "tester", "--", str(bad))
+    stack.cli(
+        "runs",
+        "add",
+        "bad",
+        "--scheduler",
+        "slurm",
+        "--nodes",
+        "1",
+        "--checkpoint-dir",
+        str(ckpt),
+        "--who",
+        "tester",
+        "--",
+        str(bad),
+    )
     row = stack.run("bad")
     assert row["state"] == "held" and row["attempt"] == 0
-    failed = [e for e in stack.events(run="bad") if "submission of attempt 1 failed" in
-              e["message"]]
+    failed = [
+        e for e in stack.events(run="bad") if "submission of attempt 1 failed" in e["message"]
+    ]
     assert failed and "invalid partition" in failed[0]["message"].lower(), failed
     # a script that does not exist is refused the same way, with a clear sentence
-    stack.cli("runs", "add", "missing", "--scheduler", "slurm", "--nodes", "1",
-              "--checkpoint-dir", str(ckpt), "--who", "tester", "--",
-              str(tmp_path / "nope.sbatch"))
+    stack.cli(
+        "runs",
+        "add",
+        "missing",
+        "--scheduler",
+        "slurm",
+        "--nodes",
+        "1",
+        "--checkpoint-dir",
+        str(ckpt),
+        "--who",
+        "tester",
+        "--",
+        str(tmp_path / "nope.sbatch"),
+    )
     missing = [e for e in stack.events(run="missing") if "failed" in e["message"]]
     assert missing and "does not exist" in missing[0]["message"]
     # the daemon still serves and still sees every node; no job reached Slurm

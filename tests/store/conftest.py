@@ -22,16 +22,26 @@ from trainwarden.supervisor.store import Store, open_store, upgrade
 PG_ADMIN_URL = os.environ.get(
     "TRAINWARDEN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-TABLES = ("events", "conditions", "nodes", "checkpoints", "run_attempts", "runs", "actions",
-          "incidents", "leader_lease")
+TABLES = (
+    "events",
+    "conditions",
+    "nodes",
+    "checkpoints",
+    "run_attempts",
+    "runs",
+    "actions",
+    "incidents",
+    "leader_lease",
+)
 
 
 @contextmanager
 def pg_database() -> Iterator[str]:
     """A new, empty PostgreSQL database (no schema), dropped afterwards."""
     name = f"tw_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT",
-                          connect_args={"connect_timeout": 5})
+    admin = create_engine(
+        PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
+    )
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))

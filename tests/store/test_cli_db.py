@@ -24,7 +24,10 @@ def test_upgrade_current_check(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "already at revision" in capsys.readouterr().out
     assert main(["db", "current", "--url", url, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
-        "url": url, "revision": head_revision(), "head": head_revision(), "at_head": True,
+        "url": url,
+        "revision": head_revision(),
+        "head": head_revision(),
+        "at_head": True,
     }
     assert main(["db", "check", "--url", url]) == 0
 
@@ -46,7 +49,11 @@ def test_bad_url_is_one_line_and_exit_2(tmp_path: Path) -> None:
     env = {**os.environ, "TRAINWARDEN_STATE_DIR": str(tmp_path)}
     proc = subprocess.run(
         [sys.executable, "-m", "trainwarden.cli", "db", "upgrade", "--url", "nonsense"],
-        capture_output=True, text=True, timeout=60, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
     )
     assert proc.returncode == 2
     assert proc.stdout == ""

@@ -42,25 +42,37 @@ def a_run(name: str = "llm70b", **kw: object) -> RunRecord:
 
 # -- events ---------------------------------------------------------------------------------
 def test_events_get_increasing_ids_in_order_and_round_trip(store: Store) -> None:
-    ids = store.append_events([
-        ev(1.5, node="n1", message="xid 79", data={"xid": 79, "gpu": 2, "tags": ["a"]}),
-        ev(2.0, EventKind.NODE_OFFLINE, node="n2"),
-        ev(3.0, EventKind.RUN_STARTED, run="r1"),
-    ])
+    ids = store.append_events(
+        [
+            ev(1.5, node="n1", message="xid 79", data={"xid": 79, "gpu": 2, "tags": ["a"]}),
+            ev(2.0, EventKind.NODE_OFFLINE, node="n2"),
+            ev(3.0, EventKind.RUN_STARTED, run="r1"),
+        ]
+    )
     assert len(ids) == 3 and ids == sorted(ids) and len(set(ids)) == 3
     first = store.event(ids[0])
-    assert first == Event(ts=1.5, kind=EventKind.FAULT, node="n1", message="xid 79",
-                          data={"xid": 79, "gpu": 2, "tags": ["a"]}, id=ids[0])
+    assert first == Event(
+        ts=1.5,
+        kind=EventKind.FAULT,
+        node="n1",
+        message="xid 79",
+        data={"xid": 79, "gpu": 2, "tags": ["a"]},
+        id=ids[0],
+    )
     assert store.event(ids[-1] + 1000) is None
     assert [e.id for e in store.events()] == ids[::-1]
     assert [e.id for e in store.events(newest_first=False, limit=2)] == ids[:2]
 
 
 def test_event_filters(store: Store) -> None:
-    ids = store.append_events([
-        ev(1, node="n1"), ev(2, EventKind.NODE_OFFLINE, node="n1"), ev(3, node="n2", run="r"),
-        ev(4, EventKind.CHECKPOINT_SAVED, run="r"),
-    ])
+    ids = store.append_events(
+        [
+            ev(1, node="n1"),
+            ev(2, EventKind.NODE_OFFLINE, node="n1"),
+            ev(3, node="n2", run="r"),
+            ev(4, EventKind.CHECKPOINT_SAVED, run="r"),
+        ]
+    )
     assert [e.id for e in store.events(node="n1")] == [ids[1], ids[0]]
     assert [e.id for e in store.events(run="r", newest_first=False)] == [ids[2], ids[3]]
     assert [e.id for e in store.events(kinds=[EventKind.FAULT])] == [ids[2], ids[0]]
@@ -100,18 +112,29 @@ def test_duplicate_conditions_in_one_call_keep_the_last(store: Store) -> None:
 
 # -- nodes ----------------------------------------------------------------------------------
 def test_nodes_upsert_touch_and_update(store: Store) -> None:
-    n1 = NodeRecord("n1", state="healthy", scheduler_state="idle", last_heartbeat_at=50.0,
-                    labels={"rack": "r1"})
+    n1 = NodeRecord(
+        "n1", state="healthy", scheduler_state="idle", last_heartbeat_at=50.0, labels={"rack": "r1"}
+    )
     store.upsert_nodes([n1, NodeRecord("n2")])
     assert store.node("n1") == n1
     store.touch_nodes({"n1": 60.0, "n3": 61.0})
-    assert store.node("n1") == NodeRecord("n1", state="healthy", scheduler_state="idle",
-                                          last_heartbeat_at=60.0, labels={"rack": "r1"})
+    assert store.node("n1") == NodeRecord(
+        "n1", state="healthy", scheduler_state="idle", last_heartbeat_at=60.0, labels={"rack": "r1"}
+    )
     assert store.node("n3") == NodeRecord("n3", state="unknown", last_heartbeat_at=61.0)
     # A state update carrying a stale heartbeat time does not move the heartbeat back.
-    store.upsert_nodes([NodeRecord("n1", state="draining", drained_by="trainwarden",
-                                   drain_reason="xid 79", last_heartbeat_at=55.0,
-                                   updated_at=62.0)])
+    store.upsert_nodes(
+        [
+            NodeRecord(
+                "n1",
+                state="draining",
+                drained_by="trainwarden",
+                drain_reason="xid 79",
+                last_heartbeat_at=55.0,
+                updated_at=62.0,
+            )
+        ]
+    )
     got = store.node("n1")
     assert got is not None and got.state == "draining" and got.last_heartbeat_at == 60.0
     store.touch_nodes({"n1": 58.0})
@@ -130,8 +153,9 @@ def test_nodes_upsert_touch_and_update(store: Store) -> None:
 def test_runs(store: Store) -> None:
     run = a_run()
     store.add_run(run)
-    assert store.run("llm70b") == RunRecord(name="llm70b", scheduler="slurm", spec=run.spec,
-                                            created_at=100.0, state="pending")
+    assert store.run("llm70b") == RunRecord(
+        name="llm70b", scheduler="slurm", spec=run.spec, created_at=100.0, state="pending"
+    )
     with pytest.raises(StoreError, match="already exists"):
         store.add_run(a_run(state="running"))
     assert store.run("llm70b").state == "pending"  # type: ignore[union-attr]
@@ -149,17 +173,25 @@ def test_runs(store: Store) -> None:
 
 def test_attempts(store: Store) -> None:
     store.add_run(a_run())
-    first = AttemptRecord(run="llm70b", attempt=1, job_id="1234", nodes=("n1", "n2"),
-                          submitted_at=101.0)
+    first = AttemptRecord(
+        run="llm70b", attempt=1, job_id="1234", nodes=("n1", "n2"), submitted_at=101.0
+    )
     store.add_attempt(first)
     with pytest.raises(StoreError, match="already exists"):
         store.add_attempt(first)
     with pytest.raises(NotFoundError, match="ghost"):
         store.add_attempt(AttemptRecord(run="ghost", attempt=1))
-    store.update_attempt("llm70b", 1, state="failed", ended_at=200.0, end_reason="node-fail",
-                         last_step=1500)
-    second = AttemptRecord(run="llm70b", attempt=2, nodes=("n1", "n3"), excluded=("n2",),
-                           resumed_from="/ckpt/step-1000", resumed_from_step=1000)
+    store.update_attempt(
+        "llm70b", 1, state="failed", ended_at=200.0, end_reason="node-fail", last_step=1500
+    )
+    second = AttemptRecord(
+        run="llm70b",
+        attempt=2,
+        nodes=("n1", "n3"),
+        excluded=("n2",),
+        resumed_from="/ckpt/step-1000",
+        resumed_from_step=1000,
+    )
     store.add_attempt(second)
     got = store.attempts("llm70b")
     assert got[1] == second
@@ -171,19 +203,32 @@ def test_attempts(store: Store) -> None:
 
 def test_checkpoints_idempotent_and_marked(store: Store) -> None:
     store.add_run(a_run())
-    c = CheckpointRecord(run="llm70b", step=1000, path="/ckpt/step-1000", reported_at=150.0,
-                         attempt=1)
+    c = CheckpointRecord(
+        run="llm70b", step=1000, path="/ckpt/step-1000", reported_at=150.0, attempt=1
+    )
     assert store.add_checkpoint(c) is True
-    assert store.add_checkpoint(CheckpointRecord(run="llm70b", step=1000, path="/other",
-                                                 reported_at=151.0)) is False
-    store.add_checkpoint(CheckpointRecord(run="llm70b", step=500, path="/ckpt/step-500",
-                                          reported_at=120.0))
+    assert (
+        store.add_checkpoint(
+            CheckpointRecord(run="llm70b", step=1000, path="/other", reported_at=151.0)
+        )
+        is False
+    )
+    store.add_checkpoint(
+        CheckpointRecord(run="llm70b", step=500, path="/ckpt/step-500", reported_at=120.0)
+    )
     store.mark_checkpoint("llm70b", 1000, False, "shard 3 missing", at=160.0)
     got = store.checkpoints("llm70b")
     assert [x.step for x in got] == [500, 1000]
-    assert got[1] == CheckpointRecord(run="llm70b", step=1000, path="/ckpt/step-1000",
-                                      reported_at=150.0, attempt=1, valid=False,
-                                      validated_at=160.0, reason="shard 3 missing")
+    assert got[1] == CheckpointRecord(
+        run="llm70b",
+        step=1000,
+        path="/ckpt/step-1000",
+        reported_at=150.0,
+        attempt=1,
+        valid=False,
+        validated_at=160.0,
+        reason="shard 3 missing",
+    )
     with pytest.raises(NotFoundError):
         store.mark_checkpoint("llm70b", 7, True, at=1.0)
     with pytest.raises(NotFoundError):
@@ -193,17 +238,21 @@ def test_checkpoints_idempotent_and_marked(store: Store) -> None:
 # -- actions, incidents, leases -------------------------------------------------------------
 def test_actions_record_guards_and_results(store: Store) -> None:
     drain = Decision(
-        ActionRequest(ActionKind.DRAIN, Actor.RULE, "xid 79", node="n1", rule="gpu-fatal",
-                      evidence=(3, 4)),
+        ActionRequest(
+            ActionKind.DRAIN, Actor.RULE, "xid 79", node="n1", rule="gpu-fatal", evidence=(3, 4)
+        ),
         Verdict.ALLOW,
         (GuardVerdict("cooldown", True), GuardVerdict("max-drains-per-window", True, "1/5")),
     )
     blocked = Decision(
         ActionRequest(ActionKind.RESTART_RUN, Actor.RULE, "node lost", run="r", exclude=("n1",)),
-        Verdict.BLOCK, (GuardVerdict("restart-budget", False, "5/5 used"),),
+        Verdict.BLOCK,
+        (GuardVerdict("restart-budget", False, "5/5 used"),),
     )
-    manual = Decision(ActionRequest(ActionKind.UNDRAIN, Actor.OPERATOR, "fixed", node="n1",
-                                    who="alice"), Verdict.ALLOW)
+    manual = Decision(
+        ActionRequest(ActionKind.UNDRAIN, Actor.OPERATOR, "fixed", node="n1", who="alice"),
+        Verdict.ALLOW,
+    )
     a = store.record_action(drain, ts=10.0)
     b = store.record_action(blocked, ts=11.0)
     c = store.record_action(manual, ts=12.0, status=ActionStatus.RUNNING)

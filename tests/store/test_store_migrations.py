@@ -15,8 +15,18 @@ from trainwarden.supervisor.store import current, downgrade, head_revision, open
 from trainwarden.supervisor.store.engine import make_engine
 from trainwarden.supervisor.store.schema import Base
 
-TABLES = {"nodes", "runs", "run_attempts", "checkpoints", "conditions", "events", "actions",
-          "incidents", "leader_lease", "alembic_version"}
+TABLES = {
+    "nodes",
+    "runs",
+    "run_attempts",
+    "checkpoints",
+    "conditions",
+    "events",
+    "actions",
+    "incidents",
+    "leader_lease",
+    "alembic_version",
+}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])

@@ -12,8 +12,16 @@ from bench.stragglers import FALLBACK, Scenario, run_scenario, score_level  # no
 
 
 def test_bench_detects_an_injected_slowdown_and_the_baseline_misses_it() -> None:
-    sc = Scenario(nodes=64, steps=120, step_s=4.0, jitter=0.0164, stages=4, level=0.10,
-                  slowed={5: (1, 0, 40), 20: (10, 5, 50)}, seed=3)
+    sc = Scenario(
+        nodes=64,
+        steps=120,
+        step_s=4.0,
+        jitter=0.0164,
+        stages=4,
+        level=0.10,
+        slowed={5: (1, 0, 40), 20: (10, 5, 50)},
+        seed=3,
+    )
     res = run_scenario(sc, FALLBACK)
     det = score_level([(sc, res)], "detector")
     base = score_level([(sc, res)], "baseline")

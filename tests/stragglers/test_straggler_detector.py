@@ -106,8 +106,12 @@ def test_too_few_peers_is_no_judgement(detector) -> None:
 
 def test_gpu_evidence_and_events() -> None:
     det = StragglerDetector()
-    det.observe_gpu("n1", GpuSignal(ts=0.0, sm_clock_mhz=900, max_sm_clock_mhz=1980,
-                                     throttle_reasons=("hw-thermal",)))
+    det.observe_gpu(
+        "n1",
+        GpuSignal(
+            ts=0.0, sm_clock_mhz=900, max_sm_clock_mhz=1980, throttle_reasons=("hw-thermal",)
+        ),
+    )
     x = synth(32, 30, slow={4: 1.3}, onset=5)
     found = []
     for i in range(30):
@@ -142,27 +146,43 @@ def test_job_slowdown_against_the_runs_own_baseline(detector) -> None:
 
 
 def test_observe_report_takes_the_wire_format(detector) -> None:
-    rep = StepReport(run="r", attempt=0, rank=3, node="n0", group="stage0",
-                     samples=[StepSample(step=s, step_s=1.0, compute_s=0.8, ts=float(s))
-                              for s in range(5)])
+    rep = StepReport(
+        run="r",
+        attempt=0,
+        rank=3,
+        node="n0",
+        group="stage0",
+        samples=[StepSample(step=s, step_s=1.0, compute_s=0.8, ts=float(s)) for s in range(5)],
+    )
     assert detector.observe_report(rep) == 5
     assert detector.hang_culprits("r").ranks == ()  # a lone rank stopped with itself
 
 
-@pytest.mark.parametrize(("kwargs", "reason"), [
-    ({"compute_s": math.nan}, "bad-value"),
-    ({"compute_s": -1.0}, "bad-value"),
-    ({"compute_s": 1e9}, "bad-value"),
-    ({"compute_s": 0.0}, "bad-value"),
-    ({"step_s": math.inf}, "bad-value"),
-    ({"step": -1}, "bad-step-or-rank"),
-    ({"rank": -2}, "bad-step-or-rank"),
-    ({"node": ""}, "bad-node-or-ts"),
-    ({"ts": math.nan}, "bad-node-or-ts"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"compute_s": math.nan}, "bad-value"),
+        ({"compute_s": -1.0}, "bad-value"),
+        ({"compute_s": 1e9}, "bad-value"),
+        ({"compute_s": 0.0}, "bad-value"),
+        ({"step_s": math.inf}, "bad-value"),
+        ({"step": -1}, "bad-step-or-rank"),
+        ({"rank": -2}, "bad-step-or-rank"),
+        ({"node": ""}, "bad-node-or-ts"),
+        ({"ts": math.nan}, "bad-node-or-ts"),
+    ],
+)
 def test_bad_samples_are_refused_and_counted(detector, kwargs, reason) -> None:
-    sample = {"run": "r", "rank": 0, "node": "n0", "group": None, "step": 1, "compute_s": 1.0,
-              "step_s": 1.0, "ts": 1.0} | kwargs
+    sample = {
+        "run": "r",
+        "rank": 0,
+        "node": "n0",
+        "group": None,
+        "step": 1,
+        "compute_s": 1.0,
+        "step_s": 1.0,
+        "ts": 1.0,
+    } | kwargs
     assert detector.observe(**sample) is False
     assert detector.rejected("r") == {reason: 1}
 

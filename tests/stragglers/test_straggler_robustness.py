@@ -34,8 +34,9 @@ def run(order_seed: int | None, dup: float, junk: int) -> set[tuple[str, int | N
             det.observe("r", 1000 + j, "evil", None, step, 999.0, 1.2, step * 1.2)
             det.observe("r", 2, "n0", None, step, float("nan"), 1.2, step * 1.2)
         pending = keep
-        flags |= {(f.node, f.rank) for f in det.evaluate(step * 1.2)
-                  if isinstance(f, StragglerFlag)}
+        flags |= {
+            (f.node, f.rank) for f in det.evaluate(step * 1.2) if isinstance(f, StragglerFlag)
+        }
     flags |= {(f.node, f.rank) for f in det.evaluate(STEPS * 1.2) if isinstance(f, StragglerFlag)}
     return flags
 

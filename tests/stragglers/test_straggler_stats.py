@@ -19,8 +19,11 @@ cells = st.one_of(st.just(np.nan), st.floats(0.01, 100.0))
 
 
 @settings(max_examples=60, deadline=None)
-@given(arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(1, 9)), elements=cells),
-       st.sampled_from([0.25, 0.5]), st.integers(0, 1))
+@given(
+    arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(1, 9)), elements=cells),
+    st.sampled_from([0.25, 0.5]),
+    st.integers(0, 1),
+)
 def test_masked_quantile_matches_numpy(a: np.ndarray, q: float, axis: int) -> None:
     got = masked_quantile(a, axis=axis, q=q)
     n = np.sum(~np.isnan(a), axis=axis)
@@ -49,8 +52,13 @@ def test_peer_scores_single_out_the_slow_rank() -> None:
     rng = np.random.default_rng(1)
     ratios = 1 + 0.01 * rng.standard_normal((32, 10))  # ranks x steps
     ratios[3] *= 1.2
-    s = peer_scores(ratios, group_members(np.zeros(32, dtype=np.intp), 1), min_count=5,
-                    min_peers=3, sigma_floor=0.005)
+    s = peer_scores(
+        ratios,
+        group_members(np.zeros(32, dtype=np.intp), 1),
+        min_count=5,
+        min_peers=3,
+        sigma_floor=0.005,
+    )
     assert int(np.nanargmax(s.z)) == 3
     assert 0.15 < s.effect[3] < 0.25
     others = np.delete(s.z, 3)
@@ -60,8 +68,14 @@ def test_peer_scores_single_out_the_slow_rank() -> None:
 def test_low_quantile_ignores_spikes() -> None:
     ratios = np.ones((8, 5))
     ratios[2, [1, 3]] = 3.0  # two spikes in five steps
-    s = peer_scores(ratios, group_members(np.zeros(8, dtype=np.intp), 1), min_count=3,
-                    min_peers=3, sigma_floor=0.005, quantile=0.25)
+    s = peer_scores(
+        ratios,
+        group_members(np.zeros(8, dtype=np.intp), 1),
+        min_count=3,
+        min_peers=3,
+        sigma_floor=0.005,
+        quantile=0.25,
+    )
     assert s.effect[2] == 0.0
 
 

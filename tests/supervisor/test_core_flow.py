@@ -47,8 +47,14 @@ async def sup(tmp_path: Path) -> AsyncIterator[Supervisor]:
     upgrade(url)
     store = AsyncStore(open_store(url))
     sched = LocalScheduler(NODES, tmp_path / "logs", stop_grace_s=3.0)
-    s = Supervisor(CoreConfig(will_confirm_s=0.5, settle_s=0.5), SystemClock(), store, sched,
-                   PolicyEngine(load_policy()), Metrics())
+    s = Supervisor(
+        CoreConfig(will_confirm_s=0.5, settle_s=0.5),
+        SystemClock(),
+        store,
+        sched,
+        PolicyEngine(load_policy()),
+        Metrics(),
+    )
     yield s
     for t in list(s.tasks):
         t.cancel()
@@ -66,24 +72,40 @@ async def until(pred: Callable[[], bool], within: float = 20.0) -> None:
 
 async def beat(sup: Supervisor, *nodes: str) -> None:
     for n in nodes:
-        await sup.handle(node_topic(n, "heartbeat"),
-                         encode(Heartbeat(node=n, ts=time.time(), seq=1, interval_s=1.0)))
+        await sup.handle(
+            node_topic(n, "heartbeat"),
+            encode(Heartbeat(node=n, ts=time.time(), seq=1, interval_s=1.0)),
+        )
 
 
 async def start_run(sup: Supervisor, tmp_path: Path) -> None:
-    spec = RunSpec(command=(sys.executable, "-c", "import time; time.sleep(120)"), nodes=2,
-                   checkpoint_dir=str(tmp_path / "ck"))
+    spec = RunSpec(
+        command=(sys.executable, "-c", "import time; time.sleep(120)"),
+        nodes=2,
+        checkpoint_dir=str(tmp_path / "ck"),
+    )
     run = await ops.add_run(sup, "r1", "local", spec, "tester")
     assert run.attempt == 1 and run.nodes == ("n1", "n2")
 
 
 async def test_fatal_xid_drains_the_node_and_restarts_the_run_elsewhere(
-        sup: Supervisor, tmp_path: Path) -> None:
+    sup: Supervisor, tmp_path: Path
+) -> None:
     await beat(sup, *NODES)
     await start_run(sup, tmp_path)
-    xid = FaultReport(node="n2", ts=time.time(), faults=[FaultModel(
-        kind="xid", severity=Severity.FATAL, detail="GPU has fallen off the bus", gpu=1,
-        code=79)])
+    xid = FaultReport(
+        node="n2",
+        ts=time.time(),
+        faults=[
+            FaultModel(
+                kind="xid",
+                severity=Severity.FATAL,
+                detail="GPU has fallen off the bus",
+                gpu=1,
+                code=79,
+            )
+        ],
+    )
     await sup.handle(node_topic("n2", "fault"), encode(xid))
     run = sup.state.runs["r1"]
     await until(lambda: run.attempt == 2)
@@ -111,7 +133,8 @@ async def test_fatal_xid_drains_the_node_and_restarts_the_run_elsewhere(
 
 
 async def test_last_will_then_silence_marks_node_dead_within_seconds(
-        sup: Supervisor, tmp_path: Path) -> None:
+    sup: Supervisor, tmp_path: Path
+) -> None:
     await beat(sup, *NODES)
     await start_run(sup, tmp_path)
     t0 = time.time()
@@ -128,8 +151,7 @@ async def test_last_will_then_silence_marks_node_dead_within_seconds(
     assert "n1" not in run.nodes
 
 
-async def test_operator_drain_is_recorded_with_who_and_why(
-        sup: Supervisor, tmp_path: Path) -> None:
+async def test_operator_drain_is_recorded_with_who_and_why(sup: Supervisor, tmp_path: Path) -> None:
     await beat(sup, *NODES)
     svc = DaemonService(sup)
     row = await svc.drain("n3", "bad fan", "alice")
@@ -141,24 +163,38 @@ async def test_operator_drain_is_recorded_with_who_and_why(
     assert back.kind is ActionKind.UNDRAIN
     assert {n.name: n.state for n in await svc.list_nodes()}["n3"] == "healthy"
     from trainwarden.supervisor.errors import NotFoundError
+
     with pytest.raises(NotFoundError, match="unknown node 'n9'"):
         await svc.drain("n9", "x", "alice")
 
 
-@pytest.mark.parametrize(("topic", "payload", "why"), [
-    ("trainwarden/v1/node/n1/heartbeat", b"{not json", "not JSON"),
-    ("trainwarden/v1/node/n1/heartbeat", b"x" * 300_000, "over the"),
-    ("trainwarden/v1/node/n1/heartbeat",
-     json.dumps({"v": 9, "kind": "heartbeat"}).encode(), "schema version 9"),
-    ("trainwarden/v1/node/n1/heartbeat",
-     json.dumps({"v": 1, "kind": "heartbeat", "node": "n2", "ts": 1, "seq": 1,
-                 "interval_s": 1}).encode(), "claims node 'n2'"),
-    ("trainwarden/v1/node/n1/fault",
-     json.dumps({"v": 1, "kind": "fault", "node": "n1", "ts": 1, "faults": []}).encode(),
-     "faults"),
-])
+@pytest.mark.parametrize(
+    ("topic", "payload", "why"),
+    [
+        ("trainwarden/v1/node/n1/heartbeat", b"{not json", "not JSON"),
+        ("trainwarden/v1/node/n1/heartbeat", b"x" * 300_000, "over the"),
+        (
+            "trainwarden/v1/node/n1/heartbeat",
+            json.dumps({"v": 9, "kind": "heartbeat"}).encode(),
+            "schema version 9",
+        ),
+        (
+            "trainwarden/v1/node/n1/heartbeat",
+            json.dumps(
+                {"v": 1, "kind": "heartbeat", "node": "n2", "ts": 1, "seq": 1, "interval_s": 1}
+            ).encode(),
+            "claims node 'n2'",
+        ),
+        (
+            "trainwarden/v1/node/n1/fault",
+            json.dumps({"v": 1, "kind": "fault", "node": "n1", "ts": 1, "faults": []}).encode(),
+            "faults",
+        ),
+    ],
+)
 async def test_bad_messages_are_rejected_recorded_and_harmless(
-        sup: Supervisor, topic: str, payload: bytes, why: str) -> None:
+    sup: Supervisor, topic: str, payload: bytes, why: str
+) -> None:
     await beat(sup, "n1")
     before = sup.store.store.nodes()
     await sup.handle(topic, payload)
@@ -173,14 +209,23 @@ async def test_bad_messages_are_rejected_recorded_and_harmless(
 async def test_restart_of_the_daemon_loses_nothing(sup: Supervisor, tmp_path: Path) -> None:
     await beat(sup, *NODES)
     await start_run(sup, tmp_path)
-    xid = FaultReport(node="n1", ts=time.time(), faults=[FaultModel(
-        kind="xid", severity=Severity.FATAL, detail="", gpu=0, code=48)])
+    xid = FaultReport(
+        node="n1",
+        ts=time.time(),
+        faults=[FaultModel(kind="xid", severity=Severity.FATAL, detail="", gpu=0, code=48)],
+    )
     await sup.handle(node_topic("n1", "fault"), encode(xid))
     await until(lambda: sup.state.runs["r1"].attempt == 2)
     await until(lambda: not sup.tasks)
     await sup.store.flush()
-    again = Supervisor(CoreConfig(), SystemClock(), sup.store, sup.scheduler,
-                       PolicyEngine(load_policy()), Metrics())
+    again = Supervisor(
+        CoreConfig(),
+        SystemClock(),
+        sup.store,
+        sup.scheduler,
+        PolicyEngine(load_policy()),
+        Metrics(),
+    )
     await ops.load(again)
     n1 = again.state.nodes["n1"]
     assert n1.phase is NodePhase.DRAINED and n1.drained_by == "trainwarden"
@@ -190,8 +235,7 @@ async def test_restart_of_the_daemon_loses_nothing(sup: Supervisor, tmp_path: Pa
     assert run.nodes == sup.state.runs["r1"].nodes and "n1" in run.excluded
 
 
-async def test_drains_made_outside_trainwarden_are_reflected_and_kept(
-        sup: Supervisor) -> None:
+async def test_drains_made_outside_trainwarden_are_reflected_and_kept(sup: Supervisor) -> None:
     await beat(sup, *NODES)
     await periodic.sync_scheduler(sup)
     await sup.scheduler.drain("n3", "admin: bad DIMM")
@@ -201,8 +245,10 @@ async def test_drains_made_outside_trainwarden_are_reflected_and_kept(
     assert "outside trainwarden" in sup.store.store.events(node="n3")[0].message
     # a rule may never return a node someone else drained
     from trainwarden.policies.model import ActionRequest, Actor, Decision, Verdict
-    undrain = Decision(ActionRequest(ActionKind.UNDRAIN, Actor.RULE, "vetted", node="n3"),
-                       Verdict.ALLOW)
+
+    undrain = Decision(
+        ActionRequest(ActionKind.UNDRAIN, Actor.RULE, "vetted", node="n3"), Verdict.ALLOW
+    )
     _id, ok, result = await sup.carry_out(undrain)
     assert not ok and "only an operator" in result
     assert {n.name: n.state for n in await sup.scheduler.nodes()}["n3"] is NodeState.DRAINED
@@ -219,21 +265,27 @@ async def test_a_node_that_comes_back_is_vetted_then_returned(tmp_path: Path) ->
     url = f"sqlite:///{tmp_path / 'tw.db'}"
     upgrade(url)
     store = AsyncStore(open_store(url))
-    s = Supervisor(CoreConfig(will_confirm_s=0.2, vet_period_s=0.5), SystemClock(), store,
-                   LocalScheduler(NODES, tmp_path / "logs"),
-                   PolicyEngine(load_policy(tmp_path / "p.yaml")), Metrics())
+    s = Supervisor(
+        CoreConfig(will_confirm_s=0.2, vet_period_s=0.5),
+        SystemClock(),
+        store,
+        LocalScheduler(NODES, tmp_path / "logs"),
+        PolicyEngine(load_policy(tmp_path / "p.yaml")),
+        Metrics(),
+    )
     try:
         await beat(s, *NODES)
-        await s.handle(node_topic("n3", "status"),
-                       encode(NodeStatus(node="n3", state="offline", reason="connection lost")))
+        await s.handle(
+            node_topic("n3", "status"),
+            encode(NodeStatus(node="n3", state="offline", reason="connection lost")),
+        )
         await asyncio.sleep(0.3)
         await s.tick()
         await until(lambda: s.state.nodes["n3"].phase is NodePhase.DRAINED)
         await until(lambda: not s.tasks)
         await beat(s, "n3")  # the agent is back: NodeDead clears -> vet
         await until(lambda: s.state.nodes["n3"].phase is NodePhase.VETTING)
-        report = HealthReport(node="n3", ts=time.time(), seq=1, overall=Health.HEALTHY,
-                              probes=[])
+        report = HealthReport(node="n3", ts=time.time(), seq=1, overall=Health.HEALTHY, probes=[])
         await s.handle(node_topic("n3", "health"), encode(report))
         await asyncio.sleep(0.6)
         await beat(s, *NODES)
@@ -253,15 +305,27 @@ async def _supervisor_in(tmp_path: Path, mode: str) -> Supervisor:
 
     url = f"sqlite:///{tmp_path / 'tw.db'}"
     upgrade(url)
-    return Supervisor(CoreConfig(), SystemClock(), AsyncStore(open_store(url)),
-                      LocalScheduler(NODES, tmp_path / "logs", stop_grace_s=3.0),
-                      PolicyEngine(load_policy(), Mode(mode)), Metrics())
+    return Supervisor(
+        CoreConfig(),
+        SystemClock(),
+        AsyncStore(open_store(url)),
+        LocalScheduler(NODES, tmp_path / "logs", stop_grace_s=3.0),
+        PolicyEngine(load_policy(), Mode(mode)),
+        Metrics(),
+    )
 
 
 async def _xid(s: Supervisor, node: str) -> None:
-    await s.handle(node_topic(node, "fault"), encode(FaultReport(
-        node=node, ts=time.time(), faults=[FaultModel(kind="xid", severity=Severity.FATAL,
-                                                      detail="", gpu=0, code=79)])))
+    await s.handle(
+        node_topic(node, "fault"),
+        encode(
+            FaultReport(
+                node=node,
+                ts=time.time(),
+                faults=[FaultModel(kind="xid", severity=Severity.FATAL, detail="", gpu=0, code=79)],
+            )
+        ),
+    )
 
 
 async def test_dry_run_acts_on_nothing_and_records_everything(tmp_path: Path) -> None:
@@ -275,8 +339,7 @@ async def test_dry_run_acts_on_nothing_and_records_everything(tmp_path: Path) ->
         actions = s.store.store.actions()
         assert {a.kind for a in actions} == {ActionKind.DRAIN, ActionKind.RESTART_RUN}
         assert {(a.verdict.value, a.status.value) for a in actions} == {("dry-run", "skipped")}
-        assert {n.state for n in await s.scheduler.nodes()} == {NodeState.ALLOCATED,
-                                                                  NodeState.IDLE}
+        assert {n.state for n in await s.scheduler.nodes()} == {NodeState.ALLOCATED, NodeState.IDLE}
         assert s.state.runs["r1"].attempt == 1 and s.state.nodes["n2"].phase is NodePhase.FAILED
     finally:
         for job in list(s.scheduler._jobs):  # type: ignore[attr-defined]
@@ -294,12 +357,16 @@ async def test_approve_mode_queues_until_an_operator_approves(tmp_path: Path) ->
         await until(lambda: not s.tasks)
         [queued] = s.store.store.actions()
         assert (queued.kind, queued.verdict.value, queued.status.value) == (
-            ActionKind.DRAIN, "queued", "pending")
+            ActionKind.DRAIN,
+            "queued",
+            "pending",
+        )
         assert {n.name: n.state for n in await s.scheduler.nodes()}["n3"] is NodeState.IDLE
         row = await svc.approve(queued.id, "bob")
         assert row.status == "succeeded" and "approved by bob" in (row.result or "")
         assert {n.name: n.state for n in await s.scheduler.nodes()}["n3"] is NodeState.DRAINED
         from trainwarden.supervisor.errors import SupervisorError
+
         with pytest.raises(SupervisorError, match="not waiting for approval"):
             await svc.reject(queued.id, "too late", "bob")
     finally:
@@ -311,7 +378,10 @@ async def test_policy_reload_keeps_the_last_good_policy(tmp_path: Path) -> None:
 
     good = tmp_path / "good.yaml"
     from importlib import resources
-    good.write_text(resources.files("trainwarden.policies").joinpath("data/default.yaml").read_text())
+
+    good.write_text(
+        resources.files("trainwarden.policies").joinpath("data/default.yaml").read_text()
+    )
     d = Daemon(DaemonConfig(db_url="sqlite://", policy_file=str(good)))
     s = await _supervisor_in(tmp_path, "enforce")
     d.sup = s
@@ -319,22 +389,24 @@ async def test_policy_reload_keeps_the_last_good_policy(tmp_path: Path) -> None:
     good.write_text("version: 1\nrules:\n  - name: x\n    when: {condition: Nope}\n")
     d._reload_policy()
     assert s.policy is before  # the broken file was refused
-    good.write_text(resources.files("trainwarden.policies").joinpath("data/default.yaml").read_text())
+    good.write_text(
+        resources.files("trainwarden.policies").joinpath("data/default.yaml").read_text()
+    )
     d._reload_policy()
     assert s.policy is not before
     s.store.close()
 
 
 async def test_a_tagged_job_is_adopted_and_an_unregistered_tag_reported(
-        sup: Supervisor, tmp_path: Path) -> None:
+    sup: Supervisor, tmp_path: Path
+) -> None:
     from trainwarden.supervisor.scheduler.base import JobSpec
 
     await beat(sup, *NODES)
     # someone submitted the job by hand, tagged trainwarden:r1 (and one for no known run)
     sleeper = (sys.executable, "-c", "import time; time.sleep(120)")
     job = await sup.scheduler.submit(JobSpec(run="r1", attempt=0, nodes=2, command=sleeper))
-    stray = await sup.scheduler.submit(JobSpec(run="ghost", attempt=0, nodes=1,
-                                               command=sleeper))
+    stray = await sup.scheduler.submit(JobSpec(run="ghost", attempt=0, nodes=1, command=sleeper))
     spec = RunSpec(command=sleeper, nodes=2, checkpoint_dir=str(tmp_path / "ck"))
     run = await ops.add_run(sup, "r1", "local", spec, "tester", submit=False)
     assert run.job_id is None
@@ -350,7 +422,8 @@ async def test_a_tagged_job_is_adopted_and_an_unregistered_tag_reported(
 
 
 async def test_operator_drain_checkpoints_and_moves_the_run(
-        sup: Supervisor, tmp_path: Path) -> None:
+    sup: Supervisor, tmp_path: Path
+) -> None:
     from trainwarden.health.report import CheckpointReport, ControlMessage, checkpoint_topic
 
     asked: list[str] = []
@@ -360,10 +433,18 @@ async def test_operator_drain_checkpoints_and_moves_the_run(
         control = ControlMessage.model_validate_json(payload)
         asked.append(control.command)
         run = sup.state.runs["r1"]
-        report = CheckpointReport(run="r1", attempt=run.attempt, rank=0, node="n1", step=17,
-                                  path=str(tmp_path / "ck" / "step-00000017"), ts=time.time())
-        asyncio.get_running_loop().call_later(0.2, lambda: asyncio.ensure_future(
-            sup.handle(checkpoint_topic("r1"), encode(report))))
+        report = CheckpointReport(
+            run="r1",
+            attempt=run.attempt,
+            rank=0,
+            node="n1",
+            step=17,
+            path=str(tmp_path / "ck" / "step-00000017"),
+            ts=time.time(),
+        )
+        asyncio.get_running_loop().call_later(
+            0.2, lambda: asyncio.ensure_future(sup.handle(checkpoint_topic("r1"), encode(report)))
+        )
 
     sup.publish = publish
     await beat(sup, *NODES)
@@ -381,7 +462,8 @@ async def test_operator_drain_checkpoints_and_moves_the_run(
 
 
 async def test_a_transient_scheduler_failure_is_retried_until_the_drain_lands(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     from trainwarden.supervisor.errors import SchedulerError
 
     class FlakyController(LocalScheduler):
@@ -401,13 +483,23 @@ async def test_a_transient_scheduler_failure_is_retried_until_the_drain_lands(
     url = f"sqlite:///{tmp_path / 'tw.db'}"
     upgrade(url)
     store = AsyncStore(open_store(url))
-    s = Supervisor(CoreConfig(retry_delays_s=(0.05, 0.05, 0.05)), SystemClock(), store,
-                   FlakyController(), PolicyEngine(load_policy()), Metrics())
+    s = Supervisor(
+        CoreConfig(retry_delays_s=(0.05, 0.05, 0.05)),
+        SystemClock(),
+        store,
+        FlakyController(),
+        PolicyEngine(load_policy()),
+        Metrics(),
+    )
     try:
         await beat(s, *NODES)
         await _xid(s, "n1")
-        await until(lambda: any(a.kind is ActionKind.DRAIN and a.status.value == "succeeded"
-                                for a in store.store.actions()))
+        await until(
+            lambda: any(
+                a.kind is ActionKind.DRAIN and a.status.value == "succeeded"
+                for a in store.store.actions()
+            )
+        )
         [drain] = [a for a in store.store.actions() if a.kind is ActionKind.DRAIN]
         assert drain.result is not None and drain.result.startswith("retry 2:")
         assert {n.name: n.state for n in await s.scheduler.nodes()}["n1"] is NodeState.DRAINED

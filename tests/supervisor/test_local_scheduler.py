@@ -22,11 +22,18 @@ async def test_placement_env_and_completion(tmp_path: Path) -> None:
     s = LocalScheduler(["n1", "n2", "n3"], tmp_path / "logs")
     out = tmp_path / "out"
     out.mkdir()
-    code = ("import os,sys; open(sys.argv[1]+'/'+os.environ['TRAINWARDEN_NODE'],'w').write("
-            "os.environ['NODE_RANK']+' '+os.environ['NNODES']+' '+sys.argv[2]+' '+"
-            "os.environ['TRAINWARDEN_RESUME_FROM']+' '+os.environ['TRAINWARDEN_ATTEMPT'])")
-    job = await s.submit(spec([PY, "-c", code, str(out), "{node_rank}/{nnodes}"],
-                              exclude=("n1",), resume_from="/ck/step-10"))
+    code = (
+        "import os,sys; open(sys.argv[1]+'/'+os.environ['TRAINWARDEN_NODE'],'w').write("
+        "os.environ['NODE_RANK']+' '+os.environ['NNODES']+' '+sys.argv[2]+' '+"
+        "os.environ['TRAINWARDEN_RESUME_FROM']+' '+os.environ['TRAINWARDEN_ATTEMPT'])"
+    )
+    job = await s.submit(
+        spec(
+            [PY, "-c", code, str(out), "{node_rank}/{nnodes}"],
+            exclude=("n1",),
+            resume_from="/ck/step-10",
+        )
+    )
     info = await s.wait(job, 20)
     assert info is not None and info.state is JobState.COMPLETED
     assert info.nodes == ("n2", "n3")
@@ -80,17 +87,18 @@ async def test_throttle_slows_and_freeze_stops_a_node_s_processes(tmp_path: Path
     s = LocalScheduler(["n1", "n2"], tmp_path, stop_grace_s=2.0)
     out = tmp_path / "ticks"
     out.mkdir()
-    code = ("import sys,time,os\nf=open(sys.argv[1]+'/'+os.environ['TRAINWARDEN_NODE'],'a')\n"
-            "while True:\n t=time.perf_counter()\n while time.perf_counter()-t<0.02: pass\n"
-            " f.write('x'); f.flush()\n")
+    code = (
+        "import sys,time,os\nf=open(sys.argv[1]+'/'+os.environ['TRAINWARDEN_NODE'],'a')\n"
+        "while True:\n t=time.perf_counter()\n while time.perf_counter()-t<0.02: pass\n"
+        " f.write('x'); f.flush()\n"
+    )
     job = await s.submit(spec([PY, "-c", code, str(out)]))
     await asyncio.sleep(1.0)
     s.throttle("n2", 3.0)
     mark = {n: (out / n).stat().st_size for n in ("n1", "n2")}
     t0 = time.monotonic()
     await asyncio.sleep(2.0)
-    rate = {n: ((out / n).stat().st_size - mark[n]) / (time.monotonic() - t0)
-            for n in ("n1", "n2")}
+    rate = {n: ((out / n).stat().st_size - mark[n]) / (time.monotonic() - t0) for n in ("n1", "n2")}
     assert rate["n2"] < 0.6 * rate["n1"], rate
     s.throttle("n2", float("inf"))
     await asyncio.sleep(0.3)

@@ -60,8 +60,19 @@ def test_graceful_stop_is_not_a_failure() -> None:
     assert t.tick(T0 + 100) == []
 
 
-@pytest.mark.parametrize(("code", "fatal"), [(79, True), (48, True), (95, True), (64, True),
-                                             (119, True), (13, False), (31, False), (63, False)])
+@pytest.mark.parametrize(
+    ("code", "fatal"),
+    [
+        (79, True),
+        (48, True),
+        (95, True),
+        (64, True),
+        (119, True),
+        (13, False),
+        (31, False),
+        (63, False),
+    ],
+)
 def test_xid_classes_from_the_catalogue(code: int, fatal: bool) -> None:
     t = NodeHealthTracker()
     obs = t.on_faults("n2", [Fault(fk.XID, Severity.INFO, "", gpu=1, code=code)], T0)
@@ -83,8 +94,9 @@ def test_repeated_fault_is_one_event() -> None:
 
 
 def _report(node: str, health: Health, faults: tuple[Fault, ...] = ()) -> HealthReport:
-    res = CheckResult("storage", health, "storage hung" if faults else "ok", Action.NONE,
-                      {}, faults)
+    res = CheckResult(
+        "storage", health, "storage hung" if faults else "ok", Action.NONE, {}, faults
+    )
     return HealthReport(node=node, ts=T0, seq=1, overall=health, probes=[ProbeReport.of(res)])
 
 

@@ -37,16 +37,28 @@ from trainwarden.supervisor.detectors.stragglers.stats import (
 )
 
 __all__ = [
-    "GpuSignal", "HangCulprits", "JobSlowdown", "RankLast", "StageImbalance", "StragglerClear",
-    "StragglerConfig", "StragglerDetector", "StragglerFlag", "hang_culprits",
+    "GpuSignal",
+    "HangCulprits",
+    "JobSlowdown",
+    "RankLast",
+    "StageImbalance",
+    "StragglerClear",
+    "StragglerConfig",
+    "StragglerDetector",
+    "StragglerFlag",
+    "hang_culprits",
 ]
 
 Finding = StragglerFlag | StragglerClear
 
 
 def _is_time(value: object, limit: float) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and 0.0 <= value <= limit)
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0.0 <= value <= limit
+    )
 
 
 class StragglerDetector:
@@ -70,8 +82,19 @@ class StragglerDetector:
             return None
         return buf
 
-    def observe(self, run: str, rank: int, node: str, group: str | None, step: int,
-                compute_s: float | None, step_s: float, ts: float, *, attempt: int = 0) -> bool:
+    def observe(
+        self,
+        run: str,
+        rank: int,
+        node: str,
+        group: str | None,
+        step: int,
+        compute_s: float | None,
+        step_s: float,
+        ts: float,
+        *,
+        attempt: int = 0,
+    ) -> bool:
         """Record one rank's step; False (and counted in :meth:`rejected`) if refused."""
         buf = self._buffer(run, attempt)
         if buf is None:
@@ -96,13 +119,23 @@ class StragglerDetector:
     def observe_report(self, report: StepReport) -> int:
         """Record every sample of a validated :class:`StepReport`; returns how many were kept."""
         return sum(
-            self.observe(report.run, report.rank, report.node, report.group, s.step,
-                         s.compute_s, s.step_s, s.ts, attempt=report.attempt)
+            self.observe(
+                report.run,
+                report.rank,
+                report.node,
+                report.group,
+                s.step,
+                s.compute_s,
+                s.step_s,
+                s.ts,
+                attempt=report.attempt,
+            )
             for s in report.samples
         )
 
-    def set_roster(self, run: str, members: Mapping[int, tuple[str, str | None]], *,
-                   attempt: int = 0) -> None:
+    def set_roster(
+        self, run: str, members: Mapping[int, tuple[str, str | None]], *, attempt: int = 0
+    ) -> None:
         """Declare a run's ranks (rank -> (node, group)); samples of other ranks are refused."""
         buf = self._buffer(run, attempt)
         if buf is None:
@@ -112,9 +145,17 @@ class StragglerDetector:
             node, group = members[rank]
             buf.column(rank, node, group)
 
-    def observe_step(self, run: str, step: int, ranks: npt.NDArray[np.int64],
-                     compute_s: npt.NDArray[np.float64], step_s: npt.NDArray[np.float64],
-                     ts: float, *, attempt: int = 0) -> int:
+    def observe_step(
+        self,
+        run: str,
+        step: int,
+        ranks: npt.NDArray[np.int64],
+        compute_s: npt.NDArray[np.float64],
+        step_s: npt.NDArray[np.float64],
+        ts: float,
+        *,
+        attempt: int = 0,
+    ) -> int:
         """Record one step of many rostered ranks at once (vectorised); returns samples kept."""
         buf = self._buffer(run, attempt)
         if buf is None or step < 0:
@@ -126,8 +167,15 @@ class StragglerDetector:
             cols = np.array([buf.cols.get(int(r), -1) for r in ranks], dtype=np.intp)
         lim = self.config.max_seconds
         with np.errstate(invalid="ignore"):
-            ok = ((cols >= 0) & np.isfinite(compute_s) & (compute_s > 0) & (compute_s <= lim)
-                  & np.isfinite(step_s) & (step_s >= 0) & (step_s <= lim))
+            ok = (
+                (cols >= 0)
+                & np.isfinite(compute_s)
+                & (compute_s > 0)
+                & (compute_s <= lim)
+                & np.isfinite(step_s)
+                & (step_s >= 0)
+                & (step_s <= lim)
+            )
         buf.rejected["bad-value-or-rank"] += int((~ok).sum())
         if not ok.any() or not math.isfinite(ts):
             return 0
@@ -192,8 +240,9 @@ class StragglerDetector:
                 continue
             rows = buf.window_rows(buf.frontier, cfg.long_window)
             members = buf.members()
-            levels = group_levels(buf.x[rows, : len(buf.ranks)], members,
-                                  min_count=min(len(rows), cfg.short_window))
+            levels = group_levels(
+                buf.x[rows, : len(buf.ranks)], members, min_count=min(len(rows), cfg.short_window)
+            )
             known = [(g, float(v)) for g, v in enumerate(levels) if not math.isnan(v)]
             if len(known) < 2:
                 continue
@@ -203,8 +252,11 @@ class StragglerDetector:
                 continue
             slow = tuple(sorted(buf.ranks[c] for c in members[known[0][0]]))
             named = tuple((str(buf.groups[g]), v) for g, v in known)
-            found.append(StageImbalance(run=name, step=buf.frontier, levels=named, ratio=ratio,
-                                        slow_ranks=slow))
+            found.append(
+                StageImbalance(
+                    run=name, step=buf.frontier, levels=named, ratio=ratio, slow_ranks=slow
+                )
+            )
         return found
 
     def hang_culprits(self, run: str, *, margin_s: float = 5.0) -> HangCulprits:
@@ -214,8 +266,11 @@ class StragglerDetector:
         if buf is not None:
             for col, rank in enumerate(buf.ranks):
                 if buf.last_step[col] >= 0:
-                    last[rank] = RankLast(buf.nodes[buf.node_of[col]], int(buf.last_step[col]),
-                                          float(buf.last_ts[col]))
+                    last[rank] = RankLast(
+                        buf.nodes[buf.node_of[col]],
+                        int(buf.last_step[col]),
+                        float(buf.last_ts[col]),
+                    )
         return hang_culprits(last, margin_s=margin_s)
 
     # -- scoring ----------------------------------------------------------------------
@@ -240,9 +295,14 @@ class StragglerDetector:
         ratio = recent / base
         limit = cfg.job_slowdown * (0.5 if buf.job_active else 1.0)
         buf.job_active = ratio >= 1.0 + limit
-        self._slowdowns[name] = JobSlowdown(run=name, step=buf.job_series[-1][0], baseline_s=base,
-                                            recent_s=recent, active=buf.job_active,
-                                            history=len(times) - cfg.short_window)
+        self._slowdowns[name] = JobSlowdown(
+            run=name,
+            step=buf.job_series[-1][0],
+            baseline_s=base,
+            recent_s=recent,
+            active=buf.job_active,
+            history=len(times) - cfg.short_window,
+        )
 
     def _evaluate_run(self, name: str, buf: RunBuffer, now: float) -> list[Finding]:
         cfg = self.config
@@ -262,14 +322,25 @@ class StragglerDetector:
             ratios = (buf.x[rows, :n] / med[:, group_of]).T.copy()  # ranks x steps
         frac, mp, sf = cfg.min_window_fraction, cfg.min_peers, cfg.sigma_floor
         windows = cfg.windows()
-        scores = [peer_scores(ratios[:, -w:], members, min_count=math.ceil(w * frac),
-                              min_peers=mp, sigma_floor=sf, quantile=q)
-                  for _, w, q, _ in windows]
+        scores = [
+            peer_scores(
+                ratios[:, -w:],
+                members,
+                min_count=math.ceil(w * frac),
+                min_peers=mp,
+                sigma_floor=sf,
+                quantile=q,
+            )
+            for _, w, q, _ in windows
+        ]
         job = self._slowdowns.get(name)
         job_active = job is not None and job.active
         nn = len(buf.nodes)
-        alert_nodes = np.array([self._gpu_degraded(nd, now) for nd in buf.nodes], dtype=bool) \
-            if self._gpu else np.zeros(nn, dtype=bool)
+        alert_nodes = (
+            np.array([self._gpu_degraded(nd, now) for nd in buf.nodes], dtype=bool)
+            if self._gpu
+            else np.zeros(nn, dtype=bool)
+        )
         alert = alert_nodes[node_of] | job_active
         zt = np.where(alert, cfg.z_threshold_alert, cfg.z_threshold)
         cf = cfg.clear_fraction
@@ -298,28 +369,49 @@ class StragglerDetector:
         for col in sorted(rank_cand):
             node_i = buf.node_of[col]
             need = self._persistence(bool(alert[col]))
-            change = self._advance(buf, ("rank", col), bool(bad[col]), bool(good[col]), need,
-                                   float(effect[col]))
+            change = self._advance(
+                buf, ("rank", col), bool(bad[col]), bool(good[col]), need, float(effect[col])
+            )
             if change == "flag":
                 win = windows[which[col]][0]
-                out.append(ctx.flag(node_i, col, (buf.ranks[col],), float(z[col]), win,
-                                    buf.tracks[("rank", col)], self._gpu))
+                out.append(
+                    ctx.flag(
+                        node_i,
+                        col,
+                        (buf.ranks[col],),
+                        float(z[col]),
+                        win,
+                        buf.tracks[("rank", col)],
+                        self._gpu,
+                    )
+                )
             elif change == "clear":
                 out.append(ctx.clear(node_i, buf.ranks[col], float(effect[col])))
-        node_cand = set(np.flatnonzero(node_bad).tolist()) | {i for k, i in buf.tracks
-                                                             if k == "node"}
+        node_cand = set(np.flatnonzero(node_bad).tolist()) | {
+            i for k, i in buf.tracks if k == "node"
+        }
         for node_i in sorted(node_cand):
             on_node = np.flatnonzero(node_of == node_i)
             eff = float(np.nanmax(effect[on_node])) if known[on_node].any() else math.nan
             need = self._persistence(bool(alert_nodes[node_i]) or job_active)
-            change = self._advance(buf, ("node", node_i), bool(node_bad[node_i]),
-                                   bool(node_good[node_i]), need, eff)
+            change = self._advance(
+                buf, ("node", node_i), bool(node_bad[node_i]), bool(node_good[node_i]), need, eff
+            )
             if change == "flag":
                 bad_cols = [int(c) for c in on_node if bad[c]]
                 worst = max(bad_cols, key=lambda c: float(effect[c]))
                 win = windows[which[worst]][0]
-                out.append(ctx.flag(node_i, None, tuple(buf.ranks[c] for c in bad_cols),
-                                    float(z[worst]), win, buf.tracks[("node", node_i)], self._gpu))
+                out.append(
+                    ctx.flag(
+                        node_i,
+                        None,
+                        tuple(buf.ranks[c] for c in bad_cols),
+                        float(z[worst]),
+                        win,
+                        buf.tracks[("node", node_i)],
+                        self._gpu,
+                    )
+                )
             elif change == "clear":
                 out.append(ctx.clear(node_i, None, eff))
         return out
@@ -331,8 +423,9 @@ class StragglerDetector:
     def _persistence(self, alert: bool) -> int:
         return self.config.persist_steps_alert if alert else self.config.persist_steps
 
-    def _advance(self, buf: RunBuffer, key: tuple[str, int], bad: bool, good: bool, need: int,
-                 effect: float) -> str | None:
+    def _advance(
+        self, buf: RunBuffer, key: tuple[str, int], bad: bool, good: bool, need: int, effect: float
+    ) -> str | None:
         """One step of a track's state machine: idle -> bad streak -> flagged -> cleared."""
         tr = buf.tracks.get(key)
         if tr is None:
@@ -367,24 +460,48 @@ class StragglerDetector:
 class _Ctx:
     """Builds findings for one run evaluation."""
 
-    def __init__(self, *, buf: RunBuffer, name: str, now: float, frontier: int,
-                 job: JobSlowdown | None) -> None:
+    def __init__(
+        self, *, buf: RunBuffer, name: str, now: float, frontier: int, job: JobSlowdown | None
+    ) -> None:
         self.buf, self.name, self.now, self.frontier, self.job = buf, name, now, frontier, job
 
-    def flag(self, node_i: int, col: int | None, ranks: Iterable[int], z: float, window: str,
-             tr: Track, gpu: Mapping[str, GpuSignal]) -> StragglerFlag:
+    def flag(
+        self,
+        node_i: int,
+        col: int | None,
+        ranks: Iterable[int],
+        z: float,
+        window: str,
+        tr: Track,
+        gpu: Mapping[str, GpuSignal],
+    ) -> StragglerFlag:
         buf = self.buf
         node = buf.nodes[node_i]
         sig = gpu.get(node)
         group = buf.groups[buf.group_of[col]] if col is not None else None
         return StragglerFlag(
-            run=self.name, node=node, rank=None if col is None else buf.ranks[col], group=group,
-            from_step=tr.from_step, step=self.frontier, ts=self.now, score=tr.score, z=z,
-            window=window, ranks=tuple(ranks), gpu=sig,
+            run=self.name,
+            node=node,
+            rank=None if col is None else buf.ranks[col],
+            group=group,
+            from_step=tr.from_step,
+            step=self.frontier,
+            ts=self.now,
+            score=tr.score,
+            z=z,
+            window=window,
+            ranks=tuple(ranks),
+            gpu=sig,
             corroborated=sig is not None and sig.degraded,
             job_slowdown=None if self.job is None else round(self.job.ratio, 4),
         )
 
     def clear(self, node_i: int, rank: int | None, effect: float) -> StragglerClear:
-        return StragglerClear(run=self.name, node=self.buf.nodes[node_i], rank=rank,
-                              step=self.frontier, ts=self.now, score=1.0 + effect)
+        return StragglerClear(
+            run=self.name,
+            node=self.buf.nodes[node_i],
+            rank=rank,
+            step=self.frontier,
+            ts=self.now,
+            score=1.0 + effect,
+        )

@@ -61,6 +61,9 @@ def hang_culprits(last: Mapping[int, RankLast], *, margin_s: float = 5.0) -> Han
         counts[last[r].node] = counts.get(last[r].node, 0) + 1
     nodes = tuple(sorted(counts, key=lambda n: (-counts[n], n)))
     return HangCulprits(
-        ranks=tuple(picked), nodes=nodes, step=int(steps[chosen].max()),
-        last_ts=float(times[chosen].max()), reason=reason,
+        ranks=tuple(picked),
+        nodes=nodes,
+        step=int(steps[chosen].max()),
+        last_ts=float(times[chosen].max()),
+        reason=reason,
     )

@@ -51,23 +51,31 @@ class StragglerConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (1 <= self.short_window <= self.mid_window <= self.long_window,
-             "windows must satisfy 1 <= short_window <= mid_window <= long_window"),
+            (
+                1 <= self.short_window <= self.mid_window <= self.long_window,
+                "windows must satisfy 1 <= short_window <= mid_window <= long_window",
+            ),
             (self.long_window + 8 <= self.buffer_steps, "buffer_steps must exceed long_window+8"),
             (0.0 < self.min_window_fraction <= 1.0, "min_window_fraction must be in (0, 1]"),
-            (0 < self.z_threshold_alert <= self.z_threshold, "z thresholds must be positive, "
-             "z_threshold_alert <= z_threshold"),
+            (
+                0 < self.z_threshold_alert <= self.z_threshold,
+                "z thresholds must be positive, z_threshold_alert <= z_threshold",
+            ),
             (0.0 < self.short_quantile <= 0.5, "short_quantile must be in (0, 0.5]"),
-            (min(self.short_min_slowdown, self.mid_min_slowdown, self.long_min_slowdown) > 0,
-             "minimum slowdowns must be positive"),
+            (
+                min(self.short_min_slowdown, self.mid_min_slowdown, self.long_min_slowdown) > 0,
+                "minimum slowdowns must be positive",
+            ),
             (0.0 < self.clear_fraction < 1.0, "clear_fraction must be in (0, 1)"),
             (1 <= self.persist_steps_alert <= self.persist_steps, "persist steps must be >= 1"),
             (self.clear_steps >= 1, "clear_steps must be >= 1"),
             (self.min_peers >= 2, "min_peers must be >= 2"),
             (self.sigma_floor > 0, "sigma_floor must be positive"),
             (0.0 < self.min_coverage <= 1.0, "min_coverage must be in (0, 1]"),
-            (self.job_slowdown > 0 and self.job_baseline_steps >= 4 * self.short_window,
-             "job_slowdown must be positive, job_baseline_steps >= 4 x short_window"),
+            (
+                self.job_slowdown > 0 and self.job_baseline_steps >= 4 * self.short_window,
+                "job_slowdown must be positive, job_baseline_steps >= 4 x short_window",
+            ),
             (self.stage_imbalance > 0, "stage_imbalance must be positive"),
         ]
         for ok, message in checks:
@@ -144,7 +152,10 @@ class StragglerFlag:
     def event(self) -> Event:
         what = "node" if self.rank is None else f"rank {self.rank} on"
         return Event(
-            ts=self.ts, kind=EventKind.STRAGGLER_FLAGGED, node=self.node, run=self.run,
+            ts=self.ts,
+            kind=EventKind.STRAGGLER_FLAGGED,
+            node=self.node,
+            run=self.run,
             message=f"{what} {self.node} is {self.score:.2f}x its peers since step "
             f"{self.from_step} (z={self.z:.1f}, {self.window} window)",
             data=self.evidence(),
@@ -152,7 +163,9 @@ class StragglerFlag:
 
     def condition(self) -> Condition:
         return Condition(
-            subject=self.node, type=ConditionType.STRAGGLER, status=True,
+            subject=self.node,
+            type=ConditionType.STRAGGLER,
+            status=True,
             reason=f"{self.score:.2f}x peers in run {self.run} since step {self.from_step}",
             since=self.ts,
         )
@@ -172,15 +185,21 @@ class StragglerClear:
     def event(self) -> Event:
         what = "node" if self.rank is None else f"rank {self.rank} on"
         return Event(
-            ts=self.ts, kind=EventKind.STRAGGLER_CLEARED, node=self.node, run=self.run,
+            ts=self.ts,
+            kind=EventKind.STRAGGLER_CLEARED,
+            node=self.node,
+            run=self.run,
             message=f"{what} {self.node} back in line with its peers at step {self.step}",
             data=_clean(asdict(self)),
         )
 
     def condition(self) -> Condition:
         return Condition(
-            subject=self.node, type=ConditionType.STRAGGLER, status=False,
-            reason=f"back in line in run {self.run} at step {self.step}", since=self.ts,
+            subject=self.node,
+            type=ConditionType.STRAGGLER,
+            status=False,
+            reason=f"back in line in run {self.run} at step {self.step}",
+            since=self.ts,
         )
 
 
@@ -200,8 +219,11 @@ class StageImbalance:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "run": self.run, "step": self.step, "slowest_group": self.slowest,
-            "ratio": round(self.ratio, 4), "slow_ranks": list(self.slow_ranks),
+            "run": self.run,
+            "step": self.step,
+            "slowest_group": self.slowest,
+            "ratio": round(self.ratio, 4),
+            "slow_ranks": list(self.slow_ranks),
             "groups": {g: round(v, 6) for g, v in self.levels},
             "finding": "stage imbalance: a partitioning problem, not a bad node",
         }

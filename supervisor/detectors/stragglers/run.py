@@ -131,8 +131,10 @@ class RunBuffer:
     def index_arrays(self) -> tuple[IntArray, IntArray]:
         """(node index, group index) per column, cached until membership changes."""
         if self._index_arrays is None or len(self._index_arrays[0]) != len(self.ranks):
-            self._index_arrays = (np.asarray(self.node_of, dtype=np.intp),
-                                  np.asarray(self.group_of, dtype=np.intp))
+            self._index_arrays = (
+                np.asarray(self.node_of, dtype=np.intp),
+                np.asarray(self.group_of, dtype=np.intp),
+            )
         return self._index_arrays
 
     def rank_array(self) -> npt.NDArray[np.int64]:

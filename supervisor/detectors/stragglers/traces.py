@@ -55,8 +55,9 @@ def _seconds(text: str, name: str, where: str) -> float:
     except ValueError:
         raise TraceError(f"{where}: {name} {text!r} is not a number") from None
     if not math.isfinite(value) or value < 0 or value > MAX_SECONDS:
-        raise TraceError(f"{where}: {name} {text.strip()} is not a time in seconds "
-                         f"between 0 and {MAX_SECONDS:g}")
+        raise TraceError(
+            f"{where}: {name} {text.strip()} is not a time in seconds between 0 and {MAX_SECONDS:g}"
+        )
     return value
 
 
@@ -66,8 +67,10 @@ def parse_rows(lines: Iterable[str], source: str) -> list[TraceRow]:
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in REQUIRED if c not in header]
     if missing:
-        raise TraceError(f"{source}:1: missing column(s) {', '.join(missing)} "
-                         f"(need {','.join(REQUIRED)}; optional {','.join(OPTIONAL)})")
+        raise TraceError(
+            f"{source}:1: missing column(s) {', '.join(missing)} "
+            f"(need {','.join(REQUIRED)}; optional {','.join(OPTIONAL)})"
+        )
     reader.fieldnames = header
     rows: list[TraceRow] = []
     seen: dict[tuple[int, int], int] = {}
@@ -82,17 +85,22 @@ def parse_rows(lines: Iterable[str], source: str) -> list[TraceRow]:
         step = _int(record["step"], "step", where)
         rank = _int(record["rank"], "rank", where)
         if (step, rank) in seen:
-            raise TraceError(f"{where}: step {step} of rank {rank} already given on line "
-                             f"{seen[(step, rank)]}")
+            raise TraceError(
+                f"{where}: step {step} of rank {rank} already given on line {seen[(step, rank)]}"
+            )
         seen[(step, rank)] = line
         opt = {c: (record.get(c) or "").strip() for c in OPTIONAL}
-        rows.append(TraceRow(
-            step=step, rank=rank, node=node,
-            compute_s=_seconds(record["compute_s"], "compute_s", where),
-            step_s=_seconds(opt["step_s"], "step_s", where) if opt["step_s"] else None,
-            group=opt["group"] or None,
-            ts=_seconds_any(opt["ts"], where) if opt["ts"] else None,
-        ))
+        rows.append(
+            TraceRow(
+                step=step,
+                rank=rank,
+                node=node,
+                compute_s=_seconds(record["compute_s"], "compute_s", where),
+                step_s=_seconds(opt["step_s"], "step_s", where) if opt["step_s"] else None,
+                group=opt["group"] or None,
+                ts=_seconds_any(opt["ts"], where) if opt["ts"] else None,
+            )
+        )
     if not rows:
         raise TraceError(f"{source}: no data lines")
     return rows
@@ -134,9 +142,13 @@ def bytedance_rows(path: str | Path, *, gpus_per_node: int = 8) -> Iterator[Trac
             start, end = float(record["step_start"]), float(record["step_end"])
             rank = int(record["rank"])
             yield TraceRow(
-                step=int(record["step"]), rank=rank, node=f"node{rank // gpus_per_node}",
-                compute_s=float(record["compute_s"]), step_s=round(end - start, 6),
-                group=f"stage{record['stage']}", ts=round(end, 6),
+                step=int(record["step"]),
+                rank=rank,
+                node=f"node{rank // gpus_per_node}",
+                compute_s=float(record["compute_s"]),
+                step_s=round(end - start, 6),
+                group=f"stage{record['stage']}",
+                ts=round(end, 6),
             )
 
 
@@ -146,6 +158,14 @@ def write_trace(rows: Iterable[TraceRow], path: str | Path) -> None:
         out = csv.writer(fh)
         out.writerow([*REQUIRED, *OPTIONAL])
         for r in rows:
-            out.writerow([r.step, r.rank, r.node, r.compute_s,
-                          "" if r.step_s is None else r.step_s, r.group or "",
-                          "" if r.ts is None else r.ts])
+            out.writerow(
+                [
+                    r.step,
+                    r.rank,
+                    r.node,
+                    r.compute_s,
+                    "" if r.step_s is None else r.step_s,
+                    r.group or "",
+                    "" if r.ts is None else r.ts,
+                ]
+            )
