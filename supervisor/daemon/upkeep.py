@@ -206,8 +206,9 @@ async def adopt_tagged_jobs(sup: Supervisor) -> None:
                         now,
                         EventKind.RUN_STARTED,
                         run=None,
-                        message=f"job {job_id} is tagged trainwarden:{name}, but no run {name!r} is "
-                        f"registered: `trainwarden runs add {name} --adopt ...` supervises it",
+                        message=f"job {job_id} is tagged trainwarden:{name}, but no run "
+                        f"{name!r} is registered: `trainwarden runs add {name} --adopt ...` "
+                        "supervises it",
                         data={"job_id": job_id, "tag_run": name},
                     )
                 ]

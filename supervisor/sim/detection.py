@@ -2,7 +2,7 @@
 
 The simulator uses the very detectors the daemon runs (``supervisor.detectors``: the node
 health tracker, the progress tracker, the condition book) and the same order of work as
-``supervisor.daemon.supervisor.Supervisor.observe``: every observation's event is recorded and gets an
+``daemon.supervisor.Supervisor.observe``: every observation's event is recorded and gets an
 id, each observation that names a condition goes through the book with that id as its
 evidence, and the policy then sees ``on_condition`` for every real transition followed by
 ``on_event`` for every event, all against one view of the cluster.
@@ -25,7 +25,7 @@ from trainwarden.supervisor.detectors.progress import ProgressTracker
 class DetectorSettings:
     """The daemon's detector settings (``CoreConfig`` defaults; the agent's intervals).
 
-    ``tests/sim`` checks they match ``supervisor.daemon.supervisor.CoreConfig``; the simulator does not
+    ``tests/sim`` checks they match ``daemon.supervisor.CoreConfig``; the simulator does not
     import the daemon core itself (it pulls in the store and metrics).
     """
 

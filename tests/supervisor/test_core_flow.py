@@ -25,10 +25,10 @@ from trainwarden.health.report import (
 from trainwarden.policies.engine import PolicyEngine
 from trainwarden.policies.model import ActionKind, ConditionType, EventKind
 from trainwarden.policies.rules import load_policy
-from trainwarden.supervisor.daemon import operations as ops
-from trainwarden.supervisor.daemon import upkeep as periodic
 from trainwarden.supervisor.api.explain import explain
 from trainwarden.supervisor.api.service import DaemonService
+from trainwarden.supervisor.daemon import operations as ops
+from trainwarden.supervisor.daemon import upkeep as periodic
 from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
