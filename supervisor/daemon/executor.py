@@ -15,7 +15,7 @@ from trainwarden.policies.model import ActionKind, Actor, Decision
 from trainwarden.supervisor.errors import SchedulerError
 from trainwarden.supervisor.model.lifecycle import LifecycleError, NodePhase, RunPhase
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the supervisor calls the executor; the executor only names its type
     from trainwarden.supervisor.daemon.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,6 @@ def drain_reason(d: Decision, action_id: int) -> str:
 # Drains and resumes are idempotent in every back-end, so a transient scheduler failure
 # (slurmctld restarting, a timeout) is retried; a submission is not (it may have gone in).
 RETRYABLE_KINDS = frozenset({ActionKind.DRAIN, ActionKind.UNDRAIN})
-
-
-async def perform(sup: Supervisor, d: Decision, action_id: int) -> tuple[bool, str]:
-    ok, result, _retry = await attempt(sup, d, action_id)
-    return ok, result
 
 
 async def attempt(sup: Supervisor, d: Decision, action_id: int) -> tuple[bool, str, bool]:
@@ -92,17 +87,12 @@ async def _undrain(sup: Supervisor, d: Decision) -> tuple[bool, str]:
     node.drained_by = None
     node.drain_reason = None
     node.returned_at = sup.clock.now()
-    obs = sup.nodes.reset(node.name)
-    for o in obs:
-        if o.subject and o.ctype:
-            sup.book.apply(o.subject, o.ctype, False, o.reason, node.returned_at)
+    conditions = sup.core.returned(node.name, node.returned_at)
     try:
         node.move(NodePhase.HEALTHY)
     except LifecycleError as exc:
         log.warning("node %s: %s", node.name, exc)
-    await sup.store.call(
-        sup.store.store.save_conditions, [c for c in sup.book.all() if c.subject == node.name]
-    )
+    await sup.store.call(sup.store.store.save_conditions, conditions)
     await sup.save_node(node)
     return True, f"{node.name} returned to service"
 

@@ -9,16 +9,16 @@ from typing import Any
 from trainwarden.policies.model import ActionKind, Actor, Decision, Event, EventKind, Verdict
 from trainwarden.supervisor.daemon.supervisor import Supervisor, _with_id
 from trainwarden.supervisor.detectors.conditions import ConditionBook
-from trainwarden.supervisor.model.cluster import RunInfo
-from trainwarden.supervisor.model.lifecycle import RunPhase
+from trainwarden.supervisor.errors import NotFoundError, SupervisorError
+from trainwarden.supervisor.model.cluster import RunInfo, RunSpec
+from trainwarden.supervisor.model.lifecycle import AttemptPhase, NodePhase, RunPhase
+from trainwarden.supervisor.store.records import RunRecord
 
 log = logging.getLogger(__name__)
 
 
 async def load(sup: Supervisor) -> None:
     """Rebuild memory from the store after a restart: nothing known is lost."""
-    from trainwarden.supervisor.model.cluster import RunSpec
-    from trainwarden.supervisor.model.lifecycle import AttemptPhase, NodePhase
 
     st = sup.store.store
     now = sup.clock.now()
@@ -78,7 +78,6 @@ async def add_run(
 ) -> RunInfo:
     """Register a run and submit its first attempt, or (``submit=False``) wait to adopt the
     job already running under its tag (see periodic.adopt_tagged_jobs)."""
-    from trainwarden.supervisor.store.records import RunRecord
 
     now = sup.clock.now()
     run = RunInfo(name, scheduler, spec, now)
@@ -135,8 +134,6 @@ async def resolve_queued(
     sup: Supervisor, action_id: int, *, approve: bool, who: str, reason: str
 ) -> None:
     """An operator approves or rejects an action queued in ``approve`` mode."""
-    from trainwarden.supervisor.daemon.executor import perform
-    from trainwarden.supervisor.errors import NotFoundError, SupervisorError
 
     st = sup.store.store
     rec = await sup.store.call(st.action, action_id)
@@ -186,12 +183,5 @@ async def resolve_queued(
         result=f"approved by {who}",
         finished_at=None,
     )
-    ok, result = await perform(sup, resolved, action_id)
-    await sup.store.call(
-        st.update_action,
-        action_id,
-        status="succeeded" if ok else "failed",
-        result=f"approved by {who}; {result}",
-        finished_at=sup.clock.now(),
-    )
-    sup.policy.record_result(resolved, ok, sup.clock.now())
+    # the same executor as automatic actions: retry, audit result, metrics
+    await sup.perform(resolved, action_id, note=f"approved by {who}")

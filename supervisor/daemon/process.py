@@ -23,11 +23,20 @@ import aiomqtt
 from trainwarden.health.clock import Clock, SystemClock
 from trainwarden.health.mqtt import MqttAuth
 from trainwarden.health.report import SUBSCRIPTIONS
+from trainwarden.policies.engine import Mode, PolicyEngine
+from trainwarden.policies.rules import load_policy
+from trainwarden.supervisor.api.server import ApiServer, create_app
+from trainwarden.supervisor.api.service import DaemonService
 from trainwarden.supervisor.daemon import operations as ops
+from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
+from trainwarden.supervisor.daemon.sdnotify import Notifier
 from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
 from trainwarden.supervisor.errors import ConfigError
 from trainwarden.supervisor.scheduler.base import Scheduler
+from trainwarden.supervisor.scheduler.local import LocalScheduler
+from trainwarden.supervisor.scheduler.slurm import SlurmScheduler
+from trainwarden.supervisor.store import open_store
 
 log = logging.getLogger(__name__)
 LEASE = "trainwarden-daemon"
@@ -55,21 +64,15 @@ class DaemonConfig:
 
 def build_scheduler(cfg: DaemonConfig) -> Scheduler:
     if cfg.scheduler == "local":
-        from trainwarden.supervisor.scheduler.local import LocalScheduler
-
         if not cfg.local_nodes:
             raise ConfigError("the local scheduler needs --local-nodes (e.g. n1,n2,n3,n4)")
         return LocalScheduler(cfg.local_nodes, cfg.local_log_dir)
     if cfg.scheduler == "slurm":
-        from trainwarden.supervisor.scheduler.slurm import SlurmScheduler
-
         return SlurmScheduler(slurm_conf=cfg.slurm_conf)
     raise ConfigError(f"unknown scheduler {cfg.scheduler!r}: use local or slurm")
 
 
-def build_policy(cfg: DaemonConfig) -> Any:
-    from trainwarden.policies.engine import Mode, PolicyEngine
-    from trainwarden.policies.rules import load_policy
+def build_policy(cfg: DaemonConfig) -> PolicyEngine:
 
     try:
         mode = Mode(cfg.mode)
@@ -100,11 +103,6 @@ class Daemon:
         await self._client.publish(topic, payload, qos=1)
 
     async def run(self, stop: asyncio.Event) -> None:
-        from trainwarden.supervisor.api.server import ApiServer, create_app
-        from trainwarden.supervisor.api.service import DaemonService
-        from trainwarden.supervisor.daemon.metrics import Metrics
-        from trainwarden.supervisor.daemon.sdnotify import Notifier
-        from trainwarden.supervisor.store import open_store
 
         cfg = self.cfg
         policy = build_policy(cfg)  # refuse to start with an invalid policy
@@ -205,11 +203,13 @@ class Daemon:
         if self.sup is None:
             return
         try:
-            new = build_policy(self.cfg)
+            new = load_policy(self.cfg.policy_file)
         except Exception as exc:
             log.error("policy reload failed, keeping the last good policy: %s", exc)
             return
-        self.sup.policy = new
+        # the same engine with the new rules: drain windows, cooldowns, restart budgets,
+        # backoff, incidents and held decisions are kept across the reload
+        self.sup.core.reload(new)
         log.info("policy reloaded from %s", self.cfg.policy_file or "the shipped default")
 
     async def _mqtt_loop(self, sup: Supervisor, stop: asyncio.Event) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 
 from trainwarden.health.clock import Clock
 from trainwarden.health.errors import ReportError
-from trainwarden.health.faults import XidCatalog
 from trainwarden.health.report import (
     CheckpointReport,
     ControlMessage,
@@ -34,23 +33,24 @@ from trainwarden.policies.model import (
     ActionRecordView,
     ActionRequest,
     Actor,
-    Condition,
     ConditionType,
     Decision,
     Event,
     EventKind,
     Verdict,
 )
+from trainwarden.supervisor.daemon import upkeep
+from trainwarden.supervisor.daemon.executor import attempt
 from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.runs import RunManager
-from trainwarden.supervisor.detectors.conditions import ConditionBook
-from trainwarden.supervisor.detectors.node_faults import NodeHealthTracker, Observation
-from trainwarden.supervisor.detectors.progress import ProgressTracker
-from trainwarden.supervisor.detectors.stragglers.detector import StragglerDetector
+from trainwarden.supervisor.decide.core import DecisionCore, gpu_signal
+from trainwarden.supervisor.decide.settings import DetectorSettings
+from trainwarden.supervisor.detectors.node_faults import Observation
 from trainwarden.supervisor.model.cluster import ClusterState, NodeInfo, RunInfo
-from trainwarden.supervisor.model.lifecycle import LifecycleError, NodePhase, RunPhase
+from trainwarden.supervisor.model.lifecycle import LifecycleError, RunPhase
 from trainwarden.supervisor.scheduler.base import JobState, Scheduler
+from trainwarden.supervisor.store.records import AttemptRecord, CheckpointRecord, NodeRecord
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +58,14 @@ Publisher = Callable[[str, bytes], Awaitable[None]]
 
 
 @dataclass
-class CoreConfig:
-    heartbeat_misses: float = 3.0
-    will_confirm_s: float = 2.0
-    hang_k: float = 2.0
-    hang_floor_s: float = 30.0
-    # first step of an attempt: a large run loading a multi-TB checkpoint takes many minutes
-    startup_timeout_s: float = 1800.0
-    settle_s: float = 3.0  # after an attempt dies, wait this long for the node fault to show
+class CoreConfig(DetectorSettings):
+    """The detector settings plus what only the daemon, with real I/O, needs."""
+
     checkpoint_wait_s: float = 120.0  # checkpoint-before-eviction bound
-    straggler_eval_s: float = 1.0  # how often straggler scores are evaluated
     # backoff between retries of a drain/undrain the scheduler refused transiently (~10 min)
     retry_delays_s: tuple[float, ...] = (2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
     scheduler_sync_s: float = 5.0  # how often the scheduler's node states are read
-    vet_period_s: float = 60.0  # healthy reports needed before a vetted node returns
+    # on top of the policy file's xid.overrides (the file's are applied first)
     xid_overrides: dict[int | str, str] = field(default_factory=dict)
 
 
@@ -96,18 +90,12 @@ class Supervisor:
         self.metrics = metrics
         self.publish = publish
         self.state = ClusterState()
-        self.book = ConditionBook()
-        self.nodes = NodeHealthTracker(
-            XidCatalog(dict(config.xid_overrides.items())),
-            heartbeat_misses=config.heartbeat_misses,
-            will_confirm_s=config.will_confirm_s,
-        )
-        self.stragglers = StragglerDetector()
-        self.imbalance_seen: set[tuple[str, str]] = set()
-        self.last_straggler_eval = float("-inf")
-        self.progress = ProgressTracker(
-            k=config.hang_k, floor_s=config.hang_floor_s, startup_timeout_s=config.startup_timeout_s
-        )
+        self.core = DecisionCore(config, policy, config.xid_overrides)
+        # the core's parts, named for the executor, upkeep and restore
+        self.book = self.core.book
+        self.nodes = self.core.nodes
+        self.progress = self.core.progress
+        self.stragglers = self.core.stragglers
         self.runs = RunManager(
             self.state,
             scheduler,
@@ -156,8 +144,6 @@ class Supervisor:
         elif isinstance(msg, HealthReport):
             self.state.node(msg.node).last_report_at = now
             obs = self.nodes.on_health(msg.node, msg, now)
-            from trainwarden.supervisor.daemon.upkeep import gpu_signal
-
             signal = gpu_signal(msg, now)
             if signal is not None:
                 self.stragglers.observe_gpu(msg.node, signal)
@@ -205,8 +191,6 @@ class Supervisor:
         if run.last_checkpoint_step is None or msg.step >= run.last_checkpoint_step:
             run.last_checkpoint_step = msg.step
             run.last_checkpoint_path = msg.path
-        from trainwarden.supervisor.store.records import CheckpointRecord
-
         await self.store.call(
             self.store.store.add_checkpoint,
             CheckpointRecord(
@@ -239,14 +223,8 @@ class Supervisor:
 
     async def observe(self, obs: Sequence[Observation]) -> None:
         ids = await self.record_events([o.event for o in obs])
-        changed: list[Condition] = []
-        for o, eid in zip(obs, ids, strict=True):
-            if o.ctype is None or o.subject is None:
-                continue
-            cond = self.book.apply(o.subject, o.ctype, o.status, o.reason, o.event.ts, (eid,))
-            if cond is None:
-                continue
-            changed.append(cond)
+        changed = self.core.conditions(obs, ids)
+        for cond in changed:
             if cond.status:
                 origin = self._origin.pop((cond.subject, cond.type), None)
                 latency = cond.since - origin if origin is not None else 0.0
@@ -255,39 +233,26 @@ class Supervisor:
             self._update_phase(name)
         if changed:
             await self.store.call(self.store.store.save_conditions, changed)
-        view = self.view()
-        history = list(self.history)
-        decisions: list[Decision] = []
-        for cond in changed:
-            decisions += self.policy.on_condition(cond, view, history)
-        for o, eid in zip(obs, ids, strict=True):
-            decisions += self.policy.on_event(_with_id(o.event, eid), view, history)
-        self.execute(decisions)
+        events = [_with_id(o.event, eid) for o, eid in zip(obs, ids, strict=True)]
+        self.execute(self.core.decide(changed, events, self.view(), list(self.history)))
 
     def _update_phase(self, name: str) -> None:
-        """Derive a node's phase from its conditions and liveness (drains are actions')."""
+        """Move a node to the phase the core derives (drains are actions')."""
         node = self.state.nodes.get(name)
         if node is None or node.drained:
             return
-        types = self.book.types_of(name)
-        if types & {ConditionType.NODE_DEAD, ConditionType.GPU_FATAL}:
-            target = NodePhase.FAILED
-        elif self.nodes.node(name).suspect:
-            target = NodePhase.SUSPECT
-        elif self.nodes.node(name).last_heartbeat is not None:
-            target = NodePhase.HEALTHY
-        else:
+        target = self.core.phase_of(name)
+        if target is None or target is node.phase:
             return
-        if target is not node.phase:
-            try:
-                node.move(target)
-            except LifecycleError as exc:
-                log.warning("node %s: %s", name, exc)
-                return
-            self.store.batch.nodes.append(self.node_record(node))
+        try:
+            node.move(target)
+        except LifecycleError as exc:
+            log.warning("node %s: %s", name, exc)
+            return
+        self.store.batch.nodes.append(self.node_record(node))
 
     def view(self) -> Any:
-        causes = {n: frozenset(self.nodes.node(n).causes) for n in self.state.nodes}
+        causes = {n: self.core.causes(n) for n in self.state.nodes}
         return self.state.view(self.clock.now(), self.book, self.recent_actions, causes)
 
     async def tick(self) -> None:
@@ -309,18 +274,14 @@ class Supervisor:
                         )
                     ]
                 )
-        from trainwarden.supervisor.daemon import upkeep as periodic
-
         if now - self._last_sync >= self.config.scheduler_sync_s:
             self._last_sync = now
-            await periodic.sync_scheduler(self)
-            await periodic.adopt_tagged_jobs(self)
-        obs = (
-            self.nodes.tick(now) + self.progress.tick(now) + periodic.straggler_findings(self, now)
-        )
+            await upkeep.sync_scheduler(self)
+            await upkeep.adopt_tagged_jobs(self)
+        obs = self.core.detect(now) + self.core.straggler_findings(now)
         if obs:
             await self.observe(obs)
-        await periodic.vetting(self, now)
+        await upkeep.vetting(self, now)
         self.execute(self.policy.tick(self.view()))
         await self.store.flush()
 
@@ -371,14 +332,14 @@ class Supervisor:
         ids = [await self._record(d) for d in decisions]
         for d, action_id in zip(decisions, ids, strict=True):
             if d.verdict is Verdict.ALLOW:
-                await self._perform(d, action_id)
+                await self.perform(d, action_id)
 
     async def carry_out(self, d: Decision) -> tuple[int, bool, str]:
         """Record one decision and, if allowed, do it. Returns (action id, ok, result)."""
         action_id = await self._record(d)
         if d.verdict is not Verdict.ALLOW:
             return action_id, True, d.verdict.value
-        ok, result = await self._perform(d, action_id)
+        ok, result = await self.perform(d, action_id)
         return action_id, ok, result
 
     async def _record(self, d: Decision) -> int:
@@ -427,9 +388,10 @@ class Supervisor:
             self.metrics.action(d.request.kind.value, d.verdict.value, "skipped")
         return action_id
 
-    async def _perform(self, d: Decision, action_id: int) -> tuple[bool, str]:
-        from trainwarden.supervisor.daemon.executor import attempt
-
+    async def perform(self, d: Decision, action_id: int, note: str = "") -> tuple[bool, str]:
+        """Carry out a recorded, allowed decision: automatic, manual and approved ones alike
+        get the retry of transient scheduler failures, the audit result and the metrics.
+        ``note`` (e.g. who approved it) leads the recorded result."""
         await self.store.call(
             self.store.store.update_action,
             action_id,
@@ -440,20 +402,20 @@ class Supervisor:
         ok, result, retry = await attempt(self, d, action_id)
         if retry:
             result += f" (retrying up to {len(self.config.retry_delays_s)} times)"
+        result = f"{note}; {result}" if note else result
         await self._finish(d, action_id, ok, result)
         if retry:
-            self._spawn(self._retry(d, action_id))
+            self._spawn(self._retry(d, action_id, note))
         return ok, result
 
-    async def _retry(self, d: Decision, action_id: int) -> None:
+    async def _retry(self, d: Decision, action_id: int, note: str = "") -> None:
         """Retry an idempotent action after a transient scheduler failure, with backoff."""
-        from trainwarden.supervisor.daemon.executor import attempt
-
         for n, delay in enumerate(self.config.retry_delays_s, start=1):
             await self.clock.sleep(delay)
             ok, result, again = await attempt(self, d, action_id)
             if ok or not again or n == len(self.config.retry_delays_s):
-                await self._finish(d, action_id, ok, f"retry {n}: {result}")
+                result = f"retry {n}: {result}"
+                await self._finish(d, action_id, ok, f"{note}; {result}" if note else result)
                 return
             log.warning(
                 "action %s %s: retry %d failed: %s", action_id, d.request.kind.value, n, result
@@ -487,8 +449,6 @@ class Supervisor:
             self._checkpoint_waiters.pop(run, None)
 
     def node_record(self, node: NodeInfo) -> Any:
-        from trainwarden.supervisor.store.records import NodeRecord
-
         return NodeRecord(
             name=node.name,
             state=node.phase.value,
@@ -504,8 +464,6 @@ class Supervisor:
         self.store.batch.nodes.append(self.node_record(node))
 
     async def _save_attempt(self, run: RunInfo, fields: dict[str, Any]) -> None:
-        from trainwarden.supervisor.store.records import AttemptRecord
-
         st = self.store.store
         if fields.get("state") == "submitted":
             await self.store.call(

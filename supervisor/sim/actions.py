@@ -1,6 +1,7 @@
 """Carrying out the engine's decisions on the simulated cluster, as the daemon would.
 
-Mirrors ``supervisor/actions.py`` and the daemon's vetting: a drain takes the node out of
+The simulator's stand-in for the scheduler and the executor; what to do and when a vetted
+node passes come from the decision core (``supervisor.decide``). A drain takes the node out of
 scheduling, a restart resubmits the run without the excluded nodes, ``vet`` starts vetting
 and the node returns to service (``undrain``, which also resets the node health tracker's
 sticky faults) once it has reported for the vetting period with no condition set.
@@ -12,15 +13,13 @@ from typing import TYPE_CHECKING
 
 from trainwarden.policies.model import (
     ActionKind,
-    ActionRequest,
     Actor,
-    ConditionType,
     Decision,
     Event,
     EventKind,
-    GuardVerdict,
     Verdict,
 )
+from trainwarden.supervisor.decide.core import VetOutcome
 from trainwarden.supervisor.detectors.node_faults import Observation
 from trainwarden.supervisor.sim.cluster import RunState
 from trainwarden.supervisor.sim.figures import Logged
@@ -28,10 +27,6 @@ from trainwarden.supervisor.sim.scenario import APPROVE_DELAY_S
 
 if TYPE_CHECKING:
     from trainwarden.supervisor.sim.runner import Simulation
-
-VET_FAILS = frozenset(
-    {ConditionType.NODE_DEAD, ConditionType.GPU_FATAL, ConditionType.NODE_UNHEALTHY}
-)
 
 
 class Actions:
@@ -97,52 +92,33 @@ class Actions:
         return True
 
     def undrain(self, name: str) -> None:
-        """Back to service; the tracker forgets sticky faults (supervisor/actions.py _undrain)."""
+        """Back to service; the core forgets the node's sticky faults, as in the daemon."""
         sim = self.sim
         node = sim.cluster.nodes[name]
         node.drained, node.by_trainwarden, node.returned_at = False, False, sim.now
         node.vetting_since = None
         self.vetting_nodes.discard(name)
-        for o in sim.det.nodes.reset(name):
-            if o.subject and o.ctype:
-                sim.det.book.apply(o.subject, o.ctype, False, o.reason, sim.now)
+        sim.core.returned(name, sim.now)
         sim.cluster.refresh(name)
         sim.count["returned"] += 1
         sim.retry_pending()
 
     def vetting(self) -> None:
-        """Supervisor._vetting: nodes being vetted pass after the period, or fail on a condition."""
+        """Nodes being vetted, judged by the core as the daemon's upkeep does."""
         sim = self.sim
-        period = sim.settings.vet_period_s
         for name in sorted(self.vetting_nodes):
             node = sim.cluster.nodes[name]
             if node.vetting_since is None:
                 continue
-            bad = sim.det.book.types_of(node.name) & VET_FAILS
-            if bad:
+            fresh = node.name in sim.agents.up  # an agent that is up reports every interval
+            verdict = sim.core.vet(name, node.vetting_since, fresh, sim.now)
+            if verdict.outcome is VetOutcome.FAILED:
                 node.vetting_since = None
                 self.vetting_nodes.discard(name)
                 sim.count["vets_failed"] += 1
-                sim.record(
-                    Event(
-                        sim.now,
-                        EventKind.CONDITION_CHANGED,
-                        node=node.name,
-                        message="vetting failed: " + ", ".join(sorted(bad)),
-                    )
-                )
-            elif node.name in sim.agents.up and sim.now - node.vetting_since >= period:
-                d = Decision(
-                    ActionRequest(
-                        ActionKind.UNDRAIN,
-                        Actor.RULE,
-                        f"vetting passed: healthy reports for {period:.0f} s",
-                        node=node.name,
-                        rule="vet",
-                    ),
-                    Verdict.ALLOW,
-                    (GuardVerdict("vetting", True, "no condition set"),),
-                )
+                sim.record(verdict.failure_event(sim.now, name))
+            elif verdict.outcome is VetOutcome.PASSED:
+                d = sim.core.vet_passed(name)
                 sim.log.append(Logged(sim.now, d))
                 self.undrain(node.name)
                 sim.engine.record_result(d, True, sim.now)

@@ -67,7 +67,7 @@ def result(sim: Simulation) -> SimResult:
         "checkpoints_now": sim.count["checkpoints_now"],
         "decisions": len(sim.log),
         "detections": dict(sorted(sim.transitions.items())),
-        "events": dict(sorted(Counter(e.kind.value for e in sim.det.events).items())),
+        "events": dict(sorted(Counter(e.kind.value for e in sim.events.events).items())),
         "lost_work_h": round(run.lost_work_s / 3600, 3),
         "hours_by_state": {k: round(v / 3600, 2) for k, v in sorted(run.time_in.items())},
         "slowdown_loss_h": round(
@@ -106,4 +106,4 @@ def result(sim: Simulation) -> SimResult:
         if figures.get(k) != v
     ]
     figures["expectations"] = {"checked": len(sim.sc.expect), "failed": mismatches}
-    return SimResult(sim.sc.name, figures, sim.log, sim.det.by_id, mismatches)
+    return SimResult(sim.sc.name, figures, sim.log, sim.events.by_id, mismatches)

@@ -1,11 +1,12 @@
-"""Driving the daemon's detectors and policy engine against the simulated cluster in virtual time.
+"""Driving the daemon's decision core against the simulated cluster in virtual time.
 
 A heap of timed events (fault starts and ends, agent messages, job exits, attempt starts,
 ticks) is processed in order; no broker, no sleeps, so a month of a 2,048-node run takes
 seconds. Node faults become what the agents would publish (``agents.py``) and go through
-the daemon's own detectors, condition book and policy engine (``detection.py``); the run's
-steps go to the daemon's progress tracker, which is what declares a hang. Every decision
-is carried out like the daemon would (``actions.py``) and recorded for ``--explain``.
+the daemon's own decision core (``supervisor.decide``: detectors, condition book, policy
+engine, vetting); the run's steps go to the core's progress tracker, which is what
+declares a hang. Every decision is carried out on the virtual cluster (``actions.py``, the
+simulator's stand-in for the scheduler) and recorded for ``--explain``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from trainwarden.health.report import StepSample
 from trainwarden.policies.engine import PolicyEngine
 from trainwarden.policies.model import ClusterView, ConditionType, Event, EventKind
 from trainwarden.policies.rules import Policy
+from trainwarden.supervisor.decide.core import DecisionCore
+from trainwarden.supervisor.decide.settings import DetectorSettings
 from trainwarden.supervisor.detectors.node_faults import Observation
 from trainwarden.supervisor.sim.actions import Actions
 from trainwarden.supervisor.sim.agents import XID_REPORT_DELAY_S, Agents, agent_fault
 from trainwarden.supervisor.sim.cluster import RunState, SimCluster
-from trainwarden.supervisor.sim.detection import Detection, DetectorSettings, decide
+from trainwarden.supervisor.sim.events import EventLog
 from trainwarden.supervisor.sim.figures import Logged, SimResult, result
 from trainwarden.supervisor.sim.scenario import FaultSpec, Scenario
 
@@ -44,8 +47,9 @@ class Simulation:
             hang_floor_s=spec.hang_detect_s,
             startup_timeout_s=spec.startup_timeout_s,
         )
-        self.det = Detection(self.settings, policy.xid_catalog())
-        self.agents = Agents(self.det.nodes, self.settings.heartbeat_interval_s)
+        self.core = DecisionCore(self.settings, self.engine)  # the daemon's own decision core
+        self.events = EventLog()
+        self.agents = Agents(self.core.nodes, self.settings.heartbeat_interval_s)
         self.cluster = SimCluster(scenario.node_names(), spec, self.detected)
         self.faults = faults
         self.now = 0.0
@@ -67,8 +71,8 @@ class Simulation:
         heapq.heappush(self._q, (t, next(self._seq), fn, args))
 
     def detected(self, name: str) -> tuple[frozenset[ConditionType], frozenset[str]]:
-        causes = self.det.nodes.node(name).causes if name in self.agents.known else ()
-        return self.det.book.types_of(name), frozenset(causes)
+        causes = self.core.nodes.node(name).causes if name in self.agents.known else ()
+        return self.core.book.types_of(name), frozenset(causes)
 
     def view(self) -> ClusterView:
         run = self.cluster.run
@@ -76,25 +80,26 @@ class Simulation:
 
     def record(self, ev: Event) -> Event:
         """An event the daemon records but does not detect on (run submitted, vetting)."""
-        return self.det.record([ev])[0]
+        return self.events.record([ev])[0]
 
     def observe(self, obs: Sequence[Observation]) -> None:
         """Supervisor.observe: events get ids, conditions move, the policy decides."""
         if not obs:
             return
-        changed, events = self.det.observe(obs)
+        events = self.events.record([o.event for o in obs])
+        changed = self.core.conditions(obs, [e.id or 0 for e in events])
         for cond in changed:
             if cond.status:
                 self.transitions[cond.type.value] += 1
         for name in {e.node for e in events if e.node and e.node in self.cluster.nodes}:
             self.cluster.refresh(name)
-        self.actions.apply(decide(self.engine, changed, events, self.view(), self.det.events))
+        self.actions.apply(self.core.decide(changed, events, self.view(), self.events.events))
 
     def run(self) -> SimResult:
         run = self.cluster.run
         for f in self.faults:
             self.at(f.at_s, self.fault_start, f)
-        self.det.progress.start_attempt(run.spec.name, run.attempt, 0.0)
+        self.core.progress.start_attempt(run.spec.name, run.attempt, 0.0)
         self.at(0.0, self.attempt_start, run.attempt)
         while self._q:
             t, _, fn, args = heapq.heappop(self._q)
@@ -121,7 +126,7 @@ class Simulation:
             self._tick_at = None
         self.feed_steps()
         obs = self.agents.heartbeats(self.now)
-        obs += self.det.nodes.tick(self.now) + self.det.progress.tick(self.now)
+        obs += self.core.detect(self.now)
         self.observe(obs)
         self.actions.vetting()
         self.actions.apply(self.engine.tick(self.view()))
@@ -245,7 +250,7 @@ class Simulation:
     def feed_steps(self) -> None:
         """The ranks' step reports up to now (one report of the latest step stands for all)."""
         run = self.cluster.run
-        p = self.det.progress.get(run.spec.name)
+        p = self.core.progress.get(run.spec.name)
         if run.state is not RunState.RUNNING or p is None or p.attempt != run.attempt:
             return
         step, done_at = run.last_step(self.now)
@@ -255,18 +260,18 @@ class Simulation:
         run.reported_step = max(step, run.reported_step or 0)
         sample = StepSample(step=step, step_s=run.spec.step_s * run.slowdown, ts=done_at)
         self.observe(
-            self.det.progress.on_steps(
+            self.core.progress.on_steps(
                 run.spec.name, run.attempt, 0, run.alloc[0], [sample], done_at
             )
         )
 
     def watch_progress(self) -> None:
         """Tick when the progress tracker's hang threshold runs out (steps have stopped)."""
-        p = self.det.progress.get(self.cluster.run.spec.name)
+        p = self.core.progress.get(self.cluster.run.spec.name)
         if p is None or not p.active or p.hung:
             return
         since = p.last_progress_at if p.last_progress_at is not None else p.started_at
-        self.at(since + self.det.progress.threshold_s(p) + self.settings.tick_s, self.tick, False)
+        self.at(since + self.core.progress.threshold_s(p) + self.settings.tick_s, self.tick, False)
 
     def fail(self, why: str) -> None:
         run = self.cluster.run
@@ -286,7 +291,7 @@ class Simulation:
         run = self.cluster.run
         if run.attempt != attempt:
             return
-        self.det.progress.stop(run.spec.name)
+        self.core.progress.stop(run.spec.name)
         self.at(self.now + self.settings.settle_s, self.attempt_failed, attempt, why, step)
 
     def attempt_failed(self, attempt: int, why: str, step: int) -> None:
@@ -334,7 +339,7 @@ class Simulation:
         run.advance(self.now)
         run.attempt += 1
         run.restarts += 1
-        self.det.progress.stop(run.spec.name)  # RunManager._stop_current
+        self.core.progress.stop(run.spec.name)  # RunManager._stop_current
         self.submit(exclude)
 
     def retry_pending(self) -> None:
@@ -349,7 +354,7 @@ class Simulation:
             return
         run.set_state(self.now, RunState.RESTARTING)
         self.resume_step = run.step()
-        cleared = self.det.progress.start_attempt(run.spec.name, run.attempt, self.now)
+        cleared = self.core.progress.start_attempt(run.spec.name, run.attempt, self.now)
         if cleared:  # the previous attempt's hang is over
             self.observe(cleared)
         self.record(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
 import pytest
 
+from trainwarden.policies.engine import PolicyEngine
 from trainwarden.policies.model import (
     ActionKind,
     Condition,
@@ -17,10 +18,10 @@ from trainwarden.policies.model import (
     Verdict,
 )
 from trainwarden.policies.rules import load_policy
-from trainwarden.supervisor.detectors.conditions import ConditionBook
+from trainwarden.supervisor.decide.core import DecisionCore
+from trainwarden.supervisor.decide.settings import DetectorSettings
 from trainwarden.supervisor.detectors.node_faults import Observation
 from trainwarden.supervisor.sim import load_scenario, simulate
-from trainwarden.supervisor.sim.detection import DetectorSettings, apply_observations
 from trainwarden.supervisor.sim.figures import SimResult
 from trainwarden.supervisor.sim.scenario import parse_scenario
 
@@ -30,16 +31,17 @@ def evidence_of(r: SimResult, kind: ActionKind) -> list[Event]:
     return [r.events[e] for e in first.request.evidence]
 
 
-def test_settings_are_the_daemons() -> None:
+def test_the_simulator_decides_with_the_daemons_core_and_settings() -> None:
+    """One configuration object: the daemon's is the detector settings plus its I/O knobs."""
     from trainwarden.health.agent import AgentConfig
     from trainwarden.supervisor.daemon.supervisor import CoreConfig
+    from trainwarden.supervisor.sim.runner import Simulation
 
-    core = CoreConfig()
-    s = DetectorSettings()
-    for f in fields(DetectorSettings):
-        if hasattr(core, f.name):
-            assert getattr(s, f.name) == getattr(core, f.name), f.name
-    assert s.heartbeat_interval_s == AgentConfig(node="n").heartbeat_interval_s
+    assert issubclass(CoreConfig, DetectorSettings)
+    sc = load_scenario("single-gpu-failure")
+    sim = Simulation(sc, load_policy(None), list(sc.faults))
+    assert type(sim.core) is DecisionCore and sim.core.engine is sim.engine
+    assert DetectorSettings().heartbeat_interval_s == AgentConfig(node="n").heartbeat_interval_s
 
 
 def test_gpu_fatal_is_named_by_the_daemons_xid_catalogue() -> None:
@@ -149,13 +151,13 @@ def test_a_hang_in_a_later_attempt_is_restarted_too() -> None:
 
 
 def test_observations_become_conditions_only_on_transitions() -> None:
-    book = ConditionBook()
+    core = DecisionCore(DetectorSettings(), PolicyEngine(load_policy(None)))
     ev = Event(1.0, EventKind.FAULT, node="n1", message="XID 79")
     obs = [
         Observation(ev, "n1", ConditionType.GPU_FATAL, True, "XID 79"),
         Observation(ev, "n1", ConditionType.GPU_FATAL, True, "XID 79"),
         Observation(ev),
     ]
-    assert apply_observations(book, obs, [7, 8, 9]) == [
+    assert core.conditions(obs, [7, 8, 9]) == [
         Condition("n1", ConditionType.GPU_FATAL, True, "XID 79", 1.0, (7,))
     ]

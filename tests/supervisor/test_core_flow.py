@@ -385,15 +385,15 @@ async def test_policy_reload_keeps_the_last_good_policy(tmp_path: Path) -> None:
     d = Daemon(DaemonConfig(db_url="sqlite://", policy_file=str(good)))
     s = await _supervisor_in(tmp_path, "enforce")
     d.sup = s
-    before = s.policy
+    before = s.policy.policy
     good.write_text("version: 1\nrules:\n  - name: x\n    when: {condition: Nope}\n")
     d._reload_policy()
-    assert s.policy is before  # the broken file was refused
+    assert s.policy.policy is before  # the broken file was refused
     good.write_text(
         resources.files("trainwarden.policies").joinpath("data/default.yaml").read_text()
     )
     d._reload_policy()
-    assert s.policy is not before
+    assert s.policy.policy is not before
     s.store.close()
 
 

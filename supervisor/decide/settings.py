@@ -1,0 +1,28 @@
+"""The one detector configuration: the daemon's defaults are the simulator's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DetectorSettings:
+    """How the detectors judge nodes and runs, and how the decision core's clock ticks."""
+
+    # what the agents send by default (health.agent.AgentConfig.heartbeat_interval_s); the
+    # daemon judges each node by the interval its own heartbeats announce
+    heartbeat_interval_s: float = 2.0
+    heartbeat_misses: float = 3.0
+    will_confirm_s: float = 2.0
+    hang_k: float = 2.0
+    hang_floor_s: float = 30.0
+    # first step of an attempt: a large run loading a multi-TB checkpoint takes many minutes
+    startup_timeout_s: float = 1800.0
+    settle_s: float = 3.0  # after an attempt dies, wait this long for the node fault to show
+    vet_period_s: float = 60.0  # healthy reports needed before a vetted node returns
+    straggler_eval_s: float = 1.0  # how often straggler scores are evaluated
+    tick_s: float = 0.5  # the daemon's tick: a deadline is noticed on the next tick
+
+    def heartbeat_limit_s(self, grace_s: float = 1.0) -> float:
+        """Silence after which the tracker declares a node dead (NodeHealthTracker.tick)."""
+        return self.heartbeat_misses * self.heartbeat_interval_s + grace_s

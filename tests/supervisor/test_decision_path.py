@@ -1,0 +1,175 @@
+"""One decision path: what the policy file says reaches the daemon, a SIGHUP keeps the guards'
+memory, and an approved action goes through the same executor as an automatic one.
+
+In-process and in virtual time: a real SQLite store and the local scheduler (drains only, so
+no process is started); messages are fed as the broker would deliver them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from trainwarden.health.clock import VirtualClock
+from trainwarden.health.probes.base import Severity
+from trainwarden.health.report import FaultModel, FaultReport, Heartbeat, encode, node_topic
+from trainwarden.policies.engine import Mode, PolicyEngine
+from trainwarden.policies.model import ActionKind, ConditionType, Verdict
+from trainwarden.policies.rules import load_policy
+from trainwarden.supervisor.daemon import operations
+from trainwarden.supervisor.daemon.metrics import Metrics
+from trainwarden.supervisor.daemon.persist import AsyncStore
+from trainwarden.supervisor.daemon.process import Daemon, DaemonConfig
+from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
+from trainwarden.supervisor.errors import SchedulerError
+from trainwarden.supervisor.scheduler.base import NodeState
+from trainwarden.supervisor.scheduler.local import LocalScheduler
+from trainwarden.supervisor.store import open_store, upgrade
+
+NODES = [f"n{i}" for i in range(1, 9)]
+DEFAULT = resources.files("trainwarden.policies").joinpath("data/default.yaml").read_text()
+
+
+def policy_file(tmp_path: Path, *, drains_per_window: int = 8, overrides: str = "{}") -> Path:
+    text = DEFAULT.replace("max_per_window: 8 ", f"max_per_window: {drains_per_window} ")
+    text = text.replace("max_cluster_fraction: 5%", "max_cluster_fraction: 100%")
+    text = text.replace("  overrides: {}", f"  overrides: {overrides}")
+    assert text != DEFAULT
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return path
+
+
+class FlakyScheduler(LocalScheduler):
+    """The local back-end whose first drain fails the way slurmctld does while restarting."""
+
+    failures = 1
+
+    async def drain(self, node: str, reason: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise SchedulerError(
+                "slurm_load_partitions: Unable to contact slurm controller", retryable=True
+            )
+        await super().drain(node, reason)
+
+
+async def make(
+    tmp_path: Path, policy: Path, mode: Mode = Mode.ENFORCE, scheduler: LocalScheduler | None = None
+) -> Supervisor:
+    url = f"sqlite:///{tmp_path / 'tw.db'}"
+    upgrade(url)
+    return Supervisor(
+        CoreConfig(retry_delays_s=(1.0, 1.0)),
+        VirtualClock(),
+        AsyncStore(open_store(url)),
+        scheduler or LocalScheduler(NODES, tmp_path / "logs"),
+        PolicyEngine(load_policy(policy), mode),
+        Metrics(),
+    )
+
+
+@pytest.fixture
+async def closing() -> AsyncIterator[list[Supervisor]]:
+    made: list[Supervisor] = []
+    yield made
+    for s in made:
+        s.store.close()
+
+
+async def settle(sup: Supervisor) -> None:
+    """Let every background decision task finish (virtual time: sleeps return at once)."""
+    for _ in range(100):
+        if not sup.tasks:
+            return
+        await asyncio.gather(*list(sup.tasks))
+    raise AssertionError("background tasks keep spawning")
+
+
+async def xid(sup: Supervisor, node: str, code: int) -> None:
+    now = sup.clock.now()
+    await sup.handle(
+        node_topic(node, "heartbeat"), encode(Heartbeat(node=node, ts=now, seq=1, interval_s=2.0))
+    )
+    fault = FaultModel(kind="xid", severity=Severity.FATAL, detail=f"XID {code}", gpu=0, code=code)
+    await sup.handle(
+        node_topic(node, "fault"), encode(FaultReport(node=node, ts=now, faults=[fault]))
+    )
+    await settle(sup)
+
+
+def drains(sup: Supervisor) -> dict[str, Verdict]:
+    return {
+        a.node or "": a.verdict for a in sup.store.store.actions() if a.kind is ActionKind.DRAIN
+    }
+
+
+async def test_drains_counted_before_a_sighup_still_count_after_it(
+    tmp_path: Path, closing: list[Supervisor]
+) -> None:
+    path = policy_file(tmp_path, drains_per_window=1)
+    sup = await make(tmp_path, path)
+    closing.append(sup)
+    daemon = Daemon(DaemonConfig(db_url="sqlite://", policy_file=str(path)))
+    daemon.sup = sup
+    await xid(sup, "n1", 79)
+    assert drains(sup) == {"n1": Verdict.ALLOW}
+    daemon._reload_policy()  # what SIGHUP runs
+    await xid(sup, "n2", 79)
+    # the window's one drain was used before the reload: the second is blocked after it
+    assert drains(sup) == {"n1": Verdict.ALLOW, "n2": Verdict.BLOCK}
+
+
+async def test_the_policy_files_xid_overrides_decide_in_the_daemon(
+    tmp_path: Path, closing: list[Supervisor]
+) -> None:
+    """XID 13 (graphics engine exception) is not fatal in the catalogue; this site says it is."""
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    plain = await make(tmp_path / "a", policy_file(tmp_path / "a"))
+    closing.append(plain)
+    await xid(plain, "n1", 13)
+    assert drains(plain) == {} and not plain.book.is_true("n1", ConditionType.GPU_FATAL)
+
+    path = policy_file(tmp_path / "b", overrides='{13: "fatal:drain"}')
+    sup = await make(tmp_path / "b", path)
+    closing.append(sup)
+    await xid(sup, "n1", 13)
+    assert sup.book.is_true("n1", ConditionType.GPU_FATAL)
+    assert drains(sup) == {"n1": Verdict.ALLOW}
+    nodes = {n.name: n.state for n in await sup.scheduler.nodes()}
+    assert nodes["n1"] is NodeState.DRAINED
+
+    # a reload that drops the override classifies XID 13 by the catalogue again
+    daemon = Daemon(DaemonConfig(db_url="sqlite://", policy_file=str(path)))
+    daemon.sup = sup
+    path.write_text(DEFAULT)
+    daemon._reload_policy()
+    await xid(sup, "n2", 13)
+    assert not sup.book.is_true("n2", ConditionType.GPU_FATAL)
+
+
+async def test_an_approved_drain_is_retried_audited_and_counted_like_an_automatic_one(
+    tmp_path: Path, closing: list[Supervisor]
+) -> None:
+    sched = FlakyScheduler(NODES, tmp_path / "logs")
+    sup = await make(tmp_path, policy_file(tmp_path), Mode.APPROVE, sched)
+    closing.append(sup)
+    await xid(sup, "n3", 79)
+    [queued] = [a for a in sup.store.store.actions() if a.kind is ActionKind.DRAIN]
+    assert queued.verdict is Verdict.QUEUED and queued.status == "pending"
+
+    await operations.resolve_queued(sup, queued.id, approve=True, who="alice", reason="ok")
+    await settle(sup)  # the retry after the scheduler's transient refusal
+    rec = sup.store.store.action(queued.id)
+    assert rec is not None and rec.status == "succeeded"
+    assert rec.result is not None and rec.result.startswith("approved by alice; retry 1: ")
+    nodes = {n.name: n.state for n in await sup.scheduler.nodes()}
+    assert nodes["n3"] is NodeState.DRAINED
+    counted = sup.metrics.actions_total.labels(kind="drain", verdict="allow", status="succeeded")
+    failed = sup.metrics.actions_total.labels(kind="drain", verdict="allow", status="failed")
+    assert counted._value.get() == 1 and failed._value.get() == 1
