@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from trainwarden.health.report import ControlMessage, control_topic, encode
-from trainwarden.policies.model import ActionKind, Actor, Decision
+from trainwarden.policies.model import (
+    ActionKind,
+    ActionRecordView,
+    ActionRequest,
+    Actor,
+    Decision,
+    Event,
+    EventKind,
+    Verdict,
+)
+from trainwarden.supervisor.daemon.context import DaemonContext
 from trainwarden.supervisor.errors import SchedulerError
 from trainwarden.supervisor.model.lifecycle import LifecycleError, NodePhase, RunPhase
-
-if TYPE_CHECKING:  # the supervisor calls the executor; the executor only names its type
-    from trainwarden.supervisor.daemon.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +41,7 @@ def drain_reason(d: Decision, action_id: int) -> str:
 RETRYABLE_KINDS = frozenset({ActionKind.DRAIN, ActionKind.UNDRAIN})
 
 
-async def attempt(sup: Supervisor, d: Decision, action_id: int) -> tuple[bool, str, bool]:
+async def attempt(sup: DaemonContext, d: Decision, action_id: int) -> tuple[bool, str, bool]:
     """Carry the action out once: (ok, what happened, whether a retry is safe and useful)."""
     req = d.request
     try:
@@ -60,7 +67,7 @@ async def attempt(sup: Supervisor, d: Decision, action_id: int) -> tuple[bool, s
     return False, f"{req.kind.value} needs a {'node' if req.node is None else 'run'}", False
 
 
-async def _drain(sup: Supervisor, d: Decision, action_id: int) -> tuple[bool, str]:
+async def _drain(sup: DaemonContext, d: Decision, action_id: int) -> tuple[bool, str]:
     node = sup.state.node(d.request.node or "")
     reason = drain_reason(d, action_id)
     await sup.scheduler.drain(node.name, reason)
@@ -75,7 +82,7 @@ async def _drain(sup: Supervisor, d: Decision, action_id: int) -> tuple[bool, st
     return True, f"{node.name} drained in {sup.scheduler.name}: {reason}"
 
 
-async def _undrain(sup: Supervisor, d: Decision) -> tuple[bool, str]:
+async def _undrain(sup: DaemonContext, d: Decision) -> tuple[bool, str]:
     node = sup.state.node(d.request.node or "")
     if d.request.actor is not Actor.OPERATOR and node.drained_by != "trainwarden":
         # never undrain automatically what trainwarden did not drain
@@ -97,7 +104,7 @@ async def _undrain(sup: Supervisor, d: Decision) -> tuple[bool, str]:
     return True, f"{node.name} returned to service"
 
 
-async def _vet(sup: Supervisor, d: Decision) -> tuple[bool, str]:
+async def _vet(sup: DaemonContext, d: Decision) -> tuple[bool, str]:
     """Start vetting a node trainwarden drained: it returns to service once its agent has
     reported healthy for the vetting period with no condition set (see Supervisor.tick)."""
     node = sup.state.node(d.request.node or "")
@@ -115,7 +122,7 @@ async def _vet(sup: Supervisor, d: Decision) -> tuple[bool, str]:
     )
 
 
-async def _restart(sup: Supervisor, d: Decision) -> tuple[bool, str]:
+async def _restart(sup: DaemonContext, d: Decision) -> tuple[bool, str]:
     run = sup.state.runs.get(d.request.run or "")
     if run is None:
         return False, f"unknown run {d.request.run!r}"
@@ -125,7 +132,7 @@ async def _restart(sup: Supervisor, d: Decision) -> tuple[bool, str]:
     return result.ok, result.detail
 
 
-async def _checkpoint_now(sup: Supervisor, d: Decision) -> tuple[bool, str]:
+async def _checkpoint_now(sup: DaemonContext, d: Decision) -> tuple[bool, str]:
     run = d.request.run or ""
     if sup.publish is None:
         return False, "no broker connection to ask the run for a checkpoint"
@@ -137,3 +144,127 @@ async def _checkpoint_now(sup: Supervisor, d: Decision) -> tuple[bool, str]:
     if saved:
         return True, "checkpoint saved"
     return False, f"no checkpoint within {sup.config.checkpoint_wait_s:.0f} s"
+
+
+class Executor:
+    """Records every decision before carrying it out, then does the allowed ones: automatic,
+    manual and approved decisions alike get the retry, the audit result and the metrics."""
+
+    def __init__(self, ctx: DaemonContext) -> None:
+        self.ctx = ctx
+        self._held: dict[ActionRequest, int] = {}  # held decisions: released ones reuse the id
+
+    def execute(self, decisions: Sequence[Decision]) -> None:
+        if decisions:
+            self.ctx.spawn(self._execute(list(decisions)))
+
+    async def _execute(self, decisions: list[Decision]) -> None:
+        """Record every decision first (so held ones are known before anything releases
+        them), then carry out the allowed ones in the order the policy gave."""
+        ids = [await self._record(d) for d in decisions]
+        for d, action_id in zip(decisions, ids, strict=True):
+            if d.verdict is Verdict.ALLOW:
+                await self.perform(d, action_id)
+
+    async def carry_out(self, d: Decision) -> tuple[int, bool, str]:
+        """Record one decision and, if allowed, do it. Returns (action id, ok, result)."""
+        action_id = await self._record(d)
+        if d.verdict is not Verdict.ALLOW:
+            return action_id, True, d.verdict.value
+        ok, result = await self.perform(d, action_id)
+        return action_id, ok, result
+
+    async def _record(self, d: Decision) -> int:
+        now = self.ctx.clock.now()
+        held = self._held.pop(d.request, None)
+        if held is not None:  # a decision the policy held earlier, now released or dropped
+            action_id = held
+            await self.ctx.store.call(
+                self.ctx.store.store.update_action,
+                action_id,
+                status="pending" if d.verdict is Verdict.ALLOW else "skipped",
+                result=f"released: {d.verdict.value}; "
+                + "; ".join(f"{g.guard}: {g.detail}" for g in d.guards),
+                finished_at=None if d.verdict is Verdict.ALLOW else now,
+            )
+        else:
+            action_id = await self.ctx.store.call(self.ctx.store.store.record_action, d, ts=now)
+        if d.verdict is Verdict.HOLD:
+            self._held[d.request] = action_id
+        self.ctx.recent_actions.append(
+            ActionRecordView(now, d.request.kind, d.request.node, d.request.run, d.verdict)
+        )
+        await self.ctx.record_events(
+            [
+                Event(
+                    now,
+                    EventKind.ACTION,
+                    node=d.request.node,
+                    run=d.request.run,
+                    message=f"{d.request.kind.value} ({d.verdict.value}) by "
+                    f"{d.request.who or d.request.rule or d.request.actor.value}: "
+                    f"{d.request.reason}",
+                    data={
+                        "action_id": action_id,
+                        "kind": d.request.kind.value,
+                        "actor": d.request.actor.value,
+                        "verdict": d.verdict.value,
+                        "who": d.request.who,
+                        "rule": d.request.rule,
+                        "evidence": list(d.request.evidence),
+                    },
+                )
+            ]
+        )
+        if d.verdict is not Verdict.ALLOW:
+            self.ctx.metrics.action(d.request.kind.value, d.verdict.value, "skipped")
+        return action_id
+
+    async def perform(self, d: Decision, action_id: int, note: str = "") -> tuple[bool, str]:
+        """Carry out a recorded, allowed decision: automatic, manual and approved ones alike
+        get the retry of transient scheduler failures, the audit result and the metrics.
+        ``note`` (e.g. who approved it) leads the recorded result."""
+        await self.ctx.store.call(
+            self.ctx.store.store.update_action,
+            action_id,
+            status="running",
+            result=None,
+            finished_at=None,
+        )
+        ok, result, retry = await attempt(self.ctx, d, action_id)
+        if retry:
+            result += f" (retrying up to {len(self.ctx.config.retry_delays_s)} times)"
+        result = f"{note}; {result}" if note else result
+        await self._finish(d, action_id, ok, result)
+        if retry:
+            self.ctx.spawn(self._retry(d, action_id, note))
+        return ok, result
+
+    async def _retry(self, d: Decision, action_id: int, note: str = "") -> None:
+        """Retry an idempotent action after a transient scheduler failure, with backoff."""
+        for n, delay in enumerate(self.ctx.config.retry_delays_s, start=1):
+            await self.ctx.clock.sleep(delay)
+            ok, result, again = await attempt(self.ctx, d, action_id)
+            if ok or not again or n == len(self.ctx.config.retry_delays_s):
+                result = f"retry {n}: {result}"
+                await self._finish(d, action_id, ok, f"{note}; {result}" if note else result)
+                return
+            log.warning(
+                "action %s %s: retry %d failed: %s", action_id, d.request.kind.value, n, result
+            )
+
+    async def _finish(self, d: Decision, action_id: int, ok: bool, result: str) -> None:
+        done = self.ctx.clock.now()
+        await self.ctx.store.call(
+            self.ctx.store.store.update_action,
+            action_id,
+            status="succeeded" if ok else "failed",
+            result=result,
+            finished_at=done,
+        )
+        self.ctx.policy.record_result(d, ok, done)
+        self.ctx.metrics.action(
+            d.request.kind.value, d.verdict.value, "succeeded" if ok else "failed"
+        )
+        if not ok:
+            log.error("action %s %s failed: %s", action_id, d.request.kind.value, result)

@@ -7,8 +7,8 @@ import logging
 from typing import Any
 
 from trainwarden.policies.model import ActionKind, Actor, Decision, Event, EventKind, Verdict
-from trainwarden.supervisor.daemon.supervisor import Supervisor, _with_id
-from trainwarden.supervisor.detectors.conditions import ConditionBook
+from trainwarden.supervisor.daemon.context import with_id
+from trainwarden.supervisor.daemon.supervisor import Supervisor
 from trainwarden.supervisor.errors import NotFoundError, SupervisorError
 from trainwarden.supervisor.model.cluster import RunInfo, RunSpec
 from trainwarden.supervisor.model.lifecycle import AttemptPhase, NodePhase, RunPhase
@@ -33,7 +33,7 @@ async def load(sup: Supervisor) -> None:
         if rec.last_heartbeat_at is not None:
             # give every known agent a full heartbeat window after our own restart
             sup.nodes.on_heartbeat(rec.name, now, sup.nodes.node(rec.name).interval_s)
-    sup.book = ConditionBook(await sup.store.call(st.conditions))
+    sup.core.restore(await sup.store.call(st.conditions))
     for rec in await sup.store.call(st.runs):
         try:
             spec = RunSpec.from_dict(rec.spec)
@@ -127,7 +127,7 @@ async def after_operator_drain(sup: Supervisor, node: str, action_id: int) -> No
         },
     )
     [eid] = await sup.record_events([ev])
-    sup.execute(sup.policy.on_event(_with_id(ev, eid), sup.view(), list(sup.history)))
+    sup.execute(sup.policy.on_event(with_id(ev, eid), sup.view(), list(sup.history)))
 
 
 async def resolve_queued(

@@ -4,23 +4,21 @@ vetting of nodes on their way back (decided by the core), jobs tagged for adopti
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from trainwarden.policies.model import (
     Event,
     EventKind,
 )
+from trainwarden.supervisor.daemon.context import DaemonContext
+from trainwarden.supervisor.daemon.executor import Executor
 from trainwarden.supervisor.decide.core import VetOutcome
 from trainwarden.supervisor.model.lifecycle import NodePhase, RunPhase
 from trainwarden.supervisor.scheduler.base import NodeState
 
-if TYPE_CHECKING:  # the supervisor calls upkeep; upkeep only names its type
-    from trainwarden.supervisor.daemon.supervisor import Supervisor
-
 log = logging.getLogger(__name__)
 
 
-async def sync_scheduler(sup: Supervisor) -> None:
+async def sync_scheduler(sup: DaemonContext) -> None:
     """The scheduler's view is an input: external drains and DOWN nodes are reflected."""
     try:
         sched_nodes = await sup.scheduler.nodes()
@@ -78,7 +76,7 @@ async def sync_scheduler(sup: Supervisor) -> None:
         await sup.record_events(events)
 
 
-async def vetting(sup: Supervisor, now: float) -> None:
+async def vetting(sup: DaemonContext, executor: Executor, now: float) -> None:
     """Nodes being vetted: the core says passed (undrain), failed (drained again) or wait."""
     for node in list(sup.state.nodes.values()):
         if node.phase is not NodePhase.VETTING or node.vet_started_at is None:
@@ -92,10 +90,10 @@ async def vetting(sup: Supervisor, now: float) -> None:
             await sup.save_node(node)
         elif verdict.outcome is VetOutcome.PASSED:
             node.vet_started_at = None
-            await sup.carry_out(sup.core.vet_passed(node.name))
+            await executor.carry_out(sup.core.vet_passed(node.name))
 
 
-async def adopt_tagged_jobs(sup: Supervisor) -> None:
+async def adopt_tagged_jobs(sup: DaemonContext) -> None:
     """Jobs tagged ``trainwarden:<run>``: a registered run waiting to adopt its job takes
     it over; a tag naming no registered run is reported once, with what to do."""
     try:

@@ -96,6 +96,10 @@ class DecisionCore:
         self._imbalance_seen: set[tuple[str, str]] = set()
         self._last_straggler_eval = float("-inf")
 
+    def restore(self, conditions: Sequence[Condition]) -> None:
+        """The conditions the store kept across a restart (the daemon's restore)."""
+        self.book = ConditionBook(conditions)
+
     # -- detection ------------------------------------------------------------------
     def conditions(self, obs: Sequence[Observation], ids: Sequence[int]) -> list[Condition]:
         """The conditions that really changed: each observation's, evidence its event id."""

@@ -9,8 +9,6 @@ sticky faults) once it has reported for the vetting period with no condition set
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from trainwarden.policies.model import (
     ActionKind,
     Actor,
@@ -22,15 +20,12 @@ from trainwarden.policies.model import (
 from trainwarden.supervisor.decide.core import VetOutcome
 from trainwarden.supervisor.detectors.node_faults import Observation
 from trainwarden.supervisor.sim.cluster import RunState
-from trainwarden.supervisor.sim.figures import Logged
+from trainwarden.supervisor.sim.host import Logged, SimHost
 from trainwarden.supervisor.sim.scenario import APPROVE_DELAY_S
-
-if TYPE_CHECKING:
-    from trainwarden.supervisor.sim.runner import Simulation
 
 
 class Actions:
-    def __init__(self, sim: Simulation) -> None:
+    def __init__(self, sim: SimHost) -> None:
         self.sim = sim
         self.vetting_nodes: set[str] = set()
 

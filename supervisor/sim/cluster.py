@@ -3,9 +3,9 @@
 Pure state in virtual time; no policy and no detection here (a node's conditions and
 causes come from the daemon's decision core, ``supervisor.decide``). Training progress is
 counted in seconds of nominal training: it advances at ``1 / slowdown`` while the run is
-running, periodic checkpoints fall every ``checkpoint_interval`` of progress, and a failure rolls progress
-back to the last checkpoint. ETTR = kept progress / wall time, so lost work, restart time,
-hangs and time blocked by guards all count against it.
+running, periodic checkpoints fall every ``checkpoint_interval`` of progress, and a failure
+rolls progress back to the last checkpoint. ETTR = kept progress / wall time, so lost work,
+restart time, hangs and time blocked by guards all count against it.
 """
 
 from __future__ import annotations

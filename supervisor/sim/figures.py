@@ -9,20 +9,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from trainwarden.policies.explain import explain
-from trainwarden.policies.model import Decision, Event
+from trainwarden.policies.model import Event
+from trainwarden.supervisor.sim.host import Logged, SimHost
 from trainwarden.supervisor.sim.scenario import APPROVE_DELAY_S, ASSUMPTION_SOURCES
-
-if TYPE_CHECKING:
-    from trainwarden.supervisor.sim.runner import Simulation
-
-
-@dataclass
-class Logged:
-    ts: float
-    decision: Decision
 
 
 @dataclass
@@ -40,7 +32,7 @@ class SimResult:
         return out
 
 
-def result(sim: Simulation) -> SimResult:
+def result(sim: SimHost) -> SimResult:
     run = sim.cluster.run
     wall = sim.sc.duration_s
     spec = sim.sc.run

@@ -29,7 +29,8 @@ from trainwarden.supervisor.sim.actions import Actions
 from trainwarden.supervisor.sim.agents import XID_REPORT_DELAY_S, Agents, agent_fault
 from trainwarden.supervisor.sim.cluster import RunState, SimCluster
 from trainwarden.supervisor.sim.events import EventLog
-from trainwarden.supervisor.sim.figures import Logged, SimResult, result
+from trainwarden.supervisor.sim.figures import SimResult, result
+from trainwarden.supervisor.sim.host import Logged
 from trainwarden.supervisor.sim.scenario import FaultSpec, Scenario
 
 TICK_S = 30.0  # while the engine waits on time (holds, incidents), tick it this often

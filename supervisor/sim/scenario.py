@@ -6,6 +6,7 @@ name; any other path is read as a file. Errors name file:line:col like policy fi
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -247,8 +248,6 @@ def _build(r: Reader, root: Any) -> Scenario | None:
 
 def text_of(text: str, node: Any) -> str:
     """The source text of one YAML node (an inline policy is parsed as its own document)."""
-    import textwrap
-
     chunk = text[node.start_mark.index : node.end_mark.index]
     first_col = node.start_mark.column
     return textwrap.dedent(" " * first_col + chunk)
@@ -293,6 +292,31 @@ def _run(r: Reader, node: Any, cluster_nodes: int) -> RunSpec:
     )
 
 
+def _fault_targets(
+    r: Reader, m: dict[str, Any], path: str, names: list[str], run_nodes: int, rack: int
+) -> tuple[str, ...]:
+    """The nodes a fault hits: ``node`` (one name), ``nodes`` (a fraction of the run's nodes,
+    spread evenly) or ``rack`` (an index); where several are given, the last one wins."""
+    targets: tuple[str, ...] = ()
+    if "node" in m:
+        nm = r.string(m["node"], path + ".node")
+        if nm is not None and nm not in names:
+            r.error(path + ".node", f"no node {nm!r} (nodes are {names[0]}..{names[-1]})")
+        targets = (nm,) if nm else ()
+    if "nodes" in m:
+        frac = r.fraction(m["nodes"], path + ".nodes")
+        if frac is not None:  # spread evenly over the run's nodes
+            k = max(1, round(frac * run_nodes))
+            targets = tuple(names[(i * run_nodes) // k] for i in range(k))
+    if "rack" in m:
+        idx = r.integer(m["rack"], path + ".rack", lo=0)
+        if idx is not None:
+            targets = tuple(names[idx * rack : (idx + 1) * rack])
+            if not targets:
+                r.error(path + ".rack", f"rack {idx} is beyond the cluster")
+    return targets
+
+
 def _fault(
     r: Reader, node: Any, path: str, names: list[str], run_nodes: int, rack: int
 ) -> FaultSpec | None:
@@ -329,23 +353,7 @@ def _fault(
     effect = r.string(m.get("effect"), path + ".effect")
     if effect is not None and effect not in RUN_EFFECTS:
         r.error(path + ".effect", f"{effect!r} is not one of {list(RUN_EFFECTS)}")
-    targets: tuple[str, ...] = ()
-    if "node" in m:
-        nm = r.string(m["node"], path + ".node")
-        if nm is not None and nm not in names:
-            r.error(path + ".node", f"no node {nm!r} (nodes are {names[0]}..{names[-1]})")
-        targets = (nm,) if nm else ()
-    if "nodes" in m:
-        frac = r.fraction(m["nodes"], path + ".nodes")
-        if frac is not None:  # spread evenly over the run's nodes
-            k = max(1, round(frac * run_nodes))
-            targets = tuple(names[(i * run_nodes) // k] for i in range(k))
-    if "rack" in m:
-        idx = r.integer(m["rack"], path + ".rack", lo=0)
-        if idx is not None:
-            targets = tuple(names[idx * rack : (idx + 1) * rack])
-            if not targets:
-                r.error(path + ".rack", f"rack {idx} is beyond the cluster")
+    targets = _fault_targets(r, m, path, names, run_nodes, rack)
     if kind is not None and kind not in ("crash", "hang") and not targets:
         r.error(path, "a node fault needs 'node', 'nodes' (fraction of the run) or 'rack'")
     agent_fault = r.string(m.get("fault"), path + ".fault")

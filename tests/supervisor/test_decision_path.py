@@ -20,6 +20,7 @@ from trainwarden.health.report import FaultModel, FaultReport, Heartbeat, encode
 from trainwarden.policies.engine import Mode, PolicyEngine
 from trainwarden.policies.model import ActionKind, ConditionType, Verdict
 from trainwarden.policies.rules import load_policy
+from trainwarden.supervisor.api.service import DaemonService
 from trainwarden.supervisor.daemon import operations
 from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
@@ -173,3 +174,19 @@ async def test_an_approved_drain_is_retried_audited_and_counted_like_an_automati
     counted = sup.metrics.actions_total.labels(kind="drain", verdict="allow", status="succeeded")
     failed = sup.metrics.actions_total.labels(kind="drain", verdict="allow", status="failed")
     assert counted._value.get() == 1 and failed._value.get() == 1
+
+
+async def test_conditions_restored_after_a_restart_are_the_ones_the_core_decides_on(
+    tmp_path: Path, closing: list[Supervisor]
+) -> None:
+    path = policy_file(tmp_path)
+    first = await make(tmp_path, path)
+    closing.append(first)
+    await xid(first, "n4", 79)
+    await first.store.flush()
+    again = await make(tmp_path, path)
+    closing.append(again)
+    await operations.load(again)
+    assert again.book is again.core.book and again.book.is_true("n4", ConditionType.GPU_FATAL)
+    [row] = [r for r in await DaemonService(again).list_nodes() if r.name == "n4"]
+    assert row.conditions == ["GpuFatal"] and row.state == "drained"

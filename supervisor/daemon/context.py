@@ -1,0 +1,173 @@
+"""What every part of the daemon works on: its I/O handles, its memory and the decision core.
+
+The supervisor (ingestion and the tick), the executor (actions) and the upkeep each take a
+context; none of them imports another's module, so the daemon has no import cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainwarden.health.clock import Clock
+from trainwarden.policies.engine import PolicyEngine
+from trainwarden.policies.model import ActionRecordView, ClusterView, Event
+from trainwarden.supervisor.daemon.metrics import Metrics
+from trainwarden.supervisor.daemon.persist import AsyncStore
+from trainwarden.supervisor.daemon.runs import RunManager
+from trainwarden.supervisor.decide.core import DecisionCore
+from trainwarden.supervisor.decide.settings import DetectorSettings
+from trainwarden.supervisor.detectors.conditions import ConditionBook
+from trainwarden.supervisor.detectors.node_faults import NodeHealthTracker
+from trainwarden.supervisor.detectors.progress import ProgressTracker
+from trainwarden.supervisor.detectors.stragglers.detector import StragglerDetector
+from trainwarden.supervisor.model.cluster import ClusterState, NodeInfo, RunInfo
+from trainwarden.supervisor.scheduler.base import Scheduler
+from trainwarden.supervisor.store.records import AttemptRecord, NodeRecord
+
+log = logging.getLogger(__name__)
+
+Publisher = Callable[[str, bytes], Awaitable[None]]
+
+
+@dataclass
+class CoreConfig(DetectorSettings):
+    """The detector settings plus what only the daemon, with real I/O, needs."""
+
+    checkpoint_wait_s: float = 120.0  # checkpoint-before-eviction bound
+    # backoff between retries of a drain/undrain the scheduler refused transiently (~10 min)
+    retry_delays_s: tuple[float, ...] = (2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+    scheduler_sync_s: float = 5.0  # how often the scheduler's node states are read
+    # on top of the policy file's xid.overrides (the file's are applied first)
+    xid_overrides: dict[int | str, str] = field(default_factory=dict)
+
+
+class DaemonContext:
+    """The daemon's memory (cluster state, recent events and actions), its I/O handles and
+    the decision core; ``runs`` is set by the supervisor, which observes what it reports."""
+
+    runs: RunManager
+
+    # the core's parts, read through it (a restore replaces the core's book, not a copy)
+    @property
+    def book(self) -> ConditionBook:
+        return self.core.book
+
+    @property
+    def nodes(self) -> NodeHealthTracker:
+        return self.core.nodes
+
+    @property
+    def progress(self) -> ProgressTracker:
+        return self.core.progress
+
+    @property
+    def stragglers(self) -> StragglerDetector:
+        return self.core.stragglers
+
+    def __init__(
+        self,
+        config: CoreConfig,
+        clock: Clock,
+        store: AsyncStore,
+        scheduler: Scheduler,
+        policy: PolicyEngine,
+        metrics: Metrics,
+        publish: Publisher | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = store
+        self.scheduler = scheduler
+        self.policy = policy
+        self.metrics = metrics
+        self.publish = publish
+        self.state = ClusterState()
+        self.core = DecisionCore(config, policy, config.xid_overrides)
+        self.history: deque[Event] = deque(maxlen=2000)
+        self.recent_actions: deque[ActionRecordView] = deque(maxlen=2000)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._checkpoint_waiters: dict[str, asyncio.Event] = {}
+        self.last_sync = float("-inf")
+        self.reported_tags: set[str] = set()  # tagged jobs of unregistered runs, reported once
+
+    async def record_events(self, events: list[Event]) -> list[int]:
+        ids: list[int] = await self.store.call(self.store.store.append_events, events)
+        for ev, eid in zip(events, ids, strict=True):
+            self.history.append(with_id(ev, eid))
+        return ids
+
+    def view(self) -> ClusterView:
+        causes = {n: self.core.causes(n) for n in self.state.nodes}
+        return self.state.view(self.clock.now(), self.book, self.recent_actions, causes)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    async def wait_for_checkpoint(self, run: str, timeout_s: float) -> bool:
+        ev = self._checkpoint_waiters.setdefault(run, asyncio.Event())
+        ev.clear()
+        try:
+            await asyncio.wait_for(ev.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._checkpoint_waiters.pop(run, None)
+
+    def node_record(self, node: NodeInfo) -> NodeRecord:
+        return NodeRecord(
+            name=node.name,
+            state=node.phase.value,
+            scheduler_state=node.scheduler_state,
+            drained_by=node.drained_by,
+            drain_reason=node.drain_reason,
+            last_heartbeat_at=node.last_heartbeat_at,
+            last_report_at=node.last_report_at,
+            updated_at=self.clock.now(),
+        )
+
+    async def save_node(self, node: NodeInfo) -> None:
+        self.store.batch.nodes.append(self.node_record(node))
+
+    async def save_attempt(self, run: RunInfo, fields: dict[str, Any]) -> None:
+        st = self.store.store
+        if fields.get("state") == "submitted":
+            await self.store.call(
+                st.add_attempt,
+                AttemptRecord(
+                    run=run.name,
+                    attempt=run.attempt,
+                    state="submitted",
+                    job_id=fields["job_id"],
+                    nodes=tuple(run.nodes),
+                    excluded=tuple(fields["excluded"]),
+                    resumed_from=fields["resumed_from"],
+                    resumed_from_step=run.resumed_from_step,
+                    submitted_at=fields["submitted_at"],
+                ),
+            )
+        else:
+            await self.store.call(st.update_attempt, run.name, run.attempt, **fields)
+        await self.store.call(
+            st.update_run,
+            run.name,
+            state=run.phase.value,
+            current_attempt=run.attempt,
+            restarts=run.restarts,
+        )
+
+
+def with_id(ev: Event, eid: int) -> Event:
+    return Event(ev.ts, ev.kind, ev.node, ev.run, ev.message, ev.data, eid)
