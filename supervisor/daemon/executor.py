@@ -64,6 +64,9 @@ async def attempt(sup: DaemonContext, d: Decision, action_id: int) -> tuple[bool
             f"{sup.scheduler.name} refused: {exc}",
             exc.retryable and req.kind in RETRYABLE_KINDS,
         )
+    except Exception as exc:  # a bug here must fail the action, never leave it "running"
+        log.exception("action %s %s: internal error", action_id, req.kind.value)
+        return False, f"internal error: {type(exc).__name__}: {exc}", False
     return False, f"{req.kind.value} needs a {'node' if req.node is None else 'run'}", False
 
 

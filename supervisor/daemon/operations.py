@@ -24,10 +24,8 @@ async def load(sup: Supervisor) -> None:
     now = sup.clock.now()
     for rec in await sup.store.call(st.nodes):
         n = sup.state.node(rec.name)
-        try:
-            n.phase = NodePhase(rec.state)
-        except ValueError:
-            n.phase = NodePhase.UNKNOWN
+        known = rec.state in NodePhase._value2member_map_
+        n.restore(NodePhase(rec.state) if known else NodePhase.UNKNOWN)
         n.drained_by, n.drain_reason = rec.drained_by, rec.drain_reason
         n.last_heartbeat_at = rec.last_heartbeat_at
         if rec.last_heartbeat_at is not None:
@@ -58,9 +56,8 @@ async def load(sup: Supervisor) -> None:
             run.excluded = set(last.excluded)
             run.resumed_from_step = last.resumed_from_step
             run.last_step = last.last_step
-            run.attempt_phase = (
-                AttemptPhase(last.state) if last.state in AttemptPhase._value2member_map_ else None
-            )
+            if last.state in AttemptPhase._value2member_map_:
+                run.begin_attempt(AttemptPhase(last.state))
             sup.state.place(run, last.nodes)
             if run.attempt_phase in (AttemptPhase.SUBMITTED, AttemptPhase.RUNNING):
                 sup.progress.start_attempt(run.name, run.attempt, now, spec.target_step)

@@ -20,7 +20,7 @@ from trainwarden.supervisor.detectors.node_faults import Observation
 from trainwarden.supervisor.detectors.progress import ProgressTracker
 from trainwarden.supervisor.errors import SchedulerError
 from trainwarden.supervisor.model.cluster import ClusterState, RunInfo
-from trainwarden.supervisor.model.lifecycle import AttemptPhase, NodePhase, RunPhase, attempt_move
+from trainwarden.supervisor.model.lifecycle import AttemptPhase, NodePhase, RunPhase
 from trainwarden.supervisor.scheduler.base import JobInfo, JobSpec, JobState, NodeState, Scheduler
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class RunManager:
         """Stop the current attempt, choose the checkpoint, submit the next attempt."""
         async with self.lock(run.name):
             run.excluded |= exclude
-            run.phase = RunPhase.RESTARTING
+            run.move(RunPhase.RESTARTING)
             await self._stop_current(run, reason)
             run.restarts += 1
             run.restart_times.append(self.clock.now())
@@ -110,9 +110,7 @@ class RunManager:
             AttemptPhase.STOPPED,
         ):
             return
-        run.attempt_phase = attempt_move(
-            run.attempt_phase or AttemptPhase.SUBMITTED, AttemptPhase.STOPPING
-        )
+        run.move_attempt(AttemptPhase.STOPPING)
         self.progress.stop(run.name)
         job_id = run.job_id
         try:
@@ -137,7 +135,7 @@ class RunManager:
                 final = info
                 break
             await self.clock.sleep(0.25)
-        run.attempt_phase = AttemptPhase.STOPPED
+        run.move_attempt(AttemptPhase.STOPPED)
         await self.save_attempt(
             run,
             {
@@ -202,7 +200,7 @@ class RunManager:
         try:
             job_id = await self.scheduler.submit(spec)
         except SchedulerError as exc:
-            run.phase = RunPhase.HELD
+            run.move(RunPhase.HELD)
             await self.emit(
                 [
                     Event(
@@ -217,8 +215,8 @@ class RunManager:
             return RestartResult(False, f"submit failed: {exc}")
         run.attempt = attempt
         run.job_id = job_id
-        run.attempt_phase = AttemptPhase.SUBMITTED
-        run.phase = RunPhase.RUNNING
+        run.begin_attempt(AttemptPhase.SUBMITTED)
+        run.move(RunPhase.RUNNING)
         run.resumed_from_step = resume_step
         run.attempt_first_step = None
         info = await self.scheduler.job(job_id)
@@ -269,10 +267,10 @@ class RunManager:
             # attempt 0: what ranks report when no TRAINWARDEN_ATTEMPT was given to them
             run.attempt = 0
             run.job_id = info.job_id
-            run.attempt_phase = (
+            run.begin_attempt(
                 AttemptPhase.RUNNING if info.state is JobState.RUNNING else AttemptPhase.SUBMITTED
             )
-            run.phase = RunPhase.RUNNING
+            run.move(RunPhase.RUNNING)
             self.state.place(run, info.nodes)
             self.progress.start_attempt(run.name, run.attempt, now, run.spec.target_step)
             self.prewarm()
@@ -324,12 +322,12 @@ class RunManager:
         if info.nodes and info.nodes != run.nodes:
             self.state.place(run, info.nodes)
         if info.state is JobState.RUNNING and run.attempt_phase is AttemptPhase.SUBMITTED:
-            run.attempt_phase = AttemptPhase.RUNNING
+            run.move_attempt(AttemptPhase.RUNNING)
             return None
         if not info.state.finished:
             return None
         ok = info.state is JobState.COMPLETED
-        run.attempt_phase = AttemptPhase.COMPLETED if ok else AttemptPhase.FAILED
+        run.move_attempt(AttemptPhase.COMPLETED if ok else AttemptPhase.FAILED)
         self.progress.stop(run.name)
         now = self.clock.now()
         await self.save_attempt(
@@ -343,5 +341,5 @@ class RunManager:
             },
         )
         if ok:  # the job itself says it reached its end
-            run.phase = RunPhase.COMPLETED
+            run.move(RunPhase.COMPLETED)
         return info.state

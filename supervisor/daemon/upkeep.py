@@ -12,7 +12,8 @@ from trainwarden.policies.model import (
 from trainwarden.supervisor.daemon.context import DaemonContext
 from trainwarden.supervisor.daemon.executor import Executor
 from trainwarden.supervisor.decide.core import VetOutcome
-from trainwarden.supervisor.model.lifecycle import NodePhase, RunPhase
+from trainwarden.supervisor.model.cluster import NodeInfo
+from trainwarden.supervisor.model.lifecycle import LifecycleError, NodePhase, RunPhase
 from trainwarden.supervisor.scheduler.base import NodeState
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ async def sync_scheduler(sup: DaemonContext) -> None:
             continue
         if sn.state in (NodeState.DRAINED, NodeState.DRAINING) and not node.drained:
             node.drained_by, node.drain_reason = "external", sn.reason
-            node.phase = NodePhase.DRAINED
+            _move(node, NodePhase.DRAINED)
             events.append(
                 Event(
                     now,
@@ -62,7 +63,7 @@ async def sync_scheduler(sup: DaemonContext) -> None:
             and node.drained_by == "external"
         ):
             node.drained_by = node.drain_reason = None
-            node.phase = NodePhase.HEALTHY
+            _move(node, NodePhase.HEALTHY)
             events.append(
                 Event(
                     now,
@@ -74,6 +75,13 @@ async def sync_scheduler(sup: DaemonContext) -> None:
         sup.store.batch.nodes.append(sup.node_record(node))
     if events:
         await sup.record_events(events)
+
+
+def _move(node: NodeInfo, target: NodePhase) -> None:
+    try:
+        node.move(target)
+    except LifecycleError as exc:
+        log.warning("node %s: %s", node.name, exc)
 
 
 async def vetting(sup: DaemonContext, executor: Executor, now: float) -> None:

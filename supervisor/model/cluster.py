@@ -6,6 +6,7 @@ per-message work stays in memory and the database is written in batches.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,17 @@ from typing import Any
 from trainwarden.policies.model import ActionRecordView, ClusterView, NodeView, RunView
 from trainwarden.supervisor.detectors.conditions import ConditionBook
 from trainwarden.supervisor.errors import ConfigError
-from trainwarden.supervisor.model.lifecycle import AttemptPhase, NodePhase, RunPhase, node_move
+from trainwarden.supervisor.model.lifecycle import (
+    AttemptPhase,
+    LifecycleError,
+    NodePhase,
+    RunPhase,
+    attempt_move,
+    node_move,
+    run_move,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,10 @@ class NodeInfo:
     def move(self, target: NodePhase) -> None:
         self.phase = node_move(self.phase, target)
 
+    def restore(self, phase: NodePhase) -> None:
+        """The phase the store kept across a restart: the only write that is not a move."""
+        self.phase = phase
+
     @property
     def drained(self) -> bool:
         return self.phase in (NodePhase.DRAINING, NodePhase.DRAINED, NodePhase.VETTING)
@@ -101,6 +116,24 @@ class RunInfo:
     last_checkpoint_path: str | None = None
     resumed_from_step: int | None = None
     attempt_first_step: int | None = None
+
+    def move(self, target: RunPhase) -> None:
+        """The run's phase, through its table; an illegal move is logged and ignored."""
+        try:
+            self.phase = run_move(self.phase, target)
+        except LifecycleError as exc:
+            log.warning("run %s: %s", self.name, exc)
+
+    def begin_attempt(self, phase: AttemptPhase) -> None:
+        """A new attempt (submitted or adopted) starts its own lifecycle."""
+        self.attempt_phase = phase
+
+    def move_attempt(self, target: AttemptPhase) -> None:
+        """The current attempt's phase, through its table; an illegal move is logged."""
+        try:
+            self.attempt_phase = attempt_move(self.attempt_phase or AttemptPhase.SUBMITTED, target)
+        except LifecycleError as exc:
+            log.warning("run %s attempt %d: %s", self.name, self.attempt, exc)
 
     @property
     def active(self) -> bool:

@@ -1,4 +1,4 @@
-"""Explicit lifecycles with transition tables: a node, and a run attempt.
+"""Explicit lifecycles with transition tables: a node, a run and a run attempt.
 
 An illegal move raises :class:`LifecycleError`; the caller logs it and keeps the old state,
 so a confused input can never put a node into a state the table does not allow.
@@ -67,11 +67,30 @@ class RunPhase(StrEnum):
     GAVE_UP = "gave-up"
 
 
+_R = RunPhase
+RUN_TRANSITIONS: dict[RunPhase, frozenset[RunPhase]] = {
+    # the first submission or adoption; a failed first submission is held
+    _R.PENDING: frozenset({_R.RUNNING, _R.HELD, _R.RESTARTING, _R.GAVE_UP}),
+    _R.RUNNING: frozenset({_R.RESTARTING, _R.HELD, _R.COMPLETED, _R.GAVE_UP}),
+    # a restart submits the next attempt, or is held (submission refused, guard, incident)
+    _R.RESTARTING: frozenset({_R.RUNNING, _R.HELD, _R.COMPLETED, _R.GAVE_UP}),
+    _R.HELD: frozenset({_R.RUNNING, _R.RESTARTING, _R.COMPLETED, _R.GAVE_UP}),
+    _R.COMPLETED: frozenset(),
+    _R.GAVE_UP: frozenset(),
+}
+
+
 def node_move(current: NodePhase, target: NodePhase) -> NodePhase:
     """Return ``target`` if the move is allowed (or a no-op), else raise."""
     if target == current or target in NODE_TRANSITIONS[current]:
         return target
     raise LifecycleError(f"node cannot go from {current} to {target}")
+
+
+def run_move(current: RunPhase, target: RunPhase) -> RunPhase:
+    if target == current or target in RUN_TRANSITIONS[current]:
+        return target
+    raise LifecycleError(f"run cannot go from {current} to {target}")
 
 
 def attempt_move(current: AttemptPhase, target: AttemptPhase) -> AttemptPhase:

@@ -1,4 +1,5 @@
-"""The database schema as typed SQLAlchemy ORM models.
+"""The database schema as typed SQLAlchemy ORM models (``*Table``: the tables; rows cross the
+store's API as the records in ``records.py``).
 
 The schema changes only through Alembic (``migrations/``); a test checks that these
 models and the migrations agree on SQLite and PostgreSQL. Timestamps are stored as
@@ -45,7 +46,7 @@ class Base(DeclarativeBase):
     type_annotation_map = {float: Double(), dict[str, Any]: Json, list[Any]: Json}
 
 
-class NodeRow(Base):
+class NodeTable(Base):
     __tablename__ = "nodes"
 
     name: Mapped[str] = mapped_column(String(NAME), primary_key=True)
@@ -59,7 +60,7 @@ class NodeRow(Base):
     labels: Mapped[dict[str, Any]]
 
 
-class RunRow(Base):
+class RunTable(Base):
     __tablename__ = "runs"
 
     name: Mapped[str] = mapped_column(String(NAME), primary_key=True)
@@ -71,7 +72,7 @@ class RunRow(Base):
     restarts: Mapped[int] = mapped_column(Integer)
 
 
-class AttemptRow(Base):
+class AttemptTable(Base):
     __tablename__ = "run_attempts"
 
     run: Mapped[str] = mapped_column(
@@ -92,7 +93,7 @@ class AttemptRow(Base):
     last_step: Mapped[int | None] = mapped_column(Integer)
 
 
-class CheckpointRow(Base):
+class CheckpointTable(Base):
     __tablename__ = "checkpoints"
 
     run: Mapped[str] = mapped_column(
@@ -107,7 +108,7 @@ class CheckpointRow(Base):
     reason: Mapped[str | None] = mapped_column(Text)
 
 
-class ConditionRow(Base):
+class ConditionTable(Base):
     __tablename__ = "conditions"
 
     subject: Mapped[str] = mapped_column(String(NAME), primary_key=True)
@@ -119,7 +120,7 @@ class ConditionRow(Base):
     evidence: Mapped[list[Any]]
 
 
-class EventRow(Base):
+class EventTable(Base):
     """Append-only: rows are inserted, never updated."""
 
     __tablename__ = "events"
@@ -138,7 +139,7 @@ class EventRow(Base):
     data: Mapped[dict[str, Any]]
 
 
-class ActionRow(Base):
+class ActionTable(Base):
     __tablename__ = "actions"
     __table_args__ = (
         Index(None, "ts"),
@@ -165,7 +166,7 @@ class ActionRow(Base):
     finished_at: Mapped[float | None]
 
 
-class IncidentRow(Base):
+class IncidentTable(Base):
     __tablename__ = "incidents"
     __table_args__ = (Index(None, "closed_at"),)
 
@@ -177,7 +178,7 @@ class IncidentRow(Base):
     detail: Mapped[dict[str, Any]]
 
 
-class LeaseRow(Base):
+class LeaseTable(Base):
     """A named lease (``leader``) held by one daemon until ``expires_at``."""
 
     __tablename__ = "leader_lease"
