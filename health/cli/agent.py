@@ -11,7 +11,14 @@ import signal
 import sys
 from typing import Any
 
+from trainwarden.health.agent import Agent, AgentConfig
 from trainwarden.health.errors import HealthError
+from trainwarden.health.hardware import Hardware, real_hardware
+from trainwarden.health.mqtt import add_auth_arguments, auth_from_args, parse_broker, short_hostname
+from trainwarden.health.probes.network import NetThresholds
+from trainwarden.health.probes.registry import ProbeConfig
+from trainwarden.health.report import check_name
+from trainwarden.health.sim.hardware import SimulatedHardware
 
 
 def register(subparsers: Any) -> None:
@@ -21,8 +28,6 @@ def register(subparsers: Any) -> None:
         description="Probe this node's GPUs, interconnect, storage and host and publish the "
         "results over MQTT (or print one round with --once).",
     )
-    from trainwarden.health.mqtt import add_auth_arguments
-
     p.add_argument("--node", help="node name (default: the short hostname)")
     p.add_argument(
         "--broker",
@@ -100,11 +105,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainwarden.health.agent import Agent, AgentConfig
-    from trainwarden.health.mqtt import parse_broker, short_hostname
-    from trainwarden.health.probes.registry import ProbeConfig
-    from trainwarden.health.report import check_name
-
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -121,8 +121,6 @@ def run(args: argparse.Namespace) -> int:
     # A simulated node created just now has a kernel log of its own: read it from the
     # start, so faults given with --simulate show in the first round.
     fresh_sim = bool(args.simulate) and args.simulated_hardware is None
-    from trainwarden.health.probes.network import NetThresholds
-
     probe_config = ProbeConfig(
         expected_gpus=args.expect_gpus,
         storage_paths=tuple(args.storage),
@@ -136,8 +134,6 @@ def run(args: argparse.Namespace) -> int:
         raise HealthError(f"cannot set up the simulated hardware: {exc}") from exc
     if args.node is None and args.simulated_hardware:
         node = hardware.node  # an existing simulated node keeps the name it was created with
-    from trainwarden.health.mqtt import auth_from_args
-
     config = AgentConfig(
         node=node,
         broker_host=host,
@@ -159,20 +155,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hardware(args: argparse.Namespace, node: str, probe_config: Any) -> Any:
+def _hardware(args: argparse.Namespace, node: str, probe_config: ProbeConfig) -> Hardware:
     if args.simulate or args.simulated_hardware:
-        from trainwarden.health.sim.hardware import SimulatedHardware
-
         sim = SimulatedHardware(node, gpus=args.gpus, state_dir=args.simulated_hardware)
         for fault in args.simulate:
             sim.inject(fault)
         return sim
-    from trainwarden.health.hardware import real_hardware
-
     return real_hardware(probe_config)
 
 
-async def _serve(agent: Any) -> None:
+async def _serve(agent: Agent) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
+
+from trainwarden.health.sim import state
+from trainwarden.health.sim.faults import FAULTS
+from trainwarden.health.sim.hardware import SimulatedHardware, clear_in, inject_into
 
 
 def register(subparsers: Any) -> None:
@@ -42,9 +47,6 @@ def register(subparsers: Any) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from trainwarden.health.sim import state
-    from trainwarden.health.sim.faults import FAULTS
-
     active = state.active(_existing(args.state_dir)) if args.state_dir else []
     if args.json:
         print(
@@ -69,35 +71,25 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _existing(path: str) -> Any:
-    from pathlib import Path
-
-    from trainwarden.health.sim import state
-
+def _existing(path: str) -> Path:
     d = Path(path)
     state.load(d)  # a clear error when DIR is not a simulated node
     return d
 
 
 def run_init(args: argparse.Namespace) -> int:
-    from trainwarden.health.sim.hardware import SimulatedHardware
-
     hw = SimulatedHardware(args.node, gpus=args.gpus, state_dir=args.state_dir, fabric=args.fabric)
     print(f"simulated node {hw.node} with {hw.gpus} GPUs in {hw.state_dir}")
     return 0
 
 
 def run_inject(args: argparse.Namespace) -> int:
-    from trainwarden.health.sim.hardware import inject_into
-
     inject_into(_existing(args.state_dir), args.fault)
     print(f"injected {args.fault} into {args.state_dir}")
     return 0
 
 
 def run_clear(args: argparse.Namespace) -> int:
-    from trainwarden.health.sim.hardware import clear_in
-
     clear_in(_existing(args.state_dir), args.fault)
     print(f"cleared {args.fault or 'all faults'} in {args.state_dir}")
     return 0

@@ -12,6 +12,14 @@ import asyncio
 import json
 from typing import Any
 
+from trainwarden.health.cli.hw import run_list
+from trainwarden.health.errors import HealthError
+from trainwarden.health.hardware import Hardware, real_hardware
+from trainwarden.health.probes.registry import ProbeConfig
+from trainwarden.health.sim.faults import parse_fault
+from trainwarden.health.sim.hardware import SimulatedHardware
+from trainwarden.health.vet import vet
+
 
 def register(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
@@ -94,16 +102,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainwarden.health.errors import HealthError
-    from trainwarden.health.hardware import Hardware, real_hardware
-    from trainwarden.health.probes.registry import ProbeConfig
-    from trainwarden.health.sim.faults import parse_fault
-    from trainwarden.health.sim.hardware import SimulatedHardware
-    from trainwarden.health.vet import vet
-
     if args.list_faults:
-        from trainwarden.health.cli.hw import run_list
-
         return run_list(argparse.Namespace(state_dir=None, json=args.json))
     if args.timeout <= 0:
         raise HealthError(f"--timeout must be positive, not {args.timeout}")

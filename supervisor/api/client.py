@@ -12,51 +12,39 @@ import argparse
 import getpass
 import json
 import os
-import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from trainwarden.supervisor.api.contract import (
+    DEFAULT_API,
+    ActionRow,
+    EventRow,
+    Explanation,
+    NodeRow,
+    RunRow,
+    RunSpecIn,
+)
 from trainwarden.supervisor.errors import SupervisorError
-
-if TYPE_CHECKING:  # pydantic and the row models load on first use, keeping `--help` fast
-    from pydantic import BaseModel
-    from rich.console import Console
-
-    from trainwarden.supervisor.api.contract import (
-        ActionRow,
-        EventRow,
-        Explanation,
-        NodeRow,
-        RunRow,
-        RunSpecIn,
-    )
 
 __all__ = [
     "API_ENV",
-    "DEFAULT_API",
     "ApiError",
     "ApiUnreachableError",
     "OperatorClient",
     "add_api_arguments",
     "client_for",
-    "console",
     "default_who",
-    "fmt_age",
-    "fmt_time",
-    "print_json",
     "resolve_api",
 ]
 
-DEFAULT_API_HOST = "127.0.0.1"
-DEFAULT_API_PORT = 8470
-DEFAULT_API = f"http://{DEFAULT_API_HOST}:{DEFAULT_API_PORT}"
 API_ENV = "TRAINWARDEN_API"
 DEFAULT_TIMEOUT_S = 10.0
-M = TypeVar("M", bound="BaseModel")
+M = TypeVar("M", bound=BaseModel)
 # The daemon is on the login node: never send operator requests through an HTTP proxy
 # that $http_proxy may name for the cluster's outbound traffic.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -169,8 +157,6 @@ class OperatorClient:
             ) from None
 
     def _one(self, model: type[M], reply: Any) -> M:
-        from pydantic import ValidationError
-
         try:
             return model.model_validate(reply)
         except ValidationError as exc:
@@ -180,8 +166,6 @@ class OperatorClient:
             ) from None
 
     def _many(self, model: type[M], reply: Any) -> list[M]:
-        from pydantic import TypeAdapter, ValidationError
-
         try:
             return TypeAdapter(list[model]).validate_python(reply)  # type: ignore[valid-type]
         except ValidationError as exc:
@@ -194,21 +178,15 @@ class OperatorClient:
     # --- endpoints -----------------------------------------------------------------------------
 
     def nodes(self) -> list[NodeRow]:
-        from trainwarden.supervisor.api.contract import NodeRow
-
         return self._many(NodeRow, self.request("GET", "/api/v1/nodes"))
 
     def drain(self, node: str, reason: str, who: str) -> ActionRow:
-        from trainwarden.supervisor.api.contract import ActionRow
-
         body = {"reason": reason, "who": who}
         return self._one(
             ActionRow, self.request("POST", f"/api/v1/nodes/{_seg(node)}/drain", body=body)
         )
 
     def undrain(self, node: str, reason: str | None, who: str) -> ActionRow:
-        from trainwarden.supervisor.api.contract import ActionRow
-
         body: dict[str, Any] = {"who": who}
         if reason:
             body["reason"] = reason
@@ -217,19 +195,13 @@ class OperatorClient:
         )
 
     def runs(self) -> list[RunRow]:
-        from trainwarden.supervisor.api.contract import RunRow
-
         return self._many(RunRow, self.request("GET", "/api/v1/runs"))
 
     def add_run(self, spec: RunSpecIn, who: str) -> RunRow:
-        from trainwarden.supervisor.api.contract import RunRow
-
         body = {**spec.model_dump(mode="json"), "who": who}
         return self._one(RunRow, self.request("POST", "/api/v1/runs", body=body))
 
     def restart_run(self, run: str, reason: str, who: str) -> ActionRow:
-        from trainwarden.supervisor.api.contract import ActionRow
-
         body = {"reason": reason, "who": who}
         return self._one(
             ActionRow, self.request("POST", f"/api/v1/runs/{_seg(run)}/restart", body=body)
@@ -244,32 +216,22 @@ class OperatorClient:
         kind: str | None = None,
         since_id: int | None = None,
     ) -> list[EventRow]:
-        from trainwarden.supervisor.api.contract import EventRow
-
         query = {"limit": limit, "node": node, "run": run, "kind": kind, "since_id": since_id}
         return self._many(EventRow, self.request("GET", "/api/v1/events", query=query))
 
     def actions(self, *, status: str | None = None, limit: int | None = None) -> list[ActionRow]:
-        from trainwarden.supervisor.api.contract import ActionRow
-
         query = {"status": status, "limit": limit}
         return self._many(ActionRow, self.request("GET", "/api/v1/actions", query=query))
 
     def explain(self, ident: int, what: Literal["event", "action"]) -> Explanation:
-        from trainwarden.supervisor.api.contract import Explanation
-
         reply = self.request("GET", f"/api/v1/{what}s/{int(ident)}/explain")
         return self._one(Explanation, reply)
 
     def approve(self, action_id: int, who: str) -> ActionRow:
-        from trainwarden.supervisor.api.contract import ActionRow
-
         reply = self.request("POST", f"/api/v1/actions/{int(action_id)}/approve", body={"who": who})
         return self._one(ActionRow, reply)
 
     def reject(self, action_id: int, reason: str, who: str) -> ActionRow:
-        from trainwarden.supervisor.api.contract import ActionRow
-
         reply = self.request(
             "POST", f"/api/v1/actions/{int(action_id)}/reject", body={"reason": reason, "who": who}
         )
@@ -298,45 +260,3 @@ def _error_message(exc: urllib.error.HTTPError) -> str:
     if isinstance(payload, dict) and isinstance(payload.get("error"), str):
         return str(payload["error"])
     return f"the daemon answered HTTP {exc.code} {exc.reason}"
-
-
-# --- output helpers shared by the CLI commands ---------------------------------------------------
-
-
-def print_json(payload: BaseModel | list[Any] | dict[str, Any]) -> None:
-    """Machine output: one JSON document on stdout (rows as the API sends them)."""
-    from pydantic import BaseModel
-
-    def plain(item: Any) -> Any:
-        return item.model_dump(mode="json") if isinstance(item, BaseModel) else item
-
-    data = [plain(i) for i in payload] if isinstance(payload, list) else plain(payload)
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def console() -> Console:
-    """A rich console on stdout; wide when not a terminal so piped tables are not folded."""
-    from rich.console import Console
-
-    out = Console(highlight=False, soft_wrap=False)
-    if not out.is_terminal:
-        out = Console(highlight=False, width=200)
-    return out
-
-
-def fmt_time(ts: float | None) -> str:
-    """A timestamp as local ``YYYY-MM-DD HH:MM:SS``; '-' when unknown."""
-    if ts is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def fmt_age(ts: float | None, now: float | None = None) -> str:
-    """How long ago ``ts`` was, compactly (``4s``, ``3m``, ``2h``, ``5d``); '-' when unknown."""
-    if ts is None:
-        return "-"
-    age = max(0.0, (time.time() if now is None else now) - ts)
-    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
-        if age >= size:
-            return f"{int(age // size)}{unit} ago"
-    return f"{int(age)}s ago"

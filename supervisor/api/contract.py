@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainwarden.health.report import NAME_PATTERN
 from trainwarden.policies.model import ActionKind, Actor, Event, Verdict
-from trainwarden.supervisor.api.client import DEFAULT_API, DEFAULT_API_HOST, DEFAULT_API_PORT
 from trainwarden.supervisor.store.records import ActionRecord, ActionStatus
 
 __all__ = [
@@ -36,6 +35,11 @@ __all__ = [
     "RunSpecIn",
 ]
 
+# Where the daemon serves this API unless told otherwise; the server binds it, the client
+# calls it. They live here, in the contract, so neither side imports the other.
+DEFAULT_API_HOST = "127.0.0.1"
+DEFAULT_API_PORT = 8470
+DEFAULT_API = f"http://{DEFAULT_API_HOST}:{DEFAULT_API_PORT}"
 
 NodeState = Literal["healthy", "suspect", "failed", "draining", "drained", "vetting", "unknown"]
 NODE_STATES: tuple[NodeState, ...] = (

@@ -6,12 +6,21 @@ In approve mode, rules queue their actions; an operator approves or rejects each
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from trainwarden.supervisor.api.client import add_api_arguments
+from rich.markup import escape
 
-if TYPE_CHECKING:
-    from trainwarden.supervisor.api.contract import ActionRow
+from trainwarden.supervisor.api.client import add_api_arguments, client_for, default_who
+from trainwarden.supervisor.cli.render import (
+    action_by,
+    action_target,
+    console,
+    fmt_time,
+    print_json,
+    render_explanation,
+    report_action,
+    table,
+)
 
 STATUSES = ("pending", "running", "succeeded", "failed", "approved", "rejected", "skipped")
 STATUS_STYLE = {
@@ -70,11 +79,6 @@ def register(subparsers: Any) -> None:
 
 
 def run_actions(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from trainwarden.supervisor.api.client import client_for, console, fmt_time, print_json
-    from trainwarden.supervisor.cli.events import render_explanation
-
     client = client_for(args)
     if args.explain is not None:
         explanation = client.explain(args.explain, "action")
@@ -91,83 +95,30 @@ def run_actions(args: argparse.Namespace) -> int:
     if not rows:
         out.print("no actions" + (f" with status {args.status}" if args.status else ""))
         return 0
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("ID", "TIME", "KIND", "TARGET", "BY", "VERDICT", "STATUS", "REASON"):
-        table.add_column(column, justify="right" if column == "ID" else "left")
+    listing = table(
+        "ID", "TIME", "KIND", "TARGET", "BY", "VERDICT", "STATUS", "REASON", right=("ID",)
+    )
     for r in sorted(rows, key=lambda r: r.id):
         style = STATUS_STYLE.get(r.status, "")
-        table.add_row(
+        listing.add_row(
             str(r.id),
             fmt_time(r.ts),
             r.kind,
-            _target(r),
-            _by(r),
+            action_target(r),
+            action_by(r),
             r.verdict,
             f"[{style}]{r.status}[/]" if style else r.status,
-            _escape(r.reason),
+            escape(r.reason),
         )
-    out.print(table)
+    out.print(listing)
     return 0
 
 
 def run_approve(args: argparse.Namespace) -> int:
-    from trainwarden.supervisor.api.client import client_for, default_who
-
     row = client_for(args).approve(args.id, args.who or default_who())
     return report_action(row, as_json=args.json)
 
 
 def run_reject(args: argparse.Namespace) -> int:
-    from trainwarden.supervisor.api.client import client_for, default_who
-
     row = client_for(args).reject(args.id, args.reason, args.who or default_who())
     return report_action(row, as_json=args.json)
-
-
-def _target(row: ActionRow) -> str:
-    parts = [p for p in (row.node, f"run {row.run}" if row.run else None) if p]
-    return " / ".join(parts) or "-"
-
-
-def _by(row: ActionRow) -> str:
-    if row.actor == "operator":
-        return f"operator {row.who or '?'}"
-    return f"rule {row.rule or '?'}"
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
-
-
-def action_summary(row: ActionRow) -> list[str]:
-    """The lines that describe one action to an operator."""
-    from trainwarden.supervisor.api.client import fmt_time
-
-    lines = [
-        f"action {row.id}: {row.kind} {_target(row)} at {fmt_time(row.ts)}",
-        f"by {_by(row)}: {row.reason}",
-        f"verdict {row.verdict}, status {row.status}" + (f": {row.result}" if row.result else ""),
-    ]
-    for guard in row.guards:
-        mark = "pass" if guard.get("passed") else "FAIL"
-        detail = guard.get("detail") or ""
-        name = guard.get("guard", "?")
-        lines.append(f"guard {name}: {mark}" + (f" ({detail})" if detail else ""))
-    if row.evidence:
-        lines.append("evidence: events " + ", ".join(str(e) for e in row.evidence))
-    return lines
-
-
-def report_action(row: ActionRow, *, as_json: bool) -> int:
-    """Print the outcome of an operator action; exit 1 when it was refused or failed."""
-    from trainwarden.supervisor.api.client import console, print_json
-
-    if as_json:
-        print_json(row)
-    else:
-        out = console()
-        for line in action_summary(row):
-            out.print(line, markup=False)
-    return 1 if row.status == "failed" or row.verdict == "block" else 0

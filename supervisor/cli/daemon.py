@@ -7,10 +7,14 @@ import logging
 import os
 from typing import Any
 
+from trainwarden.health.mqtt import add_auth_arguments, auth_from_args
+from trainwarden.supervisor.daemon.process import DaemonConfig, run_daemon
+from trainwarden.supervisor.daemon.supervisor import CoreConfig
+from trainwarden.supervisor.errors import ConfigError
+from trainwarden.supervisor.store.engine import default_url
+
 
 def _hostport(text: str, default_port: int) -> tuple[str, int]:
-    from trainwarden.supervisor.errors import ConfigError
-
     host, _, port = text.rpartition(":") if ":" in text else (text, "", str(default_port))
     try:
         return host or "127.0.0.1", int(port)
@@ -61,19 +65,12 @@ def register(sub: Any) -> None:
         default="trainwarden-daemon",
         help="MQTT client id; the broker keeps this daemon's session under it",
     )
-    from trainwarden.health.mqtt import add_auth_arguments
-
     add_auth_arguments(p)
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainwarden.health.mqtt import auth_from_args
-    from trainwarden.supervisor.daemon.process import DaemonConfig, run_daemon
-    from trainwarden.supervisor.daemon.supervisor import CoreConfig
-    from trainwarden.supervisor.store.engine import default_url
-
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

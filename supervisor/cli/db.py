@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
+
+from trainwarden.supervisor.store import current, default_url, head_revision, mask, upgrade
+from trainwarden.supervisor.store.migrate import schema_problem
 
 
 def register(subparsers: Any) -> None:
@@ -49,14 +53,10 @@ def _url_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _url(args: argparse.Namespace) -> str:
-    from trainwarden.supervisor.store import default_url
-
     return str(args.url) if args.url else default_url()
 
 
 def _upgrade(args: argparse.Namespace) -> int:
-    from trainwarden.supervisor.store import current, mask, upgrade
-
     url = _url(args)
     before = current(url)
     after = upgrade(url, args.revision)
@@ -68,8 +68,6 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 
 def _current(args: argparse.Namespace) -> int:
-    from trainwarden.supervisor.store import current, head_revision, mask
-
     url = _url(args)
     rev = current(url)
     head = head_revision()
@@ -84,11 +82,6 @@ def _current(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    import sys
-
-    from trainwarden.supervisor.store import current, mask
-    from trainwarden.supervisor.store.migrate import schema_problem
-
     url = _url(args)
     problem = schema_problem(current(url))
     if problem is not None:

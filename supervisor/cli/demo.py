@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
 from typing import Any
+
+from trainwarden.supervisor.demo import DemoConfig, run_demo
 
 
 def register(sub: Any) -> None:
@@ -39,10 +42,6 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from trainwarden.supervisor.demo import DemoConfig, run_demo
-
     logging.basicConfig(level=logging.ERROR)
     cfg = DemoConfig(
         scenario=args.scenario,

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from trainwarden.supervisor.api.client import add_api_arguments
+from trainwarden.supervisor.api.client import add_api_arguments, client_for, default_who
+from trainwarden.supervisor.cli.render import report_action
+from trainwarden.supervisor.errors import SupervisorError
 
 
 def register(subparsers: Any) -> None:
@@ -38,20 +40,12 @@ def register(subparsers: Any) -> None:
 
 
 def run_drain(args: argparse.Namespace) -> int:
-    from trainwarden.supervisor.api.client import client_for, default_who
-    from trainwarden.supervisor.cli.actions import report_action
-
     if not args.reason.strip():
-        from trainwarden.supervisor.errors import SupervisorError
-
         raise SupervisorError("--reason must not be empty: say why the node is drained")
     row = client_for(args).drain(args.node, args.reason, args.who or default_who())
     return report_action(row, as_json=args.json)
 
 
 def run_undrain(args: argparse.Namespace) -> int:
-    from trainwarden.supervisor.api.client import client_for, default_who
-    from trainwarden.supervisor.cli.actions import report_action
-
     row = client_for(args).undrain(args.node, args.reason, args.who or default_who())
     return report_action(row, as_json=args.json)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from trainwarden.supervisor.api.client import add_api_arguments
-
-if TYPE_CHECKING:
-    from rich.console import Console
-
-    from trainwarden.supervisor.api.contract import EventRow, Explanation
+from trainwarden.supervisor.api.client import add_api_arguments, client_for
+from trainwarden.supervisor.cli.render import (
+    console,
+    events_table,
+    print_json,
+    render_explanation,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -43,8 +44,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainwarden.supervisor.api.client import client_for, console, print_json
-
     client = client_for(args)
     if args.explain is not None:
         explanation = client.explain(args.explain, "event")
@@ -65,38 +64,3 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out.print(events_table(sorted(rows, key=lambda r: r.id)))
     return 0
-
-
-def events_table(rows: list[EventRow]) -> Any:
-    """A rich table of events, in the order given."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from trainwarden.supervisor.api.client import fmt_time
-
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("ID", "TIME", "KIND", "NODE", "RUN", "MESSAGE"):
-        table.add_column(column, justify="right" if column == "ID" else "left")
-    for r in rows:
-        table.add_row(
-            str(r.id), fmt_time(r.ts), r.kind, r.node or "-", r.run or "-", escape(r.message)
-        )
-    return table
-
-
-def render_explanation(out: Console, explanation: Explanation) -> None:
-    """Print an explanation: its lines (or, without any, the action's summary) and evidence."""
-    from trainwarden.supervisor.cli.actions import action_summary
-
-    out.print(f"[bold]{explanation.subject}[/]")
-    for line in explanation.lines:
-        out.print(f"  {line}", markup=False)
-    if explanation.action is not None and not explanation.lines:
-        out.print()
-        out.print("[bold]record[/]")
-        for line in action_summary(explanation.action):
-            out.print(f"  {line}", markup=False)
-    if explanation.events:
-        out.print()
-        out.print("[bold]evidence[/]")
-        out.print(events_table(explanation.events))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from trainwarden.supervisor.api.client import add_api_arguments
+from trainwarden.supervisor.api.client import add_api_arguments, client_for
+from trainwarden.supervisor.cli.render import console, fmt_age, print_json, table
 
 STATE_STYLE = {
     "healthy": "green",
@@ -31,10 +32,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from trainwarden.supervisor.api.client import client_for, console, fmt_age, print_json
-
     rows = client_for(args).nodes()
     if args.state:
         rows = [r for r in rows if r.state == args.state]
@@ -45,12 +42,10 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         out.print("no nodes known" + (f" in state {args.state}" if args.state else ""))
         return 0
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("NODE", "STATE", "SCHEDULER", "RUN", "HEARTBEAT", "CONDITIONS", "DRAIN"):
-        table.add_column(column)
+    listing = table("NODE", "STATE", "SCHEDULER", "RUN", "HEARTBEAT", "CONDITIONS", "DRAIN")
     for r in rows:
         drain = f"{r.drained_by}: {r.drain_reason or ''}".rstrip(": ") if r.drained_by else ""
-        table.add_row(
+        listing.add_row(
             r.name,
             f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]",
             r.scheduler_state or "-",
@@ -59,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             ",".join(r.conditions) or "-",
             drain,
         )
-    out.print(table)
+    out.print(listing)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1

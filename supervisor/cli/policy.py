@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from trainwarden.policies.rules import default_policy_text, describe_duration, load_policy
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("policy", help="validate or show a policy file")
@@ -18,8 +20,6 @@ def register(subparsers: Any) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from trainwarden.policies.rules import describe_duration, load_policy
-
     policy = load_policy(args.file)  # PolicyError -> main prints it, exit 2
     gd = policy.guards
     print(
@@ -48,7 +48,5 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from trainwarden.policies.rules import default_policy_text
-
     print(default_policy_text(), end="")
     return 0

@@ -8,7 +8,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from trainwarden.supervisor.api.client import add_api_arguments
+from pydantic import ValidationError
+
+from trainwarden.supervisor.api.client import add_api_arguments, client_for, default_who
+from trainwarden.supervisor.api.contract import RunSpecIn
+from trainwarden.supervisor.cli.render import console, print_json, report_action, table
+from trainwarden.supervisor.errors import SupervisorError
 
 STATE_STYLE = {
     "running": "green",
@@ -117,10 +122,6 @@ def register(subparsers: Any) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from trainwarden.supervisor.api.client import client_for, console, print_json
-
     rows = client_for(args).runs()
     if args.json:
         print_json(rows)
@@ -129,8 +130,7 @@ def run_list(args: argparse.Namespace) -> int:
     if not rows:
         out.print("no runs under supervision")
         return 0
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in (
+    listing = table(
         "RUN",
         "SCHEDULER",
         "STATE",
@@ -140,14 +140,13 @@ def run_list(args: argparse.Namespace) -> int:
         "STEP",
         "CHECKPOINT",
         "RESUMED FROM",
-    ):
-        table.add_column(column)
+    )
     for r in rows:
         style = STATE_STYLE.get(r.state, "")
         step = "-" if r.last_step is None else str(r.last_step)
         if r.target_step is not None:
             step += f"/{r.target_step}"
-        table.add_row(
+        listing.add_row(
             r.name,
             r.scheduler,
             f"[{style}]{r.state}[/]" if style else r.state,
@@ -158,17 +157,11 @@ def run_list(args: argparse.Namespace) -> int:
             _opt(r.last_checkpoint_step),
             _opt(r.resumed_from_step),
         )
-    out.print(table)
+    out.print(listing)
     return 0
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from trainwarden.supervisor.api.client import client_for, console, default_who, print_json
-    from trainwarden.supervisor.api.contract import RunSpecIn
-    from trainwarden.supervisor.errors import SupervisorError
-
     command = list(args.job_command)
     if not command:
         raise SupervisorError("no command given: put it after `--`, e.g. -- python train.py")
@@ -209,10 +202,6 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_restart(args: argparse.Namespace) -> int:
-    from trainwarden.supervisor.api.client import client_for, default_who
-    from trainwarden.supervisor.cli.actions import report_action
-    from trainwarden.supervisor.errors import SupervisorError
-
     if not args.reason.strip():
         raise SupervisorError("--reason must not be empty: say why the run is restarted")
     row = client_for(args).restart_run(args.run, args.reason, args.who or default_who())

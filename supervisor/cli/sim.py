@@ -9,8 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from trainwarden.policies.engine import Mode
+from trainwarden.policies.errors import PolicyError
+from trainwarden.policies.rules import load_policy
+from trainwarden.supervisor.sim import load_scenario, shipped_names, simulate
 
 
 def register(subparsers: Any) -> None:
@@ -27,13 +33,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from trainwarden.policies.engine import Mode
-    from trainwarden.policies.errors import PolicyError
-    from trainwarden.policies.rules import load_policy
-    from trainwarden.supervisor.sim import load_scenario, shipped_names, simulate
-
     if args.list or not args.scenario:
         if not args.list:
             raise PolicyError("name a scenario (or --list): " + ", ".join(shipped_names()))

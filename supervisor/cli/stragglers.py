@@ -10,6 +10,9 @@ import argparse
 import json
 from typing import Any
 
+from trainwarden.supervisor.detectors.stragglers.offline import analyze_rows
+from trainwarden.supervisor.detectors.stragglers.traces import load_trace
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("stragglers", help="straggler analysis")
@@ -27,9 +30,6 @@ def register(subparsers: Any) -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from trainwarden.supervisor.detectors.stragglers.offline import analyze_rows
-    from trainwarden.supervisor.detectors.stragglers.traces import load_trace
-
     result = analyze_rows(load_trace(args.trace)).as_dict()
     if args.json:
         print(json.dumps(result, indent=2))

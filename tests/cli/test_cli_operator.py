@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from rich.console import Console
 
 from trainwarden.cli import main
 from trainwarden.supervisor.api.client import ApiUnreachableError, OperatorClient, resolve_api
+from trainwarden.supervisor.api.contract import Explanation
 from trainwarden.supervisor.cli.actions import STATUSES
+from trainwarden.supervisor.cli.render import render_explanation
 from trainwarden.supervisor.errors import SupervisorError
 from trainwarden.supervisor.store.records import ActionStatus
 
@@ -352,11 +355,6 @@ def test_errors_are_supervisor_errors() -> None:
 
 
 def test_explanation_without_lines_shows_the_action(daemon: Daemon) -> None:
-    from rich.console import Console
-
-    from trainwarden.supervisor.api.contract import Explanation
-    from trainwarden.supervisor.cli.events import render_explanation
-
     action = daemon.service.actions[0]
     out = Console(width=200, record=True, file=io.StringIO())
     render_explanation(

@@ -34,6 +34,7 @@ def check_lines(out: str) -> dict[str, str]:
     return checks
 
 
+@pytest.mark.integration  # runs the console script in a fresh interpreter
 def test_vet_this_machine_without_gpus() -> None:
     proc = tw("vet")
     assert proc.returncode in (0, 1), proc.stdout + proc.stderr
@@ -42,6 +43,7 @@ def test_vet_this_machine_without_gpus() -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.integration  # runs the console script in a fresh interpreter
 def test_vet_expecting_gpus_here_is_critical() -> None:
     proc = tw("vet", "--expect-gpus", "4")
     assert proc.returncode == 2
@@ -49,6 +51,7 @@ def test_vet_expecting_gpus_here_is_critical() -> None:
     assert gpu.startswith("CRITICAL") and "expected 4 GPUs" in gpu
 
 
+@pytest.mark.integration  # runs the console script in a fresh interpreter
 @pytest.mark.parametrize(
     ("fault", "check", "words"),
     [
@@ -66,6 +69,7 @@ def test_vet_simulated_critical(fault: str, check: str, words: str) -> None:
     assert f"(simulated: {fault})" in proc.stdout
 
 
+@pytest.mark.integration  # runs the console script in a fresh interpreter
 def test_vet_storage_hang_returns_within_timeout() -> None:
     t0 = time.monotonic()
     proc = tw("vet", "--simulate", "storage-hang", "--timeout", "2")
@@ -76,6 +80,7 @@ def test_vet_storage_hang_returns_within_timeout() -> None:
     assert line.startswith("CRITICAL") and "storage hung" in line
 
 
+@pytest.mark.integration  # runs the console script in a fresh interpreter
 def test_vet_json_and_repeated_simulate() -> None:
     proc = tw("vet", "--simulate", "thermal-throttle", "--simulate", "host-oom", "--json")
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -106,6 +111,7 @@ def test_bad_input_is_a_clear_error(
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.integration  # runs the console script in a fresh interpreter
 def test_bad_input_through_the_console_script() -> None:
     proc = tw("vet", "--simulate", "gpu-melted")
     assert proc.returncode == 2
@@ -113,6 +119,7 @@ def test_bad_input_through_the_console_script() -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.integration  # runs the console script in a fresh interpreter
 def test_hw_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = str(tmp_path / "node")
     assert main(["hw", "list"]) == 0
@@ -157,3 +164,42 @@ def test_vet_lists_the_fault_names_it_can_simulate(capsys: pytest.CaptureFixture
         "storage-full",
         "gpu-mem-held",
     } <= names
+
+
+# Runs one node-side command in a fresh interpreter, then prints which trainwarden.supervisor
+# modules got loaded: a compute node must run agent, vet and hw without the login-node side.
+_LOADED_AFTER = """
+import json, sys
+from trainwarden.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:  # --help exits through argparse
+    code = exc.code
+loaded = sorted(m for m in sys.modules if m.startswith("trainwarden.supervisor"))
+print(json.dumps({"code": code, "loaded": loaded}), file=sys.stderr)
+"""
+
+
+@pytest.mark.integration  # a fresh interpreter per command, by design
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("vet", "--json"),
+        ("vet", "--simulate", "xid:79", "--window", "0", "--json"),
+        ("vet", "--help"),
+        ("agent", "--once", "--json", "--node", "sim1", "--simulate", "xid:79"),
+        ("hw", "list", "--json"),
+    ],
+    ids=" ".join,
+)
+def test_node_side_commands_load_nothing_of_the_supervisor(argv: tuple[str, ...]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOADED_AFTER, *argv],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    result = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert result["code"] in (0, 1, 2), proc.stderr  # vet: 1 warning / 2 critical on this host
+    assert result["loaded"] == []
