@@ -39,7 +39,8 @@ from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
 from trainwarden.supervisor.model.cluster import RunInfo, RunSpec
 from trainwarden.supervisor.scheduler.local import LocalScheduler
-from trainwarden.supervisor.store import open_store, upgrade
+from trainwarden.supervisor.store.migrate import upgrade
+from trainwarden.supervisor.store.store import open_store
 
 
 def health_report(node: str, seq: int) -> bytes:

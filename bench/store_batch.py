@@ -29,7 +29,9 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from trainwarden.policies.model import Condition, ConditionType, Event, EventKind  # noqa: E402
-from trainwarden.supervisor.store import StoreBatch, open_store, upgrade  # noqa: E402
+from trainwarden.supervisor.store.migrate import upgrade  # noqa: E402
+from trainwarden.supervisor.store.records import StoreBatch  # noqa: E402
+from trainwarden.supervisor.store.store import open_store  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

@@ -1,9 +1,9 @@
 """Entry point of the ``trainwarden`` console script.
 
 Each command lives in its own module and exposes ``register(subparsers)``, which adds its
-parser and sets ``func(args) -> int``. Node-side commands (``agent``, ``vet``, ``hw``) live
-in ``trainwarden.health.cli``: when one of them is run, only the node-side modules are
-loaded, so a compute node needs nothing of the login-node package.
+parser and sets ``func(args) -> int``. Only the module of the command being run is loaded.
+Node-side commands (``agent``, ``vet``, ``hw``) live in ``trainwarden.health.cli``, so a
+compute node needs nothing of the login-node package.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ LOGIN_COMMANDS: tuple[str, ...] = (
     "demo",
 )
 ORDER: tuple[str, ...] = ("agent", *LOGIN_COMMANDS[:9], "vet", "hw", *LOGIN_COMMANDS[9:])
+# commands registered by another command's module
+SHARED: dict[str, str] = {"undrain": "drain", "approve": "actions", "reject": "actions"}
 
 
 def _module_of(command: str) -> str:
@@ -54,9 +56,11 @@ def build_parser(only: Sequence[str] = ORDER) -> argparse.ArgumentParser:
 
 
 def _commands_for(argv: Sequence[str]) -> Sequence[str]:
-    """Only the node-side modules when a node-side command is asked for."""
+    """Only the asked-for command's module (a node-side one loads nothing of the login
+    side, and no command pays for the others' imports); every module for ``--help``."""
     first = next((a for a in argv if not a.startswith("-")), None)
-    return NODE_COMMANDS if first in NODE_COMMANDS else ORDER
+    module = SHARED.get(first or "", first)
+    return (module,) if module in ORDER else ORDER
 
 
 def main(argv: Sequence[str] | None = None) -> int:

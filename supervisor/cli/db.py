@@ -12,8 +12,8 @@ import json
 import sys
 from typing import Any
 
-from trainwarden.supervisor.store import current, default_url, head_revision, mask, upgrade
-from trainwarden.supervisor.store.migrate import schema_problem
+from trainwarden.supervisor.store.engine import default_url, mask
+from trainwarden.supervisor.store.migrate import current, head_revision, schema_problem, upgrade
 
 
 def register(subparsers: Any) -> None:

@@ -36,7 +36,7 @@ from trainwarden.supervisor.errors import ConfigError
 from trainwarden.supervisor.scheduler.base import Scheduler
 from trainwarden.supervisor.scheduler.local import LocalScheduler
 from trainwarden.supervisor.scheduler.slurm import SlurmScheduler
-from trainwarden.supervisor.store import open_store
+from trainwarden.supervisor.store.store import open_store
 
 log = logging.getLogger(__name__)
 LEASE = "trainwarden-daemon"

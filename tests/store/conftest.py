@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from trainwarden.supervisor.store import Store, open_store, upgrade
+from trainwarden.supervisor.store.migrate import upgrade
+from trainwarden.supervisor.store.store import Store, open_store
 
 PG_ADMIN_URL = os.environ.get(
     "TRAINWARDEN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

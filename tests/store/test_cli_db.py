@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from trainwarden.cli import main
-from trainwarden.supervisor.store import head_revision
+from trainwarden.supervisor.store.migrate import head_revision
 
 
 def test_upgrade_current_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -45,6 +45,7 @@ def test_default_url_from_the_state_dir(
     assert "revision none" in capsys.readouterr().out
 
 
+@pytest.mark.integration  # the console entry point in a fresh interpreter
 def test_bad_url_is_one_line_and_exit_2(tmp_path: Path) -> None:
     env = {**os.environ, "TRAINWARDEN_STATE_DIR": str(tmp_path)}
     proc = subprocess.run(

@@ -19,16 +19,15 @@ from trainwarden.policies.model import (
     Verdict,
 )
 from trainwarden.supervisor.errors import NotFoundError, StoreError
-from trainwarden.supervisor.store import (
+from trainwarden.supervisor.store.records import (
     ActionStatus,
     AttemptRecord,
     CheckpointRecord,
     NodeRecord,
     RunRecord,
-    Store,
     StoreBatch,
-    open_store,
 )
+from trainwarden.supervisor.store.store import Store, open_store
 
 
 def ev(ts: float, kind: EventKind = EventKind.FAULT, **kw: object) -> Event:

@@ -11,9 +11,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from trainwarden.supervisor.errors import StoreError
-from trainwarden.supervisor.store import current, downgrade, head_revision, open_store, upgrade
 from trainwarden.supervisor.store.engine import make_engine
+from trainwarden.supervisor.store.migrate import current, downgrade, head_revision, upgrade
 from trainwarden.supervisor.store.schema import Base
+from trainwarden.supervisor.store.store import open_store
 
 TABLES = {
     "nodes",

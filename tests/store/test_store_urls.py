@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from trainwarden.supervisor.errors import StoreError
-from trainwarden.supervisor.store import default_url, mask, open_store, parse_url, upgrade
+from trainwarden.supervisor.store.engine import default_url, mask, parse_url
+from trainwarden.supervisor.store.migrate import upgrade
+from trainwarden.supervisor.store.store import open_store
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,8 @@ from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
 from trainwarden.supervisor.errors import SchedulerError
 from trainwarden.supervisor.scheduler.base import NodeState
 from trainwarden.supervisor.scheduler.local import LocalScheduler
-from trainwarden.supervisor.store import open_store, upgrade
+from trainwarden.supervisor.store.migrate import upgrade
+from trainwarden.supervisor.store.store import open_store
 
 NODES = [f"n{i}" for i in range(1, 9)]
 DEFAULT = resources.files("trainwarden.policies").joinpath("data/default.yaml").read_text()
