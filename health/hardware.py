@@ -14,14 +14,11 @@ import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from trainwarden.health.kmsg import DevKmsg, FileKernelLog, KernelLogReader
 from trainwarden.health.nvml.backend import NvmlBackend
 from trainwarden.health.nvml.real import RealNvml
-
-if TYPE_CHECKING:
-    from trainwarden.health.probes.registry import ProbeConfig
 
 
 @dataclass(frozen=True)
@@ -171,12 +168,3 @@ class RealHardware:
 
     def default_storage_paths(self) -> tuple[str, ...]:
         return ("/tmp",)
-
-
-def real_hardware(config: ProbeConfig) -> Hardware:
-    """The node's real hardware, with the roots and kernel log the configuration names."""
-    return RealHardware(
-        sysfs_root=config.sysfs_root,
-        procfs_root=config.procfs_root,
-        kmsg_path=config.kmsg_path,
-    )

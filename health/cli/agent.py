@@ -13,10 +13,10 @@ from typing import Any
 
 from trainwarden.health.agent import Agent, AgentConfig
 from trainwarden.health.errors import HealthError
-from trainwarden.health.hardware import Hardware, real_hardware
+from trainwarden.health.hardware import Hardware
 from trainwarden.health.mqtt import add_auth_arguments, auth_from_args, parse_broker, short_hostname
 from trainwarden.health.probes.network import NetThresholds
-from trainwarden.health.probes.registry import ProbeConfig
+from trainwarden.health.probes.registry import ProbeConfig, real_hardware
 from trainwarden.health.report import check_name
 from trainwarden.health.sim.hardware import SimulatedHardware
 

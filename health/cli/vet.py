@@ -14,8 +14,8 @@ from typing import Any
 
 from trainwarden.health.cli.hw import run_list
 from trainwarden.health.errors import HealthError
-from trainwarden.health.hardware import Hardware, real_hardware
-from trainwarden.health.probes.registry import ProbeConfig
+from trainwarden.health.hardware import Hardware
+from trainwarden.health.probes.registry import ProbeConfig, real_hardware
 from trainwarden.health.sim.faults import parse_fault
 from trainwarden.health.sim.hardware import SimulatedHardware
 from trainwarden.health.vet import vet

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from trainwarden.health.clock import Clock, SystemClock
 from trainwarden.health.errors import HealthError
 from trainwarden.health.faults import XidCatalog
-from trainwarden.health.hardware import Hardware
+from trainwarden.health.hardware import Hardware, RealHardware
 from trainwarden.health.probes.base import EventWatcher, Probe
 from trainwarden.health.probes.gpu import GpuProbe, GpuThresholds
 from trainwarden.health.probes.host import HostProbe, HostThresholds
@@ -115,3 +115,12 @@ def build_watchers(config: ProbeConfig, hardware: Hardware) -> list[EventWatcher
             XidWatcher(hardware.nvml, config.catalog(), hardware.kernel_log(config.kmsg_from_start))
         )
     return watchers
+
+
+def real_hardware(config: ProbeConfig) -> Hardware:
+    """The node's real hardware, with the roots and kernel log the configuration names."""
+    return RealHardware(
+        sysfs_root=config.sysfs_root,
+        procfs_root=config.procfs_root,
+        kmsg_path=config.kmsg_path,
+    )

@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 
 from trainwarden.health.errors import HealthError
 from trainwarden.health.faults import XidCatalog
-from trainwarden.health.hardware import RealHardware, real_hardware
+from trainwarden.health.hardware import RealHardware
 from trainwarden.health.kmsg import DevKmsg, parse_line, parse_xid
 from trainwarden.health.nvml.backend import NvmlError
 from trainwarden.health.nvml.real import RealNvml
 from trainwarden.health.probes.host import parse_meminfo, parse_stat_state
-from trainwarden.health.probes.registry import ProbeConfig
+from trainwarden.health.probes.registry import ProbeConfig, real_hardware
 from trainwarden.health.probes.storage import parse_mountinfo
 from trainwarden.health.probes.xid import XidWatcher
 
@@ -43,6 +43,7 @@ def test_real_nvml_without_driver_raises_our_error() -> None:
 
 
 @needs_no_driver
+@pytest.mark.integration  # the watcher really sleeps out its 0.2 s timeout
 def test_xid_watcher_without_nvml_or_kernel_log_waits_and_returns_nothing() -> None:
     watcher = XidWatcher(RealNvml(), XidCatalog(), kernel_log=None)
     t0 = time.monotonic()
