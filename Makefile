@@ -24,13 +24,14 @@ services:
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check . || true
+	$(VENV)/bin/ruff format --check .
 
 typecheck: $(VENV)/.dev-installed
 	$(VENV)/bin/mypy
 
 test: $(VENV)/.dev-installed services
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q -ra
 

@@ -177,6 +177,42 @@ def simulated_compute(seconds: float, slice_s: float = 0.005) -> None:
         time.sleep(slice_s)
 
 
+def train_step(
+    args: argparse.Namespace,
+    step: int,
+    rank: int,
+    world: int,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    reporter: Reporter,
+    loss_sum: torch.Tensor,
+) -> float:
+    """One step: forward + backward (the reported compute section), the gradient
+    all-reduce, the optimizer step; returns the loss averaged over all ranks."""
+    x, y = batch_for(args, step, rank)
+    with reporter.compute():
+        opt.zero_grad(set_to_none=False)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        if args.step_time:
+            simulated_compute(args.step_time * args.slow_factor)
+    for p in model.parameters():  # gradient all-reduce: the communication part
+        assert p.grad is not None
+        dist.all_reduce(p.grad)
+        p.grad /= world
+    opt.step()
+    loss_sum.fill_(loss.item())
+    dist.all_reduce(loss_sum)
+    return loss_sum.item() / world
+
+
+def checkpoint_requested_anywhere(reporter: Reporter, flag: torch.Tensor) -> bool:
+    """Whether any rank got a ``checkpoint-now``: every rank must take part (all-reduce)."""
+    flag.fill_(1.0 if reporter.checkpoint_requested() else 0.0)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item() > 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
@@ -206,26 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while step < args.steps:
             step += 1
-            x, y = batch_for(args, step, rank)
-            with reporter.compute():
-                opt.zero_grad(set_to_none=False)
-                loss = torch.nn.functional.mse_loss(model(x), y)
-                loss.backward()
-                if args.step_time:
-                    simulated_compute(args.step_time * args.slow_factor)
-            for p in model.parameters():  # gradient all-reduce: the communication part
-                assert p.grad is not None
-                dist.all_reduce(p.grad)
-                p.grad /= world
-            opt.step()
-            loss_sum.fill_(loss.item())
-            dist.all_reduce(loss_sum)
-            mean_loss = loss_sum.item() / world
+            mean_loss = train_step(args, step, rank, world, model, opt, reporter, loss_sum)
             log.write(f"step={step} loss={mean_loss!r}")
             reporter.step_done(step)
-            flag.fill_(1.0 if reporter.checkpoint_requested() else 0.0)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if step % args.ckpt_every == 0 or step == args.steps or flag.item() > 0:
+            requested = checkpoint_requested_anywhere(reporter, flag)
+            if step % args.ckpt_every == 0 or step == args.steps or requested:
                 save(step, ckpt_dir, model, opt, rank, reporter, log)
         digest = params_digest(model)
         log.write(f"done step={step} loss={mean_loss!r} params={digest}")

@@ -107,7 +107,8 @@ class MqttAuth:
 
     def aiomqtt_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``aiomqtt.Client``."""
-        import aiomqtt
+        # Deferred: aiomqtt pulls in asyncio, which training ranks (via the reporter) must not load.
+        import aiomqtt  # noqa: PLC0415
 
         kw: dict[str, Any] = {"username": self.username, "password": self.password}
         if self.tls_ca or self.tls_cert:

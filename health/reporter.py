@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from trainwarden.health.errors import TrainwardenError
@@ -133,9 +135,6 @@ class Reporter:
             return cls(None, "unnamed", 0, 0, "localhost")
 
     def _start(self, host: str, port: int, client_id: str) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         self._auth.apply_to_paho(client)
         client.max_queued_messages_set(1000)

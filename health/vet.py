@@ -196,7 +196,8 @@ class GpuComputeCheck:
 
 def _load_torch() -> Any:
     try:
-        import torch
+        # Deferred: torch is optional (extra "train") and takes over a second to import.
+        import torch  # noqa: PLC0415
     except ImportError:
         return None
     return torch

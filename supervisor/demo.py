@@ -17,20 +17,25 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
+
+from rich.console import Console
 
 from trainwarden.health.agent import Agent, AgentConfig
 from trainwarden.health.probes.registry import ProbeConfig
 from trainwarden.health.sim.hardware import SimulatedHardware
 from trainwarden.policies.model import ConditionType, Event, EventKind
 from trainwarden.supervisor.daemon import operations as ops
+from trainwarden.supervisor.daemon.broker import EmbeddedBroker
 from trainwarden.supervisor.daemon.process import Daemon, DaemonConfig
-from trainwarden.supervisor.daemon.supervisor import CoreConfig
+from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
 from trainwarden.supervisor.errors import ConfigError
-from trainwarden.supervisor.model.cluster import RunSpec
+from trainwarden.supervisor.model.cluster import RunInfo, RunSpec
 from trainwarden.supervisor.model.lifecycle import RunPhase
 from trainwarden.supervisor.scheduler.local import LocalScheduler
+from trainwarden.supervisor.store.migrate import upgrade
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train.py"
 
@@ -89,8 +94,6 @@ class Timeline:
     }
 
     def __init__(self, out: TextIO, t0: float) -> None:
-        from rich.console import Console
-
         self.console = Console(file=out, highlight=False, soft_wrap=True)
         self.t0 = t0
         self.seen = 0
@@ -122,9 +125,6 @@ class Timeline:
 
 
 async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
-    from trainwarden.supervisor.daemon.broker import EmbeddedBroker
-    from trainwarden.supervisor.store.migrate import upgrade
-
     if not EXAMPLE.is_file():
         raise ConfigError(
             f"the example training job is missing: {EXAMPLE} (run the demo from "
@@ -141,11 +141,7 @@ async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
         checkpoint_interval=cfg.ckpt_every,
         workdir=str(work),
     )
-    policy = None
-    if cfg.scenario == "straggler":  # a policy that evicts stragglers (checkpoint first)
-        from importlib import resources
-
-        policy = str(resources.files("trainwarden.policies").joinpath("data/evict-stragglers.yaml"))
+    policy = _scenario_policy(cfg)
     tl = Timeline(out, started)
     names = [f"n{i}" for i in range(1, cfg.nodes + 1)]
     db_url = f"sqlite:///{work / 'trainwarden.db'}"
@@ -154,150 +150,18 @@ async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
     async with EmbeddedBroker(port=0) as broker:
         tl.say(f"embedded MQTT broker on 127.0.0.1:{broker.port}")
         sched = LocalScheduler(names, work / "logs")
-        dcfg = DaemonConfig(
-            db_url=db_url,
-            broker_port=broker.port,
-            api_port=0,
-            scheduler="local",
-            local_nodes=tuple(names),
-            client_id="trainwarden-demo-daemon",
-            policy_file=policy,
-            core=CoreConfig(
-                will_confirm_s=1.5, hang_floor_s=10.0, startup_timeout_s=120.0, settle_s=2.0
-            ),
-        )
-        daemon = Daemon(dcfg, scheduler=sched)
+        daemon = Daemon(_daemon_config(db_url, broker.port, names, policy), scheduler=sched)
         stop = asyncio.Event()
         dtask = asyncio.create_task(daemon.run(stop))
         hw = {n: SimulatedHardware(n, gpus=4, state_dir=work / "hw" / n) for n in names}
         agent_stop = asyncio.Event()
-        agents = [
-            asyncio.create_task(
-                Agent(
-                    AgentConfig(
-                        node=n,
-                        broker_port=broker.port,
-                        report_interval_s=5.0,
-                        heartbeat_interval_s=1.0,
-                        probes=ProbeConfig(
-                            expected_gpus=4, storage_paths=(str(work),), timeout_s=3.0
-                        ),
-                    ),
-                    hw[n],
-                ).run(agent_stop)
-            )
-            for n in names
-        ]
+        agents = _start_agents(hw, broker.port, work, agent_stop)
         try:
-            await _wait(
-                lambda: daemon.ready.is_set() and daemon.sup is not None,
-                30,
-                "the daemon did not start",
-            )
-            sup = daemon.sup
-            assert sup is not None
-            tl.say(f"daemon up; operator API {daemon.api_url}")
-            await _wait(
-                lambda: all(
-                    n in sup.state.nodes and sup.state.nodes[n].last_heartbeat_at for n in names
-                ),
-                20,
-                "agents did not report",
-            )
-            tl.say(f"{len(names)} simulated nodes reporting: {', '.join(names)}")
-            ckpt = work / "checkpoints"
-            spec = RunSpec(
-                command=(
-                    sys.executable,
-                    "-m",
-                    "torch.distributed.run",
-                    "--nnodes={nnodes}",
-                    "--node-rank={node_rank}",
-                    "--nproc-per-node=1",
-                    "--master-addr={master_addr}",
-                    "--master-port={master_port}",
-                    str(EXAMPLE),
-                    "--steps",
-                    str(cfg.steps),
-                    "--ckpt-every",
-                    str(cfg.ckpt_every),
-                    "--ckpt-dir",
-                    str(ckpt),
-                    "--step-time",
-                    str(cfg.step_time_s),
-                ),
-                nodes=cfg.nodes,
-                min_nodes=2,
-                checkpoint_dir=str(ckpt),
-                env={"TRAINWARDEN_BROKER": f"127.0.0.1:{broker.port}", "OMP_NUM_THREADS": "1"},
-                target_step=cfg.steps,
-            )
+            sup = await _wait_until_reporting(daemon, names, tl)
+            spec = _run_spec(cfg, work / "checkpoints", broker.port)
             run = await ops.add_run(sup, "demo", "local", spec, "demo")
-            injected_at: float | None = None
-            deadline = time.time() + cfg.timeout_s
-            while time.time() < deadline:
-                tl.show(list(sup.history))
-                if run.phase in (RunPhase.COMPLETED, RunPhase.GAVE_UP):
-                    break
-                if (
-                    injected_at is None
-                    and run.attempt == 1
-                    and run.last_step is not None
-                    and run.last_step >= cfg.fault_at_step
-                    and run.nodes
-                ):
-                    victim = run.nodes[-1]
-                    kind = {
-                        "gpu-fault": cfg.fault,
-                        "straggler": f"slowdown x{cfg.slowdown:g}",
-                        "hang": "rank frozen",
-                    }[cfg.scenario]
-                    result.fault = {"node": victim, "kind": kind, "at_step": run.last_step}
-                    result.last_checkpoint_before_fault = run.last_checkpoint_step
-                    injected_at = time.time()
-                    if cfg.scenario == "gpu-fault":
-                        hw[victim].inject(cfg.fault)
-                        sched.crash_processes(victim)  # the rank on that GPU dies with it
-                    elif cfg.scenario == "straggler":
-                        sched.throttle(victim, cfg.slowdown)  # e.g. a thermally throttled GPU
-                    else:
-                        sched.throttle(victim, float("inf"))  # the rank hangs (SIGSTOP)
-                    tl.say(
-                        f"INJECT {kind} on {victim} at step {run.last_step} "
-                        f"(last checkpoint: step {run.last_checkpoint_step})",
-                        "bold magenta",
-                    )
-                await asyncio.sleep(0.2)
-            tl.show(list(sup.history))
-            result.restarts = run.restarts
-            result.resumed_from_step = run.resumed_from_step
-            result.final_step = run.last_step
-            result.drained = sorted(
-                n.name for n in await sched.nodes() if n.state.value in ("drained", "draining")
-            )
-            if injected_at is not None:
-                victim = result.fault["node"]
-                kinds = {
-                    "gpu-fault": (EventKind.FAULT, EventKind.CONDITION_CHANGED),
-                    "straggler": (EventKind.STRAGGLER_FLAGGED,),
-                    "hang": (EventKind.RUN_PROGRESS_STALLED,),
-                }[cfg.scenario]
-                detected = [
-                    e.ts
-                    for e in sup.history
-                    if e.kind in kinds
-                    and e.ts >= injected_at
-                    and (e.node == victim or cfg.scenario == "hang")
-                ]
-                if detected:
-                    result.detected_after_s = round(min(detected) - injected_at, 3)
-                if (
-                    run.failure_steps
-                    and run.failure_steps[0] is not None
-                    and run.resumed_from_step is not None
-                ):
-                    result.steps_lost = max(0, run.failure_steps[0] - run.resumed_from_step)
-            result.recovered = _recovered(cfg, result, run, sup)
+            injected_at = await _follow(cfg, run, sup, sched, hw, tl, result)
+            await _record_outcome(cfg, result, run, sup, sched, injected_at)
         finally:
             agent_stop.set()
             await asyncio.gather(*agents, return_exceptions=True)
@@ -317,6 +181,204 @@ async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
         "bold green" if result.recovered else "bold red",
     )
     return result
+
+
+def _scenario_policy(cfg: DemoConfig) -> str | None:
+    """The policy file the scenario needs; None for the shipped default."""
+    if cfg.scenario == "straggler":  # a policy that evicts stragglers (checkpoint first)
+        return str(resources.files("trainwarden.policies").joinpath("data/evict-stragglers.yaml"))
+    return None
+
+
+def _daemon_config(
+    db_url: str, broker_port: int, names: list[str], policy: str | None
+) -> DaemonConfig:
+    return DaemonConfig(
+        db_url=db_url,
+        broker_port=broker_port,
+        api_port=0,
+        scheduler="local",
+        local_nodes=tuple(names),
+        client_id="trainwarden-demo-daemon",
+        policy_file=policy,
+        core=CoreConfig(
+            will_confirm_s=1.5, hang_floor_s=10.0, startup_timeout_s=120.0, settle_s=2.0
+        ),
+    )
+
+
+def _start_agents(
+    hw: dict[str, SimulatedHardware], broker_port: int, work: Path, stop: asyncio.Event
+) -> list[asyncio.Task[None]]:
+    """One agent task per simulated node, until ``stop`` is set."""
+    return [
+        asyncio.create_task(
+            Agent(
+                AgentConfig(
+                    node=n,
+                    broker_port=broker_port,
+                    report_interval_s=5.0,
+                    heartbeat_interval_s=1.0,
+                    probes=ProbeConfig(expected_gpus=4, storage_paths=(str(work),), timeout_s=3.0),
+                ),
+                hw[n],
+            ).run(stop)
+        )
+        for n in hw
+    ]
+
+
+async def _wait_until_reporting(daemon: Daemon, names: list[str], tl: Timeline) -> Supervisor:
+    """The daemon's supervisor, once it is up and every agent has sent a heartbeat."""
+    await _wait(
+        lambda: daemon.ready.is_set() and daemon.sup is not None,
+        30,
+        "the daemon did not start",
+    )
+    sup = daemon.sup
+    assert sup is not None
+    tl.say(f"daemon up; operator API {daemon.api_url}")
+    await _wait(
+        lambda: all(n in sup.state.nodes and sup.state.nodes[n].last_heartbeat_at for n in names),
+        20,
+        "agents did not report",
+    )
+    tl.say(f"{len(names)} simulated nodes reporting: {', '.join(names)}")
+    return sup
+
+
+def _run_spec(cfg: DemoConfig, ckpt: Path, broker_port: int) -> RunSpec:
+    """The example job under torchrun, one process per node, checkpointing into ``ckpt``."""
+    return RunSpec(
+        command=(
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes={nnodes}",
+            "--node-rank={node_rank}",
+            "--nproc-per-node=1",
+            "--master-addr={master_addr}",
+            "--master-port={master_port}",
+            str(EXAMPLE),
+            "--steps",
+            str(cfg.steps),
+            "--ckpt-every",
+            str(cfg.ckpt_every),
+            "--ckpt-dir",
+            str(ckpt),
+            "--step-time",
+            str(cfg.step_time_s),
+        ),
+        nodes=cfg.nodes,
+        min_nodes=2,
+        checkpoint_dir=str(ckpt),
+        env={"TRAINWARDEN_BROKER": f"127.0.0.1:{broker_port}", "OMP_NUM_THREADS": "1"},
+        target_step=cfg.steps,
+    )
+
+
+async def _follow(
+    cfg: DemoConfig,
+    run: RunInfo,
+    sup: Supervisor,
+    sched: LocalScheduler,
+    hw: dict[str, SimulatedHardware],
+    tl: Timeline,
+    result: DemoResult,
+) -> float | None:
+    """Show the timeline until the run ends (or the demo times out), injecting the scenario's
+    fault once the first attempt passes ``fault_at_step``; returns when it was injected."""
+    injected_at: float | None = None
+    deadline = time.time() + cfg.timeout_s
+    while time.time() < deadline:
+        tl.show(list(sup.history))
+        if run.phase in (RunPhase.COMPLETED, RunPhase.GAVE_UP):
+            break
+        if (
+            injected_at is None
+            and run.attempt == 1
+            and run.last_step is not None
+            and run.last_step >= cfg.fault_at_step
+            and run.nodes
+        ):
+            injected_at = _inject(cfg, run, sched, hw, tl, result)
+        await asyncio.sleep(0.2)
+    tl.show(list(sup.history))
+    return injected_at
+
+
+def _inject(
+    cfg: DemoConfig,
+    run: RunInfo,
+    sched: LocalScheduler,
+    hw: dict[str, SimulatedHardware],
+    tl: Timeline,
+    result: DemoResult,
+) -> float:
+    """Inject the scenario's fault on the run's last node; returns the time it was injected."""
+    victim = run.nodes[-1]
+    kind = {
+        "gpu-fault": cfg.fault,
+        "straggler": f"slowdown x{cfg.slowdown:g}",
+        "hang": "rank frozen",
+    }[cfg.scenario]
+    result.fault = {"node": victim, "kind": kind, "at_step": run.last_step}
+    result.last_checkpoint_before_fault = run.last_checkpoint_step
+    injected_at = time.time()
+    if cfg.scenario == "gpu-fault":
+        hw[victim].inject(cfg.fault)
+        sched.crash_processes(victim)  # the rank on that GPU dies with it
+    elif cfg.scenario == "straggler":
+        sched.throttle(victim, cfg.slowdown)  # e.g. a thermally throttled GPU
+    else:
+        sched.throttle(victim, float("inf"))  # the rank hangs (SIGSTOP)
+    tl.say(
+        f"INJECT {kind} on {victim} at step {run.last_step} "
+        f"(last checkpoint: step {run.last_checkpoint_step})",
+        "bold magenta",
+    )
+    return injected_at
+
+
+async def _record_outcome(
+    cfg: DemoConfig,
+    result: DemoResult,
+    run: RunInfo,
+    sup: Supervisor,
+    sched: LocalScheduler,
+    injected_at: float | None,
+) -> None:
+    """Fill ``result`` from the run, the scheduler and the daemon's history."""
+    result.restarts = run.restarts
+    result.resumed_from_step = run.resumed_from_step
+    result.final_step = run.last_step
+    result.drained = sorted(
+        n.name for n in await sched.nodes() if n.state.value in ("drained", "draining")
+    )
+    if injected_at is not None:
+        _measure_detection(cfg, result, run, sup, injected_at)
+    result.recovered = _recovered(cfg, result, run, sup)
+
+
+def _measure_detection(
+    cfg: DemoConfig, result: DemoResult, run: RunInfo, sup: Supervisor, injected_at: float
+) -> None:
+    """How long after the injection the daemon noticed, and how many steps were lost."""
+    victim = result.fault["node"]
+    kinds = {
+        "gpu-fault": (EventKind.FAULT, EventKind.CONDITION_CHANGED),
+        "straggler": (EventKind.STRAGGLER_FLAGGED,),
+        "hang": (EventKind.RUN_PROGRESS_STALLED,),
+    }[cfg.scenario]
+    detected = [
+        e.ts
+        for e in sup.history
+        if e.kind in kinds and e.ts >= injected_at and (e.node == victim or cfg.scenario == "hang")
+    ]
+    if detected:
+        result.detected_after_s = round(min(detected) - injected_at, 3)
+    if run.failure_steps and run.failure_steps[0] is not None and run.resumed_from_step is not None:
+        result.steps_lost = max(0, run.failure_steps[0] - run.resumed_from_step)
 
 
 def _recovered(cfg: DemoConfig, result: DemoResult, run: Any, sup: Any) -> bool:

@@ -1,8 +1,9 @@
 """The real NVML backend, on pynvml (nvidia-ml-py).
 
-pynvml is imported lazily so hosts without a driver can still import trainwarden; every
-pynvml error is turned into :class:`NvmlError` (or :class:`NvmlGpuLost`) at this
-boundary. Optional queries a GPU does not support come back as ``None``.
+Importing pynvml loads no driver (that happens in ``nvmlInit``), so hosts without one can
+still import trainwarden; every pynvml error is turned into :class:`NvmlError` (or
+:class:`NvmlGpuLost`) at this boundary. Optional queries a GPU does not support come back
+as ``None``.
 """
 
 from __future__ import annotations
@@ -11,20 +12,14 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import pynvml as nv
+
 from trainwarden.health.nvml.backend import GpuSample, NvmlError, NvmlGpuLost, XidEvent
 
 T = TypeVar("T")
 
 _GPU_IS_LOST = 15
 _TIMEOUT = 10
-
-
-def _pynvml() -> Any:
-    try:
-        import pynvml
-    except ImportError as exc:  # pragma: no cover - nvidia-ml-py is a dependency
-        raise NvmlError(f"nvidia-ml-py is not installed: {exc}") from None
-    return pynvml
 
 
 def _translate(exc: Exception, what: str) -> NvmlError:
@@ -46,7 +41,6 @@ class RealNvml:
         with self._lock:
             if self._ready:
                 return
-            nv = _pynvml()
             try:
                 nv.nvmlInit()
             except nv.NVMLError as exc:
@@ -54,7 +48,6 @@ class RealNvml:
             self._ready = True
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
-        nv = _pynvml()
         try:
             return fn(*args)
         except nv.NVMLError as exc:
@@ -62,7 +55,6 @@ class RealNvml:
 
     def _opt(self, fn: Callable[..., T], *args: Any) -> T | None:
         """An optional query: None when unsupported; a lost GPU still raises."""
-        nv = _pynvml()
         try:
             return fn(*args)
         except nv.NVMLError as exc:
@@ -72,14 +64,13 @@ class RealNvml:
 
     def device_count(self) -> int:
         self.init()
-        return int(self._call("device count", _pynvml().nvmlDeviceGetCount))
+        return int(self._call("device count", nv.nvmlDeviceGetCount))
 
     def _handle(self, index: int) -> Any:
-        return self._call(f"GPU {index}", _pynvml().nvmlDeviceGetHandleByIndex, index)
+        return self._call(f"GPU {index}", nv.nvmlDeviceGetHandleByIndex, index)
 
     def sample(self, index: int) -> GpuSample:
         self.init()
-        nv = _pynvml()
         h = self._handle(index)
         uuid = str(self._call(f"GPU {index} uuid", nv.nvmlDeviceGetUUID, h))
         pci = self._call(f"GPU {index} pci", nv.nvmlDeviceGetPciInfo, h)
@@ -140,7 +131,6 @@ class RealNvml:
 
     def _events(self) -> Any:
         if self._event_set is None:
-            nv = _pynvml()
             event_set = self._call("event set", nv.nvmlEventSetCreate)
             for i in range(self.device_count()):
                 # Some GPUs refuse XID registration; the kernel log still carries them.
@@ -155,7 +145,6 @@ class RealNvml:
 
     def wait_xids(self, timeout_s: float) -> list[XidEvent]:
         self.init()
-        nv = _pynvml()
         event_set = self._events()
         try:
             data = nv.nvmlEventSetWait_v2(event_set, max(0, int(timeout_s * 1000)))

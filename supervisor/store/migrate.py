@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
+import trainwarden.migrations
 from trainwarden.supervisor.errors import StoreError
 from trainwarden.supervisor.store.engine import (
     WRITE,
@@ -33,8 +34,6 @@ UPGRADE_HINT = "run `trainwarden db upgrade`"
 def migrations_dir() -> Path:
     """The shipped ``migrations`` package directory (``__path__`` rather than ``__file__``:
     an editable install made before it had an ``__init__`` sees a namespace package)."""
-    import trainwarden.migrations
-
     for entry in trainwarden.migrations.__path__:
         if (Path(entry) / "env.py").is_file():
             return Path(entry).resolve()

@@ -14,6 +14,7 @@ import pytest
 from agent_helpers import Collector
 
 from trainwarden.health.report import FaultReport, HealthReport, NodeStatus, parse_message
+from trainwarden.health.sim.hardware import SimulatedHardware, inject_into
 
 TRAINWARDEN = [sys.executable, "-m", "trainwarden.cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -25,6 +26,7 @@ def _tw(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.integration  # the console entry point in a fresh interpreter
 def test_once_json_on_this_machine_reports_measured_values() -> None:
     out = _tw("agent", "--once", "--json", "--node", "cli-once")
     assert out.returncode == 0, out.stderr
@@ -41,6 +43,7 @@ def test_once_json_on_this_machine_reports_measured_values() -> None:
     assert isinstance(storage.values["round_trip_s"], float)
 
 
+@pytest.mark.integration  # the console entry point in a fresh interpreter
 def test_once_with_simulated_fault_and_bad_arguments() -> None:
     out = _tw("agent", "--once", "--json", "--node", "sim1", "--simulate", "xid:79")
     assert out.returncode == 0, out.stderr
@@ -58,8 +61,6 @@ def test_once_with_simulated_fault_and_bad_arguments() -> None:
 def test_sigkill_publishes_the_will_and_xids_are_live(
     tmp_path: Path, node_name: str, collector: Collector
 ) -> None:
-    from trainwarden.health.sim.hardware import SimulatedHardware, inject_into
-
     state = tmp_path / "node"
     SimulatedHardware(node_name, gpus=2, state_dir=state)
     proc = subprocess.Popen(

@@ -74,6 +74,7 @@ async def test_busy_port_is_a_clear_error() -> None:
                 pass
 
 
+@pytest.mark.integration  # sleeps 0.2 s on the wall clock before dropping the socket
 async def test_will_is_published_when_a_client_drops_its_socket() -> None:
     async with EmbeddedBroker() as broker:
         topic = node_topic("nid-will", "status")

@@ -49,6 +49,7 @@ def _metric_refs(expr: str) -> set[str]:
 # --- systemd -------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # runs systemd-analyze
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
 @pytest.mark.parametrize("unit", ["trainwarden-daemon.service", "trainwarden-agent.service"])
 def test_units_verify(unit: str, tmp_path: Path) -> None:
@@ -106,12 +107,14 @@ def test_alert_rules_use_only_existing_metrics() -> None:
         assert _metric_refs(alert["expr"]) <= names, alert["alert"]
 
 
+@pytest.mark.integration  # runs promtool
 @needs_promtool
 def test_promtool_checks_config_and_rules() -> None:
     proc = _run("promtool", "check", "config", PROM / "prometheus.yml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.integration  # runs promtool
 @needs_promtool
 def test_alert_rule_unit_tests() -> None:
     proc = _run("promtool", "test", "rules", PROM / "trainwarden.rules.test.yml")
@@ -136,6 +139,7 @@ def test_dashboard_uses_only_existing_metrics() -> None:
         assert _metric_refs(expr) <= names, expr
 
 
+@pytest.mark.integration  # runs promtool
 @needs_promtool
 def test_dashboard_queries_parse(tmp_path: Path) -> None:
     """Each query, with Grafana's variables filled in, as a recording rule for promtool."""

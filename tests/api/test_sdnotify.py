@@ -92,6 +92,7 @@ class _Done(Exception):
     pass
 
 
+@pytest.mark.integration  # waits out a 0.5 s socket timeout to prove no more pings came
 async def test_watchdog_pings_only_while_alive(listener: tuple[socket.socket, str]) -> None:
     sock, path = listener
     notifier = Notifier({"NOTIFY_SOCKET": path})

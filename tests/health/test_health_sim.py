@@ -72,7 +72,17 @@ def by_probe(results: tuple[CheckResult, ...] | list[CheckResult], prefix: str) 
     return r
 
 
-@pytest.mark.parametrize("fault", sorted(EXPECTED))
+# The slow and hung storage faults are real: 1.3 s of I/O, a 1 s probe timeout.
+_WALL_CLOCK_FAULTS = {"storage-slow", "storage-hang"}
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(f, marks=pytest.mark.integration) if f in _WALL_CLOCK_FAULTS else f
+        for f in sorted(EXPECTED)
+    ],
+)
 def test_fault_through_real_probes(fault: str, tmp_path: Path) -> None:
     fabric = "slingshot" if fault == "cxi-link-down" else "ib"
     hw = SimulatedHardware("n", 4, tmp_path / "hw", fabric=fabric, storage_slow_s=1.3)
@@ -130,6 +140,7 @@ def test_inject_into_requires_a_simulated_node(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing").exists()
 
 
+@pytest.mark.integration  # injects through `trainwarden hw inject` in a subprocess
 def test_xid_from_another_process_surfaces_as_event_then_in_probe(sim: SimulatedHardware) -> None:
     cfg = config()
     (watcher,) = build_watchers(cfg, sim)

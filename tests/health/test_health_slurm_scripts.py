@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Each test runs a deploy/slurm script under bash, which starts `trainwarden vet`.
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 TRAINWARDEN = str(Path(sys.executable).parent / "trainwarden")
 

@@ -50,6 +50,7 @@ def test_lines_and_json() -> None:
     assert data["exit_code"] == 2 and [c["check"] for c in data["checks"]] == ["gpu", "host"]
 
 
+@pytest.mark.integration  # 1.2 s of real slow storage inside a 1.5 s window
 def test_window_overlaps_the_other_checks(tmp_path: Path) -> None:
     hw = SimulatedHardware("n", state_dir=tmp_path / "hw", storage_slow_s=1.2)
     try:

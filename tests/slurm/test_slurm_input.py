@@ -30,6 +30,7 @@ async def test_conf_from_environment(monkeypatch: pytest.MonkeyPatch, conf: str)
     assert SlurmScheduler().slurm_conf == conf
 
 
+@pytest.mark.integration  # really tries to start sinfo (fork, then a failed exec)
 async def test_commands_missing(tmp_path: Path, conf: str) -> None:
     sched = SlurmScheduler(conf, bin_dir=str(tmp_path))
     with pytest.raises(SchedulerError, match=r"Slurm command sinfo not found in "):

@@ -36,7 +36,8 @@ from trainwarden.supervisor.model.cluster import RunSpec
 from trainwarden.supervisor.model.lifecycle import NodePhase
 from trainwarden.supervisor.scheduler.base import NodeState
 from trainwarden.supervisor.scheduler.local import LocalScheduler
-from trainwarden.supervisor.store import open_store, upgrade
+from trainwarden.supervisor.store.migrate import upgrade
+from trainwarden.supervisor.store.store import open_store
 
 NODES = ["n1", "n2", "n3"]
 
@@ -88,6 +89,7 @@ async def start_run(sup: Supervisor, tmp_path: Path) -> None:
     assert run.attempt == 1 and run.nodes == ("n1", "n2")
 
 
+@pytest.mark.integration  # starts the run: real processes on the local back-end
 async def test_fatal_xid_drains_the_node_and_restarts_the_run_elsewhere(
     sup: Supervisor, tmp_path: Path
 ) -> None:
@@ -132,6 +134,7 @@ async def test_fatal_xid_drains_the_node_and_restarts_the_run_elsewhere(
     assert "rule gpu-fatal" in text and "XID 79" in text and "guard" in text
 
 
+@pytest.mark.integration  # starts the run: real processes on the local back-end
 async def test_last_will_then_silence_marks_node_dead_within_seconds(
     sup: Supervisor, tmp_path: Path
 ) -> None:
@@ -206,6 +209,7 @@ async def test_bad_messages_are_rejected_recorded_and_harmless(
     assert "n2" not in sup.state.nodes
 
 
+@pytest.mark.integration  # starts the run: real processes on the local back-end
 async def test_restart_of_the_daemon_loses_nothing(sup: Supervisor, tmp_path: Path) -> None:
     await beat(sup, *NODES)
     await start_run(sup, tmp_path)
@@ -254,6 +258,7 @@ async def test_drains_made_outside_trainwarden_are_reflected_and_kept(sup: Super
     assert {n.name: n.state for n in await sup.scheduler.nodes()}["n3"] is NodeState.DRAINED
 
 
+@pytest.mark.integration  # waits out the will and the vet period on the wall clock (~1 s)
 async def test_a_node_that_comes_back_is_vetted_then_returned(tmp_path: Path) -> None:
     from importlib import resources
 
@@ -328,6 +333,7 @@ async def _xid(s: Supervisor, node: str) -> None:
     )
 
 
+@pytest.mark.integration  # starts the run: real processes on the local back-end
 async def test_dry_run_acts_on_nothing_and_records_everything(tmp_path: Path) -> None:
     s = await _supervisor_in(tmp_path, "dry-run")
     try:
@@ -397,6 +403,7 @@ async def test_policy_reload_keeps_the_last_good_policy(tmp_path: Path) -> None:
     s.store.close()
 
 
+@pytest.mark.integration  # starts the run: real processes on the local back-end
 async def test_a_tagged_job_is_adopted_and_an_unregistered_tag_reported(
     sup: Supervisor, tmp_path: Path
 ) -> None:
@@ -421,6 +428,7 @@ async def test_a_tagged_job_is_adopted_and_an_unregistered_tag_reported(
     assert len(again) == len(messages)
 
 
+@pytest.mark.integration  # starts the run: real processes on the local back-end
 async def test_operator_drain_checkpoints_and_moves_the_run(
     sup: Supervisor, tmp_path: Path
 ) -> None:

@@ -5,9 +5,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.process import Daemon, DaemonConfig
-from trainwarden.supervisor.store import open_store, upgrade
+from trainwarden.supervisor.store.migrate import upgrade
+from trainwarden.supervisor.store.store import open_store
+
+# The lease really runs out: over a second of waiting on the wall clock.
+pytestmark = pytest.mark.integration
 
 
 async def test_a_second_daemon_stands_by_until_the_first_lets_go(tmp_path: Path) -> None:

@@ -11,6 +11,9 @@ from trainwarden.supervisor.errors import SchedulerError
 from trainwarden.supervisor.scheduler.base import JobSpec, JobState, NodeState
 from trainwarden.supervisor.scheduler.local import LocalScheduler
 
+# Every test starts real processes (the back-end's whole job), some for seconds.
+pytestmark = pytest.mark.integration
+
 PY = sys.executable
 
 

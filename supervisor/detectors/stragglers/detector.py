@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +32,7 @@ from trainwarden.supervisor.detectors.stragglers.model import (
 )
 from trainwarden.supervisor.detectors.stragglers.run import RunBuffer, Track
 from trainwarden.supervisor.detectors.stragglers.stats import (
+    PeerScores,
     group_levels,
     masked_median,
     peer_scores,
@@ -343,70 +345,84 @@ class StragglerDetector:
         )
         alert = alert_nodes[node_of] | job_active
         zt = np.where(alert, cfg.z_threshold_alert, cfg.z_threshold)
-        cf = cfg.clear_fraction
-        bad = np.zeros(n, dtype=bool)
-        warm = np.zeros(n, dtype=bool)
-        known = np.zeros(n, dtype=bool)
-        which = np.full(n, -1, dtype=np.intp)  # the first (fastest) window that found it
-        effect = np.full(n, np.nan)
-        z = np.full(n, np.nan)
-        with np.errstate(invalid="ignore"):
-            for i, ((_, _, _, least), sc) in enumerate(zip(windows, scores, strict=True)):
-                b = (sc.z >= zt) & (sc.effect >= least)
-                which = np.where(b & (which < 0), i, which)
-                bad |= b
-                warm |= (sc.z >= zt * cf) & (sc.effect >= least * cf)
-                known |= ~np.isnan(sc.z)
-                effect = np.fmax(effect, sc.effect)
-                z = np.fmax(z, sc.z)
-        good = known & ~warm
-        node_bad = np.bincount(node_of, weights=bad, minlength=nn) > 0
-        node_known = np.bincount(node_of, weights=known, minlength=nn) > 0
-        node_good = node_known & (np.bincount(node_of, weights=known & ~good, minlength=nn) == 0)
+        v = _combine_windows(windows, scores, zt, cfg.clear_fraction, n)
         ctx = _Ctx(buf=buf, name=name, now=now, frontier=frontier, job=job)
+        out = self._rank_findings(ctx, v, alert, windows)
+        out += self._node_findings(ctx, v, node_of, alert_nodes, job_active, windows)
+        return out
+
+    def _rank_findings(
+        self,
+        ctx: _Ctx,
+        v: _Verdicts,
+        alert: npt.NDArray[np.bool_],
+        windows: Sequence[tuple[str, int, float, float]],
+    ) -> list[Finding]:
+        """Advance each rank's track (bad now, or already tracked); its flags and clears."""
+        buf = ctx.buf
         out: list[Finding] = []
-        rank_cand = set(np.flatnonzero(bad).tolist()) | {i for k, i in buf.tracks if k == "rank"}
+        rank_cand = set(np.flatnonzero(v.bad).tolist()) | {i for k, i in buf.tracks if k == "rank"}
         for col in sorted(rank_cand):
             node_i = buf.node_of[col]
             need = self._persistence(bool(alert[col]))
             change = self._advance(
-                buf, ("rank", col), bool(bad[col]), bool(good[col]), need, float(effect[col])
+                buf, ("rank", col), bool(v.bad[col]), bool(v.good[col]), need, float(v.effect[col])
             )
             if change == "flag":
-                win = windows[which[col]][0]
+                win = windows[v.which[col]][0]
                 out.append(
                     ctx.flag(
                         node_i,
                         col,
                         (buf.ranks[col],),
-                        float(z[col]),
+                        float(v.z[col]),
                         win,
                         buf.tracks[("rank", col)],
                         self._gpu,
                     )
                 )
             elif change == "clear":
-                out.append(ctx.clear(node_i, buf.ranks[col], float(effect[col])))
+                out.append(ctx.clear(node_i, buf.ranks[col], float(v.effect[col])))
+        return out
+
+    def _node_findings(
+        self,
+        ctx: _Ctx,
+        v: _Verdicts,
+        node_of: npt.NDArray[np.intp],
+        alert_nodes: npt.NDArray[np.bool_],
+        job_active: bool,
+        windows: Sequence[tuple[str, int, float, float]],
+    ) -> list[Finding]:
+        """The same per node: bad if any of its ranks is, good once all its known ranks are."""
+        buf = ctx.buf
+        nn = len(buf.nodes)
+        node_bad = np.bincount(node_of, weights=v.bad, minlength=nn) > 0
+        node_known = np.bincount(node_of, weights=v.known, minlength=nn) > 0
+        node_good = node_known & (
+            np.bincount(node_of, weights=v.known & ~v.good, minlength=nn) == 0
+        )
+        out: list[Finding] = []
         node_cand = set(np.flatnonzero(node_bad).tolist()) | {
             i for k, i in buf.tracks if k == "node"
         }
         for node_i in sorted(node_cand):
             on_node = np.flatnonzero(node_of == node_i)
-            eff = float(np.nanmax(effect[on_node])) if known[on_node].any() else math.nan
+            eff = float(np.nanmax(v.effect[on_node])) if v.known[on_node].any() else math.nan
             need = self._persistence(bool(alert_nodes[node_i]) or job_active)
             change = self._advance(
                 buf, ("node", node_i), bool(node_bad[node_i]), bool(node_good[node_i]), need, eff
             )
             if change == "flag":
-                bad_cols = [int(c) for c in on_node if bad[c]]
-                worst = max(bad_cols, key=lambda c: float(effect[c]))
-                win = windows[which[worst]][0]
+                bad_cols = [int(c) for c in on_node if v.bad[c]]
+                worst = max(bad_cols, key=lambda c: float(v.effect[c]))
+                win = windows[v.which[worst]][0]
                 out.append(
                     ctx.flag(
                         node_i,
                         None,
                         tuple(buf.ranks[c] for c in bad_cols),
-                        float(z[worst]),
+                        float(v.z[worst]),
                         win,
                         buf.tracks[("node", node_i)],
                         self._gpu,
@@ -455,6 +471,46 @@ class StragglerDetector:
             del buf.tracks[key]
             return "clear"
         return None
+
+
+@dataclass(frozen=True)
+class _Verdicts:
+    """Per rank, over all scoring windows (see :func:`_combine_windows`)."""
+
+    bad: npt.NDArray[np.bool_]  # over the threshold in some window
+    good: npt.NDArray[np.bool_]  # scored, and not even near the threshold in any window
+    known: npt.NDArray[np.bool_]  # scored in some window
+    which: npt.NDArray[np.intp]  # the first (fastest) window that found it bad; -1 if none
+    effect: npt.NDArray[np.float64]  # the largest slowdown against its peers (NaN: unknown)
+    z: npt.NDArray[np.float64]  # the largest z (NaN: unknown)
+
+
+def _combine_windows(
+    windows: Sequence[tuple[str, int, float, float]],
+    scores: Sequence[PeerScores],
+    zt: npt.NDArray[np.float64],
+    clear_fraction: float,
+    n: int,
+) -> _Verdicts:
+    """A rank is bad if any window puts it over its z threshold ``zt`` and that window's
+    minimum slowdown; "warm" within ``clear_fraction`` of both (hysteresis for clearing)."""
+    bad = np.zeros(n, dtype=bool)
+    warm = np.zeros(n, dtype=bool)
+    known = np.zeros(n, dtype=bool)
+    which = np.full(n, -1, dtype=np.intp)
+    effect = np.full(n, np.nan)
+    z = np.full(n, np.nan)
+    cf = clear_fraction
+    with np.errstate(invalid="ignore"):
+        for i, ((_, _, _, least), sc) in enumerate(zip(windows, scores, strict=True)):
+            b = (sc.z >= zt) & (sc.effect >= least)
+            which = np.where(b & (which < 0), i, which)
+            bad |= b
+            warm |= (sc.z >= zt * cf) & (sc.effect >= least * cf)
+            known |= ~np.isnan(sc.z)
+            effect = np.fmax(effect, sc.effect)
+            z = np.fmax(z, sc.z)
+    return _Verdicts(bad=bad, good=known & ~warm, known=known, which=which, effect=effect, z=z)
 
 
 class _Ctx:
