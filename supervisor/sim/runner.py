@@ -117,7 +117,14 @@ class Simulation:
         if not self.engine.pending() or (self._tick_at is not None and self._tick_at > self.now):
             return
         wake = self.engine.next_wakeup()
-        t = self.now + TICK_S if wake is None else max(self.now, min(wake, self.now + TICK_S))
+        if wake is None:
+            t = self.now + TICK_S
+        elif wake <= self.now:
+            # a hold whose time has come but which the engine kept (its guard still says no,
+            # by a rounding error at the boundary): the daemon looks again on its next tick
+            t = self.now + self.settings.tick_s
+        else:
+            t = min(wake, self.now + TICK_S)
         self._tick_at = t
         self.at(t, self.tick, True)
 

@@ -75,3 +75,18 @@ def test_approve_mode_acts_after_the_operator() -> None:
     assert (approve["drains"], approve["restarts"]) == (1, 1)
     assert approve["queued"] >= 2
     assert approve["ettr"] < enforce["ettr"]  # waiting for a person costs training time
+
+
+def test_a_hold_released_at_its_own_deadline_does_not_spin() -> None:
+    """Two identical faults plus a death: a vet held by the cooldown falls due at a time the
+    guard, by a rounding error, still refuses; the simulation goes on to its end."""
+    t = 65123.030616825745
+    sc = Scenario("spin", "", 24 * 3600.0, 100, 10, RunSpec(nodes=80))
+    fs = [
+        FaultSpec(t, "node-unhealthy", ("n0083",), None, 14364.485287407782, "crash"),
+        FaultSpec(t, "node-unhealthy", ("n0083",), None, 14364.485287407782, "crash"),
+        FaultSpec(t, "node-dead", ("n0074",), None, 600.0, "crash"),
+    ]
+    result = Simulation(sc, load_policy(), fs).run()
+    assert result.figures["drains"] == 2
+    assert result.figures["returned_to_service"] >= 1
