@@ -12,10 +12,10 @@ import json
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from trainwarden.health.errors import ReportError
-from trainwarden.health.probes.base import Action, CheckResult, Fault, Health, Severity, Value
+from trainwarden.health.probes.base import Action, CheckResult, Fault, Health, Severity
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
@@ -26,6 +26,29 @@ _NAME_RE = re.compile(NAME_PATTERN)
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+# Integers are bounded by the store's columns (32-bit on PostgreSQL) and by what is
+# plausible, so no value on the wire can overflow a column or a detector's buffer.
+INT32_MAX = 2**31 - 1
+Step = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Attempt = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Rank = Annotated[int, Field(ge=0, le=2**24)]  # 16 M ranks
+Seq = Annotated[int, Field(ge=0, le=2**63 - 1)]
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _printable(text: str) -> str:
+    """Stored text holds no NUL or control characters (tab and newline are kept)."""
+    bad = _CONTROL.search(text)
+    if bad is not None:
+        raise ValueError(f"control character {bad.group()!r} at position {bad.start()}")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_printable)]
+Key = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_printable)]
+# a probe's measured value: finite numbers, printable text
+WireValue = Annotated[float, Field(allow_inf_nan=False)] | int | Text | bool | None
 
 
 def check_name(what: str, name: str) -> str:
@@ -45,12 +68,12 @@ class _Msg(BaseModel):
 
 class FaultModel(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
-    kind: str = Field(min_length=1, max_length=64)
+    kind: Text = Field(min_length=1, max_length=64)
     severity: Severity
-    detail: str = Field(default="", max_length=2000)
-    gpu: int | None = Field(default=None, ge=0)
-    code: int | None = None
-    cause: str | None = Field(default=None, max_length=256)
+    detail: Text = Field(default="", max_length=2000)
+    gpu: int | None = Field(default=None, ge=0, le=4096)
+    code: int | None = Field(default=None, ge=-INT32_MAX, le=INT32_MAX)
+    cause: Text | None = Field(default=None, max_length=256)
 
     @classmethod
     def of(cls, fault: Fault) -> FaultModel:
@@ -69,11 +92,11 @@ class FaultModel(BaseModel):
 
 class ProbeReport(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
-    probe: str = Field(min_length=1, max_length=512)  # storage:<path> names can be long
+    probe: Text = Field(min_length=1, max_length=512)  # storage:<path> names can be long
     health: Health
-    reason: str = Field(default="", max_length=2000)
+    reason: Text = Field(default="", max_length=2000)
     action: Action = Action.NONE
-    values: dict[str, Value] = Field(default_factory=dict)
+    values: dict[Key, WireValue] = Field(default_factory=dict, max_length=4096)
     faults: list[FaultModel] = Field(default_factory=list)
     duration_s: NonNegative = 0.0
 
@@ -96,7 +119,7 @@ class HealthReport(_Msg):
     kind: Literal["health"] = "health"
     node: Name
     ts: NonNegative
-    seq: int = Field(ge=0)
+    seq: Seq
     overall: Health
     probes: list[ProbeReport]
 
@@ -107,8 +130,8 @@ class Heartbeat(_Msg):
     kind: Literal["heartbeat"] = "heartbeat"
     node: Name
     ts: NonNegative
-    seq: int = Field(ge=0)
-    interval_s: float = Field(gt=0, le=3600)
+    seq: Seq
+    interval_s: float = Field(gt=0, le=3600, allow_inf_nan=False)
 
 
 class FaultReport(_Msg):
@@ -127,12 +150,12 @@ class NodeStatus(_Msg):
     node: Name
     state: Literal["online", "offline"]
     ts: NonNegative = 0.0
-    reason: str = Field(default="", max_length=500)
+    reason: Text = Field(default="", max_length=500)
 
 
 class StepSample(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
-    step: int = Field(ge=0)
+    step: Step
     step_s: float = Field(ge=0.0, le=86_400.0, allow_inf_nan=False)
     compute_s: float | None = Field(default=None, ge=0.0, le=86_400.0, allow_inf_nan=False)
     ts: NonNegative
@@ -143,10 +166,10 @@ class StepReport(_Msg):
 
     kind: Literal["steps"] = "steps"
     run: Name
-    attempt: int = Field(ge=0)
-    rank: int = Field(ge=0)
+    attempt: Attempt
+    rank: Rank
     node: Name
-    group: str | None = Field(default=None, max_length=64)
+    group: Text | None = Field(default=None, max_length=64)
     samples: list[StepSample] = Field(min_length=1, max_length=10_000)
 
 
@@ -155,11 +178,11 @@ class CheckpointReport(_Msg):
 
     kind: Literal["checkpoint"] = "checkpoint"
     run: Name
-    attempt: int = Field(ge=0)
-    rank: int = Field(ge=0)
+    attempt: Attempt
+    rank: Rank
     node: Name
-    step: int = Field(ge=0)
-    path: str = Field(min_length=1, max_length=4096)
+    step: Step
+    path: Text = Field(min_length=1, max_length=4096)
     ts: NonNegative
 
 
@@ -169,7 +192,7 @@ class ControlMessage(_Msg):
     kind: Literal["control"] = "control"
     run: Name
     command: Literal["checkpoint-now"]
-    request_id: str = Field(min_length=1, max_length=64)
+    request_id: Text = Field(min_length=1, max_length=64)
     ts: NonNegative
 
 

@@ -38,6 +38,9 @@ class EventKind(StrEnum):
     STAGE_IMBALANCE = "stage-imbalance"  # a partitioning finding, never a node fault
     ACTION = "action"  # an action was taken (or would have been)
     REJECTED_MESSAGE = "rejected-message"
+    # the daemon stopped or resumed judging nodes by their silence (it could not hear them)
+    VERDICTS_SUSPENDED = "verdicts-suspended"
+    VERDICTS_RESUMED = "verdicts-resumed"
 
 
 class ActionKind(StrEnum):

@@ -4,6 +4,7 @@ path as automatic ones (recorded, with who and why), and reads come from the sto
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from trainwarden.policies.model import (
@@ -22,6 +23,7 @@ from trainwarden.supervisor.api.contract import (
     RunRow,
     RunSpecIn,
 )
+from trainwarden.supervisor.api.explain import explain
 from trainwarden.supervisor.daemon import operations as ops
 from trainwarden.supervisor.daemon.supervisor import Supervisor
 from trainwarden.supervisor.errors import NotFoundError, SupervisorError
@@ -35,12 +37,18 @@ class DaemonService:
     """Implements :class:`supervisor.api.contract.OperatorService` over a running Supervisor."""
 
     def __init__(
-        self, sup: Supervisor, *, broker_connected: Any = None, leader: Any = None
+        self,
+        sup: Supervisor,
+        *,
+        broker_connected: Callable[[], bool] | None = None,
+        leader: Callable[[], bool] | None = None,
+        loops: Callable[[], list[str]] | None = None,
     ) -> None:
         self.sup = sup
         self.started_at = time.time()
         self._broker_connected = broker_connected or (lambda: True)
         self._leader = leader or (lambda: True)
+        self._loops = loops or (lambda: [])
 
     # -- nodes -----------------------------------------------------------------------
 
@@ -197,8 +205,6 @@ class DaemonService:
         return [ActionRow.of(r) for r in recs]
 
     async def explain(self, ident: int, what: Literal["event", "action"]) -> Explanation:
-        from trainwarden.supervisor.api.explain import explain
-
         return await explain(self.sup, ident, what)
 
     async def approve(self, action_id: int, who: str) -> ActionRow:
@@ -211,9 +217,14 @@ class DaemonService:
 
     def status(self) -> dict[str, Any]:
         broker = bool(self._broker_connected())
+        problems = self._loops()
+        hearing = self.sup.core.hearing
         return {
-            "ok": broker,
+            "ok": broker and not problems,
             "broker": broker,
+            "problems": problems,
+            "verdicts_suspended": hearing.suspended,
+            "bus_lag_s": round(hearing.lag_s(), 3),
             "db": True,
             "leader": bool(self._leader()),
             "started_at": self.started_at,

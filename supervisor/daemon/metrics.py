@@ -26,11 +26,14 @@ API_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
 # Why a message from the bus was refused; anything else is counted as "other".
 REJECT_REASONS = frozenset(
-    {"oversized", "not-json", "version", "unknown-kind", "invalid", "topic", "other"}
+    {"oversized", "not-json", "version", "unknown-kind", "invalid", "topic", "replayed", "other"}
 )
+# Where an internal error was caught and the daemon carried on.
+HANDLER_STAGES = ("message", "tick")
 # Substrings of trainwarden.health.report.parse_message's sentences, in the order they are tried.
 _REJECT_PATTERNS = (
     ("-byte limit", "oversized"),
+    ("in the same agent session", "replayed"),
     ("unexpected topic", "topic"),
     ("is not JSON", "not-json"),
     (", not an object", "not-json"),
@@ -70,6 +73,27 @@ class Metrics:
         )
         self.leader = Gauge(
             "leader", "1 while this daemon holds the leader lease.", namespace=ns, registry=r
+        )
+        self.handler_errors_total = Counter(
+            "handler_errors",
+            "Internal errors caught while handling a message or a tick; the daemon went on.",
+            ["stage"],
+            namespace=ns,
+            registry=r,
+        )
+        for stage in HANDLER_STAGES:
+            self.handler_errors_total.labels(stage=stage)
+        self.bus_lag_seconds = Gauge(
+            "bus_lag_seconds",
+            "Median age of recent messages on arrival: how far behind the bus the daemon is.",
+            namespace=ns,
+            registry=r,
+        )
+        self.verdicts_suspended = Gauge(
+            "verdicts_suspended",
+            "1 while missed-heartbeat verdicts are suspended (disconnected, or behind).",
+            namespace=ns,
+            registry=r,
         )
         self.broker_connected = Gauge(
             "broker_connected",
@@ -196,6 +220,13 @@ class Metrics:
         """
         key = reason if reason in REJECT_REASONS else rejection_reason(reason)
         self.rejected_messages_total.labels(reason=key).inc()
+
+    def handler_error(self, stage: str) -> None:
+        self.handler_errors_total.labels(stage=stage).inc()
+
+    def hearing(self, lag_s: float, suspended: bool) -> None:
+        self.bus_lag_seconds.set(lag_s)
+        self.verdicts_suspended.set(1 if suspended else 0)
 
     def store_flush(self, duration_s: float, rows: int) -> None:
         self.store_flush_seconds.observe(max(0.0, duration_s))

@@ -40,6 +40,7 @@ from trainwarden.supervisor.store.store import open_store
 
 log = logging.getLogger(__name__)
 LEASE = "trainwarden-daemon"
+MAX_RECONNECT_S = 2.0  # reconnect back-off cap: the daemon is blind until it is back
 
 
 @dataclass
@@ -96,6 +97,9 @@ class Daemon:
         self.ready = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self.leader = False
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._handler_errors = 0
+        self._last_tick = self.clock.monotonic()
 
     async def _publish(self, topic: str, payload: bytes) -> None:
         if self._client is None:
@@ -116,8 +120,12 @@ class Daemon:
         self.sup = sup
         metrics.set_leader(True)
         await ops.load(sup)
+        sup.core.hearing.disconnected()  # no silence is judged before the first connect
         service = DaemonService(
-            sup, broker_connected=lambda: self.connected, leader=lambda: self.leader
+            sup,
+            broker_connected=lambda: self.connected,
+            leader=lambda: self.leader,
+            loops=self.loop_problems,
         )
         api = ApiServer(create_app(service, metrics), cfg.api_host, cfg.api_port)
         await api.start()
@@ -126,10 +134,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self._reload_policy)
-        tasks = [
-            loop.create_task(self._mqtt_loop(sup, stop)),
-            loop.create_task(self._tick_loop(sup, notifier, stop)),
-        ]
+        self._loops = {
+            "ingest": loop.create_task(self._mqtt_loop(sup, stop)),
+            "tick": loop.create_task(self._tick_loop(sup, notifier, stop)),
+        }
+        tasks = list(self._loops.values())
         try:
             await asyncio.wait_for(self.ready.wait(), 30)
         except TimeoutError:
@@ -164,6 +173,19 @@ class Daemon:
                     await store.call(store.store.release_lease, LEASE, self.holder)
             await api.stop()
             store.close()
+
+    def loop_problems(self) -> list[str]:
+        """Why the daemon is not doing its work (empty when it is): a loop that ended, or a
+        tick loop that has not come round for a while. Feeds /healthz and the watchdog."""
+        out = []
+        for name, task in self._loops.items():
+            if task.done():
+                why = "cancelled" if task.cancelled() else repr(task.exception())
+                out.append(f"{name} loop stopped: {why}")
+        since = self.clock.monotonic() - self._last_tick
+        if since > max(30.0, 20 * self.cfg.tick_s):
+            out.append(f"tick loop last completed {since:.0f} s ago")
+        return out
 
     @property
     def holder(self) -> str:
@@ -229,22 +251,42 @@ class Daemon:
                     for topic in SUBSCRIPTIONS:
                         await client.subscribe(topic, qos=1)
                     self.connected = True
+                    sup.core.hearing.reconnected()
                     sup.metrics.set_broker_connected(True)
                     self.ready.set()
                     backoff = 0.5
                     async for message in client.messages:
-                        payload = message.payload
-                        if not isinstance(payload, bytes | bytearray):
-                            payload = str(payload).encode()
-                        await sup.handle(str(message.topic), bytes(payload))
+                        await self._handle(sup, message)
             except aiomqtt.MqttError as exc:
                 log.warning("broker connection lost (%s); retrying in %.1f s", exc, backoff)
+            except Exception:  # never end ingestion quietly: log, count, reconnect
+                log.exception("message loop failed; reconnecting in %.1f s", backoff)
+                sup.metrics.handler_error("message")
             finally:
                 self._client = None
                 self.connected = False
+                sup.core.hearing.disconnected()
                 sup.metrics.set_broker_connected(False)
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+            backoff = min(backoff * 2, MAX_RECONNECT_S)
+
+    async def _handle(self, sup: Supervisor, message: aiomqtt.Message) -> None:
+        """One message under a boundary: an internal error is logged and counted, and the
+        next message is handled (bad input itself is rejected inside ``handle``)."""
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray):
+            payload = str(payload).encode()
+        try:
+            await sup.handle(str(message.topic), bytes(payload))
+        except Exception:
+            sup.metrics.handler_error("message")
+            self._handler_errors += 1
+            if self._handler_errors <= 20 or self._handler_errors % 1000 == 0:
+                log.exception(
+                    "internal error handling a message on %s (%d so far); going on",
+                    message.topic,
+                    self._handler_errors,
+                )
 
     async def _tick_loop(self, sup: Supervisor, notifier: Any, stop: asyncio.Event) -> None:
         last_renew = self.clock.monotonic()
@@ -267,8 +309,13 @@ class Daemon:
                 if sup.store.last_batch_size:
                     sup.metrics.store_flush(sup.store.last_flush_s, sup.store.last_batch_size)
                     sup.store.last_batch_size = 0
-                notifier.watchdog()
+                hearing = sup.core.hearing
+                sup.metrics.hearing(hearing.lag_s(), hearing.suspended is not None)
+                self._last_tick = self.clock.monotonic()
+                if not self.loop_problems():  # systemd restarts a daemon that stops working
+                    notifier.watchdog()
             except Exception:
+                sup.metrics.handler_error("tick")
                 log.exception("tick failed; continuing")
             await asyncio.sleep(self.cfg.tick_s)
 

@@ -86,35 +86,47 @@ class Supervisor(DaemonContext):
             await self._reject(str(exc), now)
             return
         self.metrics.message(msg.kind)
-        obs: list[Observation] = []
-        if isinstance(msg, Heartbeat):
-            node = self.state.node(msg.node)
-            node.last_heartbeat_at = now
-            self.store.batch.heartbeat(msg.node, now)
-            obs = self.nodes.on_heartbeat(msg.node, now, msg.interval_s)
-        elif isinstance(msg, NodeStatus):
-            self.state.node(msg.node)
-            obs = self.nodes.on_status(msg.node, msg.state, msg.reason, now)
-        elif isinstance(msg, FaultReport):
-            self.state.node(msg.node)
-            obs = self.nodes.on_faults(msg.node, [f.to_fault() for f in msg.faults], now)
-            for o in obs:
-                if o.ctype is not None:
-                    self._origin[(msg.node, o.ctype)] = msg.ts
-        elif isinstance(msg, HealthReport):
-            self.state.node(msg.node).last_report_at = now
-            obs = self.nodes.on_health(msg.node, msg, now)
-            signal = gpu_signal(msg, now)
-            if signal is not None:
-                self.stragglers.observe_gpu(msg.node, signal)
-        elif isinstance(msg, StepReport):
+        sent_at = getattr(msg, "ts", 0.0)
+        self.core.hearing.message(now, sent_at if isinstance(sent_at, float) else 0.0)
+        if isinstance(msg, StepReport):
             obs = self._on_steps(msg, now)
         elif isinstance(msg, CheckpointReport):
             obs = await self._on_checkpoint(msg, now)
         elif isinstance(msg, ControlMessage):
             return
+        else:
+            obs = await self._on_node(msg, now)
         if obs:
             await self.observe(obs)
+
+    async def _on_node(
+        self, msg: Heartbeat | NodeStatus | FaultReport | HealthReport, now: float
+    ) -> list[Observation]:
+        """A message from a node's agent, on the node's own topic."""
+        if isinstance(msg, Heartbeat):
+            stale = self.nodes.stale_heartbeat(msg.node, msg.seq)
+            if stale is not None:  # a replay must not keep a dead node alive
+                await self._reject(stale, now)
+                return []
+            node = self.state.node(msg.node)
+            node.last_heartbeat_at = now
+            self.store.batch.heartbeat(msg.node, now)
+            return self.nodes.on_heartbeat(msg.node, now, msg.interval_s, msg.seq)
+        if isinstance(msg, NodeStatus):
+            self.state.node(msg.node)
+            return self.nodes.on_status(msg.node, msg.state, msg.reason, now)
+        if isinstance(msg, FaultReport):
+            self.state.node(msg.node)
+            obs = self.nodes.on_faults(msg.node, [f.to_fault() for f in msg.faults], now)
+            for o in obs:
+                if o.ctype is not None:
+                    self._origin[(msg.node, o.ctype)] = msg.ts
+            return obs
+        self.state.node(msg.node).last_report_at = now
+        signal = gpu_signal(msg, now)
+        if signal is not None:
+            self.stragglers.observe_gpu(msg.node, signal)
+        return self.nodes.on_health(msg.node, msg, now)
 
     async def _reject(self, why: str, now: float) -> None:
         self.rejected += 1

@@ -32,6 +32,7 @@ from trainwarden.policies.model import (
     Verdict,
 )
 from trainwarden.policies.rules import Policy
+from trainwarden.supervisor.decide.hearing import Hearing
 from trainwarden.supervisor.decide.settings import DetectorSettings
 from trainwarden.supervisor.detectors.conditions import ConditionBook
 from trainwarden.supervisor.detectors.node_faults import NodeHealthTracker, Observation
@@ -86,7 +87,10 @@ class DecisionCore:
             self._xids(engine.policy),
             heartbeat_misses=settings.heartbeat_misses,
             will_confirm_s=settings.will_confirm_s,
+            min_interval_s=settings.heartbeat_min_interval_s,
+            max_interval_s=settings.heartbeat_max_interval_s,
         )
+        self.hearing = Hearing(settings, self.nodes)
         self.progress = ProgressTracker(
             k=settings.hang_k,
             floor_s=settings.hang_floor_s,
@@ -128,8 +132,9 @@ class DecisionCore:
         return out
 
     def detect(self, now: float) -> list[Observation]:
-        """The time-based detectors: confirmed deaths, missed heartbeats, hangs."""
-        return self.nodes.tick(now) + self.progress.tick(now)
+        """The time-based detectors: confirmed deaths, missed heartbeats (only while the
+        daemon can hear, see ``hearing``), hangs."""
+        return self.hearing.update(now) + self.nodes.tick(now) + self.progress.tick(now)
 
     def straggler_findings(self, now: float) -> list[Observation]:
         """Straggler flags and clears (node-level ones move the Straggler condition);

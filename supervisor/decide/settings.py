@@ -13,6 +13,12 @@ class DetectorSettings:
     # daemon judges each node by the interval its own heartbeats announce
     heartbeat_interval_s: float = 2.0
     heartbeat_misses: float = 3.0
+    # the interval an agent may announce is clamped to these bounds
+    heartbeat_min_interval_s: float = 1.0
+    heartbeat_max_interval_s: float = 60.0
+    # behind on the bus: the median age of recent messages on arrival exceeds this, and
+    # missed-heartbeat verdicts wait until the daemon has caught up
+    behind_lag_s: float = 5.0
     will_confirm_s: float = 2.0
     hang_k: float = 2.0
     hang_floor_s: float = 30.0

@@ -58,6 +58,7 @@ class NodeLiveness:
 
     last_heartbeat: float | None = None
     interval_s: float = 2.0
+    last_seq: int | None = None  # this agent session's last heartbeat sequence number
     offline_since: float | None = None
     offline_reason: str = ""
     stopped: bool = False
@@ -93,12 +94,20 @@ class NodeHealthTracker:
         heartbeat_misses: float = 3.0,
         heartbeat_grace_s: float = 1.0,
         will_confirm_s: float = 2.0,
+        min_interval_s: float = 1.0,
+        max_interval_s: float = 60.0,
     ) -> None:
         self.xids = xids or XidCatalog()
         self.heartbeat_misses = heartbeat_misses
         self.heartbeat_grace_s = heartbeat_grace_s
         self.will_confirm_s = will_confirm_s
+        self.min_interval_s = min_interval_s
+        self.max_interval_s = max_interval_s
         self._nodes: dict[str, NodeLiveness] = {}
+        # Silence is judged only while the daemon can hear: ``deaf`` while disconnected or
+        # behind on the bus; after that, silence counts from when it started hearing again.
+        self.deaf = False
+        self.listening_since: float | None = None
 
     # -- queries -------------------------------------------------------------------
 
@@ -110,11 +119,40 @@ class NodeHealthTracker:
 
     # -- inputs --------------------------------------------------------------------
 
-    def on_heartbeat(self, node: str, now: float, interval_s: float) -> list[Observation]:
+    def deafen(self) -> None:
+        """The daemon cannot hear the agents (broker down, or behind on the bus)."""
+        self.deaf = True
+
+    def listen(self, now: float) -> None:
+        """The daemon hears again: every node gets a full heartbeat window from ``now``."""
+        self.deaf = False
+        self.listening_since = now
+
+    def interval_of(self, announced_s: float) -> float:
+        """The heartbeat interval the daemon expects: what the agent announces, within the
+        configured bounds (an agent may ask for a longer one, never a shorter one)."""
+        return min(max(announced_s, self.min_interval_s), self.max_interval_s)
+
+    def stale_heartbeat(self, node: str, seq: int) -> str | None:
+        """Why a heartbeat must not count (its sequence number does not advance within the
+        agent's session: a replay or a reordering), else None."""
+        n = self._nodes.get(node)
+        if n is None or n.last_seq is None or seq > n.last_seq:
+            return None
+        return (
+            f"heartbeat of {node} with seq {seq} after seq {n.last_seq} in the same agent "
+            "session: not counted"
+        )
+
+    def on_heartbeat(
+        self, node: str, now: float, interval_s: float, seq: int | None = None
+    ) -> list[Observation]:
         n = self.node(node)
         first = n.last_heartbeat is None
         n.last_heartbeat = now
-        n.interval_s = interval_s
+        n.interval_s = self.interval_of(interval_s)
+        if seq is not None:
+            n.last_seq = seq
         out: list[Observation] = []
         if n.dead or n.offline_since is not None or n.stopped or first:
             was_dead = n.dead
@@ -137,6 +175,7 @@ class NodeHealthTracker:
 
     def on_status(self, node: str, state: str, reason: str, now: float) -> list[Observation]:
         n = self.node(node)
+        n.last_seq = None  # a new agent session (connect) or the end of this one (will)
         if state == "online":
             return []
         if reason == GRACEFUL_STOP:
@@ -260,10 +299,13 @@ class NodeHealthTracker:
                         f"{now - n.offline_since:.1f} s",
                     )
                 continue
-            if n.last_heartbeat is None:
+            if n.last_heartbeat is None or self.deaf:
                 continue
             limit = self.heartbeat_misses * n.interval_s + self.heartbeat_grace_s
-            silent = now - n.last_heartbeat
+            heard_from = n.last_heartbeat
+            if self.listening_since is not None and self.listening_since > heard_from:
+                heard_from = self.listening_since
+            silent = now - heard_from
             if silent > limit:
                 out.append(
                     Observation(

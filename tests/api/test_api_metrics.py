@@ -59,8 +59,14 @@ def test_every_family_is_exposed() -> None:
         "trainwarden_run_restarts",
         "trainwarden_api_requests",
         "trainwarden_api_request_duration_seconds",
+        "trainwarden_handler_errors",
+        "trainwarden_bus_lag_seconds",
+        "trainwarden_verdicts_suspended",
     }
     s = _samples(m)
+    # exported at 0 before the first internal error, so increase() sees the first one
+    assert s[("trainwarden_handler_errors_total", (("stage", "message"),))] == 0
+    assert s[("trainwarden_handler_errors_total", (("stage", "tick"),))] == 0
     assert s[("trainwarden_nodes", (("state", "healthy"),))] == 2680
     assert s[("trainwarden_detections_total", (("kind", "GpuFatal"),))] == 1
     assert (
@@ -136,6 +142,7 @@ def test_openmetrics_is_negotiated() -> None:
     assert ctype.startswith("text/plain")
 
 
+@pytest.mark.integration  # runs promtool
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 def test_promtool_accepts_the_metric_names() -> None:
     m = Metrics(CollectorRegistry())
