@@ -6,9 +6,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from trainwarden.policies.model import ActionKind, Actor, Decision, Event, EventKind, Verdict
+from trainwarden.health.probes.base import Fault, Severity
+from trainwarden.policies.model import (
+    ActionKind,
+    ActionRecordView,
+    Actor,
+    Decision,
+    Event,
+    EventKind,
+    Verdict,
+)
 from trainwarden.supervisor.daemon.context import with_id
 from trainwarden.supervisor.daemon.supervisor import Supervisor
+from trainwarden.supervisor.decide.core import STICKY_FAULTS
 from trainwarden.supervisor.errors import NotFoundError, SupervisorError
 from trainwarden.supervisor.model.cluster import RunInfo, RunSpec
 from trainwarden.supervisor.model.lifecycle import AttemptPhase, NodePhase, RunPhase
@@ -31,7 +41,16 @@ async def load(sup: Supervisor) -> None:
         if rec.last_heartbeat_at is not None:
             # give every known agent a full heartbeat window after our own restart
             sup.nodes.on_heartbeat(rec.name, now, sup.nodes.node(rec.name).interval_s)
-    sup.core.restore(await sup.store.call(st.conditions))
+    conditions = await sup.store.call(st.conditions)
+    faults: dict[str, list[Fault]] = {}
+    for c in conditions:
+        if c.status and c.type in STICKY_FAULTS:
+            events = await sup.store.call(
+                st.events, node=c.subject, kinds=[EventKind.FAULT], limit=200
+            )
+            faults[c.subject] = [_fault_of(e) for e in events if e.ts >= c.since - 1.0]
+    sup.core.restore(conditions, faults)
+    await _restore_guard_history(sup, now)
     for rec in await sup.store.call(st.runs):
         try:
             spec = RunSpec.from_dict(rec.spec)
@@ -68,6 +87,38 @@ async def load(sup: Supervisor) -> None:
         sup.state.runs[run.name] = run
     if sup.state.runs:
         sup.runs.prewarm()
+
+
+def _fault_of(ev: Event) -> Fault:
+    d = ev.data
+    gpu, code = d.get("gpu"), d.get("code")
+    return Fault(
+        str(d.get("kind", "")),
+        Severity(str(d.get("severity", "fatal"))),
+        str(d.get("detail", "")),
+        gpu if isinstance(gpu, int) else None,
+        code if isinstance(code, int) else None,
+        d.get("cause") if isinstance(d.get("cause"), str) else None,
+    )
+
+
+async def _restore_guard_history(sup: Supervisor, now: float) -> None:
+    """The actions the guards count (drain windows, cooldowns, restart budgets and backoff,
+    lemon windows) from the store, so a restart or a failover does not reset them."""
+    g = sup.policy.policy.guards
+    horizon = max(
+        g.drains.window_s,
+        g.cooldown_s,
+        g.restarts.window_s,
+        g.restarts.backoff_reset_s,
+        g.lemon_window_s,
+    )
+    recs = await sup.store.call(sup.store.store.actions, since=now - horizon, limit=None)
+    for rec in reversed(recs):  # oldest first, as they happened
+        if rec.verdict is Verdict.ALLOW and rec.status.value != "failed":
+            sup.recent_actions.append(
+                ActionRecordView(rec.ts, rec.kind, rec.node, rec.run, rec.verdict)
+            )
 
 
 async def add_run(

@@ -16,6 +16,7 @@ from enum import StrEnum
 
 from trainwarden.health.faults import XidCatalog
 from trainwarden.health.nvml.backend import THROTTLE_NAMES
+from trainwarden.health.probes.base import Fault
 from trainwarden.health.report import HealthReport
 from trainwarden.policies.engine import PolicyEngine
 from trainwarden.policies.model import (
@@ -45,6 +46,8 @@ from trainwarden.supervisor.model.lifecycle import NodePhase
 VET_FAILS = frozenset(
     {ConditionType.NODE_DEAD, ConditionType.GPU_FATAL, ConditionType.NODE_UNHEALTHY}
 )
+# Fault conditions the node health tracker keeps until the node is repaired.
+STICKY_FAULTS = frozenset({ConditionType.GPU_FATAL, ConditionType.NODE_UNHEALTHY})
 # The conditions that make a node FAILED rather than SUSPECT or HEALTHY.
 FAILED_BY = frozenset({ConditionType.NODE_DEAD, ConditionType.GPU_FATAL})
 
@@ -100,9 +103,15 @@ class DecisionCore:
         self._imbalance_seen: set[tuple[str, str]] = set()
         self._last_straggler_eval = float("-inf")
 
-    def restore(self, conditions: Sequence[Condition]) -> None:
-        """The conditions the store kept across a restart (the daemon's restore)."""
+    def restore(
+        self, conditions: Sequence[Condition], faults: Mapping[str, Sequence[Fault]]
+    ) -> None:
+        """What the store kept across a restart: the conditions, and for a node with a fault
+        condition the faults that set it (the tracker's sticky memory)."""
         self.book = ConditionBook(conditions)
+        for c in conditions:
+            if c.status and c.type in STICKY_FAULTS:
+                self.nodes.restore(c.subject, c.type, faults.get(c.subject, ()))
 
     # -- detection ------------------------------------------------------------------
     def conditions(self, obs: Sequence[Observation], ids: Sequence[int]) -> list[Condition]:

@@ -320,6 +320,17 @@ class NodeHealthTracker:
                 out += self._declare_dead(name, n, now, f"no heartbeat for {silent:.1f} s")
         return out
 
+    def restore(self, node: str, ctype: ConditionType, faults: Iterable[Fault]) -> None:
+        """After a daemon restart: a fault condition the store kept, and the faults that set
+        it, so the broker's redelivery of the same fault report is not a new fault."""
+        n = self.node(node)
+        if ctype is ConditionType.GPU_FATAL:
+            n.gpu_fatal = True
+        elif ctype is ConditionType.NODE_UNHEALTHY:
+            n.unhealthy = True
+        for f in faults:
+            n.seen_faults.add((f.kind, f.gpu, f.code))
+
     def reset(self, node: str) -> list[Observation]:
         """Forget sticky faults after an operator returned the node to service."""
         n = self.node(node)

@@ -18,7 +18,7 @@ from trainwarden.health.clock import VirtualClock
 from trainwarden.health.probes.base import Severity
 from trainwarden.health.report import FaultModel, FaultReport, Heartbeat, encode, node_topic
 from trainwarden.policies.engine import Mode, PolicyEngine
-from trainwarden.policies.model import ActionKind, ConditionType, Verdict
+from trainwarden.policies.model import ActionKind, ConditionType, EventKind, Verdict
 from trainwarden.policies.rules import load_policy
 from trainwarden.supervisor.api.service import DaemonService
 from trainwarden.supervisor.daemon import operations
@@ -191,3 +191,35 @@ async def test_conditions_restored_after_a_restart_are_the_ones_the_core_decides
     assert again.book is again.core.book and again.book.is_true("n4", ConditionType.GPU_FATAL)
     [row] = [r for r in await DaemonService(again).list_nodes() if r.name == "n4"]
     assert row.conditions == ["GpuFatal"] and row.state == "drained"
+
+
+async def test_guard_memory_survives_a_restart(tmp_path: Path, closing: list[Supervisor]) -> None:
+    path = policy_file(tmp_path, drains_per_window=1)
+    first = await make(tmp_path, path)
+    closing.append(first)
+    await xid(first, "n1", 79)
+    await first.store.flush()
+    again = await make(tmp_path, path)
+    closing.append(again)
+    await operations.load(again)
+    await xid(again, "n2", 79)
+    # the one drain of this hour happened before the restart: the new daemon still counts it
+    assert drains(again) == {"n1": Verdict.ALLOW, "n2": Verdict.BLOCK}
+
+
+async def test_a_fault_redelivered_after_a_restart_is_recorded_once(
+    tmp_path: Path, closing: list[Supervisor]
+) -> None:
+    path = policy_file(tmp_path)
+    first = await make(tmp_path, path)
+    closing.append(first)
+    await xid(first, "n4", 79)
+    await first.store.flush()
+    again = await make(tmp_path, path)
+    closing.append(again)
+    await operations.load(again)
+    await xid(again, "n4", 79)  # the broker redelivers the unacknowledged report
+    faults = again.store.store.events(node="n4", kinds=[EventKind.FAULT])
+    assert len(faults) == 1
+    assert list(drains(again)) == ["n4"]
+    assert len([a for a in again.store.store.actions() if a.kind is ActionKind.DRAIN]) == 1
