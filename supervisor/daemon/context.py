@@ -88,6 +88,8 @@ class DaemonContext:
         self.publish = publish
         self.state = ClusterState()
         self.core = DecisionCore(config, policy, config.xid_overrides)
+        # why actions must not run now (a leader whose lease may have run out), or None
+        self.fence: Callable[[], str | None] = lambda: None
         self.history: deque[Event] = deque(maxlen=2000)
         self.recent_actions: deque[ActionRecordView] = deque(maxlen=2000)
         self.tasks: set[asyncio.Task[None]] = set()

@@ -227,6 +227,10 @@ class Executor:
         """Carry out a recorded, allowed decision: automatic, manual and approved ones alike
         get the retry of transient scheduler failures, the audit result and the metrics.
         ``note`` (e.g. who approved it) leads the recorded result."""
+        fenced = self.ctx.fence()
+        if fenced is not None:  # never act on a lease that may have run out
+            await self._finish(d, action_id, False, f"{note}; {fenced}" if note else fenced)
+            return False, fenced
         await self.ctx.store.call(
             self.ctx.store.store.update_action,
             action_id,
@@ -247,6 +251,10 @@ class Executor:
         """Retry an idempotent action after a transient scheduler failure, with backoff."""
         for n, delay in enumerate(self.ctx.config.retry_delays_s, start=1):
             await self.ctx.clock.sleep(delay)
+            fenced = self.ctx.fence()
+            if fenced is not None:
+                await self._finish(d, action_id, False, f"retry {n}: {fenced}")
+                return
             ok, result, again = await attempt(self.ctx, d, action_id)
             if ok or not again or n == len(self.ctx.config.retry_delays_s):
                 result = f"retry {n}: {result}"

@@ -32,7 +32,7 @@ from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.sdnotify import Notifier
 from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
-from trainwarden.supervisor.errors import ConfigError
+from trainwarden.supervisor.errors import ConfigError, StoreError
 from trainwarden.supervisor.scheduler.base import Scheduler
 from trainwarden.supervisor.scheduler.local import LocalScheduler
 from trainwarden.supervisor.scheduler.slurm import SlurmScheduler
@@ -40,6 +40,7 @@ from trainwarden.supervisor.store.store import open_store
 
 log = logging.getLogger(__name__)
 LEASE = "trainwarden-daemon"
+LEASE_MARGIN_S = 2.0  # stop acting this long (at most a quarter of the TTL) before expiry
 MAX_RECONNECT_S = 2.0  # reconnect back-off cap: the daemon is blind until it is back
 
 
@@ -99,6 +100,7 @@ class Daemon:
         self.leader = False
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._handler_errors = 0
+        self._lease_until = float("-inf")  # monotonic time the held lease runs out
         self._last_tick = self.clock.monotonic()
 
     async def _publish(self, topic: str, payload: bytes) -> None:
@@ -121,6 +123,7 @@ class Daemon:
         metrics.set_leader(True)
         await ops.load(sup)
         sup.core.hearing.disconnected()  # no silence is judged before the first connect
+        sup.fence = self.fence
         service = DaemonService(
             sup,
             broker_connected=lambda: self.connected,
@@ -194,27 +197,54 @@ class Daemon:
     async def _lead(self, store: AsyncStore, stop: asyncio.Event) -> bool:
         """Wait until this daemon holds the leader lease (a standby waits here)."""
         announced = False
+        wait_s = self.cfg.lease_ttl_s / 3
         while not stop.is_set():
-            if await store.call(
-                store.store.acquire_lease,
-                LEASE,
-                self.holder,
-                self.cfg.lease_ttl_s,
-                self.clock.now(),
-            ):
+            started = self.clock.monotonic()
+            try:
+                held = await store.call(
+                    store.store.acquire_lease,
+                    LEASE,
+                    self.holder,
+                    self.cfg.lease_ttl_s,
+                    self.clock.now(),
+                )
+            except StoreError as exc:  # the database is away: keep standing by, retry
+                log.warning("cannot reach the store for the leader lease (%s); retrying", exc)
+                held, announced = False, False
+                wait_s = min(wait_s * 2, 10.0)
+            else:
+                wait_s = self.cfg.lease_ttl_s / 3
+            if held:
                 self.leader = True
+                self._lease_until = started + self.cfg.lease_ttl_s
                 return True
             if not announced:
                 log.info("standing by: another daemon holds the leader lease")
                 announced = True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.cfg.lease_ttl_s / 3)
+                await asyncio.wait_for(stop.wait(), wait_s)
         return False
 
+    def fence(self) -> str | None:
+        """Why this daemon must not act on the scheduler now (None: it may): its lease may
+        have run out, so another daemon may be leading. Checked before every action, so a
+        leader that cannot renew stops acting before its lease can expire."""
+        margin = min(LEASE_MARGIN_S, self.cfg.lease_ttl_s / 4)
+        left = self._lease_until - margin - self.clock.monotonic()
+        if not self.leader or left <= 0:
+            return (
+                "not carried out: this daemon could not renew its leader lease in time "
+                "(another daemon may be leading)"
+            )
+        return None
+
     async def _renew(self, store: AsyncStore, stop: asyncio.Event) -> None:
-        if not await store.call(
+        started = self.clock.monotonic()
+        if await store.call(
             store.store.acquire_lease, LEASE, self.holder, self.cfg.lease_ttl_s, self.clock.now()
         ):
+            self._lease_until = started + self.cfg.lease_ttl_s
+        else:
             log.error("lost the leader lease to another daemon; stopping")
             self.leader = False
             if self.sup is not None:

@@ -15,7 +15,10 @@ import pytest
 
 from trainwarden.health.clock import VirtualClock
 from trainwarden.health.errors import ReportError
+from trainwarden.health.probes.base import Severity
 from trainwarden.health.report import (
+    FaultModel,
+    FaultReport,
     Heartbeat,
     NodeStatus,
     checkpoint_topic,
@@ -31,7 +34,9 @@ from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.process import Daemon, DaemonConfig
 from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
+from trainwarden.supervisor.errors import StoreError
 from trainwarden.supervisor.model.cluster import RunInfo, RunSpec
+from trainwarden.supervisor.scheduler.base import NodeState
 from trainwarden.supervisor.scheduler.local import LocalScheduler
 from trainwarden.supervisor.store.migrate import upgrade
 from trainwarden.supervisor.store.store import open_store
@@ -334,3 +339,42 @@ async def test_a_stopped_loop_stops_the_watchdog_and_fails_healthz() -> None:
     problems = daemon.loop_problems()
     tick.cancel()
     assert problems == ["ingest loop stopped: _Boom('ingestion died')"]
+
+
+async def test_a_leader_that_could_not_renew_its_lease_acts_no_more(sup: Supervisor) -> None:
+    daemon = Daemon(DaemonConfig(db_url="sqlite://", lease_ttl_s=15.0))
+    daemon.leader = True
+    daemon._lease_until = daemon.clock.monotonic() + 15.0
+    sup.fence = daemon.fence
+    assert daemon.fence() is None
+    daemon._lease_until = daemon.clock.monotonic() + 1.0  # renewals failed: 1 s left
+    fault = FaultReport(
+        node="n3",
+        ts=sup.clock.now(),
+        faults=[FaultModel(kind="xid", severity=Severity.FATAL, detail="XID 79", gpu=0, code=79)],
+    )
+    await beat(sup, "n3", 1)
+    await sup.handle(node_topic("n3", "fault"), encode(fault))
+    await asyncio.gather(*list(sup.tasks))
+    [drain] = [a for a in sup.store.store.actions() if a.kind is ActionKind.DRAIN]
+    assert drain.status == "failed" and "could not renew its leader lease" in (drain.result or "")
+    nodes = {n.name: n.state for n in await sup.scheduler.nodes()}
+    assert nodes["n3"] is not NodeState.DRAINED
+
+
+async def test_a_standby_keeps_standing_by_through_a_store_outage(
+    sup: Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon = Daemon(DaemonConfig(db_url="sqlite://", lease_ttl_s=0.3))
+    answers: list[bool | StoreError] = [StoreError("connection refused")] * 2 + [False, True]
+
+    def acquire(*_args: object) -> bool:
+        a = answers.pop(0)
+        if isinstance(a, StoreError):
+            raise a
+        return a
+
+    monkeypatch.setattr(sup.store.store, "acquire_lease", acquire)
+    stop = asyncio.Event()
+    assert await asyncio.wait_for(daemon._lead(sup.store, stop), 10)
+    assert answers == [] and daemon.leader and daemon.fence() is None
