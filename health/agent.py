@@ -78,7 +78,8 @@ class AgentConfig:
     keepalive_s: int = 10  # a silent (not closed) connection is declared dead after 1.5x this
     network_timeout_s: float = 5.0  # connect, publish, disconnect
     reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 15.0
+    # capped so every agent is back within the daemon's grace after a broker outage
+    reconnect_max_s: float = 5.0
     auth: MqttAuth = field(default_factory=MqttAuth)
 
     def __post_init__(self) -> None:

@@ -2,9 +2,9 @@
 
 It cannot while it is disconnected from the broker, nor while it is behind on the bus:
 heartbeats then wait in its queue and their senders only look silent. Missed-heartbeat
-verdicts are suspended meanwhile (last wills and reported faults still count); when it hears
-again every node gets a full heartbeat window from that moment, which covers the grace after
-a reconnect: each agent's next heartbeat arrives within its interval.
+verdicts are suspended meanwhile (last wills and reported faults still count). When it hears
+again every node gets a full heartbeat window, counted after a grace when the daemon was
+disconnected (the agents reconnect too, after their own back-off).
 """
 
 from __future__ import annotations
@@ -73,7 +73,10 @@ class Hearing:
                 )
             ]
         was, self.suspended = self.suspended, None
-        self.tracker.listen(now)
+        # behind: everything queued has been read. Disconnected: the agents reconnect too.
+        disconnected = was is not None and was.startswith("disconnected")
+        grace = self.settings.reconnect_grace_s if disconnected else 0.0
+        self.tracker.listen(now + grace)
         return [
             Observation(
                 Event(

@@ -19,6 +19,9 @@ class DetectorSettings:
     # behind on the bus: the median age of recent messages on arrival exceeds this, and
     # missed-heartbeat verdicts wait until the daemon has caught up
     behind_lag_s: float = 5.0
+    # after the daemon reconnects to the broker, agents reconnect too (their back-off is
+    # capped at 5 s): silence counts only from this long after the reconnect
+    reconnect_grace_s: float = 10.0
     will_confirm_s: float = 2.0
     hang_k: float = 2.0
     hang_floor_s: float = 30.0
