@@ -1,0 +1,242 @@
+"""Chaos on real parts, bounded in time: the daemon, four agents and the CLI as separate
+processes on a private Mosquitto (its own loopback port; the machine's broker is never
+touched) and SQLite. Poison messages, then the broker killed with SIGKILL for 10 s: no
+node is declared dead, nothing is drained, ingestion goes on, the daemon is back within
+3 s of the broker. Each case prints its measured figures (``-s`` shows them)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainwarden.health.report import INT32_MAX
+from trainwarden.supervisor.scheduler.local import free_port
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed"),
+]
+BIN = str(Path(sys.executable).parent / "trainwarden")
+PUB = shutil.which("mosquitto_pub") or "mosquitto_pub"
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> float:
+    t0 = time.monotonic()
+    while not pred():
+        assert time.monotonic() - t0 < timeout, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(every)
+    return time.monotonic() - t0
+
+
+class Broker:
+    """A private Mosquitto that a test may kill and start again on the same port."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        (tmp / "mosquitto.conf").write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence true\npersistence_location {tmp}/\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.tmp / "mosquitto.log").open("ab")
+        self.proc = subprocess.Popen(
+            ["mosquitto", "-c", str(self.tmp / "mosquitto.conf")], stdout=log, stderr=log
+        )
+        wait_for(self.answers, 10, "mosquitto to listen")
+
+    def answers(self) -> bool:
+        import socket
+
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        subprocess.run(
+            [PUB, "-h", "127.0.0.1", "-p", str(self.port), "-q", "1", "-t", topic, "-s"],
+            input=payload,
+            check=True,
+            timeout=10,
+        )
+
+
+class Stack:
+    def __init__(self, tmp: Path, broker: Broker) -> None:
+        self.tmp = tmp
+        self.broker = broker
+        tag = uuid.uuid4().hex[:6]
+        self.nodes = [f"c{tag}-n{i}" for i in (1, 2, 3, 4)]
+        self.api = f"http://127.0.0.1:{free_port()}"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self) -> None:
+        db = f"sqlite:///{self.tmp / 'tw.db'}"
+        subprocess.run([BIN, "db", "upgrade", "--url", db], check=True, capture_output=True)
+        self._spawn("daemon", [
+            BIN, "daemon", "--db", db, "--broker", f"127.0.0.1:{self.broker.port}",
+            "--api", self.api.removeprefix("http://"), "--scheduler", "local",
+            "--local-nodes", ",".join(self.nodes), "--local-log-dir", str(self.tmp / "jobs"),
+        ])  # fmt: skip
+        for n in self.nodes:
+            self._spawn(n, [
+                BIN, "agent", "--node", n, "--broker", f"127.0.0.1:{self.broker.port}",
+                "--heartbeat", "1", "--interval", "2",
+                "--simulated-hardware", str(self.tmp / "hw" / n),
+            ])  # fmt: skip
+        wait_for(lambda: len(self.healthy()) == len(self.nodes), 60, "every node healthy")
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = (self.tmp / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(args, stdout=log, stderr=log)
+
+    def get(self, path: str) -> Any:
+        try:
+            with urllib.request.urlopen(self.api + path, timeout=5) as r:
+                body = r.read()
+        except urllib.error.HTTPError as exc:  # /healthz answers 503 with a body
+            body = exc.read()
+        except OSError:
+            return None
+        return json.loads(body) if path != "/metrics" else body.decode()
+
+    def nodes_now(self) -> list[dict[str, Any]]:
+        return self.get("/api/v1/nodes") or []
+
+    def healthy(self) -> list[str]:
+        return [n["name"] for n in self.nodes_now() if n["state"] == "healthy"]
+
+    def dead_events(self) -> list[dict[str, Any]]:
+        events = self.get("/api/v1/events?limit=1000") or []
+        return [e for e in events if "NodeDead set" in e["message"] or "node dead" in e["message"]]
+
+    def drains(self) -> list[dict[str, Any]]:
+        return [a for a in (self.get("/api/v1/actions?limit=1000") or []) if a["kind"] == "drain"]
+
+    def counter(self, name: str) -> float:
+        total = 0.0
+        for line in (self.get("/metrics") or "").splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {f.name}\n{f.read_text(errors='replace')[-3000:]}" for f in self.tmp.glob("*.log")
+        )
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    broker = Broker(tmp_path)
+    broker.start()
+    s = Stack(tmp_path, broker)
+    try:
+        s.start()
+        yield s
+    except BaseException:
+        print(s.logs(), file=sys.stderr)
+        raise
+    finally:
+        s.stop()
+        if broker.proc is not None and broker.proc.poll() is None:
+            broker.kill()
+
+
+def report(case: str, **figures: object) -> None:
+    print(json.dumps({"case": case, **figures}))
+
+
+def test_poison_messages_are_rejected_and_ingestion_goes_on(stack: Stack) -> None:
+    n1 = stack.nodes[0]
+    poison = [
+        ("trainwarden/v1/run/r1/steps/0", {"kind": "steps", "run": "r1", "attempt": 1,
+         "rank": 0, "node": n1, "samples": [{"step": 2**63, "step_s": 1.0, "ts": 1.0}]}),
+        ("trainwarden/v1/run/r1/checkpoint", {"kind": "checkpoint", "run": "r1", "attempt": 1,
+         "rank": 0, "node": n1, "step": INT32_MAX + 1, "path": "/ck", "ts": 1.0}),
+        ("trainwarden/v1/run/r1/checkpoint", {"kind": "checkpoint", "run": "r1", "attempt": 1,
+         "rank": 0, "node": n1, "step": 5, "path": "/ck/\u0000x", "ts": 1.0}),
+        (f"trainwarden/v1/node/{n1}/status", {"kind": "status", "node": n1,
+         "state": "offline", "reason": "x\u0000", "ts": 1.0}),
+        (f"trainwarden/v1/node/{n1}/heartbeat", {"kind": "heartbeat", "node": n1, "ts": 1.0,
+         "seq": 5, "interval_s": 1e-6}),
+    ]  # fmt: skip
+    before = stack.counter("trainwarden_messages_total")
+    for topic, body in poison:
+        stack.broker.publish(topic, json.dumps({"v": 1, **body}).encode())
+    wait_for(
+        lambda: stack.counter("trainwarden_rejected_messages_total") >= 4, 20, "the rejections"
+    )
+    time.sleep(8.0)  # longer than a node's heartbeat window
+    after = stack.counter("trainwarden_messages_total")
+    health = stack.get("/healthz")
+    report(
+        "poison",
+        rejected=stack.counter("trainwarden_rejected_messages_total"),
+        messages_during=after - before,
+        node_dead=len(stack.dead_events()),
+        drains=len(stack.drains()),
+        handler_errors=stack.counter("trainwarden_handler_errors_total"),
+    )
+    assert after - before >= 4 * 8  # the agents' heartbeats kept being processed
+    assert stack.dead_events() == [] and stack.drains() == []
+    assert sorted(stack.healthy()) == sorted(stack.nodes)
+    assert stack.counter("trainwarden_handler_errors_total") == 0
+    assert health is not None and health["ok"] is True and health["problems"] == []
+
+
+def test_broker_killed_for_ten_seconds_kills_no_node(stack: Stack) -> None:
+    stack.broker.kill()
+    down_at = time.monotonic()
+    time.sleep(10.0)
+    stack.broker.start()
+    up_at = time.monotonic()
+    back_s = wait_for(lambda: (stack.get("/healthz") or {}).get("broker") is True, 10,
+                      "the daemon back on the broker")  # fmt: skip
+    wait_for(lambda: len(stack.healthy()) == len(stack.nodes), 30, "every agent back")
+    time.sleep(12.0)  # past the reconnect grace and a heartbeat window
+    suspended = [
+        e for e in stack.get("/api/v1/events?limit=1000") or []
+        if e["kind"] in ("verdicts-suspended", "verdicts-resumed")
+    ]  # fmt: skip
+    report(
+        "broker-kill-10s",
+        outage_s=round(up_at - down_at, 1),
+        reconnected_after_broker_s=round(back_s, 2),
+        node_dead=len(stack.dead_events()),
+        drains=len(stack.drains()),
+        verdict_events=[e["kind"] for e in suspended],
+    )
+    assert back_s <= 3.0
+    assert stack.dead_events() == [] and stack.drains() == []
+    assert sorted(stack.healthy()) == sorted(stack.nodes)
+    assert {e["kind"] for e in suspended} == {"verdicts-suspended", "verdicts-resumed"}
