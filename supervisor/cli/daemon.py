@@ -65,9 +65,26 @@ def register(sub: Any) -> None:
         default="trainwarden-daemon",
         help="MQTT client id; the broker keeps this daemon's session under it",
     )
+    p.add_argument(
+        "--lease-ttl",
+        type=_positive,
+        default=15.0,
+        metavar="S",
+        help="leader lease: a standby takes over this long after the leader stops renewing",
+    )
     add_auth_arguments(p)
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 1.0 <= value <= 3600.0:
+        raise argparse.ArgumentTypeError(f"{text} s is outside 1 s to 3600 s")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode,
         client_id=args.client_id,
         mqtt_auth=auth_from_args(args),
+        lease_ttl_s=args.lease_ttl,
         core=CoreConfig(
             heartbeat_misses=args.heartbeat_misses,
             will_confirm_s=args.will_confirm,

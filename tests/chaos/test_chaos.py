@@ -240,3 +240,67 @@ def test_broker_killed_for_ten_seconds_kills_no_node(stack: Stack) -> None:
     assert stack.dead_events() == [] and stack.drains() == []
     assert sorted(stack.healthy()) == sorted(stack.nodes)
     assert {e["kind"] for e in suspended} == {"verdicts-suspended", "verdicts-resumed"}
+
+
+def test_a_stopped_leader_is_replaced_and_acts_no_more_after_it_resumes(tmp_path: Path) -> None:
+    """Two daemons on one store; the leader is SIGSTOPped past its lease. The standby takes
+    over within the TTL + 5 s; after SIGCONT the old leader stops, and the XID that follows
+    is drained once, by the new leader."""
+    ttl = 4.0
+    broker = Broker(tmp_path)
+    broker.start()
+    s = Stack(tmp_path, broker)
+    db = f"sqlite:///{tmp_path / 'tw.db'}"
+    apis = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    try:
+        subprocess.run([BIN, "db", "upgrade", "--url", db], check=True, capture_output=True)
+        for i, api in enumerate(apis):
+            s._spawn(f"daemon{i}", [
+                BIN, "daemon", "--db", db, "--broker", f"127.0.0.1:{broker.port}",
+                "--api", api.removeprefix("http://"), "--scheduler", "local",
+                "--local-nodes", ",".join(s.nodes), "--local-log-dir", str(tmp_path / f"j{i}"),
+                "--client-id", f"tw-chaos-{i}", "--lease-ttl", str(ttl),
+            ])  # fmt: skip
+            if i == 0:  # the first one leads
+                s.api = api
+                wait_for(lambda: s.get("/healthz") is not None, 30, "the leader's API")
+        for n in s.nodes:
+            s._spawn(n, [
+                BIN, "agent", "--node", n, "--broker", f"127.0.0.1:{broker.port}",
+                "--heartbeat", "1", "--interval", "2",
+                "--simulated-hardware", str(tmp_path / "hw" / n),
+            ])  # fmt: skip
+        wait_for(lambda: len(s.healthy()) == len(s.nodes), 60, "every node healthy")
+        leader, standby = s.procs["daemon0"], s.procs["daemon1"]
+        leader.send_signal(signal.SIGSTOP)
+        s.api = apis[1]
+        took_s = wait_for(lambda: s.get("/healthz") is not None, ttl + 5, "the standby leading")
+        time.sleep(2.0)
+        leader.send_signal(signal.SIGCONT)
+        leader.wait(30)  # it finds its lease taken and stops
+        victim = s.nodes[2]
+        subprocess.run(
+            [BIN, "hw", "inject", "--state-dir", str(tmp_path / "hw" / victim), "xid:79"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        wait_for(s.drains, 30, "the drain")
+        time.sleep(3.0)
+        drains = s.drains()
+        report(
+            "leader-sigstop",
+            lease_ttl_s=ttl,
+            standby_leading_after_s=round(took_s, 2),
+            old_leader_exit=leader.returncode,
+            drains=[(d["node"], d["status"]) for d in drains],
+        )
+        assert standby.poll() is None and leader.returncode is not None
+        assert [(d["node"], d["status"]) for d in drains] == [(victim, "succeeded")]
+    except BaseException:
+        print(s.logs(), file=sys.stderr)
+        raise
+    finally:
+        for p in s.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+        s.stop()
+        broker.kill()
