@@ -177,31 +177,32 @@ async def test_an_approved_drain_is_retried_audited_and_counted_like_an_automati
     assert counted._value.get() == 1 and failed._value.get() == 1
 
 
-async def test_conditions_restored_after_a_restart_are_the_ones_the_core_decides_on(
-    tmp_path: Path, closing: list[Supervisor]
-) -> None:
-    path = policy_file(tmp_path)
+async def restarted_after_xid(
+    tmp_path: Path, closing: list[Supervisor], node: str, **policy: int
+) -> Supervisor:
+    """A daemon that drained ``node`` for XID 79, then a new one restored from its store."""
+    path = policy_file(tmp_path, **policy)
     first = await make(tmp_path, path)
     closing.append(first)
-    await xid(first, "n4", 79)
+    await xid(first, node, 79)
     await first.store.flush()
     again = await make(tmp_path, path)
     closing.append(again)
     await operations.load(again)
+    return again
+
+
+async def test_conditions_restored_after_a_restart_are_the_ones_the_core_decides_on(
+    tmp_path: Path, closing: list[Supervisor]
+) -> None:
+    again = await restarted_after_xid(tmp_path, closing, "n4")
     assert again.book is again.core.book and again.book.is_true("n4", ConditionType.GPU_FATAL)
     [row] = [r for r in await DaemonService(again).list_nodes() if r.name == "n4"]
     assert row.conditions == ["GpuFatal"] and row.state == "drained"
 
 
 async def test_guard_memory_survives_a_restart(tmp_path: Path, closing: list[Supervisor]) -> None:
-    path = policy_file(tmp_path, drains_per_window=1)
-    first = await make(tmp_path, path)
-    closing.append(first)
-    await xid(first, "n1", 79)
-    await first.store.flush()
-    again = await make(tmp_path, path)
-    closing.append(again)
-    await operations.load(again)
+    again = await restarted_after_xid(tmp_path, closing, "n1", drains_per_window=1)
     await xid(again, "n2", 79)
     # the one drain of this hour happened before the restart: the new daemon still counts it
     assert drains(again) == {"n1": Verdict.ALLOW, "n2": Verdict.BLOCK}
@@ -210,14 +211,7 @@ async def test_guard_memory_survives_a_restart(tmp_path: Path, closing: list[Sup
 async def test_a_fault_redelivered_after_a_restart_is_recorded_once(
     tmp_path: Path, closing: list[Supervisor]
 ) -> None:
-    path = policy_file(tmp_path)
-    first = await make(tmp_path, path)
-    closing.append(first)
-    await xid(first, "n4", 79)
-    await first.store.flush()
-    again = await make(tmp_path, path)
-    closing.append(again)
-    await operations.load(again)
+    again = await restarted_after_xid(tmp_path, closing, "n4")
     await xid(again, "n4", 79)  # the broker redelivers the unacknowledged report
     faults = again.store.store.events(node="n4", kinds=[EventKind.FAULT])
     assert len(faults) == 1
