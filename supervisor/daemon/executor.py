@@ -229,7 +229,7 @@ class Executor:
         ``note`` (e.g. who approved it) leads the recorded result."""
         fenced = self.ctx.fence()
         if fenced is not None:  # never act on a lease that may have run out
-            await self._finish(d, action_id, False, f"{note}; {fenced}" if note else fenced)
+            await self.finish(d, action_id, False, f"{note}; {fenced}" if note else fenced)
             return False, fenced
         await self.ctx.store.call(
             self.ctx.store.store.update_action,
@@ -242,7 +242,7 @@ class Executor:
         if retry:
             result += f" (retrying up to {len(self.ctx.config.retry_delays_s)} times)"
         result = f"{note}; {result}" if note else result
-        await self._finish(d, action_id, ok, result)
+        await self.finish(d, action_id, ok, result)
         if retry:
             self.ctx.spawn(self._retry(d, action_id, note))
         return ok, result
@@ -253,18 +253,19 @@ class Executor:
             await self.ctx.clock.sleep(delay)
             fenced = self.ctx.fence()
             if fenced is not None:
-                await self._finish(d, action_id, False, f"retry {n}: {fenced}")
+                await self.finish(d, action_id, False, f"retry {n}: {fenced}")
                 return
             ok, result, again = await attempt(self.ctx, d, action_id)
             if ok or not again or n == len(self.ctx.config.retry_delays_s):
                 result = f"retry {n}: {result}"
-                await self._finish(d, action_id, ok, f"{note}; {result}" if note else result)
+                await self.finish(d, action_id, ok, f"{note}; {result}" if note else result)
                 return
             log.warning(
                 "action %s %s: retry %d failed: %s", action_id, d.request.kind.value, n, result
             )
 
-    async def _finish(self, d: Decision, action_id: int, ok: bool, result: str) -> None:
+    async def finish(self, d: Decision, action_id: int, ok: bool, result: str) -> None:
+        """The action's end: its result in the store, the engine and the metrics."""
         done = self.ctx.clock.now()
         await self.ctx.store.call(
             self.ctx.store.store.update_action,

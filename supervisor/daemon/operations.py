@@ -22,7 +22,8 @@ from trainwarden.supervisor.decide.core import STICKY_FAULTS
 from trainwarden.supervisor.errors import NotFoundError, SupervisorError
 from trainwarden.supervisor.model.cluster import RunInfo, RunSpec
 from trainwarden.supervisor.model.lifecycle import AttemptPhase, NodePhase, RunPhase
-from trainwarden.supervisor.store.records import RunRecord
+from trainwarden.supervisor.scheduler.base import NodeState
+from trainwarden.supervisor.store.records import ActionRecord, ActionStatus, RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,65 @@ async def _restore_guard_history(sup: Supervisor, now: float) -> None:
             sup.recent_actions.append(
                 ActionRecordView(rec.ts, rec.kind, rec.node, rec.run, rec.verdict)
             )
+
+
+async def reconcile(sup: Supervisor) -> int:
+    """Finish, once, the allowed actions a crash left pending or running, against the
+    scheduler's truth: a drain (or undrain) the scheduler already shows is marked done, one
+    that did not reach it is carried out now; what cannot be resumed safely (a restart, a
+    checkpoint request) is closed as interrupted with the reason. Returns how many."""
+    st = sup.store.store
+    open_: list[ActionRecord] = []
+    for status in (ActionStatus.PENDING, ActionStatus.RUNNING, ActionStatus.APPROVED):
+        open_ += await sup.store.call(st.actions, status=status, limit=None)
+    open_ = sorted(
+        (a for a in open_ if a.verdict is Verdict.ALLOW or a.status is ActionStatus.APPROVED),
+        key=lambda a: a.id,
+    )
+    if not open_:
+        return 0
+    try:
+        sched = {n.name: n.state for n in await sup.scheduler.nodes()}
+    except Exception as exc:  # the scheduler is away: leave them for the next start
+        log.warning("cannot reconcile %d open action(s): %s", len(open_), exc)
+        return 0
+    for rec in open_:
+        d = Decision(rec.request, Verdict.ALLOW, rec.guards)
+        state = sched.get(rec.node or "")
+        if rec.kind is ActionKind.DRAIN and rec.node:
+            if state in (NodeState.DRAINED, NodeState.DRAINING):
+                node = sup.state.node(rec.node)
+                node.drained_by = "operator" if rec.actor is Actor.OPERATOR else "trainwarden"
+                node.restore(NodePhase.DRAINED)
+                await sup.save_node(node)
+                await sup.executor.finish(
+                    d,
+                    rec.id,
+                    True,
+                    f"reconciled after a restart: {sup.scheduler.name} shows {rec.node} drained",
+                )
+            else:
+                await sup.perform(d, rec.id, note="re-applied after a restart")
+        elif rec.kind is ActionKind.UNDRAIN and rec.node:
+            if state in (NodeState.IDLE, NodeState.ALLOCATED):
+                await sup.executor.finish(
+                    d,
+                    rec.id,
+                    True,
+                    f"reconciled after a restart: {sup.scheduler.name} shows {rec.node} in service",
+                )
+            else:
+                await sup.perform(d, rec.id, note="re-applied after a restart")
+        else:
+            await sup.executor.finish(
+                d,
+                rec.id,
+                False,
+                f"interrupted by a daemon restart before it finished; not repeated "
+                f"({rec.kind.value} is not safe to resume blindly)",
+            )
+    log.info("reconciled %d action(s) left open by the previous daemon", len(open_))
+    return len(open_)
 
 
 async def add_run(

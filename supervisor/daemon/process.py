@@ -122,6 +122,7 @@ class Daemon:
         self.sup = sup
         metrics.set_leader(True)
         await ops.load(sup)
+        await ops.reconcile(sup)
         sup.core.hearing.disconnected()  # no silence is judged before the first connect
         sup.fence = self.fence
         service = DaemonService(

@@ -18,7 +18,15 @@ from trainwarden.health.clock import VirtualClock
 from trainwarden.health.probes.base import Severity
 from trainwarden.health.report import FaultModel, FaultReport, Heartbeat, encode, node_topic
 from trainwarden.policies.engine import Mode, PolicyEngine
-from trainwarden.policies.model import ActionKind, ConditionType, EventKind, Verdict
+from trainwarden.policies.model import (
+    ActionKind,
+    ActionRequest,
+    Actor,
+    ConditionType,
+    Decision,
+    EventKind,
+    Verdict,
+)
 from trainwarden.policies.rules import load_policy
 from trainwarden.supervisor.api.service import DaemonService
 from trainwarden.supervisor.daemon import operations
@@ -27,6 +35,7 @@ from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.process import Daemon, DaemonConfig
 from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
 from trainwarden.supervisor.errors import SchedulerError
+from trainwarden.supervisor.model.lifecycle import NodePhase
 from trainwarden.supervisor.scheduler.base import NodeState
 from trainwarden.supervisor.scheduler.local import LocalScheduler
 from trainwarden.supervisor.store.migrate import upgrade
@@ -217,3 +226,40 @@ async def test_a_fault_redelivered_after_a_restart_is_recorded_once(
     assert len(faults) == 1
     assert list(drains(again)) == ["n4"]
     assert len([a for a in again.store.store.actions() if a.kind is ActionKind.DRAIN]) == 1
+
+
+async def test_actions_a_crash_left_open_are_finished_once_on_start(
+    tmp_path: Path, closing: list[Supervisor]
+) -> None:
+    """The daemon died after recording three drains: one that never reached the scheduler,
+    one that did, and a restart. The next daemon finishes each exactly once."""
+    path = policy_file(tmp_path)
+    sched = LocalScheduler(NODES, tmp_path / "logs")  # the scheduler outlives the daemon
+    first = await make(tmp_path, path, scheduler=sched)
+    closing.append(first)
+    st = first.store.store
+
+    def open_action(kind: ActionKind, node: str | None, run: str | None = None) -> int:
+        req = ActionRequest(kind, Actor.RULE, "GpuFatal set", node=node, run=run, rule="gpu")
+        return st.record_action(Decision(req, Verdict.ALLOW, ()), ts=first.clock.now())
+
+    lost = open_action(ActionKind.DRAIN, "n5")
+    done = open_action(ActionKind.DRAIN, "n6")
+    st.update_action(done, status="running", result=None, finished_at=None)
+    await sched.drain("n6", "trainwarden: GpuFatal set (action #2)")
+    restart = open_action(ActionKind.RESTART_RUN, None, run="r1")
+
+    again = await make(tmp_path, path, scheduler=sched)
+    closing.append(again)
+    await operations.load(again)
+    assert await operations.reconcile(again) == 3
+    assert await operations.reconcile(again) == 0  # nothing is left open, nothing repeats
+    states = {n.name: n.state for n in await sched.nodes()}
+    assert states["n5"] is NodeState.DRAINED and states["n6"] is NodeState.DRAINED
+    recs = {a.id: a for a in again.store.store.actions(limit=None)}
+    assert recs[lost].status == "succeeded" and (recs[lost].result or "").startswith(
+        "re-applied after a restart; "
+    )
+    assert recs[done].status == "succeeded" and "shows n6 drained" in (recs[done].result or "")
+    assert recs[restart].status == "failed" and "interrupted" in (recs[restart].result or "")
+    assert again.state.nodes["n6"].phase is NodePhase.DRAINED
