@@ -52,23 +52,6 @@ class DaemonContext:
 
     runs: RunManager
 
-    # the core's parts, read through it (a restore replaces the core's book, not a copy)
-    @property
-    def book(self) -> ConditionBook:
-        return self.core.book
-
-    @property
-    def nodes(self) -> NodeHealthTracker:
-        return self.core.nodes
-
-    @property
-    def progress(self) -> ProgressTracker:
-        return self.core.progress
-
-    @property
-    def stragglers(self) -> StragglerDetector:
-        return self.core.stragglers
-
     def __init__(
         self,
         config: CoreConfig,
@@ -96,6 +79,23 @@ class DaemonContext:
         self._checkpoint_waiters: dict[str, asyncio.Event] = {}
         self.last_sync = float("-inf")
         self.reported_tags: set[str] = set()  # tagged jobs of unregistered runs, reported once
+
+    # the core's parts, read through it (a restore replaces the core's book, not a copy)
+    @property
+    def book(self) -> ConditionBook:
+        return self.core.book
+
+    @property
+    def nodes(self) -> NodeHealthTracker:
+        return self.core.nodes
+
+    @property
+    def progress(self) -> ProgressTracker:
+        return self.core.progress
+
+    @property
+    def stragglers(self) -> StragglerDetector:
+        return self.core.stragglers
 
     async def record_events(self, events: list[Event]) -> list[int]:
         ids: list[int] = await self.store.call(self.store.store.append_events, events)
