@@ -121,10 +121,14 @@ class Daemon:
         sup = Supervisor(cfg.core, self.clock, store, scheduler, policy, metrics, self._publish)
         self.sup = sup
         metrics.set_leader(True)
+        sup.fence = self.fence  # from the first action on, reconcile's included
+        loop = asyncio.get_running_loop()
+        # the lease is renewed on its own, so a slow tick (a scheduler command timing out)
+        # never lets it lapse while this daemon still leads
+        self._loops = {"lease": loop.create_task(self._lease_loop(store, stop))}
         await ops.load(sup)
         await ops.reconcile(sup)
         sup.core.hearing.disconnected()  # no silence is judged before the first connect
-        sup.fence = self.fence
         service = DaemonService(
             sup,
             broker_connected=lambda: self.connected,
@@ -135,13 +139,10 @@ class Daemon:
         await api.start()
         self.api_url = api.url
         notifier = Notifier()
-        loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self._reload_policy)
-        self._loops = {
-            "ingest": loop.create_task(self._mqtt_loop(sup, stop)),
-            "tick": loop.create_task(self._tick_loop(sup, notifier, stop)),
-        }
+        self._loops["ingest"] = loop.create_task(self._mqtt_loop(sup, stop))
+        self._loops["tick"] = loop.create_task(self._tick_loop(sup, notifier, stop))
         tasks = list(self._loops.values())
         try:
             await asyncio.wait_for(self.ready.wait(), 30)
@@ -319,15 +320,22 @@ class Daemon:
                     self._handler_errors,
                 )
 
+    async def _lease_loop(self, store: AsyncStore, stop: asyncio.Event) -> None:
+        """Renew the leader lease every third of its TTL; a store error is retried sooner
+        (the fence stops actions if it cannot be renewed in time)."""
+        while not stop.is_set():
+            wait_s = self.cfg.lease_ttl_s / 3
+            try:
+                await self._renew(store, stop)
+            except Exception as exc:
+                log.warning("cannot renew the leader lease (%s); retrying", exc)
+                wait_s = min(wait_s, 1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait_s)
+
     async def _tick_loop(self, sup: Supervisor, notifier: Any, stop: asyncio.Event) -> None:
-        last_renew = self.clock.monotonic()
         while not stop.is_set():
             try:
-                if self.clock.monotonic() - last_renew >= self.cfg.lease_ttl_s / 3:
-                    last_renew = self.clock.monotonic()
-                    await self._renew(sup.store, stop)
-                    if stop.is_set():
-                        return
                 await sup.tick()
                 counts: dict[str, int] = {}
                 for n in sup.state.nodes.values():

@@ -86,8 +86,6 @@ class Supervisor(DaemonContext):
             await self._reject(str(exc), now)
             return
         self.metrics.message(msg.kind)
-        sent_at = getattr(msg, "ts", 0.0)
-        self.core.hearing.message(now, sent_at if isinstance(sent_at, float) else 0.0)
         if isinstance(msg, StepReport):
             obs = self._on_steps(msg, now)
         elif isinstance(msg, CheckpointReport):
@@ -108,6 +106,7 @@ class Supervisor(DaemonContext):
             if stale is not None:  # a replay must not keep a dead node alive
                 await self._reject(stale, now)
                 return []
+            self.core.hearing.heartbeat(now, msg.ts)
             node = self.state.node(msg.node)
             node.last_heartbeat_at = now
             self.store.batch.heartbeat(msg.node, now)

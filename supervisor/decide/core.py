@@ -141,9 +141,12 @@ class DecisionCore:
         return out
 
     def detect(self, now: float) -> list[Observation]:
-        """The time-based detectors: confirmed deaths, missed heartbeats (only while the
-        daemon can hear, see ``hearing``), hangs."""
-        return self.hearing.update(now) + self.nodes.tick(now) + self.progress.tick(now)
+        """The time-based detectors: confirmed deaths, missed heartbeats, hangs (the silence
+        verdicts only while the daemon can hear, see ``hearing``)."""
+        out = self.hearing.update(now) + self.nodes.tick(now)
+        if not self.nodes.deaf:  # a run's steps may be queued or lost like any message
+            out += self.progress.tick(now, self.nodes.listening_since)
+        return out
 
     def straggler_findings(self, now: float) -> list[Observation]:
         """Straggler flags and clears (node-level ones move the Straggler condition);

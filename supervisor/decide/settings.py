@@ -19,6 +19,8 @@ class DetectorSettings:
     # behind on the bus: the median age of recent messages on arrival exceeds this, and
     # missed-heartbeat verdicts wait until the daemon has caught up
     behind_lag_s: float = 5.0
+    # a lag that stays this long is a clock offset between this host and the nodes
+    behind_max_s: float = 60.0
     # after the daemon reconnects to the broker, agents reconnect too (their back-off is
     # capped at 5 s): silence counts only from this long after the reconnect
     reconnect_grace_s: float = 10.0

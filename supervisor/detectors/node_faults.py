@@ -123,10 +123,16 @@ class NodeHealthTracker:
         """The daemon cannot hear the agents (broker down, or behind on the bus)."""
         self.deaf = True
 
-    def listen(self, now: float) -> None:
-        """The daemon hears again: every node gets a full heartbeat window from ``now``."""
+    def listen(self, since: float) -> None:
+        """The daemon hears again: every node gets a full heartbeat window from ``since``
+        (never moved back: a later, shorter grace does not undo an earlier one)."""
         self.deaf = False
-        self.listening_since = now
+        if self.listening_since is None or since > self.listening_since:
+            self.listening_since = since
+
+    def resume(self) -> None:
+        """The daemon hears again and what was queued has been read: nothing to forgive."""
+        self.deaf = False
 
     def interval_of(self, announced_s: float) -> float:
         """The heartbeat interval the daemon expects: what the agent announces, within the
@@ -289,8 +295,11 @@ class NodeHealthTracker:
         for name, n in self._nodes.items():
             if n.dead or n.stopped:
                 continue
+            if self.deaf:  # a heartbeat that refutes a will may wait in the queue too
+                continue
             if n.offline_since is not None:
-                if now - n.offline_since >= self.will_confirm_s:
+                will_at = max(n.offline_since, self.listening_since or n.offline_since)
+                if now - will_at >= self.will_confirm_s:
                     out += self._declare_dead(
                         name,
                         n,
@@ -299,7 +308,7 @@ class NodeHealthTracker:
                         f"{now - n.offline_since:.1f} s",
                     )
                 continue
-            if n.last_heartbeat is None or self.deaf:
+            if n.last_heartbeat is None:
                 continue
             limit = self.heartbeat_misses * n.interval_s + self.heartbeat_grace_s
             heard_from = n.last_heartbeat

@@ -137,7 +137,9 @@ class ProgressTracker:
             return self.startup_timeout_s
         return max(self.k * med, self.floor_s)
 
-    def tick(self, now: float) -> list[Observation]:
+    def tick(self, now: float, heard_from: float | None = None) -> list[Observation]:
+        """Hung runs: no step for longer than the threshold, counted from ``heard_from``
+        when the daemon only hears again since then (the caller skips ticks while deaf)."""
         out: list[Observation] = []
         for run, p in self._runs.items():
             if not p.active or p.hung:
@@ -149,6 +151,8 @@ class ProgressTracker:
             ):
                 continue
             since = p.last_progress_at if p.last_progress_at is not None else p.started_at
+            if heard_from is not None and heard_from > since:
+                since = heard_from
             limit = self.threshold_s(p)
             if now - since <= limit:
                 continue

@@ -21,6 +21,7 @@ from trainwarden.health.report import (
     FaultReport,
     Heartbeat,
     NodeStatus,
+    StepSample,
     checkpoint_topic,
     encode,
     node_topic,
@@ -232,14 +233,68 @@ async def test_no_node_dies_of_silence_while_the_daemon_is_disconnected(
     assert len(resumed) == 1 and "disconnected" in resumed[0].message
 
 
-async def test_a_last_will_still_counts_while_the_daemon_is_deaf(sup: Supervisor) -> None:
+async def test_a_last_will_is_confirmed_only_once_the_daemon_hears_again(
+    sup: Supervisor,
+) -> None:
+    """A heartbeat that refutes the will may be stuck behind the outage too."""
     for n in NODES:
         await beat(sup, n, 1)
-    sup.core.hearing.disconnected()
     will = NodeStatus(node="n2", state="offline", reason="connection lost", ts=T0)
     await sup.handle(node_topic("n2", "status"), encode(will))
+    sup.core.hearing.disconnected()
     await run_for(sup, 5.0, beating=[])
+    assert dead(sup) == set()
+    sup.core.hearing.reconnected()
+    await run_for(sup, 11.0, beating=["n1", "n3", "n4"], seq0=100)
+    assert dead(sup) == set()  # within the reconnect grace (10 s) + will confirmation (2 s)
+    await run_for(sup, 3.0, beating=["n1", "n3", "n4"], seq0=200)
     assert dead(sup) == {"n2"}
+
+
+async def test_a_brief_outage_between_two_ticks_still_gets_the_grace(sup: Supervisor) -> None:
+    for n in NODES:
+        await beat(sup, n, 1)
+    await run_for(sup, 5.0, beating=NODES, seq0=2)
+    sup.core.hearing.disconnected()  # the broker drops and returns before the next tick
+    clock(sup).advance(0.2)
+    sup.core.hearing.reconnected()
+    await run_for(sup, 12.0, beating=["n1", "n2", "n3"], seq0=100)  # n4's agent is slow back
+    assert dead(sup) == set()
+    resumed = sup.store.store.events(kinds=[EventKind.VERDICTS_RESUMED])
+    assert resumed and "briefly" in resumed[0].message
+
+
+async def test_a_skewed_clock_hides_a_dead_node_for_a_minute_at_most(sup: Supervisor) -> None:
+    """Every node's clock is 20 s behind this host's: that is an offset, not a queue."""
+    skew = 20.0
+
+    async def skewed(node: str, seq: int) -> None:
+        hb = Heartbeat(node=node, ts=sup.clock.now() - skew, seq=seq, interval_s=2.0)
+        await sup.handle(node_topic(node, "heartbeat"), encode(hb))
+
+    for i in range(int(90 / 0.5)):
+        if i % 4 == 0:
+            for n in ("n1", "n2", "n3") if i > 20 else NODES:  # n4 dies at 10 s
+                await skewed(n, 1 + i)
+        await sup.tick()
+        clock(sup).advance(0.5)
+    assert dead(sup) == {"n4"}
+    notes = [e.message for e in sup.store.store.events(kinds=[EventKind.VERDICTS_RESUMED])]
+    assert any("clock offset" in m for m in notes)
+
+
+async def test_no_run_is_hung_by_a_broker_outage(sup: Supervisor, tmp_path: Path) -> None:
+    spec = RunSpec(command=("true",), nodes=2, checkpoint_dir=str(tmp_path / "ck"))
+    sup.state.runs["r1"] = RunInfo("r1", "local", spec, T0)
+    sup.progress.start_attempt("r1", 1, sup.clock.now())
+    step = StepSample(step=1, step_s=1.0, ts=sup.clock.now())
+    sup.progress.on_steps("r1", 1, 0, "n1", [step], sup.clock.now())
+    sup.core.hearing.disconnected()
+    await run_for(sup, 60.0, beating=[])  # longer than the 30 s hang floor
+    assert not sup.book.is_true("r1", ConditionType.RUN_HUNG)
+    sup.core.hearing.reconnected()
+    await run_for(sup, 20.0, beating=NODES, seq0=100)
+    assert not sup.book.is_true("r1", ConditionType.RUN_HUNG)  # a full window after the grace
 
 
 async def test_silence_is_not_judged_while_the_daemon_is_behind_on_the_bus(
