@@ -34,7 +34,7 @@ Step = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Attempt = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Rank = Annotated[int, Field(ge=0, le=2**24)]  # 16 M ranks
 Seq = Annotated[int, Field(ge=0, le=2**63 - 1)]
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")  # C0, DEL, C1
 
 
 def _printable(text: str) -> str:
@@ -239,10 +239,15 @@ def encode(msg: BaseModel) -> bytes:
     return msg.model_dump_json().encode()
 
 
+def _escaped(text: str) -> str:
+    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
 def _describe(err: ValidationError) -> str:
     parts = []
     for e in err.errors()[:3]:
-        loc = ".".join(str(p) for p in e["loc"]) or "(message)"
+        # a bad key is part of the location: escaped, so the sentence itself is storable
+        loc = ".".join(_escaped(str(p)) for p in e["loc"]) or "(message)"
         parts.append(f"{loc}: {e['msg']}")
     more = err.error_count() - 3
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")

@@ -189,6 +189,7 @@ class Executor:
                 result=f"released: {d.verdict.value}; "
                 + "; ".join(f"{g.guard}: {g.detail}" for g in d.guards),
                 finished_at=None if d.verdict is Verdict.ALLOW else now,
+                verdict=d.verdict,
             )
         else:
             action_id = await self.ctx.store.call(self.ctx.store.store.record_action, d, ts=now)

@@ -22,7 +22,7 @@ from trainwarden.supervisor.decide.core import STICKY_FAULTS
 from trainwarden.supervisor.errors import NotFoundError, SupervisorError
 from trainwarden.supervisor.model.cluster import RunInfo, RunSpec
 from trainwarden.supervisor.model.lifecycle import AttemptPhase, NodePhase, RunPhase
-from trainwarden.supervisor.scheduler.base import NodeState
+from trainwarden.supervisor.scheduler.base import NodeState, SchedNode
 from trainwarden.supervisor.store.records import ActionRecord, ActionStatus, RunRecord
 
 log = logging.getLogger(__name__)
@@ -123,62 +123,84 @@ async def _restore_guard_history(sup: Supervisor, now: float) -> None:
 
 
 async def reconcile(sup: Supervisor) -> int:
-    """Finish, once, the allowed actions a crash left pending or running, against the
-    scheduler's truth: a drain (or undrain) the scheduler already shows is marked done, one
-    that did not reach it is carried out now; what cannot be resumed safely (a restart, a
-    checkpoint request) is closed as interrupted with the reason. Returns how many."""
+    """Finish, once, the actions a crash left open, against the scheduler's truth.
+
+    Per node only the newest open drain or undrain counts (older ones are superseded). A
+    drain the scheduler shows under this action's own reason is marked done; one that never
+    reached it is carried out now; a node drained for another reason is left to whoever
+    drained it. An undrain is carried out again (resuming is idempotent, and its side
+    effects must happen). A held decision, or one that cannot be resumed safely (a restart,
+    a checkpoint request), is closed with the reason; the policy decides again on what the
+    conditions say. Decisions queued for approval stay queued. Returns how many it closed.
+    """
     st = sup.store.store
     open_: list[ActionRecord] = []
     for status in (ActionStatus.PENDING, ActionStatus.RUNNING, ActionStatus.APPROVED):
         open_ += await sup.store.call(st.actions, status=status, limit=None)
-    open_ = sorted(
-        (a for a in open_ if a.verdict is Verdict.ALLOW or a.status is ActionStatus.APPROVED),
-        key=lambda a: a.id,
-    )
+    open_ = sorted((a for a in open_ if a.verdict is not Verdict.QUEUED), key=lambda a: a.id)
     if not open_:
         return 0
     try:
-        sched = {n.name: n.state for n in await sup.scheduler.nodes()}
+        sched = {n.name: n for n in await sup.scheduler.nodes()}
     except Exception as exc:  # the scheduler is away: leave them for the next start
         log.warning("cannot reconcile %d open action(s): %s", len(open_), exc)
         return 0
+    newest: dict[str, int] = {}
+    for rec in open_:
+        if rec.kind in (ActionKind.DRAIN, ActionKind.UNDRAIN) and rec.node:
+            newest[rec.node] = rec.id
+    now = sup.clock.now()
+
+    async def close(rec: ActionRecord, why: str) -> None:
+        await sup.store.call(
+            st.update_action, rec.id, status="skipped", result=why, finished_at=now
+        )
+
     for rec in open_:
         d = Decision(rec.request, Verdict.ALLOW, rec.guards)
-        state = sched.get(rec.node or "")
-        if rec.kind is ActionKind.DRAIN and rec.node:
-            if state in (NodeState.DRAINED, NodeState.DRAINING):
-                node = sup.state.node(rec.node)
-                node.drained_by = "operator" if rec.actor is Actor.OPERATOR else "trainwarden"
-                node.restore(NodePhase.DRAINED)
-                await sup.save_node(node)
-                await sup.executor.finish(
-                    d,
-                    rec.id,
-                    True,
-                    f"reconciled after a restart: {sup.scheduler.name} shows {rec.node} drained",
-                )
-            else:
-                await sup.perform(d, rec.id, note="re-applied after a restart")
-        elif rec.kind is ActionKind.UNDRAIN and rec.node:
-            if state in (NodeState.IDLE, NodeState.ALLOCATED):
-                await sup.executor.finish(
-                    d,
-                    rec.id,
-                    True,
-                    f"reconciled after a restart: {sup.scheduler.name} shows {rec.node} in service",
-                )
-            else:
-                await sup.perform(d, rec.id, note="re-applied after a restart")
-        else:
+        sn = sched.get(rec.node or "")
+        if rec.verdict is Verdict.HOLD:
+            await close(rec, "held when the daemon stopped; decided again from the conditions")
+        elif rec.kind not in (ActionKind.DRAIN, ActionKind.UNDRAIN) or not rec.node:
             await sup.executor.finish(
-                d,
-                rec.id,
-                False,
+                d, rec.id, False,
                 f"interrupted by a daemon restart before it finished; not repeated "
                 f"({rec.kind.value} is not safe to resume blindly)",
-            )
-    log.info("reconciled %d action(s) left open by the previous daemon", len(open_))
+            )  # fmt: skip
+        elif newest[rec.node] != rec.id:
+            await close(rec, f"superseded by action #{newest[rec.node]} on {rec.node}")
+        elif rec.kind is ActionKind.UNDRAIN:
+            await sup.perform(d, rec.id, note="carried out again after a restart")
+        else:
+            other = await _reconcile_drain(sup, rec, d, sn)
+            if other is not None:
+                await close(rec, f"{rec.node} was drained otherwise meanwhile: {other}")
+    log.info("closed %d action(s) left open by the previous daemon", len(open_))
     return len(open_)
+
+
+async def _reconcile_drain(
+    sup: Supervisor, rec: ActionRecord, d: Decision, sn: SchedNode | None
+) -> str | None:
+    """An open drain: done if the scheduler shows this action's own drain, carried out if
+    the node is not drained; the scheduler's reason when someone else drained it."""
+    if sn is None or sn.state not in (NodeState.DRAINED, NodeState.DRAINING):
+        await sup.perform(d, rec.id, note="re-applied after a restart")
+        return None
+    # the reason names the action, unless a long cause pushed it past the 250 characters
+    ours = f"action #{rec.id} " in sn.reason or sn.reason.startswith(
+        f"trainwarden: {rec.reason}"[:120]
+    )
+    if not ours:
+        return sn.reason or "(no reason given)"
+    node = sup.state.node(rec.node or "")
+    node.drained_by = "operator" if rec.actor is Actor.OPERATOR else "trainwarden"
+    node.drain_reason = sn.reason
+    node.restore(NodePhase.DRAINED)
+    await sup.save_node(node)
+    shows = f"{sup.scheduler.name} shows {node.name} drained by it"
+    await sup.executor.finish(d, rec.id, True, f"reconciled after a restart: {shows}")
+    return None
 
 
 async def add_run(
@@ -290,6 +312,7 @@ async def resolve_queued(
         status="approved",
         result=f"approved by {who}",
         finished_at=None,
+        verdict=Verdict.ALLOW,
     )
     # the same executor as automatic actions: retry, audit result, metrics
     await sup.perform(resolved, action_id, note=f"approved by {who}")

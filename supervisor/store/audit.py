@@ -64,8 +64,13 @@ class ActionStore(StoreCore):
         status: ActionStatus,
         result: str | None = None,
         finished_at: float | None = None,
+        verdict: Verdict | None = None,
     ) -> None:
+        """The action's progress; ``verdict`` when a held decision is released or a queued
+        one approved, so the record says what the guards and restore must count."""
         values: dict[str, Any] = {"status": str(ActionStatus(status))}
+        if verdict is not None:
+            values["verdict"] = str(Verdict(verdict))
         if result is not None:
             values["result"] = result
         if finished_at is not None:

@@ -239,10 +239,16 @@ async def test_actions_a_crash_left_open_are_finished_once_on_start(
     closing.append(first)
     st = first.store.store
 
-    def open_action(kind: ActionKind, node: str | None, run: str | None = None) -> int:
+    def open_action(
+        kind: ActionKind, node: str | None, run: str | None = None, v: Verdict = Verdict.ALLOW
+    ) -> int:
         req = ActionRequest(kind, Actor.RULE, "GpuFatal set", node=node, run=run, rule="gpu")
-        return st.record_action(Decision(req, Verdict.ALLOW, ()), ts=first.clock.now())
+        return st.record_action(Decision(req, v, ()), ts=first.clock.now())
 
+    older = open_action(ActionKind.DRAIN, "n5")
+    held = open_action(ActionKind.DRAIN, "n7", v=Verdict.HOLD)
+    other = open_action(ActionKind.DRAIN, "n8")
+    await sched.drain("n8", "fan broken (ops ticket 123)")  # a person drained it meanwhile
     lost = open_action(ActionKind.DRAIN, "n5")
     done = open_action(ActionKind.DRAIN, "n6")
     st.update_action(done, status="running", result=None, finished_at=None)
@@ -252,7 +258,7 @@ async def test_actions_a_crash_left_open_are_finished_once_on_start(
     again = await make(tmp_path, path, scheduler=sched)
     closing.append(again)
     await operations.load(again)
-    assert await operations.reconcile(again) == 3
+    assert await operations.reconcile(again) == 6
     assert await operations.reconcile(again) == 0  # nothing is left open, nothing repeats
     states = {n.name: n.state for n in await sched.nodes()}
     assert states["n5"] is NodeState.DRAINED and states["n6"] is NodeState.DRAINED
@@ -262,4 +268,12 @@ async def test_actions_a_crash_left_open_are_finished_once_on_start(
     )
     assert recs[done].status == "succeeded" and "shows n6 drained" in (recs[done].result or "")
     assert recs[restart].status == "failed" and "interrupted" in (recs[restart].result or "")
+    assert recs[older].status == "skipped" and f"superseded by action #{lost}" in (
+        recs[older].result or ""
+    )
+    assert recs[held].status == "skipped" and states["n7"] is NodeState.IDLE
+    assert recs[other].status == "skipped" and "fan broken" in (recs[other].result or "")
+    assert again.state.nodes.get("n8") is None or again.state.nodes["n8"].drained_by != (
+        "trainwarden"
+    )
     assert again.state.nodes["n6"].phase is NodePhase.DRAINED

@@ -185,6 +185,27 @@ def test_poison_is_refused_at_the_wire_with_a_reason(why: str, topic: str, paylo
         parse_message(topic, payload)
 
 
+def test_a_refusal_sentence_is_itself_storable() -> None:
+    """A bad key shows in the error's location: escaped, so the rejection event can be
+    stored (PostgreSQL refuses NUL); C1 controls are refused like C0."""
+    body = {
+        "kind": "health",
+        "node": "n1",
+        "ts": 1.0,
+        "seq": 1,
+        "overall": "healthy",
+        "probes": [{"probe": "gpu", "health": "healthy", "values": {"k\x00ey": 1}}],
+    }
+    with pytest.raises(ReportError) as err:
+        parse_message(node_topic("n1", "health"), raw(**body))
+    assert "\x00" not in str(err.value) and "k\\x00ey" in str(err.value)
+    with pytest.raises(ReportError, match="control character"):
+        parse_message(
+            node_topic("n1", "status"),
+            raw(kind="status", node="n1", state="offline", reason="x\x9b[2J"),
+        )
+
+
 def test_nan_in_a_probe_value_is_refused() -> None:
     payload = (
         b'{"v": 1, "kind": "health", "node": "n1", "ts": 1.0, "seq": 1, "overall": "healthy",'
