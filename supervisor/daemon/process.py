@@ -281,7 +281,12 @@ class Daemon:
                 ) as client:
                     self._client = client
                     for topic in SUBSCRIPTIONS:
-                        await client.subscribe(topic, qos=1)
+                        granted = await client.subscribe(topic, qos=1)
+                        refused = [g for g in granted if _code(g) >= 0x80]
+                        if refused:  # an ACL said no: connected, but deaf to the agents
+                            raise aiomqtt.MqttError(
+                                f"the broker refused the subscription to {topic} ({refused[0]})"
+                            )
                     self.connected = True
                     sup.core.hearing.reconnected()
                     sup.metrics.set_broker_connected(True)
@@ -357,6 +362,12 @@ class Daemon:
                 sup.metrics.handler_error("tick")
                 log.exception("tick failed; continuing")
             await asyncio.sleep(self.cfg.tick_s)
+
+
+def _code(granted: object) -> int:
+    """A SUBACK entry as a number: the granted QoS, or a reason code (0x80 and up: refused)."""
+    value = getattr(granted, "value", granted)
+    return value if isinstance(value, int) else 0x80
 
 
 def run_daemon(cfg: DaemonConfig, on_ready: Callable[[Daemon], None] | None = None) -> int:

@@ -115,10 +115,10 @@ class Hearing:
         if self._needs_grace:  # the agents reconnect too: count silence after a grace
             self._needs_grace = False
             grace = self.settings.reconnect_grace_s
-            self.tracker.listen(now + grace)
+            self.tracker.listen(now, now + grace)
             text = f"every node and run has a full window from {grace:.0f} s from now"
         else:
-            self.tracker.resume()
+            self.tracker.resume(now)
             text = "what was queued has been read"
         out.append(self._event(now, EventKind.VERDICTS_RESUMED, f"({was} before); {text}"))
         return out

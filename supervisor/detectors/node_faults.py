@@ -108,6 +108,7 @@ class NodeHealthTracker:
         # behind on the bus; after that, silence counts from when it started hearing again.
         self.deaf = False
         self.listening_since: float | None = None
+        self.heard_since: float | None = None  # when the daemon last started hearing again
 
     # -- queries -------------------------------------------------------------------
 
@@ -123,16 +124,17 @@ class NodeHealthTracker:
         """The daemon cannot hear the agents (broker down, or behind on the bus)."""
         self.deaf = True
 
-    def listen(self, since: float) -> None:
-        """The daemon hears again: every node gets a full heartbeat window from ``since``
-        (never moved back: a later, shorter grace does not undo an earlier one)."""
-        self.deaf = False
+    def listen(self, now: float, since: float) -> None:
+        """The daemon hears again at ``now``: every node gets a full heartbeat window from
+        ``since`` (never moved back: a later, shorter grace does not undo an earlier one)."""
+        self.resume(now)
         if self.listening_since is None or since > self.listening_since:
             self.listening_since = since
 
-    def resume(self) -> None:
-        """The daemon hears again and what was queued has been read: nothing to forgive."""
+    def resume(self, now: float) -> None:
+        """The daemon hears again; a will is confirmed only by silence heard from now on."""
         self.deaf = False
+        self.heard_since = now
 
     def interval_of(self, announced_s: float) -> float:
         """The heartbeat interval the daemon expects: what the agent announces, within the
@@ -298,7 +300,7 @@ class NodeHealthTracker:
             if self.deaf:  # a heartbeat that refutes a will may wait in the queue too
                 continue
             if n.offline_since is not None:
-                will_at = max(n.offline_since, self.listening_since or n.offline_since)
+                will_at = max(n.offline_since, self.heard_since or n.offline_since)
                 if now - will_at >= self.will_confirm_s:
                     out += self._declare_dead(
                         name,

@@ -266,9 +266,9 @@ async def test_a_last_will_is_confirmed_only_once_the_daemon_hears_again(
     await run_for(sup, 5.0, beating=[])
     assert dead(sup) == set()
     sup.core.hearing.reconnected()
-    await run_for(sup, 11.0, beating=["n1", "n3", "n4"], seq0=100)
-    assert dead(sup) == set()  # within the reconnect grace (10 s) + will confirmation (2 s)
-    await run_for(sup, 3.0, beating=["n1", "n3", "n4"], seq0=200)
+    await run_for(sup, 1.5, beating=["n1", "n3", "n4"], seq0=100)
+    assert dead(sup) == set()  # the will is confirmed by 2 s of silence heard after it
+    await run_for(sup, 1.5, beating=["n1", "n3", "n4"], seq0=200)
     assert dead(sup) == {"n2"}
 
 
