@@ -40,6 +40,7 @@ from trainwarden.supervisor.store.store import open_store
 
 log = logging.getLogger(__name__)
 LEASE = "trainwarden-daemon"
+LOST_LEASE_EXIT = 75  # EX_TEMPFAIL: another daemon leads now; start again to stand by
 LEASE_MARGIN_S = 2.0  # stop acting this long (at most a quarter of the TTL) before expiry
 MAX_RECONNECT_S = 2.0  # reconnect back-off cap: the daemon is blind until it is back
 
@@ -101,6 +102,7 @@ class Daemon:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._handler_errors = 0
         self._lease_until = float("-inf")  # monotonic time the held lease runs out
+        self.lost_lease = False
         self._last_tick = self.clock.monotonic()
 
     async def _publish(self, topic: str, payload: bytes) -> None:
@@ -247,7 +249,12 @@ class Daemon:
         ):
             self._lease_until = started + self.cfg.lease_ttl_s
         else:
-            log.error("lost the leader lease to another daemon; stopping")
+            log.error(
+                "lost the leader lease to another daemon; stopping (exit %d, so systemd "
+                "starts this daemon again, as a standby)",
+                LOST_LEASE_EXIT,
+            )
+            self.lost_lease = True
             self.leader = False
             if self.sup is not None:
                 self.sup.metrics.set_leader(False)
@@ -371,15 +378,17 @@ def _code(granted: object) -> int:
 
 
 def run_daemon(cfg: DaemonConfig, on_ready: Callable[[Daemon], None] | None = None) -> int:
-    """Run until SIGTERM/SIGINT. Returns the exit code."""
+    """Run until SIGTERM/SIGINT (exit 0) or until another daemon took the leader lease
+    (``LOST_LEASE_EXIT``: a failure for ``Restart=on-failure``, which brings it back as the
+    standby)."""
+    daemon = Daemon(cfg)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        daemon = Daemon(cfg)
         await daemon.run(stop)
 
     asyncio.run(main())
-    return 0
+    return LOST_LEASE_EXIT if daemon.lost_lease else 0
