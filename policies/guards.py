@@ -107,7 +107,7 @@ def run_fraction(
 def cooldown(cooldown_s: float, past: Iterable[Past], node: str, now: float) -> Check:
     """A node is not returned to service within ``cooldown_s`` of its last drain."""
     last = max((p.ts for p in past if p.node == node and p.kind is ActionKind.DRAIN), default=None)
-    if last is not None and now - last < cooldown_s:
+    if last is not None and now < last + cooldown_s:  # the same sum as the hold's until
         return _fail(
             COOLDOWN,
             f"drained {describe_duration(now - last)} ago; cooldown "

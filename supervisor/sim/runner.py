@@ -120,8 +120,9 @@ class Simulation:
         if wake is None:
             t = self.now + TICK_S
         elif wake <= self.now:
-            # a hold whose time has come but which the engine kept (its guard still says no,
-            # by a rounding error at the boundary): the daemon looks again on its next tick
+            # a hold whose time has come but which the engine kept (a guard that still says
+            # no at the time its hold named): the daemon looks again on its next tick, and so
+            # does the simulator, instead of spinning at one instant
             t = self.now + self.settings.tick_s
         else:
             t = min(wake, self.now + TICK_S)

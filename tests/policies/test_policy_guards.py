@@ -83,6 +83,15 @@ def test_cooldown(drained_at: float | None, now: float, passed: bool, until: flo
     assert (check.verdict.passed, check.until) == (passed, until)
 
 
+def test_cooldown_passes_at_the_time_its_hold_names() -> None:
+    """At ``until`` the guard passes, whatever the rounding of ``now - drained_at``."""
+    drained_at = 15962.55246938475  # (drained_at + 600.0) - drained_at < 600.0 in floats
+    past = [g.Past(drained_at, ActionKind.DRAIN, "n1", None)]
+    held = g.cooldown(600.0, past, "n1", drained_at + 1.0)
+    assert held.until is not None and not held.verdict.passed
+    assert g.cooldown(600.0, past, "n1", held.until).verdict.passed
+
+
 @pytest.mark.parametrize(
     ("restarts", "now", "budget", "passed"),
     [
