@@ -219,13 +219,16 @@ class DaemonService:
         broker = bool(self._broker_connected())
         problems = self._loops()
         hearing = self.sup.core.hearing
+        store = self.sup.store.status()
+        store["decisions_held"] = len(self.sup.held_work)
         return {
-            "ok": broker and not problems,
+            "ok": broker and store["available"] and not problems,
             "broker": broker,
             "problems": problems,
             "verdicts_suspended": hearing.suspended,
             "bus_lag_s": round(hearing.lag_s(), 3),
-            "db": True,
+            "db": store["available"],
+            "store": store,
             "leader": bool(self._leader()),
             "started_at": self.started_at,
             "version": VERSION,

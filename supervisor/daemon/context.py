@@ -2,6 +2,11 @@
 
 The supervisor (ingestion and the tick), the executor (actions) and the upkeep each take a
 context; none of them imports another's module, so the daemon has no import cycle.
+
+While the database is away, work that must be recorded before it goes on (recording the
+evidence a decision rests on, recording a decision before carrying it out) is held here, in
+order, and done when the database is back (:meth:`DaemonContext.hold`, :meth:`replay`);
+ingestion and the trackers go on meanwhile.
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ from trainwarden.supervisor.detectors.progress import ProgressTracker
 from trainwarden.supervisor.detectors.stragglers.detector import StragglerDetector
 from trainwarden.supervisor.model.cluster import ClusterState, NodeInfo, RunInfo
 from trainwarden.supervisor.scheduler.base import Scheduler
+from trainwarden.supervisor.store.base import StoreUnavailable
 from trainwarden.supervisor.store.records import AttemptRecord, NodeRecord
 
 log = logging.getLogger(__name__)
 
 Publisher = Callable[[str, bytes], Awaitable[None]]
+MAX_HELD_WORK = 20_000  # units of decision work held through a database outage
 
 
 @dataclass
@@ -79,6 +86,9 @@ class DaemonContext:
         self._checkpoint_waiters: dict[str, asyncio.Event] = {}
         self.last_sync = float("-inf")
         self.reported_tags: set[str] = set()  # tagged jobs of unregistered runs, reported once
+        # decision work waiting for the database, oldest first: (what, the work)
+        self.held_work: deque[tuple[str, Callable[[], Awaitable[None]]]] = deque()
+        self.held_dropped = 0
 
     # the core's parts, read through it (a restore replaces the core's book, not a copy)
     @property
@@ -98,10 +108,53 @@ class DaemonContext:
         return self.core.stragglers
 
     async def record_events(self, events: list[Event]) -> list[int]:
+        """Store events and return their ids (evidence for what is decided on them); raises
+        StoreUnavailable while the database is away (the caller holds its work)."""
         ids: list[int] = await self.store.call(self.store.store.append_events, events)
         for ev, eid in zip(events, ids, strict=True):
             self.history.append(with_id(ev, eid))
         return ids
+
+    async def record_events_later(self, events: list[Event]) -> None:
+        """Store events nothing is decided on (what was done, what was seen): written now,
+        or in order once the database is back."""
+        if events:
+            self.history.extend(events)
+            await self.store.write(self.store.store.append_events, events)
+
+    def must_hold(self) -> bool:
+        """Whether new decision work must wait behind work already held (order is kept)."""
+        return bool(self.held_work) or not self.store.available
+
+    def hold(self, what: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Keep decision work for when the database is back (bounded: at the bound the
+        oldest is dropped, counted and logged)."""
+        if len(self.held_work) >= MAX_HELD_WORK:
+            dropped, _ = self.held_work.popleft()
+            self.held_dropped += 1
+            log.error("database away too long: dropped held work (%s)", dropped)
+        if not self.held_work:
+            log.warning("database unavailable: holding decisions until it is back (%s)", what)
+        self.held_work.append((what, work))
+
+    async def replay(self) -> int:
+        """Do the held work in order once the database is back and this daemon may act;
+        stops (keeping the rest) if the database goes away again. Returns how many ran."""
+        if not self.held_work or self.fence() is not None or not await self.store.recover():
+            return 0
+        done = 0
+        while self.held_work:
+            what, work = self.held_work[0]
+            try:
+                await work()
+            except StoreUnavailable:
+                return done  # still first in line for the next try
+            except Exception:  # one bad unit must not block the others for ever
+                log.exception("held work failed (%s); going on", what)
+            self.held_work.popleft()
+            done += 1
+        log.warning("database back: %d held unit(s) of decision work done", done)
+        return done
 
     def view(self) -> ClusterView:
         causes = {n: self.core.causes(n) for n in self.state.nodes}
@@ -140,13 +193,17 @@ class DaemonContext:
             updated_at=self.clock.now(),
         )
 
-    async def save_node(self, node: NodeInfo) -> None:
+    async def save_node(self, node: NodeInfo, *, now: bool = False) -> None:
+        """Batched with the next flush, or (``now``: a drain, a return to service, which a
+        crash must not lose) written at once."""
         self.store.batch.nodes.append(self.node_record(node))
+        if now:  # the whole batch, so no older record of the node is written after this one
+            await self.store.flush()
 
     async def save_attempt(self, run: RunInfo, fields: dict[str, Any]) -> None:
         st = self.store.store
         if fields.get("state") == "submitted":
-            await self.store.call(
+            await self.store.write(
                 st.add_attempt,
                 AttemptRecord(
                     run=run.name,
@@ -161,8 +218,8 @@ class DaemonContext:
                 ),
             )
         else:
-            await self.store.call(st.update_attempt, run.name, run.attempt, **fields)
-        await self.store.call(
+            await self.store.write(st.update_attempt, run.name, run.attempt, **fields)
+        await self.store.write(
             st.update_run,
             run.name,
             state=run.phase.value,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
+from functools import partial
 
 from trainwarden.health.report import ControlMessage, control_topic, encode
 from trainwarden.policies.model import (
@@ -24,6 +25,7 @@ from trainwarden.policies.model import (
 from trainwarden.supervisor.daemon.context import DaemonContext
 from trainwarden.supervisor.errors import SchedulerError
 from trainwarden.supervisor.model.lifecycle import LifecycleError, NodePhase, RunPhase
+from trainwarden.supervisor.store.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ async def _drain(sup: DaemonContext, d: Decision, action_id: int) -> tuple[bool,
         node.move(NodePhase.DRAINED)
     except LifecycleError as exc:
         log.warning("node %s: %s", node.name, exc)
-    await sup.save_node(node)
+    await sup.save_node(node, now=True)
     return True, f"{node.name} drained in {sup.scheduler.name}: {reason}"
 
 
@@ -102,8 +104,8 @@ async def _undrain(sup: DaemonContext, d: Decision) -> tuple[bool, str]:
         node.move(NodePhase.HEALTHY)
     except LifecycleError as exc:
         log.warning("node %s: %s", node.name, exc)
-    await sup.store.call(sup.store.store.save_conditions, conditions)
-    await sup.save_node(node)
+    await sup.store.write(sup.store.store.save_conditions, conditions)
+    await sup.save_node(node, now=True)
     return True, f"{node.name} returned to service"
 
 
@@ -118,7 +120,7 @@ async def _vet(sup: DaemonContext, d: Decision) -> tuple[bool, str]:
     except LifecycleError as exc:
         return False, str(exc)
     node.vet_started_at = sup.clock.now()
-    await sup.save_node(node)
+    await sup.save_node(node, now=True)
     return True, (
         f"vetting {node.name}: back in service after "
         f"{sup.config.vet_period_s:.0f} s of healthy reports"
@@ -163,11 +165,28 @@ class Executor:
 
     async def _execute(self, decisions: list[Decision]) -> None:
         """Record every decision first (so held ones are known before anything releases
-        them), then carry out the allowed ones in the order the policy gave."""
-        ids = [await self._record(d) for d in decisions]
-        for d, action_id in zip(decisions, ids, strict=True):
+        them), then carry out the allowed ones in the order the policy gave. While the
+        database is away the decisions wait for it: none is carried out unrecorded."""
+        if self.ctx.must_hold():
+            self._hold(decisions)
+            return
+        ids: list[int] = []
+        for n, d in enumerate(decisions):
+            try:
+                ids.append(await self._record(d))
+            except StoreUnavailable:
+                self._hold(decisions[n:])  # the recorded ones go ahead, in order
+                break
+        for d, action_id in zip(decisions, ids, strict=False):
             if d.verdict is Verdict.ALLOW:
                 await self.perform(d, action_id)
+
+    def _hold(self, decisions: list[Decision]) -> None:
+        what = ", ".join(
+            f"{d.request.kind.value} {d.request.node or d.request.run or ''}".strip()
+            for d in decisions
+        )
+        self.ctx.hold(f"decisions: {what}", partial(self._execute, list(decisions)))
 
     async def carry_out(self, d: Decision) -> tuple[int, bool, str]:
         """Record one decision and, if allowed, do it. Returns (action id, ok, result)."""
@@ -179,7 +198,7 @@ class Executor:
 
     async def _record(self, d: Decision) -> int:
         now = self.ctx.clock.now()
-        held = self._held.pop(d.request, None)
+        held = self._held.get(d.request)
         if held is not None:  # a decision the policy held earlier, now released or dropped
             action_id = held
             await self.ctx.store.call(
@@ -191,6 +210,7 @@ class Executor:
                 finished_at=None if d.verdict is Verdict.ALLOW else now,
                 verdict=d.verdict,
             )
+            del self._held[d.request]  # only once the release is recorded
         else:
             action_id = await self.ctx.store.call(self.ctx.store.store.record_action, d, ts=now)
         if d.verdict is Verdict.HOLD:
@@ -198,7 +218,7 @@ class Executor:
         self.ctx.recent_actions.append(
             ActionRecordView(now, d.request.kind, d.request.node, d.request.run, d.verdict)
         )
-        await self.ctx.record_events(
+        await self.ctx.record_events_later(
             [
                 Event(
                     now,
@@ -232,7 +252,7 @@ class Executor:
         if fenced is not None:  # never act on a lease that may have run out
             await self.finish(d, action_id, False, f"{note}; {fenced}" if note else fenced)
             return False, fenced
-        await self.ctx.store.call(
+        await self.ctx.store.write(
             self.ctx.store.store.update_action,
             action_id,
             status="running",
@@ -268,7 +288,7 @@ class Executor:
     async def finish(self, d: Decision, action_id: int, ok: bool, result: str) -> None:
         """The action's end: its result in the store, the engine and the metrics."""
         done = self.ctx.clock.now()
-        await self.ctx.store.call(
+        await self.ctx.store.write(
             self.ctx.store.store.update_action,
             action_id,
             status="succeeded" if ok else "failed",

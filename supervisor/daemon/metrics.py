@@ -101,6 +101,32 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.store_available = Gauge(
+            "store_available",
+            "1 while the database answers; 0 while what must be recorded waits for it.",
+            namespace=ns,
+            registry=r,
+        )
+        self.store_waiting = Gauge(
+            "store_waiting",
+            "Work waiting for the database: writes, and decisions held until recorded.",
+            ["kind"],
+            namespace=ns,
+            registry=r,
+        )
+        self.store_lost_total = Counter(
+            "store_lost",
+            "Writes lost: refused by the database, or dropped at the bound in a long outage.",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
+        for kind in ("writes", "decisions"):
+            self.store_waiting.labels(kind=kind)
+        for reason in ("refused", "dropped"):
+            self.store_lost_total.labels(reason=reason)
+        self.store_available.set(1)
+        self._lost = {"refused": 0, "dropped": 0}
         self.detections_total = Counter(
             "detections", "Conditions detected, by kind.", ["kind"], namespace=ns, registry=r
         )
@@ -227,6 +253,16 @@ class Metrics:
     def hearing(self, lag_s: float, suspended: bool) -> None:
         self.bus_lag_seconds.set(lag_s)
         self.verdicts_suspended.set(1 if suspended else 0)
+
+    def store(self, available: bool, writes: int, decisions: int, lost: Mapping[str, int]) -> None:
+        """The store's state; ``lost`` holds running totals (refused, dropped)."""
+        self.store_available.set(1 if available else 0)
+        self.store_waiting.labels(kind="writes").set(writes)
+        self.store_waiting.labels(kind="decisions").set(decisions)
+        for reason, total in lost.items():
+            if total > self._lost.get(reason, 0):
+                self.store_lost_total.labels(reason=reason).inc(total - self._lost[reason])
+                self._lost[reason] = total
 
     def store_flush(self, duration_s: float, rows: int) -> None:
         self.store_flush_seconds.observe(max(0.0, duration_s))

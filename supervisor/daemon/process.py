@@ -244,7 +244,7 @@ class Daemon:
 
     async def _renew(self, store: AsyncStore, stop: asyncio.Event) -> None:
         started = self.clock.monotonic()
-        if await store.call(
+        if await store.direct(  # never behind the writes an outage left waiting
             store.store.acquire_lease, LEASE, self.holder, self.cfg.lease_ttl_s, self.clock.now()
         ):
             self._lease_until = started + self.cfg.lease_ttl_s
@@ -360,6 +360,13 @@ class Daemon:
                 if sup.store.last_batch_size:
                     sup.metrics.store_flush(sup.store.last_flush_s, sup.store.last_batch_size)
                     sup.store.last_batch_size = 0
+                st = sup.store
+                sup.metrics.store(
+                    st.available,
+                    len(st.waiting),
+                    len(sup.held_work),
+                    {"refused": st.rejected, "dropped": st.dropped + sup.held_dropped},
+                )
                 hearing = sup.core.hearing
                 sup.metrics.hearing(hearing.lag_s(), hearing.suspended is not None)
                 self._last_tick = self.clock.monotonic()

@@ -25,7 +25,7 @@ from trainwarden.supervisor.scheduler.base import JobInfo, JobSpec, JobState, No
 
 log = logging.getLogger(__name__)
 
-EventSink = Callable[[list[Event]], Awaitable[list[int]]]
+EventSink = Callable[[list[Event]], Awaitable[object]]
 ObservationSink = Callable[[list[Observation]], Awaitable[None]]
 AttemptSink = Callable[[RunInfo, dict[str, Any]], Awaitable[None]]
 
@@ -302,6 +302,70 @@ class RunManager:
                     )
                 ]
             )
+
+    async def adopt_next(self, run: RunInfo, info: JobInfo, why: str) -> None:
+        """Take over a job of ``run`` that is running but unknown to the store (a daemon
+        that crashed between submitting it and recording it) as its next attempt."""
+        async with self.lock(run.name):
+            now = self.clock.now()
+            if run.job_id is not None and run.attempt_phase not in (
+                AttemptPhase.COMPLETED,
+                AttemptPhase.FAILED,
+                AttemptPhase.STOPPED,
+            ):
+                run.move_attempt(AttemptPhase.STOPPED)
+                await self.save_attempt(
+                    run,
+                    {
+                        "state": "stopped",
+                        "ended_at": now,
+                        "end_reason": f"replaced by job {info.job_id}: {why}",
+                        "last_step": run.last_step,
+                    },
+                )
+            run.attempt += 1
+            run.restarts += 1
+            run.restart_times.append(now)
+            run.job_id = info.job_id
+            run.begin_attempt(
+                AttemptPhase.RUNNING if info.state is JobState.RUNNING else AttemptPhase.SUBMITTED
+            )
+            run.move(RunPhase.RUNNING)
+            run.resumed_from_step = None
+            run.attempt_first_step = None
+            self.state.place(run, info.nodes)
+            cleared = self.progress.start_attempt(run.name, run.attempt, now, run.spec.target_step)
+            self.prewarm()
+            await self.save_attempt(
+                run,
+                {
+                    "state": "submitted",
+                    "job_id": info.job_id,
+                    "nodes": list(info.nodes),
+                    "excluded": sorted(run.excluded),
+                    "resumed_from": None,
+                    "submitted_at": now,
+                },
+            )
+            await self.emit(
+                [
+                    Event(
+                        now,
+                        EventKind.RUN_STARTED,
+                        run=run.name,
+                        message=f"adopted job {info.job_id} ({info.state.value}) as attempt "
+                        f"{run.attempt}: {why}",
+                        data={
+                            "attempt": run.attempt,
+                            "job_id": info.job_id,
+                            "nodes": list(info.nodes),
+                            "adopted": True,
+                        },
+                    )
+                ]
+            )
+            if cleared:
+                await self.observe(cleared)
 
     async def poll(self, run: RunInfo) -> JobState | None:
         """Look at the current attempt; returns its state when it just ended."""

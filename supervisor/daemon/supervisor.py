@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 
 from trainwarden.health.clock import Clock
 from trainwarden.health.errors import ReportError
@@ -43,6 +44,7 @@ from trainwarden.supervisor.detectors.node_faults import Observation
 from trainwarden.supervisor.model.cluster import RunInfo
 from trainwarden.supervisor.model.lifecycle import LifecycleError, RunPhase
 from trainwarden.supervisor.scheduler.base import JobState, Scheduler
+from trainwarden.supervisor.store.base import StoreUnavailable
 from trainwarden.supervisor.store.records import CheckpointRecord
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ class Supervisor(DaemonContext):
             scheduler,
             clock,
             self.progress,
-            self.record_events,
+            self.record_events_later,
             self.save_attempt,
             self.observe,
         )
@@ -134,7 +136,7 @@ class Supervisor(DaemonContext):
         # become a flood of log lines and rows.
         if self.rejected <= 20 or self.rejected % 100 == 0:
             log.warning("rejected message: %s", why)
-            await self.record_events(
+            await self.record_events_later(
                 [Event(now, EventKind.REJECTED_MESSAGE, message=why, data={"count": self.rejected})]
             )
 
@@ -162,7 +164,7 @@ class Supervisor(DaemonContext):
         if run.last_checkpoint_step is None or msg.step >= run.last_checkpoint_step:
             run.last_checkpoint_step = msg.step
             run.last_checkpoint_path = msg.path
-        await self.store.call(
+        await self.store.write(
             self.store.store.add_checkpoint,
             CheckpointRecord(
                 run=msg.run, step=msg.step, path=msg.path, reported_at=now, attempt=msg.attempt
@@ -187,6 +189,21 @@ class Supervisor(DaemonContext):
     # -- detections -> conditions -> policy ------------------------------------------
 
     async def observe(self, obs: Sequence[Observation]) -> None:
+        """Record the observations' events, update the conditions, decide. While the
+        database is away this waits (in order) for it: nothing is decided on evidence that
+        is not recorded; the trackers have taken the input already."""
+        if not obs:
+            return
+        work = partial(self._observe, list(obs))
+        if self.must_hold():
+            self.hold(f"{len(obs)} observation(s)", work)
+            return
+        try:
+            await work()
+        except StoreUnavailable:
+            self.hold(f"{len(obs)} observation(s)", work)
+
+    async def _observe(self, obs: list[Observation]) -> None:
         ids = await self.record_events([o.event for o in obs])
         changed = self.core.conditions(obs, ids)
         for cond in changed:
@@ -197,7 +214,7 @@ class Supervisor(DaemonContext):
         for name in {o.event.node for o in obs if o.event.node}:
             self._update_phase(name)
         if changed:
-            await self.store.call(self.store.store.save_conditions, changed)
+            await self.store.write(self.store.store.save_conditions, changed)
         events = [with_id(o.event, eid) for o, eid in zip(obs, ids, strict=True)]
         self.execute(self.core.decide(changed, events, self.view(), list(self.history)))
 
@@ -218,13 +235,14 @@ class Supervisor(DaemonContext):
 
     async def tick(self) -> None:
         """Time-based detection, run polling, held decisions; called every ~0.5 s."""
+        await self.replay()  # decision work held through a database outage, if any
         now = self.clock.now()
         for run in list(self.state.runs.values()):
             ended = await self.runs.poll(run)
             if ended is not None and ended is not JobState.COMPLETED:
                 self.spawn(self._after_attempt_failed(run, run.attempt, ended))
             elif ended is JobState.COMPLETED:
-                await self.record_events(
+                await self.record_events_later(
                     [
                         Event(
                             now,
@@ -268,8 +286,22 @@ class Supervisor(DaemonContext):
                 "failed": True,
             },
         )
-        [eid] = await self.record_events([ev])
-        self.execute(self.policy.on_event(with_id(ev, eid), self.view(), list(self.history)))
+        await self.decide_on_event(ev)
+
+    async def decide_on_event(self, ev: Event) -> None:
+        """Record ``ev`` and let the policy decide on it (held while the database is away)."""
+
+        async def work() -> None:
+            [eid] = await self.record_events([ev])
+            self.execute(self.policy.on_event(with_id(ev, eid), self.view(), list(self.history)))
+
+        if self.must_hold():
+            self.hold(f"event {ev.kind.value}", work)
+            return
+        try:
+            await work()
+        except StoreUnavailable:
+            self.hold(f"event {ev.kind.value}", work)
 
     # -- actions: the executor's ---------------------------------------------------------
 

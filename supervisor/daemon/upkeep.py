@@ -15,8 +15,10 @@ from trainwarden.supervisor.decide.core import VetOutcome
 from trainwarden.supervisor.model.cluster import NodeInfo
 from trainwarden.supervisor.model.lifecycle import LifecycleError, NodePhase, RunPhase
 from trainwarden.supervisor.scheduler.base import NodeState
+from trainwarden.supervisor.store.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
+TAG = "trainwarden:"  # how every drain reason trainwarden gives starts (see executor)
 
 
 async def sync_scheduler(sup: DaemonContext) -> None:
@@ -35,14 +37,20 @@ async def sync_scheduler(sup: DaemonContext) -> None:
         if before == sn.state.value:
             continue
         if sn.state in (NodeState.DRAINED, NodeState.DRAINING) and not node.drained:
-            node.drained_by, node.drain_reason = "external", sn.reason
+            # ours when the scheduler shows our reason (a drain a crash kept from the store)
+            ours = sn.reason.startswith(TAG)
+            node.drained_by, node.drain_reason = ("trainwarden" if ours else "external"), sn.reason
             _move(node, NodePhase.DRAINED)
             events.append(
                 Event(
                     now,
                     EventKind.CONDITION_CHANGED,
                     node=sn.name,
-                    message=f"drained outside trainwarden: {sn.reason}",
+                    message=(
+                        f"drained by trainwarden (as the scheduler shows): {sn.reason}"
+                        if ours
+                        else f"drained outside trainwarden: {sn.reason}"
+                    ),
                     data={"scheduler_state": sn.state.value},
                 )
             )
@@ -74,7 +82,7 @@ async def sync_scheduler(sup: DaemonContext) -> None:
             )
         sup.store.batch.nodes.append(sup.node_record(node))
     if events:
-        await sup.record_events(events)
+        await sup.record_events_later(events)
 
 
 def _move(node: NodeInfo, target: NodePhase) -> None:
@@ -94,11 +102,16 @@ async def vetting(sup: DaemonContext, executor: Executor, now: float) -> None:
         if verdict.outcome is VetOutcome.FAILED:
             node.move(NodePhase.DRAINED)
             node.vet_started_at = None
-            await sup.record_events([verdict.failure_event(now, node.name)])
+            await sup.record_events_later([verdict.failure_event(now, node.name)])
             await sup.save_node(node)
         elif verdict.outcome is VetOutcome.PASSED:
+            if sup.must_hold():
+                continue  # decided again once the database can record it
+            try:
+                await executor.carry_out(sup.core.vet_passed(node.name))
+            except StoreUnavailable:
+                continue
             node.vet_started_at = None
-            await executor.carry_out(sup.core.vet_passed(node.name))
 
 
 async def adopt_tagged_jobs(sup: DaemonContext) -> None:
@@ -117,7 +130,7 @@ async def adopt_tagged_jobs(sup: DaemonContext) -> None:
         run = sup.state.runs.get(name)
         if run is None:
             sup.reported_tags.add(job_id)
-            await sup.record_events(
+            await sup.record_events_later(
                 [
                     Event(
                         now,

@@ -36,6 +36,7 @@ def _exercise(m: Metrics) -> None:
     m.message("heartbeat", 3)
     m.message_rejected("invalid")
     m.store_flush(0.012, 250)
+    m.store(False, 12, 3, {"refused": 1, "dropped": 0})
     m.run_restarted("pretrain")
     m.api_request("GET", "/api/v1/nodes", 200, 0.003)
 
@@ -62,8 +63,15 @@ def test_every_family_is_exposed() -> None:
         "trainwarden_handler_errors",
         "trainwarden_bus_lag_seconds",
         "trainwarden_verdicts_suspended",
+        "trainwarden_store_available",
+        "trainwarden_store_waiting",
+        "trainwarden_store_lost",
     }
     s = _samples(m)
+    assert s[("trainwarden_store_available", ())] == 0
+    assert s[("trainwarden_store_waiting", (("kind", "decisions"),))] == 3
+    assert s[("trainwarden_store_lost_total", (("reason", "refused"),))] == 1
+    assert s[("trainwarden_store_lost_total", (("reason", "dropped"),))] == 0
     # exported at 0 before the first internal error, so increase() sees the first one
     assert s[("trainwarden_handler_errors_total", (("stage", "message"),))] == 0
     assert s[("trainwarden_handler_errors_total", (("stage", "tick"),))] == 0
