@@ -1,0 +1,159 @@
+"""Exactly once across crashes: a daemon that died in the middle of a restart, or before it
+recorded its decision, is finished by the next one with exactly one new attempt and never
+two attempts of one run at once.
+
+In-process, virtual time, a real SQLite store and the local scheduler running real (idle)
+processes; the scheduler object outlives the daemon, as slurmctld does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+from test_decision_path import NODES, closing, make, policy_file, settle, xid
+
+from trainwarden.policies.model import ActionKind, ActionRequest, Actor, Decision, Verdict
+from trainwarden.supervisor.daemon import operations
+from trainwarden.supervisor.daemon.supervisor import Supervisor
+from trainwarden.supervisor.model.cluster import RunSpec
+from trainwarden.supervisor.scheduler.base import JobSpec, JobState, NodeState
+from trainwarden.supervisor.scheduler.local import LocalScheduler
+
+__all__ = ["closing"]  # the fixture, shared with test_decision_path
+SPEC = RunSpec(command=("sleep", "120"), nodes=2, checkpoint_dir="/nonexistent/ck")
+
+
+@pytest.fixture
+async def sched(tmp_path: Path) -> AsyncIterator[LocalScheduler]:
+    s = LocalScheduler(NODES[:4], tmp_path / "logs", stop_grace_s=5.0)
+    yield s
+    for job_id, _ in await s.jobs_tagged():
+        await s.cancel(job_id)
+
+
+async def first_daemon(tmp_path: Path, sched: LocalScheduler, closing: list[Supervisor]) -> int:
+    """A daemon that registered run r1 (attempt 1 on n1, n2) and recorded a restart of it
+    excluding n1; returns the restart's action id. What it did next is up to the test."""
+    sup = await make(tmp_path, policy_file(tmp_path), scheduler=sched)
+    closing.append(sup)
+    await operations.add_run(sup, "r1", "local", SPEC, "test")
+    req = ActionRequest(
+        ActionKind.RESTART_RUN, Actor.RULE, "GpuFatal set on n1", run="r1", exclude=("n1",)
+    )
+    action = sup.store.store.record_action(Decision(req, Verdict.ALLOW, ()), ts=sup.clock.now())
+    sup.clock.advance(1.0)  # type: ignore[attr-defined]  # virtual time: a restart takes some
+    return action
+
+
+async def next_daemon(
+    tmp_path: Path, sched: LocalScheduler, closing: list[Supervisor]
+) -> Supervisor:
+    sup = await make(tmp_path, policy_file(tmp_path), scheduler=sched)
+    sup.clock.set(closing[-1].clock.now() + 5.0)  # type: ignore[attr-defined]
+    closing.append(sup)
+    await operations.load(sup)
+    await operations.reconcile(sup)
+    await settle(sup)
+    return sup
+
+
+async def live_jobs(sched: LocalScheduler) -> list[str]:
+    out = []
+    for job_id, _ in await sched.jobs_tagged():
+        info = await sched.job(job_id)
+        if info is not None and not info.state.finished:
+            out.append(job_id)
+    return out
+
+
+def alive(sched: LocalScheduler, job_id: str) -> bool:
+    return any(psutil.pid_exists(p) for p in sched.pids(job_id).values())
+
+
+async def test_a_restart_that_never_reached_the_scheduler_is_submitted_once(
+    tmp_path: Path, sched: LocalScheduler, closing: list[Supervisor]
+) -> None:
+    restart = await first_daemon(tmp_path, sched, closing)
+    again = await next_daemon(tmp_path, sched, closing)
+    assert await live_jobs(sched) == ["local-2"]  # attempt 1 stopped, one new attempt
+    assert [a.attempt for a in again.store.store.attempts("r1")] == [1, 2]
+    rec = again.store.store.action(restart)
+    assert rec is not None and rec.status == "succeeded"
+    assert "never submitted" in (rec.result or "")
+    info = await sched.job("local-2")
+    assert info is not None and "n1" not in info.nodes
+    assert await operations.reconcile(again) == 0 and await live_jobs(sched) == ["local-2"]
+
+
+async def test_a_restart_submitted_but_not_recorded_is_adopted_not_repeated(
+    tmp_path: Path, sched: LocalScheduler, closing: list[Supervisor]
+) -> None:
+    restart = await first_daemon(tmp_path, sched, closing)
+    # what the dead daemon did before it could record it: stop attempt 1, submit attempt 2
+    await sched.cancel("local-1")
+    await sched.submit(JobSpec("r1", 2, 2, SPEC.command, exclude=("n1",)))
+    again = await next_daemon(tmp_path, sched, closing)
+    assert await live_jobs(sched) == ["local-2"]  # adopted: nothing was submitted again
+    assert {j for j, _ in await sched.jobs_tagged()} == {"local-1", "local-2"}
+    [_, second] = again.store.store.attempts("r1")
+    assert (second.attempt, second.job_id) == (2, "local-2")
+    run = again.state.runs["r1"]
+    assert (run.attempt, run.job_id, run.restarts) == (2, "local-2", 1)
+    rec = again.store.store.action(restart)
+    assert rec is not None and rec.status == "succeeded" and "adopted" in (rec.result or "")
+
+
+async def test_a_restart_done_but_not_marked_done_is_only_marked(
+    tmp_path: Path, sched: LocalScheduler, closing: list[Supervisor]
+) -> None:
+    restart = await first_daemon(tmp_path, sched, closing)
+    sup = closing[0]
+    result = await sup.runs.restart(sup.state.runs["r1"], {"n1"}, "GpuFatal set on n1")
+    assert result.ok  # and then the daemon died before recording the action's result
+    again = await next_daemon(tmp_path, sched, closing)
+    assert await live_jobs(sched) == ["local-2"]
+    assert [a.attempt for a in again.store.store.attempts("r1")] == [1, 2]
+    rec = again.store.store.action(restart)
+    assert rec is not None and rec.status == "succeeded"
+    assert "submitted by this restart" in (rec.result or "")
+
+
+async def test_a_second_job_of_a_running_run_is_stopped(
+    tmp_path: Path, sched: LocalScheduler, closing: list[Supervisor]
+) -> None:
+    sup = await make(tmp_path, policy_file(tmp_path), scheduler=sched)
+    closing.append(sup)
+    await operations.add_run(sup, "r1", "local", SPEC, "test")
+    stray = await sched.submit(JobSpec("r1", 2, 1, SPEC.command))
+    again = await next_daemon(tmp_path, sched, closing)
+    assert await live_jobs(sched) == ["local-1"]  # the known attempt goes on alone
+    info = await sched.job(stray)
+    assert info is not None and info.state is JobState.CANCELLED and not alive(sched, stray)
+    assert again.state.runs["r1"].attempt == 1
+    assert any("never two attempts" in e.message for e in again.store.store.events(run="r1"))
+
+
+async def test_a_decision_the_crash_kept_from_being_recorded_is_made_on_start(
+    tmp_path: Path, sched: LocalScheduler, closing: list[Supervisor]
+) -> None:
+    """The XID's event and condition were stored, the daemon died before its decisions
+    were: the next daemon drains the node and restarts its run, once."""
+    sup = await make(tmp_path, policy_file(tmp_path), scheduler=sched)
+    closing.append(sup)
+    await operations.add_run(sup, "r1", "local", SPEC, "test")
+    sup.execute = lambda decisions: None  # type: ignore[method-assign]  # died here
+    await xid(sup, "n1", 79)
+    await sup.store.flush()
+    assert sup.store.store.actions() == []
+    again = await next_daemon(tmp_path, sched, closing)
+    kinds = sorted(a.kind.value for a in again.store.store.actions() if a.status == "succeeded")
+    assert kinds == ["drain", "restart-run"]
+    states = {n.name: n.state for n in await sched.nodes()}
+    assert states["n1"] in (NodeState.DRAINED, NodeState.DRAINING)
+    assert await live_jobs(sched) == ["local-2"]
+    # a third daemon finds nothing left to do
+    third = await next_daemon(tmp_path, sched, closing)
+    assert len(third.store.store.actions()) == 2 and await live_jobs(sched) == ["local-2"]
