@@ -90,6 +90,10 @@ class DaemonContext:
         self.held_work: deque[tuple[str, Callable[[], Awaitable[None]]]] = deque()
         self.held_dropped = 0
 
+    def fenced(self) -> str | None:
+        """The fence as it is now (the daemon replaces ``fence`` after construction)."""
+        return self.fence()
+
     # the core's parts, read through it (a restore replaces the core's book, not a copy)
     @property
     def book(self) -> ConditionBook:

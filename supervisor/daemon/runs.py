@@ -52,6 +52,7 @@ class RunManager:
         observe: ObservationSink,
         *,
         stop_timeout_s: float = 60.0,
+        fence: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.state = state
         self.scheduler = scheduler
@@ -61,6 +62,9 @@ class RunManager:
         self.save_attempt = save_attempt
         self.observe = observe
         self.stop_timeout_s = stop_timeout_s
+        # why this daemon must not touch the scheduler now (its lease may have run out): a
+        # restart takes a while, so it is checked again before the cancel and the submit
+        self.fence = fence
         self._locks: dict[str, asyncio.Lock] = {}
         self._prewarm: asyncio.Task[bool] | None = None
 
@@ -82,6 +86,9 @@ class RunManager:
     async def restart(self, run: RunInfo, exclude: set[str], reason: str) -> RestartResult:
         """Stop the current attempt, choose the checkpoint, submit the next attempt."""
         async with self.lock(run.name):
+            fenced = self.fence()  # checked again here: the lock may have made it wait
+            if fenced is not None:
+                raise SchedulerError(fenced)
             run.excluded |= exclude
             run.move(RunPhase.RESTARTING)
             await self._stop_current(run, reason)
@@ -198,6 +205,9 @@ class RunManager:
         )
         now = self.clock.now()
         try:
+            fenced = self.fence()
+            if fenced is not None:  # another daemon may lead: it decides this run's restart
+                raise SchedulerError(fenced)
             job_id = await self.scheduler.submit(spec)
         except SchedulerError as exc:
             run.move(RunPhase.HELD)

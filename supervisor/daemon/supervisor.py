@@ -72,6 +72,7 @@ class Supervisor(DaemonContext):
             self.record_events_later,
             self.save_attempt,
             self.observe,
+            fence=self.fenced,
         )
         self.executor = Executor(self)
         self.rejected = 0

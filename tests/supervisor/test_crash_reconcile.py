@@ -157,3 +157,22 @@ async def test_a_decision_the_crash_kept_from_being_recorded_is_made_on_start(
     # a third daemon finds nothing left to do
     third = await next_daemon(tmp_path, sched, closing)
     assert len(third.store.store.actions()) == 2 and await live_jobs(sched) == ["local-2"]
+
+
+async def test_a_restart_whose_lease_ran_out_touches_no_job(
+    tmp_path: Path, sched: LocalScheduler, closing: list[Supervisor]
+) -> None:
+    """Fencing inside the restart: the lease may run out while a restart waits for its
+    run's lock or for the old attempt to stop; it then neither cancels nor submits."""
+    sup = await make(tmp_path, policy_file(tmp_path), scheduler=sched)
+    closing.append(sup)
+    await operations.add_run(sup, "r1", "local", SPEC, "test")
+    req = ActionRequest(ActionKind.RESTART_RUN, Actor.RULE, "GpuFatal set on n1", run="r1")
+    d = Decision(req, Verdict.ALLOW, ())
+    action = sup.store.store.record_action(d, ts=sup.clock.now())
+    leased = iter([None])  # the executor's check passes; the restart's own does not
+    sup.fence = lambda: next(leased, "not carried out: the leader lease may have run out")
+    ok, result = await sup.perform(d, action)
+    assert not ok and "lease may have run out" in result
+    assert await live_jobs(sched) == ["local-1"] and alive(sched, "local-1")
+    assert sup.state.runs["r1"].attempt == 1
