@@ -161,6 +161,11 @@ class PolicyEngine(DecisionMaker):
                 entry.ok = ok
                 break
 
+    def restore_failures(self, run: str, failures: Sequence[tuple[float, int | None]]) -> None:
+        """The run's unexplained failures (time, step) from the store after a daemon
+        restart, so the crash-loop guard does not start from zero."""
+        self._runs.setdefault(run, RunBook()).failures[:0] = list(failures)
+
     def reload(self, policy: Policy) -> None:
         """Swap in a new (already validated) policy on SIGHUP, keeping history and incidents."""
         self.policy = policy

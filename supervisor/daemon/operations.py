@@ -24,7 +24,12 @@ from trainwarden.supervisor.errors import NotFoundError, SchedulerError, Supervi
 from trainwarden.supervisor.model.cluster import RunInfo, RunSpec
 from trainwarden.supervisor.model.lifecycle import AttemptPhase, NodePhase, RunPhase
 from trainwarden.supervisor.scheduler.base import JobInfo, NodeState, SchedNode
-from trainwarden.supervisor.store.records import ActionRecord, ActionStatus, RunRecord
+from trainwarden.supervisor.store.records import (
+    ActionRecord,
+    ActionStatus,
+    AttemptRecord,
+    RunRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ async def load(sup: Supervisor) -> None:
             )
             faults[c.subject] = [_fault_of(e) for e in events if e.ts >= c.since - 1.0]
     sup.core.restore(conditions, faults)
-    await _restore_guard_history(sup, now)
+    recent = await _restore_guard_history(sup, now)
     for rec in await sup.store.call(st.runs):
         try:
             spec = RunSpec.from_dict(rec.spec)
@@ -71,6 +76,7 @@ async def load(sup: Supervisor) -> None:
             restarts=rec.restarts,
         )
         attempts = await sup.store.call(st.attempts, rec.name)
+        _restore_run_memory(sup, run, attempts, recent)
         if attempts:
             last = attempts[-1]
             run.job_id = last.job_id
@@ -104,7 +110,31 @@ def _fault_of(ev: Event) -> Fault:
     )
 
 
-async def _restore_guard_history(sup: Supervisor, now: float) -> None:
+def _restore_run_memory(
+    sup: Supervisor, run: RunInfo, attempts: list[AttemptRecord], recent: list[ActionRecord]
+) -> None:
+    """What the crash-loop and backoff guards know of a run: when its attempts started and
+    which restarts no node explained (with the step the attempt before had reached)."""
+    run.restart_times = [a.started_at or a.submitted_at or 0.0 for a in attempts[1:]]
+    run.failure_steps = [a.last_step for a in attempts[:-1]]
+    failures: list[tuple[float, int | None]] = []
+    for rec in recent:
+        if rec.kind is not ActionKind.RESTART_RUN or rec.run != run.name or rec.exclude:
+            continue
+        before = [a for a in attempts if (a.submitted_at or 0.0) < rec.ts]
+        failures.append((rec.ts, before[-1].last_step if before else None))
+    if failures:
+        sup.policy.restore_failures(run.name, failures)
+
+
+def _restore_returns(sup: Supervisor, recent: list[ActionRecord]) -> None:
+    """When each node was last returned to service (the lemon guard's window)."""
+    for rec in recent:
+        if rec.kind is ActionKind.UNDRAIN and rec.node and rec.status.value == "succeeded":
+            sup.state.node(rec.node).returned_at = rec.finished_at or rec.ts
+
+
+async def _restore_guard_history(sup: Supervisor, now: float) -> list[ActionRecord]:
     """The actions the guards count (drain windows, cooldowns, restart budgets and backoff,
     lemon windows) from the store, so a restart or a failover does not reset them."""
     g = sup.policy.policy.guards
@@ -116,11 +146,17 @@ async def _restore_guard_history(sup: Supervisor, now: float) -> None:
         g.lemon_window_s,
     )
     recs = await sup.store.call(sup.store.store.actions, since=now - horizon, limit=None)
-    for rec in reversed(recs):  # oldest first, as they happened
-        if rec.verdict is Verdict.ALLOW and rec.status.value != "failed":
-            sup.recent_actions.append(
-                ActionRecordView(rec.ts, rec.kind, rec.node, rec.run, rec.verdict)
-            )
+    done = [
+        rec
+        for rec in reversed(recs)  # oldest first, as they happened
+        if rec.verdict is Verdict.ALLOW and rec.status.value != "failed"
+    ]
+    for rec in done:
+        sup.recent_actions.append(
+            ActionRecordView(rec.ts, rec.kind, rec.node, rec.run, rec.verdict)
+        )
+    _restore_returns(sup, done)
+    return done
 
 
 async def reconcile(sup: Supervisor) -> int:

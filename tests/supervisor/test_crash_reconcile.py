@@ -15,7 +15,15 @@ import psutil
 import pytest
 from test_decision_path import NODES, closing, make, policy_file, settle, xid
 
-from trainwarden.policies.model import ActionKind, ActionRequest, Actor, Decision, Verdict
+from trainwarden.policies.model import (
+    ActionKind,
+    ActionRequest,
+    Actor,
+    Decision,
+    Event,
+    EventKind,
+    Verdict,
+)
 from trainwarden.supervisor.daemon import operations
 from trainwarden.supervisor.daemon.supervisor import Supervisor
 from trainwarden.supervisor.model.cluster import RunSpec
@@ -176,3 +184,43 @@ async def test_a_restart_whose_lease_ran_out_touches_no_job(
     assert not ok and "lease may have run out" in result
     assert await live_jobs(sched) == ["local-1"] and alive(sched, "local-1")
     assert sup.state.runs["r1"].attempt == 1
+
+
+async def fail_attempt(sup: Supervisor) -> None:
+    """The run's current attempt dies at step 50 with no node to blame."""
+    run = sup.state.runs["r1"]
+    run.last_step = 50
+    sup.clock.advance(600.0)  # type: ignore[attr-defined]  # past every restart backoff
+    now = sup.clock.now()
+    data = {"state": "failed", "attempt": run.attempt, "last_step": 50, "failed": True}
+    await sup.decide_on_event(
+        Event(now, EventKind.ATTEMPT_ENDED, run="r1", message="failed at step 50", data=data)
+    )
+    await settle(sup)
+
+
+def restart_verdicts(sup: Supervisor) -> list[str]:
+    return [
+        a.verdict.value
+        for a in reversed(sup.store.store.actions())
+        if a.kind is ActionKind.RESTART_RUN
+    ]
+
+
+@pytest.mark.parametrize("restart_daemon", [False, True])
+async def test_the_crash_loop_guard_counts_failures_from_before_a_daemon_restart(
+    tmp_path: Path, sched: LocalScheduler, closing: list[Supervisor], restart_daemon: bool
+) -> None:
+    """Three failures at one step are a crash loop, whether or not the daemon restarted
+    after the second (the baseline is the same run without the restart)."""
+    sup = await make(tmp_path, policy_file(tmp_path), scheduler=sched)
+    closing.append(sup)
+    await operations.add_run(sup, "r1", "local", SPEC, "test")
+    await fail_attempt(sup)
+    await fail_attempt(sup)
+    if restart_daemon:
+        sup = await next_daemon(tmp_path, sched, closing)
+    await fail_attempt(sup)
+    assert restart_verdicts(sup) == ["allow", "allow", "block"]
+    [last] = [a for a in sup.store.store.actions() if a.kind is ActionKind.RESTART_RUN][:1]
+    assert any("step 50" in g.detail for g in last.guards if not g.passed)
