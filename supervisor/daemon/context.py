@@ -30,6 +30,7 @@ from trainwarden.supervisor.detectors.conditions import ConditionBook
 from trainwarden.supervisor.detectors.node_faults import NodeHealthTracker
 from trainwarden.supervisor.detectors.progress import ProgressTracker
 from trainwarden.supervisor.detectors.stragglers.detector import StragglerDetector
+from trainwarden.supervisor.errors import StoreError
 from trainwarden.supervisor.model.cluster import ClusterState, NodeInfo, RunInfo
 from trainwarden.supervisor.scheduler.base import Scheduler
 from trainwarden.supervisor.store.base import StoreUnavailable
@@ -122,9 +123,20 @@ class DaemonContext:
     async def record_events_later(self, events: list[Event]) -> None:
         """Store events nothing is decided on (what was done, what was seen): written now,
         or in order once the database is back."""
-        if events:
-            self.history.extend(events)
-            await self.store.write(self.store.store.append_events, events)
+        if not events:
+            return
+        if not self.must_hold():
+            try:
+                await self.record_events(events)  # with their ids, as explain shows them
+                return
+            except StoreUnavailable:
+                pass
+            except StoreError as exc:  # refused: never retried, it cannot succeed
+                self.store.rejected += 1
+                log.error("the database refused %d event(s): %s", len(events), exc)
+                return
+        self.history.extend(events)
+        await self.store.write(self.store.store.append_events, events)
 
     def must_hold(self) -> bool:
         """Whether new decision work must wait behind work already held (order is kept)."""
