@@ -210,7 +210,6 @@ class Daemon:
                     LEASE,
                     self.holder,
                     self.cfg.lease_ttl_s,
-                    self.clock.now(),
                 )
             except StoreError as exc:  # the database is away: keep standing by, retry
                 log.warning("cannot reach the store for the leader lease (%s); retrying", exc)
@@ -245,7 +244,7 @@ class Daemon:
     async def _renew(self, store: AsyncStore, stop: asyncio.Event) -> None:
         started = self.clock.monotonic()
         if await store.direct(  # never behind the writes an outage left waiting
-            store.store.acquire_lease, LEASE, self.holder, self.cfg.lease_ttl_s, self.clock.now()
+            store.store.acquire_lease, LEASE, self.holder, self.cfg.lease_ttl_s
         ):
             self._lease_until = started + self.cfg.lease_ttl_s
         else:

@@ -3,10 +3,11 @@ the leader lease that lets a standby daemon take over."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Connection, Row, insert, select, update
 
 from trainwarden.policies.model import ActionKind, Actor, Decision, GuardVerdict, Verdict
 from trainwarden.supervisor.errors import NotFoundError, StoreError
@@ -152,23 +153,34 @@ class ActionStore(StoreCore):
             return [IncidentRecord(**r._asdict()) for r in conn.execute(q)]
 
     # -- leader lease -------------------------------------------------------------------
-    def acquire_lease(self, name: str, holder: str, ttl_s: float, now: float) -> bool:
+    def acquire_lease(self, name: str, holder: str, ttl_s: float, now: float | None = None) -> bool:
         """Take or renew lease ``name`` for ``holder`` until ``now + ttl_s``; True when
         ``holder`` holds it afterwards. Atomic on both dialects: a single conditional
-        upsert that only overwrites a lease held by ``holder`` or already expired."""
+        upsert that only overwrites a lease held by ``holder`` or already expired.
+
+        ``now`` None: the database's own clock on PostgreSQL (daemons on hosts whose clocks
+        differ then agree on when a lease runs out), this host's on SQLite (one host)."""
         if ttl_s <= 0:
             raise StoreError(f"lease {name!r}: ttl must be positive, not {ttl_s}")
-        expires = float(now) + float(ttl_s)
-        stmt = self._insert(LEASES).values(name=name, holder=holder, expires_at=expires)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["name"],
-            set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
-            where=(LEASES.c.holder == holder) | (LEASES.c.expires_at <= float(now)),
-        )
         with self._write(f"acquiring lease {name!r}") as conn:
+            if now is None:
+                now = self._clock(conn)
+            expires = float(now) + float(ttl_s)
+            stmt = self._insert(LEASES).values(name=name, holder=holder, expires_at=expires)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["name"],
+                set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
+                where=(LEASES.c.holder == holder) | (LEASES.c.expires_at <= float(now)),
+            )
             conn.execute(stmt)
             row = conn.execute(select(LEASES.c.holder).where(LEASES.c.name == name)).first()
         return row is not None and row.holder == holder
+
+    def _clock(self, conn: Connection) -> float:
+        if self.dialect == "postgresql":
+            sql = "SELECT extract(epoch from clock_timestamp())"
+            return float(conn.exec_driver_sql(sql).scalar_one())
+        return time.time()
 
     def release_lease(self, name: str, holder: str) -> bool:
         """Give the lease up (a clean shutdown); False if ``holder`` did not hold it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -407,3 +408,15 @@ def test_batch_ids_match_their_events(store: Store) -> None:
     for i in (0, 1, 150, 299):
         got = store.event(ids[i])
         assert got is not None and (got.message, got.data) == (f"m{i}", {"i": i})
+
+
+def test_a_lease_without_a_time_runs_on_the_databases_clock(store: Store) -> None:
+    """Daemons on hosts whose clocks differ agree on when the lease runs out: on
+    PostgreSQL the database's clock decides, on SQLite (one host) this host's."""
+    before = time.time()
+    assert store.acquire_lease("leader", "a", ttl_s=10)
+    lease = store.lease("leader")
+    assert lease is not None and before + 10 - 2 <= lease.expires_at <= time.time() + 10 + 2
+    # another daemon asking without a time of its own sees it valid by that same clock
+    assert not store.acquire_lease("leader", "b", ttl_s=10)
+    assert store.acquire_lease("leader", "a", ttl_s=10)  # and the holder renews it
