@@ -11,6 +11,7 @@ from trainwarden.policies.model import (
     ActionKind,
     ActionRecordView,
     Actor,
+    Condition,
     Decision,
     Event,
     EventKind,
@@ -57,6 +58,7 @@ async def load(sup: Supervisor) -> None:
             )
             faults[c.subject] = [_fault_of(e) for e in events if e.ts >= c.since - 1.0]
     sup.core.restore(conditions, faults)
+    await _settle_unconditioned_faults(sup, conditions, now)
     recent = await _restore_guard_history(sup, now)
     for rec in await sup.store.call(st.runs):
         try:
@@ -95,6 +97,39 @@ async def load(sup: Supervisor) -> None:
         sup.state.runs[run.name] = run
     if sup.state.runs:
         sup.runs.prewarm()
+
+
+FAULT_REPLAY_S = 3600.0  # how far back a fault stored without its condition is settled
+
+
+async def _settle_unconditioned_faults(
+    sup: Supervisor, conditions: list[Condition], now: float
+) -> None:
+    """Faults stored after their node's last condition change: the previous daemon stopped
+    between recording a fault and its condition. They go through the tracker again under
+    their stored ids (so the agent's next report of the same fault is not a new event) and
+    set the condition they should have; the decision follows in ``reconcile``."""
+    last: dict[str, float] = {}
+    for c in conditions:
+        last[c.subject] = max(last.get(c.subject, float("-inf")), c.since)
+    events = await sup.store.call(sup.store.store.events, kinds=[EventKind.FAULT], limit=5000)
+    changed: list[Condition] = []
+    for ev in reversed(events):  # oldest first, as they happened
+        if not ev.node or ev.id is None or now - ev.ts > FAULT_REPLAY_S:
+            continue
+        if ev.ts <= last.get(ev.node, float("-inf")):
+            continue  # settled: a condition changed after it (or because of it)
+        obs = sup.nodes.on_faults(ev.node, [_fault_of(ev)], ev.ts)
+        changed += sup.core.conditions(obs, [ev.id] * len(obs))
+        sup.update_phase(ev.node)
+    if changed:
+        log.warning(
+            "%d fault(s) were stored without their condition (the daemon stopped between "
+            "the two): %s",
+            len(changed),
+            ", ".join(f"{c.type.value} on {c.subject}" for c in changed),
+        )
+        await sup.store.write(sup.store.store.save_conditions, changed)
 
 
 def _fault_of(ev: Event) -> Fault:

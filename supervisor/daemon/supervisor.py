@@ -213,13 +213,13 @@ class Supervisor(DaemonContext):
                 latency = cond.since - origin if origin is not None else 0.0
                 self.metrics.detection(cond.type.value, max(0.0, latency))
         for name in {o.event.node for o in obs if o.event.node}:
-            self._update_phase(name)
+            self.update_phase(name)
         if changed:
             await self.store.write(self.store.store.save_conditions, changed)
         events = [with_id(o.event, eid) for o, eid in zip(obs, ids, strict=True)]
         self.execute(self.core.decide(changed, events, self.view(), list(self.history)))
 
-    def _update_phase(self, name: str) -> None:
+    def update_phase(self, name: str) -> None:
         """Move a node to the phase the core derives (drains are actions')."""
         node = self.state.nodes.get(name)
         if node is None or node.drained:

@@ -278,3 +278,34 @@ async def test_actions_a_crash_left_open_are_finished_once_on_start(
         "trainwarden"
     )
     assert again.state.nodes["n6"].phase is NodePhase.DRAINED
+
+
+async def test_a_fault_stored_without_its_condition_is_settled_once_on_start(
+    tmp_path: Path, closing: list[Supervisor]
+) -> None:
+    """The daemon died between storing the XID's event and its condition: the next one
+    sets the condition from the stored event, drains once, and the agent's next report of
+    the same fault is not a second event."""
+    path = policy_file(tmp_path)
+    first = await make(tmp_path, path)
+    closing.append(first)
+
+    async def died(*_: object) -> None:
+        raise SystemExit("killed")
+
+    first.store.write = died  # type: ignore[method-assign]  # conditions never reach the store
+    with pytest.raises(SystemExit):
+        await xid(first, "n3", 79)
+    assert first.store.store.conditions() == []
+    assert len(first.store.store.events(node="n3", kinds=[EventKind.FAULT])) == 1
+    again = await make(tmp_path, path)
+    closing.append(again)
+    await operations.load(again)
+    await operations.reconcile(again)
+    await settle(again)
+    await xid(again, "n3", 79)  # the agent reports the fault again
+    assert len(again.store.store.events(node="n3", kinds=[EventKind.FAULT])) == 1
+    assert again.book.is_true("n3", ConditionType.GPU_FATAL)
+    assert list(drains(again)) == ["n3"]
+    states = {n.name: n.state for n in await again.scheduler.nodes()}
+    assert states["n3"] is NodeState.DRAINED
