@@ -12,13 +12,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from chaos_harness import BIN, Broker, Stack, report, wait_for
 
 from trainwarden.health.report import INT32_MAX
 from trainwarden.supervisor.daemon.process import LOST_LEASE_EXIT
@@ -29,131 +27,6 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed"),
 ]
-BIN = str(Path(sys.executable).parent / "trainwarden")
-PUB = shutil.which("mosquitto_pub") or "mosquitto_pub"
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> float:
-    t0 = time.monotonic()
-    while not pred():
-        assert time.monotonic() - t0 < timeout, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(every)
-    return time.monotonic() - t0
-
-
-class Broker:
-    """A private Mosquitto that a test may kill and start again on the same port."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.port = free_port()
-        (tmp / "mosquitto.conf").write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence true\npersistence_location {tmp}/\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = (self.tmp / "mosquitto.log").open("ab")
-        self.proc = subprocess.Popen(
-            ["mosquitto", "-c", str(self.tmp / "mosquitto.conf")], stdout=log, stderr=log
-        )
-        wait_for(self.answers, 10, "mosquitto to listen")
-
-    def answers(self) -> bool:
-        import socket
-
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        subprocess.run(
-            [PUB, "-h", "127.0.0.1", "-p", str(self.port), "-q", "1", "-t", topic, "-s"],
-            input=payload,
-            check=True,
-            timeout=10,
-        )
-
-
-class Stack:
-    def __init__(self, tmp: Path, broker: Broker) -> None:
-        self.tmp = tmp
-        self.broker = broker
-        tag = uuid.uuid4().hex[:6]
-        self.nodes = [f"c{tag}-n{i}" for i in (1, 2, 3, 4)]
-        self.api = f"http://127.0.0.1:{free_port()}"
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self) -> None:
-        db = f"sqlite:///{self.tmp / 'tw.db'}"
-        subprocess.run([BIN, "db", "upgrade", "--url", db], check=True, capture_output=True)
-        self._spawn("daemon", [
-            BIN, "daemon", "--db", db, "--broker", f"127.0.0.1:{self.broker.port}",
-            "--api", self.api.removeprefix("http://"), "--scheduler", "local",
-            "--local-nodes", ",".join(self.nodes), "--local-log-dir", str(self.tmp / "jobs"),
-        ])  # fmt: skip
-        for n in self.nodes:
-            self._spawn(n, [
-                BIN, "agent", "--node", n, "--broker", f"127.0.0.1:{self.broker.port}",
-                "--heartbeat", "1", "--interval", "2",
-                "--simulated-hardware", str(self.tmp / "hw" / n),
-            ])  # fmt: skip
-        wait_for(lambda: len(self.healthy()) == len(self.nodes), 60, "every node healthy")
-
-    def _spawn(self, name: str, args: list[str]) -> None:
-        log = (self.tmp / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(args, stdout=log, stderr=log)
-
-    def get(self, path: str) -> Any:
-        try:
-            with urllib.request.urlopen(self.api + path, timeout=5) as r:
-                body = r.read()
-        except urllib.error.HTTPError as exc:  # /healthz answers 503 with a body
-            body = exc.read()
-        except OSError:
-            return None
-        return json.loads(body) if path != "/metrics" else body.decode()
-
-    def nodes_now(self) -> list[dict[str, Any]]:
-        return self.get("/api/v1/nodes") or []
-
-    def healthy(self) -> list[str]:
-        return [n["name"] for n in self.nodes_now() if n["state"] == "healthy"]
-
-    def dead_events(self) -> list[dict[str, Any]]:
-        events = self.get("/api/v1/events?limit=1000") or []
-        return [e for e in events if "NodeDead set" in e["message"] or "node dead" in e["message"]]
-
-    def drains(self) -> list[dict[str, Any]]:
-        return [a for a in (self.get("/api/v1/actions?limit=1000") or []) if a["kind"] == "drain"]
-
-    def counter(self, name: str) -> float:
-        total = 0.0
-        for line in (self.get("/metrics") or "").splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {f.name}\n{f.read_text(errors='replace')[-3000:]}" for f in self.tmp.glob("*.log")
-        )
 
 
 @pytest.fixture
@@ -171,10 +44,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         s.stop()
         if broker.proc is not None and broker.proc.poll() is None:
             broker.kill()
-
-
-def report(case: str, **figures: object) -> None:
-    print(json.dumps({"case": case, **figures}))
 
 
 def test_poison_messages_are_rejected_and_ingestion_goes_on(stack: Stack) -> None:
