@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test lint typecheck unit services slurm-up slurm-down clean
+.PHONY: demo test lint typecheck unit chaos services slurm-up slurm-down clean
 
 $(PY):
 	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -37,6 +37,10 @@ test: $(VENV)/.dev-installed services
 
 unit: $(VENV)/.dev-installed
 	$(VENV)/bin/pytest -q -m "not integration and not slurm and not e2e"
+
+# the chaos cases (also part of `make test`) as one table: docs/chaos.md
+chaos: $(VENV)/.dev-installed services
+	$(PY) bench/chaos.py --markdown docs/chaos.md
 
 slurm-up:
 	bash tests/infra/slurm/start.sh
