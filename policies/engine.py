@@ -161,6 +161,23 @@ class PolicyEngine(DecisionMaker):
                 entry.ok = ok
                 break
 
+    def restore_incidents(self, incidents: Sequence[Incident], now: float, seq: int) -> None:
+        """Open incidents from the store after a daemon restart: a crash loop or a spent
+        budget keeps stopping its run's restarts, a lemon stays a lemon, a correlated
+        incident keeps holding drains until it clears."""
+        self._book.restore(list(incidents), now, seq)
+        for inc in incidents:
+            if not inc.open:
+                continue
+            if inc.kind in (IncidentKind.CRASH_LOOP, IncidentKind.RESTART_BUDGET):
+                book = self._runs.setdefault(inc.subject, RunBook())
+                book.stopped_by = inc.id
+                book.stopped_guard = (
+                    g.CRASH_LOOP if inc.kind is IncidentKind.CRASH_LOOP else g.RESTART_BUDGET
+                )
+            elif inc.kind is IncidentKind.LEMON_NODE:
+                self._lemons.add(inc.subject)
+
     def restore_failures(self, run: str, failures: Sequence[tuple[float, int | None]]) -> None:
         """The run's unexplained failures (time, step) from the store after a daemon
         restart, so the crash-loop guard does not start from zero."""

@@ -120,6 +120,16 @@ class IncidentBook:
             del self._by_cause[inc.subject]
         return inc
 
+    def restore(self, incidents: list[Incident], now: float, seq: int) -> None:
+        """Incidents the store kept across a daemon restart; new ones are numbered after
+        ``seq``. A correlated one counts as seen ``now`` (it clears ``clear_after`` on)."""
+        self._seq = max(self._seq, seq)
+        for inc in incidents:
+            self._incidents[inc.id] = inc
+            if inc.open and inc.kind is IncidentKind.CORRELATED:
+                self._by_cause[inc.subject] = inc.id
+                self._last_seen[inc.id] = now
+
     def open_causes(self) -> set[str]:
         return set(self._by_cause)
 

@@ -90,6 +90,8 @@ class DaemonContext:
         # decision work waiting for the database, oldest first: (what, the work)
         self.held_work: deque[tuple[str, Callable[[], Awaitable[None]]]] = deque()
         self.held_dropped = 0
+        self.incident_rows: dict[str, int] = {}  # the policy's incident id -> its row id
+        self.incidents_closed: set[str] = set()
 
     def fenced(self) -> str | None:
         """The fence as it is now (the daemon replaces ``fence`` after construction)."""

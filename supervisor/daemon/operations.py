@@ -17,7 +17,7 @@ from trainwarden.policies.model import (
     EventKind,
     Verdict,
 )
-from trainwarden.supervisor.daemon import upkeep
+from trainwarden.supervisor.daemon import incidents, upkeep
 from trainwarden.supervisor.daemon.context import with_id
 from trainwarden.supervisor.daemon.supervisor import Supervisor
 from trainwarden.supervisor.decide.core import STICKY_FAULTS
@@ -60,6 +60,7 @@ async def load(sup: Supervisor) -> None:
     sup.core.restore(conditions, faults)
     await _settle_unconditioned_faults(sup, conditions, now)
     recent = await _restore_guard_history(sup, now)
+    await incidents.restore(sup, now)
     for rec in await sup.store.call(st.runs):
         try:
             spec = RunSpec.from_dict(rec.spec)

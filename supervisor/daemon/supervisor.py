@@ -33,7 +33,7 @@ from trainwarden.policies.model import (
     Event,
     EventKind,
 )
-from trainwarden.supervisor.daemon import upkeep
+from trainwarden.supervisor.daemon import incidents, upkeep
 from trainwarden.supervisor.daemon.context import CoreConfig, DaemonContext, Publisher, with_id
 from trainwarden.supervisor.daemon.executor import Executor
 from trainwarden.supervisor.daemon.metrics import Metrics
@@ -263,6 +263,7 @@ class Supervisor(DaemonContext):
             await self.observe(obs)
         await upkeep.vetting(self, self.executor, now)
         self.execute(self.policy.tick(self.view()))
+        await incidents.persist(self)
         await self.store.flush()
 
     async def _after_attempt_failed(self, run: RunInfo, attempt: int, state: JobState) -> None:

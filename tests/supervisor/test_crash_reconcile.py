@@ -224,3 +224,23 @@ async def test_the_crash_loop_guard_counts_failures_from_before_a_daemon_restart
     assert restart_verdicts(sup) == ["allow", "allow", "block"]
     [last] = [a for a in sup.store.store.actions() if a.kind is ActionKind.RESTART_RUN][:1]
     assert any("step 50" in g.detail for g in last.guards if not g.passed)
+
+
+async def test_a_crash_loop_incident_still_stops_restarts_after_a_daemon_restart(
+    tmp_path: Path, sched: LocalScheduler, closing: list[Supervisor]
+) -> None:
+    sup = await make(tmp_path, policy_file(tmp_path), scheduler=sched)
+    closing.append(sup)
+    await operations.add_run(sup, "r1", "local", SPEC, "test")
+    for _ in range(3):
+        await fail_attempt(sup)
+    await sup.tick()  # the incident reaches the store
+    [row] = sup.store.store.incidents(open_only=True)
+    assert (row.kind, row.cause) == ("crash-loop", "r1")
+    again = await next_daemon(tmp_path, sched, closing)
+    await fail_attempt(again)
+    await again.tick()
+    last = next(a for a in again.store.store.actions() if a.kind is ActionKind.RESTART_RUN)
+    assert last.verdict is Verdict.BLOCK
+    assert any(f"stopped by incident {row.detail['id']}" in g.detail for g in last.guards)
+    assert [r.id for r in again.store.store.incidents(open_only=True)] == [row.id]
