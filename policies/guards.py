@@ -73,7 +73,7 @@ def drains_in_window(cfg: DrainLimits, past: Iterable[Past], now: float) -> Chec
 
 def cluster_fraction(cfg: DrainLimits, view: ClusterView) -> Check:
     total = len(view.nodes)
-    drained = sum(1 for n in view.nodes.values() if n.drained)
+    drained = view.drained_count()
     limit = max(1, math.floor(cfg.max_cluster_fraction * total))
     if drained + 1 > limit:
         return _fail(

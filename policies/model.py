@@ -8,7 +8,7 @@ return :class:`ActionRequest` objects; the supervisor carries them out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -168,7 +168,13 @@ class ClusterView:
     now: float
     nodes: Mapping[str, NodeView]
     runs: Mapping[str, RunView]
-    recent_actions: tuple[ActionRecordView, ...] = ()
+    recent_actions: Sequence[ActionRecordView] = ()
+    drained_nodes: int | None = None  # how many of ``nodes`` are drained, when known
+
+    def drained_count(self) -> int:
+        if self.drained_nodes is not None:
+            return self.drained_nodes
+        return sum(1 for n in self.nodes.values() if n.drained)
 
 
 class IncidentKind(StrEnum):

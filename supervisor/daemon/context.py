@@ -175,8 +175,7 @@ class DaemonContext:
         return done
 
     def view(self) -> ClusterView:
-        causes = {n: self.core.causes(n) for n in self.state.nodes}
-        return self.state.view(self.clock.now(), self.book, self.recent_actions, causes)
+        return self.state.view(self.clock.now(), self.book, self.recent_actions, self.core.causes)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

@@ -374,7 +374,7 @@ async def _decide_again(sup: Supervisor, queued: list[ActionRecord]) -> None:
     active = [c for c in sup.book.active() if c.subject not in waiting]
     if not active:
         return
-    sup.execute(sup.core.decide(active, [], sup.view(), list(sup.history)))
+    sup.execute(sup.core.decide(active, [], sup.view(), sup.history))
 
 
 async def _reconcile_drain(
@@ -455,7 +455,7 @@ async def after_operator_drain(sup: Supervisor, node: str, action_id: int) -> No
         },
     )
     [eid] = await sup.record_events([ev])
-    sup.execute(sup.policy.on_event(with_id(ev, eid), sup.view(), list(sup.history)))
+    sup.execute(sup.policy.on_event(with_id(ev, eid), sup.view(), sup.history))
 
 
 async def resolve_queued(

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_WAITING_WRITES = 100_000  # ~ hours of action results and attempts; heartbeats coalesce
+HEARTBEAT_WRITE_S = 10.0  # how often nodes' last-seen times are written
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,13 @@ class _Write:
 class AsyncStore:
     """Wraps a synchronous store; ``call`` and ``write`` run store methods in its thread."""
 
-    def __init__(self, store: Any, *, max_waiting: int = MAX_WAITING_WRITES) -> None:
+    def __init__(
+        self,
+        store: Any,
+        *,
+        max_waiting: int = MAX_WAITING_WRITES,
+        heartbeat_every_s: float = HEARTBEAT_WRITE_S,
+    ) -> None:
         self.store = store
         self.batch = StoreBatch()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tw-store")
@@ -57,6 +64,8 @@ class AsyncStore:
         self.dropped = 0  # waiting writes dropped at the bound (an outage of many hours)
         self.rejected = 0  # writes the database refused (never retried: they cannot succeed)
         self.outages = 0
+        self.heartbeat_every_s = heartbeat_every_s
+        self._beats_at = float("-inf")
         self._draining = False
 
     @property
@@ -171,14 +180,22 @@ class AsyncStore:
             self.down_since = None
             self.last_error = ""
 
-    async def flush(self) -> int:
-        """Write what was batched; returns how many items were written. While the database
-        is away the batch keeps coalescing (heartbeats per node) and is written later."""
-        if not len(self.batch):
+    async def flush(self, *, force: bool = False) -> int:
+        """Write what was batched; returns how many items were written. Heartbeats (only
+        each node's last-seen time, for the next start) go every ``heartbeat_every_s``:
+        at 20,000 nodes a row per node per tick would keep the database busy for nothing.
+        While the database is away the batch keeps coalescing and is written later."""
+        if not len(self.batch) or self.waiting or not self.available:
             return 0
-        if self.waiting or not self.available:
+        now = time.monotonic()
+        beats = force or now - self._beats_at >= self.heartbeat_every_s
+        if not beats and not (self.batch.events or self.batch.conditions or self.batch.nodes):
             return 0
         batch, self.batch = self.batch, StoreBatch()
+        if beats:
+            self._beats_at = now
+        else:
+            self.batch.heartbeats, batch.heartbeats = batch.heartbeats, {}
         started = time.perf_counter()
         size = len(batch)
         try:

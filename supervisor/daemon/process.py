@@ -174,7 +174,7 @@ class Daemon:
                 t.cancel()
             await asyncio.gather(*sup.tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await store.flush()
+                await store.flush(force=True)
             if self.leader:
                 with contextlib.suppress(Exception):
                     await store.call(store.store.release_lease, LEASE, self.holder)
@@ -348,10 +348,9 @@ class Daemon:
         while not stop.is_set():
             try:
                 await sup.tick()
-                counts: dict[str, int] = {}
-                for n in sup.state.nodes.values():
-                    counts[n.phase.value] = counts.get(n.phase.value, 0) + 1
-                sup.metrics.set_node_states(counts)
+                sup.metrics.set_node_states(
+                    {phase.value: count for phase, count in sup.state.phase_counts.items()}
+                )
                 runs: dict[str, int] = {}
                 for r in sup.state.runs.values():
                     runs[r.phase.value] = runs.get(r.phase.value, 0) + 1

@@ -217,7 +217,7 @@ class Supervisor(DaemonContext):
         if changed:
             await self.store.write(self.store.store.save_conditions, changed)
         events = [with_id(o.event, eid) for o, eid in zip(obs, ids, strict=True)]
-        self.execute(self.core.decide(changed, events, self.view(), list(self.history)))
+        self.execute(self.core.decide(changed, events, self.view(), self.history))
 
     def update_phase(self, name: str) -> None:
         """Move a node to the phase the core derives (drains are actions')."""
@@ -295,7 +295,7 @@ class Supervisor(DaemonContext):
 
         async def work() -> None:
             [eid] = await self.record_events([ev])
-            self.execute(self.policy.on_event(with_id(ev, eid), self.view(), list(self.history)))
+            self.execute(self.policy.on_event(with_id(ev, eid), self.view(), self.history))
 
         if self.must_hold():
             self.hold(f"event {ev.kind.value}", work)

@@ -94,6 +94,8 @@ def _move(node: NodeInfo, target: NodePhase) -> None:
 
 async def vetting(sup: DaemonContext, executor: Executor, now: float) -> None:
     """Nodes being vetted: the core says passed (undrain), failed (drained again) or wait."""
+    if not sup.state.phase_counts[NodePhase.VETTING]:
+        return  # the usual case, without a look at every node
     for node in list(sup.state.nodes.values()):
         if node.phase is not NodePhase.VETTING or node.vet_started_at is None:
             continue

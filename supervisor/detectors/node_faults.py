@@ -9,10 +9,15 @@ Liveness: a last will makes a node *suspect* at once; it is confirmed dead when 
 follows within ``will_confirm_s`` (a reconnect beats the will). Without a will, a node is
 dead after ``heartbeat_misses`` missed heartbeat intervals. A graceful stop ("agent
 stopped") is not a death.
+
+Cost: a heartbeat pushes the node's deadline on a heap; a tick pops only the deadlines that
+passed (and nodes whose will awaits confirmation), so the sweep is O(expired), not
+O(nodes), at 20,000 nodes as at 4.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -69,6 +74,7 @@ class NodeLiveness:
     degraded: bool = False
     seen_faults: set[tuple[str, int | None, int | None]] = field(default_factory=set)
     causes: set[str] = field(default_factory=set)
+    due: float | None = None  # the deadline last put on the tracker's heap
 
     @property
     def suspect(self) -> bool:
@@ -104,6 +110,9 @@ class NodeHealthTracker:
         self.min_interval_s = min_interval_s
         self.max_interval_s = max_interval_s
         self._nodes: dict[str, NodeLiveness] = {}
+        self._order: dict[str, int] = {}  # first seen: verdicts of one tick in this order
+        self._due: list[tuple[float, str]] = []  # (deadline, node), a heap; stale ones skipped
+        self._offline: set[str] = set()  # a will received, no heartbeat since
         # Silence is judged only while the daemon can hear: ``deaf`` while disconnected or
         # behind on the bus; after that, silence counts from when it started hearing again.
         self.deaf = False
@@ -113,7 +122,11 @@ class NodeHealthTracker:
     # -- queries -------------------------------------------------------------------
 
     def node(self, name: str) -> NodeLiveness:
-        return self._nodes.setdefault(name, NodeLiveness())
+        n = self._nodes.get(name)
+        if n is None:
+            n = self._nodes[name] = NodeLiveness()
+            self._order[name] = len(self._order)
+        return n
 
     def known(self) -> list[str]:
         return sorted(self._nodes)
@@ -162,7 +175,9 @@ class NodeHealthTracker:
         if seq is not None:
             n.last_seq = seq
         out: list[Observation] = []
+        self._watch(node, n)
         if n.dead or n.offline_since is not None or n.stopped or first:
+            self._offline.discard(node)
             was_dead = n.dead
             if n.gpu_fatal and not first:
                 n.restarted_since_fatal = True
@@ -189,6 +204,7 @@ class NodeHealthTracker:
         if reason == GRACEFUL_STOP:
             n.stopped = True
             n.offline_since = None
+            self._offline.discard(node)
             return [
                 Observation(
                     Event(
@@ -204,6 +220,7 @@ class NodeHealthTracker:
             return []
         n.offline_since = now
         n.offline_reason = reason or "connection lost"
+        self._offline.add(node)
         obs = [
             Observation(
                 Event(
@@ -292,13 +309,26 @@ class NodeHealthTracker:
         return out
 
     def tick(self, now: float) -> list[Observation]:
-        """Confirm deaths: a will not followed by a heartbeat, or heartbeats that stopped."""
+        """Confirm deaths: a will not followed by a heartbeat, or heartbeats that stopped.
+        Only the deadlines that passed are looked at."""
+        if self.deaf:  # a heartbeat that refutes a will may wait in the queue too
+            return []
+        due: list[str] = []
+        while self._due and self._due[0][0] < now:
+            deadline, name = heapq.heappop(self._due)
+            n = self._nodes[name]
+            if n.due != deadline or n.dead or n.stopped or n.offline_since is not None:
+                continue  # a newer deadline is on the heap, or the will decides
+            real = self._deadline(n)
+            if real >= now:  # the window moved (the daemon started hearing again later)
+                self._push(name, n, real)
+            else:
+                n.due = None
+                due.append(name)
+        due += [name for name in self._offline if not self._nodes[name].dead]
         out: list[Observation] = []
-        for name, n in self._nodes.items():
-            if n.dead or n.stopped:
-                continue
-            if self.deaf:  # a heartbeat that refutes a will may wait in the queue too
-                continue
+        for name in sorted(set(due), key=self._order.__getitem__):
+            n = self._nodes[name]
             if n.offline_since is not None:
                 will_at = max(n.offline_since, self.heard_since or n.offline_since)
                 if now - will_at >= self.will_confirm_s:
@@ -310,26 +340,38 @@ class NodeHealthTracker:
                         f"{now - n.offline_since:.1f} s",
                     )
                 continue
-            if n.last_heartbeat is None:
-                continue
-            limit = self.heartbeat_misses * n.interval_s + self.heartbeat_grace_s
-            heard_from = n.last_heartbeat
-            if self.listening_since is not None and self.listening_since > heard_from:
-                heard_from = self.listening_since
+            heard_from = self._heard_from(n)
             silent = now - heard_from
-            if silent > limit:
-                out.append(
-                    Observation(
-                        Event(
-                            now,
-                            EventKind.HEARTBEAT_MISSED,
-                            node=name,
-                            message=f"no heartbeat for {silent:.1f} s",
-                        )
+            out.append(
+                Observation(
+                    Event(
+                        now,
+                        EventKind.HEARTBEAT_MISSED,
+                        node=name,
+                        message=f"no heartbeat for {silent:.1f} s",
                     )
                 )
-                out += self._declare_dead(name, n, now, f"no heartbeat for {silent:.1f} s")
+            )
+            out += self._declare_dead(name, n, now, f"no heartbeat for {silent:.1f} s")
         return out
+
+    def _heard_from(self, n: NodeLiveness) -> float:
+        """Silence counts from the last heartbeat, or from when the daemon started hearing
+        again, whichever is later."""
+        heard = n.last_heartbeat or 0.0
+        if self.listening_since is not None and self.listening_since > heard:
+            heard = self.listening_since
+        return heard
+
+    def _deadline(self, n: NodeLiveness) -> float:
+        return self._heard_from(n) + self.heartbeat_misses * n.interval_s + self.heartbeat_grace_s
+
+    def _watch(self, name: str, n: NodeLiveness) -> None:
+        self._push(name, n, self._deadline(n))
+
+    def _push(self, name: str, n: NodeLiveness, deadline: float) -> None:
+        n.due = deadline
+        heapq.heappush(self._due, (deadline, name))
 
     def restore(self, node: str, ctype: ConditionType, faults: Iterable[Fault]) -> None:
         """After a daemon restart: a fault condition the store kept, and the faults that set
@@ -370,6 +412,7 @@ class NodeHealthTracker:
 
     def _declare_dead(self, node: str, n: NodeLiveness, now: float, why: str) -> list[Observation]:
         n.dead = True
+        self._offline.discard(node)
         return [
             Observation(
                 Event(now, EventKind.CONDITION_CHANGED, node=node, message=f"node dead: {why}"),

@@ -7,7 +7,8 @@ per-message work stays in memory and the database is written in batches.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,12 +84,20 @@ class NodeInfo:
     returned_at: float | None = None
     run: str | None = None
     vet_started_at: float | None = None
+    # the cluster's count of nodes per phase, kept as phases change (O(1) aggregates)
+    counts: Counter[NodePhase] | None = field(default=None, repr=False, compare=False)
 
     def move(self, target: NodePhase) -> None:
-        self.phase = node_move(self.phase, target)
+        self._set(node_move(self.phase, target))
 
     def restore(self, phase: NodePhase) -> None:
         """The phase the store kept across a restart: the only write that is not a move."""
+        self._set(phase)
+
+    def _set(self, phase: NodePhase) -> None:
+        if self.counts is not None and phase is not self.phase:
+            self.counts[self.phase] -= 1
+            self.counts[phase] += 1
         self.phase = phase
 
     @property
@@ -145,22 +154,34 @@ class RunInfo:
         )
 
 
+DRAINED_PHASES = (NodePhase.DRAINING, NodePhase.DRAINED, NodePhase.VETTING)
+
+
 class ClusterState:
-    """Nodes and runs by name."""
+    """Nodes and runs by name, and the count of nodes per phase (kept as they move, so no
+    per-message or per-tick work scans every node)."""
 
     def __init__(self) -> None:
         self.nodes: dict[str, NodeInfo] = {}
         self.runs: dict[str, RunInfo] = {}
+        self.phase_counts: Counter[NodePhase] = Counter()
 
     def node(self, name: str) -> NodeInfo:
         n = self.nodes.get(name)
         if n is None:
-            n = self.nodes[name] = NodeInfo(name)
+            n = self.nodes[name] = NodeInfo(name, counts=self.phase_counts)
+            self.phase_counts[n.phase] += 1
         return n
 
+    @property
+    def drained_count(self) -> int:
+        return sum(self.phase_counts[p] for p in DRAINED_PHASES)
+
     def place(self, run: RunInfo, nodes: Iterable[str]) -> None:
-        for n in self.nodes.values():
-            if n.run == run.name:
+        """Where ``run``'s attempt runs now: O(the run's nodes), not O(the cluster)."""
+        for name in run.nodes:
+            n = self.nodes.get(name)
+            if n is not None and n.run == run.name:
                 n.run = None
         run.nodes = tuple(nodes)
         for name in run.nodes:
@@ -170,22 +191,12 @@ class ClusterState:
         self,
         now: float,
         book: ConditionBook,
-        recent_actions: Iterable[ActionRecordView] = (),
-        causes: Mapping[str, frozenset[str]] | None = None,
+        recent_actions: Sequence[ActionRecordView] = (),
+        causes: Callable[[str], frozenset[str]] | None = None,
     ) -> ClusterView:
-        causes = causes or {}
-        nodes = {
-            n.name: NodeView(
-                name=n.name,
-                run=n.run,
-                drained=n.drained,
-                drained_by_trainwarden=n.drained and n.drained_by == "trainwarden",
-                returned_at=n.returned_at,
-                conditions=book.types_of(n.name),
-                causes=causes.get(n.name, frozenset()),
-            )
-            for n in self.nodes.values()
-        }
+        """The policy's view: nodes are built as the policy looks them up (a decision looks
+        at a few), so a view costs O(runs), not O(nodes)."""
+        nodes = NodeViews(self.nodes, book, causes or _no_causes)
         runs = {
             r.name: RunView(
                 name=r.name,
@@ -199,4 +210,50 @@ class ClusterState:
             )
             for r in self.runs.values()
         }
-        return ClusterView(now=now, nodes=nodes, runs=runs, recent_actions=tuple(recent_actions))
+        return ClusterView(
+            now=now,
+            nodes=nodes,
+            runs=runs,
+            recent_actions=recent_actions,
+            drained_nodes=self.drained_count,
+        )
+
+
+def _no_causes(_: str) -> frozenset[str]:
+    return frozenset()
+
+
+class NodeViews(Mapping[str, NodeView]):
+    """The nodes of a view, each built when looked up from the live state (read at once:
+    a policy evaluates synchronously, nothing changes under it)."""
+
+    def __init__(
+        self,
+        nodes: Mapping[str, NodeInfo],
+        book: ConditionBook,
+        causes: Callable[[str], frozenset[str]],
+    ) -> None:
+        self._nodes = nodes
+        self._book = book
+        self._causes = causes
+
+    def __getitem__(self, name: str) -> NodeView:
+        n = self._nodes[name]
+        return NodeView(
+            name=n.name,
+            run=n.run,
+            drained=n.drained,
+            drained_by_trainwarden=n.drained and n.drained_by == "trainwarden",
+            returned_at=n.returned_at,
+            conditions=self._book.types_of(n.name),
+            causes=self._causes(n.name),
+        )
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._nodes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
