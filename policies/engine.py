@@ -241,6 +241,10 @@ class PolicyEngine(DecisionMaker):
         self._after(d, view)  # incidents (crash loop, budget, lemon) are raised all the same
         return d
 
+    def raise_incident(self, kind: IncidentKind, subject: str, now: float, detail: str) -> Incident:
+        """An incident the daemon's detectors found (a mass silence), not a rule."""
+        return self._book.raise_incident(kind, subject, now, detail)
+
     def resolve_incident(self, incident_id: str, ts: float) -> Incident | None:
         """An operator closes an incident: restarts of its run resume, a lemon may be returned."""
         inc = self._book.close(incident_id, ts)

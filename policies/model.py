@@ -184,6 +184,7 @@ class IncidentKind(StrEnum):
     CRASH_LOOP = "crash-loop"  # the run keeps dying at the same step / right after restart
     RESTART_BUDGET = "restart-budget"  # too many restarts in the window
     LEMON_NODE = "lemon-node"  # failed again soon after being returned to service
+    MASS_SILENCE = "mass-silence"  # many nodes silent at once: a network or broker cause
 
 
 @dataclass(frozen=True)

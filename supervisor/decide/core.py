@@ -30,6 +30,7 @@ from trainwarden.policies.model import (
     Event,
     EventKind,
     GuardVerdict,
+    IncidentKind,
     Verdict,
 )
 from trainwarden.policies.rules import Policy
@@ -92,6 +93,10 @@ class DecisionCore:
             will_confirm_s=settings.will_confirm_s,
             min_interval_s=settings.heartbeat_min_interval_s,
             max_interval_s=settings.heartbeat_max_interval_s,
+            settle_s=settings.silence_settle_s,
+            mass_nodes=settings.mass_silence_nodes,
+            mass_fraction=settings.mass_silence_fraction,
+            mass_window_s=settings.mass_silence_window_s,
         )
         self.hearing = Hearing(settings, self.nodes)
         self.progress = ProgressTracker(
@@ -144,9 +149,25 @@ class DecisionCore:
         """The time-based detectors: confirmed deaths, missed heartbeats, hangs (the silence
         verdicts only while the daemon can hear, see ``hearing``)."""
         out = self.hearing.update(now) + self.nodes.tick(now)
+        for o in out:
+            if o.event.data.get("mass_silence"):
+                self._mass_incident(o.event)
         if not self.nodes.deaf:  # a run's steps may be queued or lost like any message
             out += self.progress.tick(now, self.nodes.listening_since)
         return out
+
+    def _mass_incident(self, ev: Event) -> None:
+        """A mass silence is one incident (kept across a daemon restart: an open one is
+        continued, not opened twice), closed when it ends."""
+        open_ = [
+            i for i in self.engine.incidents() if i.kind is IncidentKind.MASS_SILENCE and i.open
+        ]
+        if ev.kind is EventKind.VERDICTS_SUSPENDED:
+            if not open_:
+                self.engine.raise_incident(IncidentKind.MASS_SILENCE, "silence", ev.ts, ev.message)
+        else:
+            for inc in open_:
+                self.engine.resolve_incident(inc.id, ev.ts)
 
     def straggler_findings(self, now: float) -> list[Observation]:
         """Straggler flags and clears (node-level ones move the Straggler condition);

@@ -25,6 +25,13 @@ class DetectorSettings:
     # capped at 5 s): silence counts only from this long after the reconnect
     reconnect_grace_s: float = 10.0
     will_confirm_s: float = 2.0
+    # a silence verdict waits this long, so that nodes falling silent together are seen
+    # together: more than mass_silence_nodes (or mass_silence_fraction of the nodes) within
+    # mass_silence_window_s are one outside cause, held as one mass silence and incident
+    silence_settle_s: float = 2.0
+    mass_silence_nodes: int = 10
+    mass_silence_fraction: float = 0.02
+    mass_silence_window_s: float = 30.0
     hang_k: float = 2.0
     hang_floor_s: float = 30.0
     # first step of an attempt: a large run loading a multi-TB checkpoint takes many minutes

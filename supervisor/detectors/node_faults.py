@@ -10,6 +10,13 @@ follows within ``will_confirm_s`` (a reconnect beats the will). Without a will, 
 dead after ``heartbeat_misses`` missed heartbeat intervals. A graceful stop ("agent
 stopped") is not a death.
 
+Mass silence: when many nodes fall silent together a silence verdict waits ``settle_s``;
+when, within ``mass_window_s``, more
+nodes than ``mass_nodes`` (or ``mass_fraction`` of the known ones) go silent or lose their
+connection, that is one cause (a switch, the network, the broker's host), not that many dead
+nodes: their verdicts are held as one mass silence (one event, one incident) until fewer than
+that many are still silent; those are then judged one by one.
+
 Cost: a heartbeat pushes the node's deadline on a heap; a tick pops only the deadlines that
 passed (and nodes whose will awaits confirmation), so the sweep is O(expired), not
 O(nodes), at 20,000 nodes as at 4.
@@ -18,6 +25,8 @@ O(nodes), at 20,000 nodes as at 4.
 from __future__ import annotations
 
 import heapq
+import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -102,6 +111,10 @@ class NodeHealthTracker:
         will_confirm_s: float = 2.0,
         min_interval_s: float = 1.0,
         max_interval_s: float = 60.0,
+        settle_s: float = 0.0,
+        mass_nodes: int = 10,
+        mass_fraction: float = 0.02,
+        mass_window_s: float = 30.0,
     ) -> None:
         self.xids = xids or XidCatalog()
         self.heartbeat_misses = heartbeat_misses
@@ -113,6 +126,14 @@ class NodeHealthTracker:
         self._order: dict[str, int] = {}  # first seen: verdicts of one tick in this order
         self._due: list[tuple[float, str]] = []  # (deadline, node), a heap; stale ones skipped
         self._offline: set[str] = set()  # a will received, no heartbeat since
+        self.settle_s = settle_s
+        self.mass_nodes = mass_nodes
+        self.mass_fraction = mass_fraction
+        self.mass_window_s = mass_window_s
+        self._candidates: dict[str, tuple[float, str]] = {}  # silent: since, why (settling)
+        self._went_silent: deque[tuple[float, str]] = deque()  # within the mass window
+        self.mass_silent: set[str] | None = None  # verdicts held: a mass silence is on
+        self.mass_since: float | None = None
         # Silence is judged only while the daemon can hear: ``deaf`` while disconnected or
         # behind on the bus; after that, silence counts from when it started hearing again.
         self.deaf = False
@@ -176,6 +197,9 @@ class NodeHealthTracker:
             n.last_seq = seq
         out: list[Observation] = []
         self._watch(node, n)
+        self._candidates.pop(node, None)
+        if self.mass_silent is not None:
+            self.mass_silent.discard(node)
         if n.dead or n.offline_since is not None or n.stopped or first:
             self._offline.discard(node)
             was_dead = n.dead
@@ -325,35 +349,90 @@ class NodeHealthTracker:
             else:
                 n.due = None
                 due.append(name)
-        due += [name for name in self._offline if not self._nodes[name].dead]
-        out: list[Observation] = []
-        for name in sorted(set(due), key=self._order.__getitem__):
+        for name in sorted(due, key=self._order.__getitem__):
             n = self._nodes[name]
-            if n.offline_since is not None:
-                will_at = max(n.offline_since, self.heard_since or n.offline_since)
-                if now - will_at >= self.will_confirm_s:
-                    out += self._declare_dead(
-                        name,
-                        n,
-                        now,
-                        f"last will ({n.offline_reason}) and no heartbeat for "
-                        f"{now - n.offline_since:.1f} s",
-                    )
+            self._silent(name, now, f"no heartbeat for {now - self._heard_from(n):.1f} s")
+        for name in sorted(self._offline, key=self._order.__getitem__):
+            n = self._nodes[name]
+            if n.dead or name in self._candidates or name in (self.mass_silent or ()):
                 continue
-            heard_from = self._heard_from(n)
-            silent = now - heard_from
-            out.append(
-                Observation(
-                    Event(
-                        now,
-                        EventKind.HEARTBEAT_MISSED,
-                        node=name,
-                        message=f"no heartbeat for {silent:.1f} s",
-                    )
+            will_at = max(n.offline_since or now, self.heard_since or n.offline_since or now)
+            if now - will_at >= self.will_confirm_s:
+                self._silent(
+                    name,
+                    now,
+                    f"last will ({n.offline_reason}) and no heartbeat for "
+                    f"{now - (n.offline_since or now):.1f} s",
+                    settled=True,
                 )
-            )
-            out += self._declare_dead(name, n, now, f"no heartbeat for {silent:.1f} s")
+        return self._verdicts(now)
+
+    def _silent(self, name: str, now: float, why: str, *, settled: bool = False) -> None:
+        """A node fell silent (or its will is confirmed): a candidate for a verdict."""
+        self._candidates[name] = (now - self.settle_s if settled else now, why)
+        self._went_silent.append((now, name))
+
+    def mass_threshold(self) -> int:
+        return max(self.mass_nodes, math.ceil(self.mass_fraction * len(self._nodes)))
+
+    def _verdicts(self, now: float) -> list[Observation]:
+        """Settled candidates become NodeDead, unless so many fell silent together that it
+        is one outside cause: then they are held as a mass silence, with one event."""
+        while self._went_silent and now - self._went_silent[0][0] > self.mass_window_s:
+            self._went_silent.popleft()
+        out: list[Observation] = []
+        threshold = self.mass_threshold()
+        recent = {name for _, name in self._went_silent if name in self._candidates}
+        if self.mass_silent is None and len(recent) >= threshold:
+            self.mass_silent, self.mass_since = set(), now
+            out.append(self._mass_event(now, EventKind.VERDICTS_SUSPENDED, len(recent)))
+        if self.mass_silent is not None:
+            self.mass_silent |= set(self._candidates)
+            self._candidates.clear()
+            if len(self.mass_silent) >= threshold:
+                return out
+            # most came back: the rest are judged one by one, from now
+            held, self.mass_silent, self.mass_since = self.mass_silent, None, None
+            self._went_silent.clear()
+            out.append(self._mass_event(now, EventKind.VERDICTS_RESUMED, len(held)))
+            for name in sorted(held, key=self._order.__getitem__):
+                self._candidates[name] = (now, "still silent after the mass silence ended")
+            return out
+        # a lone silence is judged at once; when a quarter of the threshold fell silent
+        # together, wait the settle time to see whether the rest of a mass silence follows
+        settle = self.settle_s if len(recent) * 4 >= threshold else 0.0
+        for name, (since, said) in list(self._candidates.items()):
+            if now - since < settle:
+                continue
+            del self._candidates[name]
+            n = self._nodes[name]
+            if n.dead:
+                continue
+            why = said
+            if n.offline_since is None:
+                why = f"no heartbeat for {now - self._heard_from(n):.1f} s"
+                out.append(
+                    Observation(Event(now, EventKind.HEARTBEAT_MISSED, node=name, message=why))
+                )
+            out += self._declare_dead(name, n, now, why)
         return out
+
+    def _mass_event(self, now: float, kind: EventKind, count: int) -> Observation:
+        if kind is EventKind.VERDICTS_SUSPENDED:
+            text = (
+                f"silence verdicts suspended: {count} nodes went silent within "
+                f"{self.mass_window_s:.0f} s (threshold {self.mass_threshold()}): one cause "
+                "(a switch, the network, the broker's host), not that many dead nodes; "
+                "held until fewer are silent"
+            )
+        else:
+            text = (
+                f"silence verdicts resumed: the mass silence is over; {count} node(s) still "
+                "silent are judged one by one"
+            )
+        return Observation(
+            Event(now, kind, message=text, data={"mass_silence": True, "nodes": count})
+        )
 
     def _heard_from(self, n: NodeLiveness) -> float:
         """Silence counts from the last heartbeat, or from when the daemon started hearing
