@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from typing import Any
 
 from trainwarden.health.mqtt import add_auth_arguments, auth_from_args
+from trainwarden.health.report import NAME_PATTERN
+from trainwarden.policies import hostlist
 from trainwarden.supervisor.daemon.process import DaemonConfig, run_daemon
 from trainwarden.supervisor.daemon.supervisor import CoreConfig
 from trainwarden.supervisor.errors import ConfigError
 from trainwarden.supervisor.store.engine import default_url
+
+NAME_RE = re.compile(NAME_PATTERN)
 
 
 def _hostport(text: str, default_port: int) -> tuple[str, int]:
@@ -40,7 +45,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--api", default="127.0.0.1:8470", help="bind the HTTP API on HOST:PORT")
     p.add_argument("--scheduler", choices=["local", "slurm"], default="slurm")
-    p.add_argument("--local-nodes", default="", help="local scheduler: comma-separated nodes")
+    p.add_argument(
+        "--local-nodes",
+        default="",
+        metavar="HOSTLIST",
+        help="local scheduler: its nodes, as a Slurm hostlist (n1,n2, nid[000000-019999], "
+        "rack[1-2]-n[01-16]; repeats dropped)",
+    )
     p.add_argument("--local-log-dir", default="/tmp/trainwarden-local")
     p.add_argument("--slurm-conf", default=os.environ.get("SLURM_CONF"))
     p.add_argument("--policy", default=None, help="policy file (default: the shipped policy)")
@@ -87,20 +98,33 @@ def _positive(text: str) -> float:
     return value
 
 
-def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def local_nodes(text: str) -> tuple[str, ...]:
+    """``--local-nodes``: a Slurm hostlist -> its node names; ConfigError when unreadable."""
+    try:
+        names = hostlist.expand(text)
+    except ValueError as exc:
+        raise ConfigError(f"--local-nodes: {exc}") from None
+    for name in names:
+        if not NAME_RE.match(name):
+            raise ConfigError(
+                f"--local-nodes: {name!r} is not a node name (letters, digits, '.', '_', '-'; "
+                "at most 128 characters)"
+            )
+    return names
+
+
+def build_config(args: argparse.Namespace) -> DaemonConfig:
+    """The daemon's configuration from its arguments; ConfigError names a bad one."""
     bhost, bport = _hostport(args.broker, 1883)
     ahost, aport = _hostport(args.api, 8470)
-    cfg = DaemonConfig(
+    return DaemonConfig(
         db_url=args.db or default_url(),
         broker_host=bhost,
         broker_port=bport,
         api_host=ahost,
         api_port=aport,
         scheduler=args.scheduler,
-        local_nodes=tuple(n for n in args.local_nodes.split(",") if n),
+        local_nodes=local_nodes(args.local_nodes),
         local_log_dir=args.local_log_dir,
         slurm_conf=args.slurm_conf,
         policy_file=args.policy,
@@ -116,4 +140,17 @@ def run(args: argparse.Namespace) -> int:
             startup_timeout_s=args.startup_timeout,
         ),
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = build_config(args)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if cfg.local_nodes:
+        logging.getLogger(__name__).info(
+            "local scheduler nodes: %s (%d)",
+            hostlist.compress(cfg.local_nodes),
+            len(cfg.local_nodes),
+        )
     return run_daemon(cfg)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from trainwarden.policies import hostlist
 from trainwarden.supervisor.api.client import add_api_arguments, client_for
 from trainwarden.supervisor.cli.render import console, fmt_age, print_json, table
+from trainwarden.supervisor.errors import SupervisorError
 
 STATE_STYLE = {
     "healthy": "green",
@@ -27,20 +29,34 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON rows for scripts")
     parser.add_argument("--state", default=None, help="only nodes in this state")
+    parser.add_argument(
+        "--node",
+        default=None,
+        metavar="HOSTLIST",
+        help="only these nodes: a name or a Slurm hostlist (nid[000010-000019],login1)",
+    )
     add_api_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    wanted = _wanted(args.node)
     rows = client_for(args).nodes()
     if args.state:
         rows = [r for r in rows if r.state == args.state]
+    if wanted is not None:
+        rows = [r for r in rows if r.name in wanted]
     if args.json:
         print_json(rows)
         return 0
     out = console()
     if not rows:
-        out.print("no nodes known" + (f" in state {args.state}" if args.state else ""))
+        out.print(
+            "no nodes known"
+            + (f" in state {args.state}" if args.state else "")
+            + (f" among {args.node}" if args.node else ""),
+            markup=False,
+        )
         return 0
     listing = table("NODE", "STATE", "SCHEDULER", "RUN", "HEARTBEAT", "CONDITIONS", "DRAIN")
     for r in rows:
@@ -60,3 +76,12 @@ def run(args: argparse.Namespace) -> int:
         counts[r.state] = counts.get(r.state, 0) + 1
     out.print(f"{len(rows)} nodes: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return 0
+
+
+def _wanted(text: str | None) -> frozenset[str] | None:
+    if text is None:
+        return None
+    try:
+        return frozenset(hostlist.expand(text))
+    except ValueError as exc:
+        raise SupervisorError(f"--node: {exc}") from None

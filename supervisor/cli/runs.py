@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from trainwarden.policies import hostlist
 from trainwarden.supervisor.api.client import add_api_arguments, client_for, default_who
 from trainwarden.supervisor.api.contract import RunSpecIn
 from trainwarden.supervisor.cli.render import console, print_json, report_action, table
@@ -209,10 +210,15 @@ def run_restart(args: argparse.Namespace) -> int:
 
 
 def _nodes(nodes: list[str]) -> str:
+    """A run's nodes as a Slurm hostlist (``nid[000001-000512]``), cut short when long."""
     if not nodes:
         return "-"
-    shown = ",".join(nodes[:4])
-    return shown + (f",... ({len(nodes)})" if len(nodes) > 4 else "")
+    shown = hostlist.compress(nodes)
+    if len(shown) <= 40:
+        return shown
+    cut = shown[:36].rsplit(",", 1)[0]
+    more = ",...]" if cut.count("[") > cut.count("]") else ",..."
+    return f"{cut}{more} ({len(set(nodes))})"
 
 
 def _opt(value: int | None) -> str:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from trainwarden.policies import hostlist
 from trainwarden.supervisor.errors import SchedulerError
 from trainwarden.supervisor.scheduler.base import JobState, NodeState, SchedNode
 
@@ -52,59 +53,16 @@ _BASE_NODE_STATES: Mapping[str, NodeState] = {
 
 
 def expand_hostlist(text: str) -> tuple[str, ...]:
-    """``n[1-3,5],gpu[01-02]-a`` -> ``n1 n2 n3 n5 gpu01-a gpu02-a`` (order kept, zero padding kept).
+    """A hostlist as Slurm prints it (``NodeList``) -> its names, in Slurm's order.
 
-    Raises ValueError naming the part it cannot read.
+    ``(null)`` and ``None`` (no nodes yet) are no names. The parser is
+    :func:`trainwarden.policies.hostlist.expand` (repeats kept, as Slurm prints them); raises
+    ValueError naming the part it cannot read.
     """
     text = text.strip()
-    if not text or text in ("(null)", "None"):
+    if text in ("(null)", "None"):
         return ()
-    names: list[str] = []
-    for item in _split_top_level(text):
-        names.extend(_expand_item(item, text))
-    return tuple(names)
-
-
-def _split_top_level(text: str) -> list[str]:
-    items, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"unbalanced ']' in hostlist {text!r}")
-        elif ch == "," and depth == 0:
-            items.append(text[start:i])
-            start = i + 1
-    if depth != 0:
-        raise ValueError(f"unbalanced '[' in hostlist {text!r}")
-    items.append(text[start:])
-    if any(not item for item in items):
-        raise ValueError(f"empty name in hostlist {text!r}")
-    return items
-
-
-def _expand_item(item: str, whole: str) -> list[str]:
-    open_at = item.find("[")
-    if open_at < 0:
-        return [item]
-    close_at = item.index("]", open_at)
-    prefix, body, rest = item[:open_at], item[open_at + 1 : close_at], item[close_at + 1 :]
-    tails = _expand_item(rest, whole) if rest else [""]
-    out: list[str] = []
-    for part in body.split(","):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if m is None:
-            raise ValueError(f"cannot read range {part!r} in hostlist {whole!r}")
-        lo_text, hi_text = m.group(1), m.group(2) or m.group(1)
-        lo, hi = int(lo_text), int(hi_text)
-        if hi < lo:
-            raise ValueError(f"descending range {part!r} in hostlist {whole!r}")
-        width = len(lo_text)
-        for n in range(lo, hi + 1):
-            out.extend(f"{prefix}{n:0{width}d}{tail}" for tail in tails)
-    return out
+    return hostlist.expand(text, unique=False)
 
 
 def job_state(text: str) -> JobState:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trainwarden.health import faults as fk
+from trainwarden.policies import hostlist
 from trainwarden.policies.engine import Mode
 from trainwarden.policies.errors import PolicyError
 from trainwarden.policies.yamlread import Reader
@@ -295,14 +296,28 @@ def _run(r: Reader, node: Any, cluster_nodes: int) -> RunSpec:
 def _fault_targets(
     r: Reader, m: dict[str, Any], path: str, names: list[str], run_nodes: int, rack: int
 ) -> tuple[str, ...]:
-    """The nodes a fault hits: ``node`` (one name), ``nodes`` (a fraction of the run's nodes,
-    spread evenly) or ``rack`` (an index); where several are given, the last one wins."""
+    """The nodes a fault hits: ``node`` (one name or a Slurm hostlist, ``n[0003-0005]``),
+    ``nodes`` (a fraction of the run's nodes, spread evenly) or ``rack`` (an index); where
+    several are given, the last one wins."""
     targets: tuple[str, ...] = ()
     if "node" in m:
         nm = r.string(m["node"], path + ".node")
-        if nm is not None and nm not in names:
-            r.error(path + ".node", f"no node {nm!r} (nodes are {names[0]}..{names[-1]})")
-        targets = (nm,) if nm else ()
+        try:
+            named = hostlist.expand(nm) if nm is not None else ()
+        except ValueError as exc:
+            r.error(path + ".node", str(exc))
+            named = (nm,) if nm else ()  # reported; not also "a node fault needs 'node'"
+        else:
+            known = set(names)
+            missing = [n for n in named if n not in known]
+            if missing:
+                what = (
+                    f"no node {missing[0]!r}"
+                    if len(missing) == 1
+                    else f"no nodes {hostlist.compress(missing)}"
+                )
+                r.error(path + ".node", f"{what} (nodes are {names[0]}..{names[-1]})")
+        targets = named
     if "nodes" in m:
         frac = r.fraction(m["nodes"], path + ".nodes")
         if frac is not None:  # spread evenly over the run's nodes

@@ -169,7 +169,7 @@ def test_runs_table_and_json(daemon: Daemon, capsys: Capture) -> None:
         "running",
         "2",
         "1",
-        "nid001,nid002,nid003",
+        "nid[001-003]",
         "1200/10000",
         "1000",
         "500",
