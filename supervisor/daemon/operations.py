@@ -81,16 +81,7 @@ async def load(sup: Supervisor) -> None:
         attempts = await sup.store.call(st.attempts, rec.name)
         _restore_run_memory(sup, run, attempts, recent)
         if attempts:
-            last = attempts[-1]
-            run.job_id = last.job_id
-            run.excluded = set(last.excluded)
-            run.resumed_from_step = last.resumed_from_step
-            run.last_step = last.last_step
-            if last.state in AttemptPhase._value2member_map_:
-                run.begin_attempt(AttemptPhase(last.state))
-            sup.state.place(run, last.nodes)
-            if run.attempt_phase in (AttemptPhase.SUBMITTED, AttemptPhase.RUNNING):
-                sup.progress.start_attempt(run.name, run.attempt, now, spec.target_step)
+            await _restore_attempt(sup, run, attempts, now)
         cks = await sup.store.call(st.checkpoints, rec.name)
         if cks:
             newest = max(cks, key=lambda c: c.step)
@@ -144,6 +135,48 @@ def _fault_of(ev: Event) -> Fault:
         code if isinstance(code, int) else None,
         d.get("cause") if isinstance(d.get("cause"), str) else None,
     )
+
+
+async def _restore_attempt(
+    sup: Supervisor, run: RunInfo, attempts: list[AttemptRecord], now: float
+) -> None:
+    """The run's newest attempt: its job, nodes and phase."""
+    st = sup.store.store
+    last = attempts[-1]
+    run.job_id = last.job_id
+    run.excluded = set(last.excluded)
+    run.resumed_from_step = last.resumed_from_step
+    run.last_step = last.last_step
+    if last.state in AttemptPhase._value2member_map_:
+        run.begin_attempt(AttemptPhase(last.state))
+    # the attempts are the truth: a crash may come between storing an attempt and
+    # the run's own row (two writes), leaving the run a step behind its last attempt
+    if last.attempt > run.attempt:
+        log.warning(
+            "run %s: its row says attempt %d, its newest attempt is %d (job %s); "
+            "taking the attempt",
+            run.name,
+            run.attempt,
+            last.attempt,
+            last.job_id,
+        )
+        run.attempt = last.attempt
+        run.restarts = max(run.restarts, len(attempts) - 1)
+        if run.phase is RunPhase.RESTARTING and run.attempt_phase in (
+            AttemptPhase.SUBMITTED,
+            AttemptPhase.RUNNING,
+        ):
+            run.move(RunPhase.RUNNING)
+        await sup.store.write(
+            st.update_run,
+            run.name,
+            state=run.phase.value,
+            current_attempt=run.attempt,
+            restarts=run.restarts,
+        )
+    sup.state.place(run, last.nodes)
+    if run.attempt_phase in (AttemptPhase.SUBMITTED, AttemptPhase.RUNNING):
+        sup.progress.start_attempt(run.name, run.attempt, now, run.spec.target_step)
 
 
 def _restore_run_memory(

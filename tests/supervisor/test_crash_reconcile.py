@@ -244,3 +244,27 @@ async def test_a_crash_loop_incident_still_stops_restarts_after_a_daemon_restart
     assert last.verdict is Verdict.BLOCK
     assert any(f"stopped by incident {row.detail['id']}" in g.detail for g in last.guards)
     assert [r.id for r in again.store.store.incidents(open_only=True)] == [row.id]
+
+
+async def test_an_attempt_stored_before_its_runs_row_is_taken_as_the_current_one(
+    tmp_path: Path, sched: LocalScheduler, closing: list[Supervisor]
+) -> None:
+    """The daemon died between storing attempt 2 and updating the run's row (two writes):
+    the next one takes the attempt as the truth, submits nothing, and the run runs."""
+    restart = await first_daemon(tmp_path, sched, closing)
+    sup = closing[0]
+    assert (await sup.runs.restart(sup.state.runs["r1"], {"n1"}, "GpuFatal set on n1")).ok
+    sup.store.store.update_run("r1", state="restarting", current_attempt=1, restarts=0)
+    again = await next_daemon(tmp_path, sched, closing)
+    run = again.state.runs["r1"]
+    assert (run.attempt, run.job_id, run.phase.value, run.restarts) == (
+        2,
+        "local-2",
+        "running",
+        1,
+    )
+    assert await live_jobs(sched) == ["local-2"]
+    row = again.store.store.run("r1")
+    assert row is not None and (row.current_attempt, row.state) == (2, "running")
+    rec = again.store.store.action(restart)
+    assert rec is not None and rec.status == "succeeded"
