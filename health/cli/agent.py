@@ -38,14 +38,14 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--interval",
         type=float,
-        default=10.0,
+        default=30.0,
         metavar="S",
         help="seconds between health reports (default: %(default)s)",
     )
     p.add_argument(
         "--heartbeat",
         type=float,
-        default=2.0,
+        default=5.0,
         metavar="S",
         help="seconds between heartbeats (default: %(default)s)",
     )

@@ -11,7 +11,7 @@ class DetectorSettings:
 
     # what the agents send by default (health.agent.AgentConfig.heartbeat_interval_s); the
     # daemon judges each node by the interval its own heartbeats announce
-    heartbeat_interval_s: float = 2.0
+    heartbeat_interval_s: float = 5.0
     heartbeat_misses: float = 3.0
     # the interval an agent may announce is clamped to these bounds
     heartbeat_min_interval_s: float = 1.0

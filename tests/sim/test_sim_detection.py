@@ -73,7 +73,7 @@ cluster: {nodes: 10}
 run: {nodes: 8, checkpoint_interval: 1h}
 faults:
   - {at: 1h, kind: node-dead, node: n0002, duration: 1h}
-  - {at: 3h, kind: node-dead, node: n0003, duration: 1h, will_after: 15s}
+  - {at: 3h, kind: node-dead, node: n0003, duration: 1h, will_after: 30s}
 """
 
 
@@ -86,8 +86,8 @@ def test_node_dead_by_last_will_or_by_missed_heartbeats() -> None:
     # the will arrives at once: suspect, confirmed on the first tick after will_confirm_s
     assert msgs["n0002"] == "node dead: last will (connection lost) and no heartbeat for 2.5 s"
     assert drains[0].ts == pytest.approx(3600 + 2.5)
-    # a silent death: heartbeats stop, 3 missed 2-s intervals + 1 s grace, seen on a tick
-    assert msgs["n0003"] == "node dead: no heartbeat for 7.5 s"
+    # a silent death: heartbeats stop, 3 missed 5-s intervals + 1 s grace, seen on a tick
+    assert msgs["n0003"] == "node dead: no heartbeat for 16.5 s"
     assert any(
         e.kind is EventKind.HEARTBEAT_MISSED and e.node == "n0003" for e in r.events.values()
     )

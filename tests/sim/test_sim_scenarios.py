@@ -122,7 +122,9 @@ def test_trace_replay_under_a_minute_with_figures() -> None:
     # every node condition came through the daemon's detectors
     det = f["detections"]
     assert det["GpuFatal"] > 0 and det["NodeDead"] > 0 and det["NodeUnhealthy"] > 0
-    assert f["events"]["heartbeat-missed"] == det["NodeDead"]  # trace deaths are silent
+    # trace deaths are silent: the broker's will (15 s: 1.5 x the agents' keep-alive) comes
+    # before 3 missed 5-s heartbeats would, so each is confirmed by its will
+    assert f["events"]["node-offline"] >= det["NodeDead"]
     assert 0 < f["returned_to_service"] + f["vets_failed"] <= f["vets"]
 
 
