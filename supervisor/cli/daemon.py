@@ -147,10 +147,4 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if cfg.local_nodes:
-        logging.getLogger(__name__).info(
-            "local scheduler nodes: %s (%d)",
-            hostlist.compress(cfg.local_nodes),
-            len(cfg.local_nodes),
-        )
     return run_daemon(cfg)

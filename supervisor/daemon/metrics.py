@@ -29,7 +29,7 @@ REJECT_REASONS = frozenset(
     {"oversized", "not-json", "version", "unknown-kind", "invalid", "topic", "replayed", "other"}
 )
 # Where an internal error was caught and the daemon carried on.
-HANDLER_STAGES = ("message", "tick")
+HANDLER_STAGES = ("message", "tick", "decide")
 # Substrings of trainwarden.health.report.parse_message's sentences, in the order they are tried.
 _REJECT_PATTERNS = (
     ("-byte limit", "oversized"),

@@ -23,6 +23,7 @@ import aiomqtt
 from trainwarden.health.clock import Clock, SystemClock
 from trainwarden.health.mqtt import MqttAuth
 from trainwarden.health.report import SUBSCRIPTIONS
+from trainwarden.policies import hostlist
 from trainwarden.policies.engine import Mode, PolicyEngine
 from trainwarden.policies.rules import load_policy
 from trainwarden.supervisor.api.server import ApiServer, create_app
@@ -69,6 +70,11 @@ def build_scheduler(cfg: DaemonConfig) -> Scheduler:
     if cfg.scheduler == "local":
         if not cfg.local_nodes:
             raise ConfigError("the local scheduler needs --local-nodes (e.g. n1,n2,n3,n4)")
+        log.info(
+            "local scheduler nodes: %s (%d)",
+            hostlist.compress(cfg.local_nodes),
+            len(cfg.local_nodes),
+        )
         return LocalScheduler(cfg.local_nodes, cfg.local_log_dir)
     if cfg.scheduler == "slurm":
         return SlurmScheduler(slurm_conf=cfg.slurm_conf)
@@ -145,6 +151,8 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP, self._reload_policy)
         self._loops["ingest"] = loop.create_task(self._mqtt_loop(sup, stop))
         self._loops["tick"] = loop.create_task(self._tick_loop(sup, notifier, stop))
+        sup.decide_in_background()  # decisions never hold up ingestion
+        self._loops["decide"] = loop.create_task(sup.decision_loop())
         tasks = list(self._loops.values())
         try:
             await asyncio.wait_for(self.ready.wait(), 30)

@@ -8,6 +8,7 @@ injected clock.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from functools import partial
@@ -48,6 +49,7 @@ from trainwarden.supervisor.store.base import StoreUnavailable
 from trainwarden.supervisor.store.records import CheckpointRecord
 
 log = logging.getLogger(__name__)
+DECISION_BATCH = 5000  # observations recorded in one transaction by the decision loop
 
 
 class Supervisor(DaemonContext):
@@ -77,6 +79,8 @@ class Supervisor(DaemonContext):
         self.executor = Executor(self)
         self.rejected = 0
         self._origin: dict[tuple[str, ConditionType], float] = {}
+        self._decisions: list[Observation] | None = None  # queued for the decision loop
+        self._decisions_ready = asyncio.Event()
 
     # -- ingestion -----------------------------------------------------------------
 
@@ -192,10 +196,40 @@ class Supervisor(DaemonContext):
     async def observe(self, obs: Sequence[Observation]) -> None:
         """Record the observations' events, update the conditions, decide. While the
         database is away this waits (in order) for it: nothing is decided on evidence that
-        is not recorded; the trackers have taken the input already."""
+        is not recorded; the trackers have taken the input already.
+
+        Under the daemon (``decide_in_background``) this only queues them: the decision
+        loop records what queued in one transaction and decides on it, so neither the
+        database nor the policy ever holds up ingestion (20,000 agents coming online is a
+        few writes, not 20,000)."""
         if not obs:
             return
-        work = partial(self._observe, list(obs))
+        if self._decisions is not None:
+            self._decisions.extend(obs)
+            self._decisions_ready.set()
+            return
+        await self._observe_or_hold(list(obs))
+
+    def decide_in_background(self) -> None:
+        """From now on observations are decided by :meth:`decision_loop` (the daemon)."""
+        self._decisions = []
+
+    async def decision_loop(self) -> None:
+        """Record and decide what ingestion and the tick observed, in order, in batches."""
+        while True:
+            await self._decisions_ready.wait()
+            self._decisions_ready.clear()
+            while self._decisions:
+                batch = self._decisions[:DECISION_BATCH]
+                del self._decisions[:DECISION_BATCH]
+                try:
+                    await self._observe_or_hold(batch)
+                except Exception:  # never end the loop quietly: count, log, go on
+                    self.metrics.handler_error("decide")
+                    log.exception("deciding on %d observation(s) failed; going on", len(batch))
+
+    async def _observe_or_hold(self, obs: list[Observation]) -> None:
+        work = partial(self._observe, obs)
         if self.must_hold():
             self.hold(f"{len(obs)} observation(s)", work)
             return
