@@ -34,7 +34,12 @@ LOGIN_COMMANDS: tuple[str, ...] = (
 )
 ORDER: tuple[str, ...] = ("agent", *LOGIN_COMMANDS[:9], "vet", "hw", *LOGIN_COMMANDS[9:])
 # commands registered by another command's module
-SHARED: dict[str, str] = {"undrain": "drain", "approve": "actions", "reject": "actions"}
+SHARED: dict[str, str] = {
+    "undrain": "drain",
+    "approve": "actions",
+    "reject": "actions",
+    "incidents": "actions",
+}
 
 
 def _module_of(command: str) -> str:

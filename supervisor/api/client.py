@@ -25,6 +25,7 @@ from trainwarden.supervisor.api.contract import (
     ActionRow,
     EventRow,
     Explanation,
+    IncidentRow,
     NodeRow,
     RunRow,
     RunSpecIn,
@@ -222,6 +223,10 @@ class OperatorClient:
     def actions(self, *, status: str | None = None, limit: int | None = None) -> list[ActionRow]:
         query = {"status": status, "limit": limit}
         return self._many(ActionRow, self.request("GET", "/api/v1/actions", query=query))
+
+    def incidents(self, *, open_only: bool = False) -> list[IncidentRow]:
+        query = {"open": "1" if open_only else None}
+        return self._many(IncidentRow, self.request("GET", "/api/v1/incidents", query=query))
 
     def explain(self, ident: int, what: Literal["event", "action"]) -> Explanation:
         reply = self.request("GET", f"/api/v1/{what}s/{int(ident)}/explain")

@@ -115,6 +115,21 @@ class EventRow(_Row):
         )
 
 
+class IncidentRow(_Row):
+    """What automation stopped for: a crash loop, a spent budget, a lemon node, a correlated
+    failure, a mass silence; open until it clears (or an operator closes it)."""
+
+    id: str
+    kind: str
+    subject: str
+    opened_at: float
+    cleared_at: float | None = None
+    open: bool
+    detail: str
+    nodes: str = ""  # as a hostlist
+    node_count: int = 0
+
+
 class ActionRow(_Row):
     """One recorded action, automatic or manual, with its guards and outcome."""
 
@@ -241,6 +256,10 @@ class OperatorService(Protocol):
 
     async def list_actions(self, *, status: str | None, limit: int) -> list[ActionRow]:
         """Newest first, at most ``limit``."""
+        ...
+
+    async def list_incidents(self, *, open_only: bool) -> list[IncidentRow]:
+        """Newest first."""
         ...
 
     async def explain(self, ident: int, what: Literal["event", "action"]) -> Explanation: ...

@@ -233,6 +233,14 @@ async def list_actions(request: web.Request) -> web.Response:
     return _rows(rows)
 
 
+async def list_incidents(request: web.Request) -> web.Response:
+    flag = request.query.get("open", "")
+    if flag not in ("", "0", "1", "true", "false"):
+        raise ApiInputError(f"open must be 1 or 0, not {flag!r}")
+    rows = await _service(request).list_incidents(open_only=flag in ("1", "true"))
+    return _rows(rows)
+
+
 def _explain(what: Literal["event", "action"]) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         ident = _int(request.match_info["id"], f"{what} id")
@@ -337,6 +345,7 @@ def create_app(service: OperatorService, metrics: Metrics) -> web.Application:
     app.router.add_post(f"{p}/runs/{{name}}/restart", restart_run)
     app.router.add_get(f"{p}/events", list_events)
     app.router.add_get(f"{p}/events/{{id}}/explain", _explain("event"))
+    app.router.add_get(f"{p}/incidents", list_incidents)
     app.router.add_get(f"{p}/actions", list_actions)
     app.router.add_get(f"{p}/actions/{{id}}/explain", _explain("action"))
     app.router.add_post(f"{p}/actions/{{id}}/approve", approve)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from trainwarden.policies import hostlist
 from trainwarden.policies.model import (
     ActionKind,
     ActionRequest,
@@ -19,6 +20,7 @@ from trainwarden.supervisor.api.contract import (
     ActionRow,
     EventRow,
     Explanation,
+    IncidentRow,
     NodeRow,
     RunRow,
     RunSpecIn,
@@ -203,6 +205,24 @@ class DaemonService:
         st = self.sup.store
         recs = await st.call(st.store.actions, status=status, limit=limit)
         return [ActionRow.of(r) for r in recs]
+
+    async def list_incidents(self, *, open_only: bool) -> list[IncidentRow]:
+        rows = [
+            IncidentRow(
+                id=i.id,
+                kind=i.kind.value,
+                subject=i.subject,
+                opened_at=i.opened_at,
+                cleared_at=i.cleared_at,
+                open=i.open,
+                detail=i.detail,
+                nodes=hostlist.compress(i.nodes),
+                node_count=len(i.nodes),
+            )
+            for i in self.sup.policy.incidents()
+            if i.open or not open_only
+        ]
+        return sorted(rows, key=lambda r: r.opened_at, reverse=True)
 
     async def explain(self, ident: int, what: Literal["event", "action"]) -> Explanation:
         return await explain(self.sup, ident, what)

@@ -1,4 +1,5 @@
-"""``trainwarden actions`` / ``approve`` / ``reject``: what was done or proposed, and by whom.
+"""``trainwarden actions`` / ``approve`` / ``reject`` / ``incidents``: what was done or
+proposed, by whom, and what automation stopped for.
 
 In approve mode, rules queue their actions; an operator approves or rejects each one here.
 """
@@ -58,6 +59,17 @@ def register(subparsers: Any) -> None:
     add_api_arguments(actions)
     actions.set_defaults(func=run_actions)
 
+    incidents: argparse.ArgumentParser = subparsers.add_parser(
+        "incidents",
+        help="list incidents: what automation stopped for",
+        description="Incidents: crash loops, spent restart budgets, lemon nodes, correlated "
+        "failures and mass silences; open ones hold automatic actions.",
+    )
+    incidents.add_argument("--open", action="store_true", help="only the open ones")
+    incidents.add_argument("--json", action="store_true", help="print JSON rows for scripts")
+    add_api_arguments(incidents)
+    incidents.set_defaults(func=run_incidents)
+
     approve: argparse.ArgumentParser = subparsers.add_parser(
         "approve", help="approve a queued action", description="Approve queued action ID."
     )
@@ -109,6 +121,31 @@ def run_actions(args: argparse.Namespace) -> int:
             r.verdict,
             f"[{style}]{r.status}[/]" if style else r.status,
             escape(r.reason),
+        )
+    out.print(listing)
+    return 0
+
+
+def run_incidents(args: argparse.Namespace) -> int:
+    rows = client_for(args).incidents(open_only=args.open)
+    if args.json:
+        print_json(rows)
+        return 0
+    out = console()
+    if not rows:
+        out.print("no open incidents" if args.open else "no incidents")
+        return 0
+    listing = table("ID", "OPENED", "KIND", "SUBJECT", "STATE", "NODES", "DETAIL")
+    for r in sorted(rows, key=lambda r: r.opened_at):
+        state = "[bold red]open[/]" if r.open else f"cleared {fmt_time(r.cleared_at or 0.0)}"
+        listing.add_row(
+            r.id,
+            fmt_time(r.opened_at),
+            r.kind,
+            escape(r.subject),
+            state,
+            f"{r.node_count} {escape(r.nodes)}".strip() if r.node_count else "",
+            escape(r.detail),
         )
     out.print(listing)
     return 0

@@ -363,6 +363,7 @@ class Daemon:
                 for r in sup.state.runs.values():
                     runs[r.phase.value] = runs.get(r.phase.value, 0) + 1
                 sup.metrics.set_run_states(runs)
+                sup.metrics.set_incidents_open(sum(i.open for i in sup.policy.incidents()))
                 if sup.store.last_batch_size:
                     sup.metrics.store_flush(sup.store.last_flush_s, sup.store.last_batch_size)
                     sup.store.last_batch_size = 0

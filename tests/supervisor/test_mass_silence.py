@@ -17,6 +17,7 @@ from trainwarden.health.report import Heartbeat, encode, node_topic
 from trainwarden.policies.engine import PolicyEngine
 from trainwarden.policies.model import ActionKind, ConditionType, EventKind, IncidentKind
 from trainwarden.policies.rules import load_policy
+from trainwarden.supervisor.api.service import DaemonService
 from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
@@ -97,6 +98,8 @@ async def test_two_thousand_nodes_silent_at_once_are_one_incident_not_two_thousa
                for n in NODES[2000:])  # fmt: skip
     [row] = sup.store.store.incidents(open_only=True)
     assert row.kind == "mass-silence"
+    [shown] = await DaemonService(sup).list_incidents(open_only=True)  # GET /api/v1/incidents
+    assert (shown.kind, shown.open) == ("mass-silence", True)
     suspended = sup.store.store.events(kinds=[EventKind.VERDICTS_SUSPENDED])
     # one event, when the first quarter of them had fallen silent (the rest joined it)
     assert len(suspended) == 1 and "nodes went silent within 30 s" in suspended[0].message
@@ -108,6 +111,7 @@ async def test_two_thousand_nodes_silent_at_once_are_one_incident_not_two_thousa
     resumed = sup.store.store.events(kinds=[EventKind.VERDICTS_RESUMED])
     assert any("mass silence is over" in e.message for e in resumed)
     assert sup.store.store.incidents(open_only=True) == []
+    assert await DaemonService(sup).list_incidents(open_only=True) == []
 
 
 async def test_a_lone_silent_node_is_judged_as_before(sup: Supervisor) -> None:
