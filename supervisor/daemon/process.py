@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 LEASE = "trainwarden-daemon"
 LOST_LEASE_EXIT = 75  # EX_TEMPFAIL: another daemon leads now; start again to stand by
 LEASE_MARGIN_S = 2.0  # stop acting this long (at most a quarter of the TTL) before expiry
+YIELD_EVERY = 200  # messages handled between turns for the other loops
 MAX_RECONNECT_S = 2.0  # reconnect back-off cap: the daemon is blind until it is back
 
 
@@ -306,8 +307,15 @@ class Daemon:
                     sup.metrics.set_broker_connected(True)
                     self.ready.set()
                     backoff = 0.5
+                    handled = 0
                     async for message in client.messages:
                         await self._handle(sup, message)
+                        handled += 1
+                        if handled % YIELD_EVERY == 0:
+                            # a queued backlog never blocks: the iterator does not yield
+                            # while messages wait, so give the lease, the tick, the
+                            # decisions and the API their turn
+                            await asyncio.sleep(0)
             except aiomqtt.MqttError as exc:
                 log.warning("broker connection lost (%s); retrying in %.1f s", exc, backoff)
             except Exception:  # never end ingestion quietly: log, count, reconnect
