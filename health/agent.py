@@ -16,6 +16,31 @@ then runs side by side:
 When the broker goes away the agent reconnects with bounded exponential backoff.
 Probe trouble never stops it (the runner turns exceptions and hangs into ``unknown``),
 and every network await is bounded by a timeout.
+
+**The relay** (``AgentConfig.relay_path``, ``trainwarden agent --relay``): the agent also
+listens on a Unix datagram socket for its node's training ranks
+(:class:`~trainwarden.health.reporter.Reporter` with a relay). Each datagram is one
+``StepReport`` or ``CheckpointReport``, checked by
+:func:`~trainwarden.health.report.parse_relayed` -- the daemon's checks, plus: the
+report must name this node. Anything else (not JSON, a bad field, another node's
+report, over 64 KiB) is rejected and counted in :attr:`Agent.relay_stats`, and the next
+datagram is handled as usual. Step reports wait in a queue bounded in count and bytes
+(overflow dropped, counted, logged at most every 10 s) and go out as one ``NodeSteps``
+message (QoS 1, ``trainwarden/v1/node/<node>/steps``, each within the broker's payload
+limit) every ``relay_flush_interval_s`` (5 s), or at once when a rank's first report of
+an attempt arrives (the daemon's "run started" and hang detection wait on it).
+Checkpoint reports are forwarded at once, unchanged, on the run's checkpoint topic: they
+are rare and the restart path needs them. The socket is bound for the agent's whole
+life, so ranks keep reporting while the broker is away; what is queued then goes out
+after the reconnect.
+
+Who may write to the socket: its mode (``relay_mode``, 0666 by default) decides. Ranks
+run as the job's user, not the agent's, so the default lets every local user report;
+a local user can then report steps for any run *on this node* -- the same trust as the
+MQTT path, where any node's credentials may publish any run's steps (the agent is
+stricter: it never relays another node's report). Use 0660 and a group shared by the
+job users (the socket takes the directory's group when the directory is setgid) to
+narrow it.
 """
 
 from __future__ import annotations
@@ -25,15 +50,21 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
+import socket
+import stat
 import threading
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 from pydantic import ValidationError
 
 from trainwarden.health.clock import Clock, SystemClock
+from trainwarden.health.errors import ReportError
 from trainwarden.health.mqtt import MqttAuth
 from trainwarden.health.probes.base import (
     Action,
@@ -47,15 +78,24 @@ from trainwarden.health.probes.base import (
 from trainwarden.health.probes.registry import ProbeConfig, build_probes, build_watchers
 from trainwarden.health.probes.runner import run_probes
 from trainwarden.health.report import (
+    MAX_NODE_STEP_REPORTS,
+    MAX_PAYLOAD_BYTES,
+    MAX_RELAY_DATAGRAM_BYTES,
+    CheckpointReport,
     FaultModel,
     FaultReport,
     HealthReport,
     Heartbeat,
     NodeStatus,
+    NodeSteps,
     ProbeReport,
+    StepReport,
     check_name,
+    checkpoint_topic,
     encode,
+    node_steps_topic,
     node_topic,
+    parse_relayed,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +105,29 @@ log = logging.getLogger(__name__)
 
 _FAULT_QUEUE_MAX = 1000
 _WATCH_POLL_S = 0.25
+_RELAY_CHECKPOINTS_MAX = 256
+_RELAY_READ_BURST = 256  # datagrams read per wake-up before other work gets a turn
+_RELAY_SEEN_MAX = 4096  # (run, rank) pairs remembered to tell an attempt's first report
+_RELAY_RCVBUF = 4 * 1024 * 1024
+_RELAY_LOG_EVERY_S = 10.0
+# room left in a NodeSteps payload for its envelope: {"v":1,"kind":..,"node":..,"ts":..}
+_NODE_STEPS_ENVELOPE = 1024
+
+
+@dataclass
+class RelayStats:
+    """What the relay did; ``rejected`` by reason: oversized, wrong-node, invalid."""
+
+    datagrams: int = 0
+    steps_received: int = 0  # StepReports accepted into the queue
+    steps_dropped: int = 0  # StepReports accepted but dropped: the queue was full
+    checkpoints_received: int = 0
+    checkpoints_dropped: int = 0
+    rejected: int = 0
+    rejected_by: dict[str, int] = field(default_factory=dict)
+    batches_published: int = 0  # NodeSteps messages
+    steps_published: int = 0  # StepReports inside them
+    checkpoints_published: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,11 +148,21 @@ class AgentConfig:
     # capped so every agent is back within the daemon's grace after a broker outage
     reconnect_max_s: float = 5.0
     auth: MqttAuth = field(default_factory=MqttAuth)
+    # the relay for the node's training ranks (module docstring); None: no relay
+    relay_path: str | None = None
+    relay_mode: int = 0o666
+    relay_flush_interval_s: float = 5.0
+    relay_queue_max: int = 4096  # StepReports waiting (a node's ranks, ~a minute's worth)
+    relay_queue_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         check_name("node", self.node)
         if self.report_interval_s <= 0 or self.heartbeat_interval_s <= 0:
             raise ValueError("report and heartbeat intervals must be positive")
+        if self.relay_flush_interval_s <= 0:
+            raise ValueError("the relay's flush interval must be positive")
+        if not 0 <= self.relay_mode <= 0o777:
+            raise ValueError(f"relay socket mode {self.relay_mode:o} is not a file mode")
 
     @property
     def client_id(self) -> str:
@@ -123,6 +196,17 @@ class Agent:
         self._heartbeat_seq = 0
         self.connections = 0  # successful connects, for tests and logs
         self.faults_published = 0
+        self.relay_stats = RelayStats()
+        self.relay_bound = threading.Event()  # set while the relay socket is listening
+        self._relay_sock: socket.socket | None = None
+        self._relay_steps: deque[tuple[StepReport, int]] = deque()
+        self._relay_bytes = 0
+        self._relay_ckpts: deque[CheckpointReport] = deque()
+        self._relay_seen: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._relay_urgent = False
+        self._relay_wake = asyncio.Event()
+        self._log_at: dict[str, float] = {}
+        self._log_suppressed: dict[str, int] = {}
 
     # --- one probe round -----------------------------------------------------------------
 
@@ -165,6 +249,7 @@ class Agent:
         ]
         for t in threads:
             t.start()
+        self._open_relay(loop)
         delay = self.config.reconnect_min_s
         try:
             while not stop.is_set():
@@ -191,6 +276,7 @@ class Agent:
                     await self._sleep_or_stop(self.config.reconnect_max_s, stop)
         finally:
             halt.set()
+            self._close_relay(loop)
 
     async def _session(self, stop: asyncio.Event, faults: asyncio.Queue[list[Fault]]) -> None:
         """One broker connection, from connect to stop or loss (raises MqttError on loss)."""
@@ -228,12 +314,16 @@ class Agent:
                 asyncio.create_task(self._fault_loop(client, faults)),
                 asyncio.create_task(self._watchdog(client)),
             ]
+            if self._relay_sock is not None:
+                tasks.append(asyncio.create_task(self._relay_loop(client)))
             stopper = asyncio.create_task(stop.wait())
             try:
                 done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 await _cancel_all([*tasks, stopper])
             if stopper in done:
+                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                    await self._relay_publish(client)  # what the ranks sent last
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                     await self._publish(
                         client,
@@ -263,13 +353,205 @@ class Agent:
     async def _publish(
         self, client: aiomqtt.Client, kind: str, payload: bytes, qos: int = 1
     ) -> None:
+        await self._publish_on(client, node_topic(self.config.node, kind), payload, qos)
+
+    async def _publish_on(
+        self, client: aiomqtt.Client, topic: str, payload: bytes, qos: int = 1
+    ) -> None:
         async with asyncio.timeout(self.config.network_timeout_s + 1):
-            await client.publish(
-                node_topic(self.config.node, kind),
-                payload,
-                qos=qos,
-                timeout=self.config.network_timeout_s,
+            await client.publish(topic, payload, qos=qos, timeout=self.config.network_timeout_s)
+
+    # --- the relay ---------------------------------------------------------------------
+
+    def _open_relay(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind the relay socket; trouble is logged and the agent runs without a relay."""
+        path = self.config.relay_path
+        if path is None:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            where = Path(path)
+            where.parent.mkdir(parents=True, exist_ok=True)
+            if where.exists() or where.is_symlink():
+                if not stat.S_ISSOCK(where.lstat().st_mode):
+                    raise OSError(f"{path} exists and is not a socket")
+                if _listening(path):
+                    raise OSError(f"another agent is listening on {path}")
+                where.unlink()  # left behind by an agent that did not stop cleanly
+            sock.setblocking(False)
+            sock.bind(path)
+            os.chmod(path, self.config.relay_mode)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RELAY_RCVBUF)
+            loop.add_reader(sock.fileno(), self._relay_readable, sock)
+        except OSError as exc:
+            sock.close()
+            log.error(
+                "agent %s: relay socket %s unavailable (%s); this node's ranks must publish "
+                "to the broker themselves",
+                self.config.node,
+                path,
+                exc,
             )
+            return
+        self._relay_sock = sock
+        self.relay_bound.set()
+        log.info(
+            "agent %s: relaying ranks' reports from %s (mode %o)",
+            self.config.node,
+            path,
+            self.config.relay_mode,
+        )
+
+    def _close_relay(self, loop: asyncio.AbstractEventLoop) -> None:
+        sock, self._relay_sock = self._relay_sock, None
+        if sock is None:
+            return
+        self.relay_bound.clear()
+        with contextlib.suppress(Exception):
+            loop.remove_reader(sock.fileno())
+        sock.close()
+        if self.config.relay_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.relay_path)
+
+    def _relay_readable(self, sock: socket.socket) -> None:
+        """Reader callback: take what is waiting (a burst at most), never raise."""
+        for _ in range(_RELAY_READ_BURST):
+            try:
+                data = sock.recv(MAX_RELAY_DATAGRAM_BYTES + 1)  # longer: cut, then rejected
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._log_limited("recv", "agent %s: relay socket: %s", self.config.node, exc)
+                return
+            try:
+                self.relay_datagram(data)
+            except Exception:  # a bug in one datagram's handling must not stop the relay
+                log.exception("agent %s: relaying a datagram failed", self.config.node)
+
+    def relay_datagram(self, data: bytes) -> bool:
+        """Check one datagram from a rank and queue it; False if rejected or dropped."""
+        st = self.relay_stats
+        st.datagrams += 1
+        try:
+            msg = parse_relayed(data, self.config.node)
+        except ReportError as exc:
+            text = str(exc)
+            reason = (
+                "oversized"
+                if "-byte limit" in text
+                else "wrong-node"
+                if "claims node" in text
+                else "invalid"
+            )
+            st.rejected += 1
+            st.rejected_by[reason] = st.rejected_by.get(reason, 0) + 1
+            self._log_limited(
+                f"reject-{reason}", "agent %s: relay rejected: %s", self.config.node, text
+            )
+            return False
+        if isinstance(msg, CheckpointReport):
+            if len(self._relay_ckpts) >= _RELAY_CHECKPOINTS_MAX:
+                st.checkpoints_dropped += 1
+                self._log_limited(
+                    "ckpt-full", "agent %s: relay checkpoint queue full", self.config.node
+                )
+                return False
+            self._relay_ckpts.append(msg)
+            st.checkpoints_received += 1
+            self._relay_wake.set()
+            return True
+        size = len(encode(msg))
+        cfg = self.config
+        if (
+            len(self._relay_steps) >= cfg.relay_queue_max
+            or self._relay_bytes + size > cfg.relay_queue_bytes
+        ):
+            st.steps_dropped += 1
+            self._log_limited(
+                "steps-full",
+                "agent %s: relay queue full (%d reports); dropped %d step report(s) so far",
+                cfg.node,
+                len(self._relay_steps),
+                st.steps_dropped,
+            )
+            return False
+        self._relay_steps.append((msg, size))
+        self._relay_bytes += size
+        st.steps_received += 1
+        key = (msg.run, msg.rank)
+        if self._relay_seen.get(key) != msg.attempt:  # a rank's first report of an attempt
+            self._relay_urgent = True
+            self._relay_wake.set()
+        self._relay_seen[key] = msg.attempt
+        self._relay_seen.move_to_end(key)
+        while len(self._relay_seen) > _RELAY_SEEN_MAX:
+            self._relay_seen.popitem(last=False)
+        return True
+
+    async def _relay_loop(self, client: aiomqtt.Client) -> None:
+        interval = self.config.relay_flush_interval_s
+        next_at = self.clock.monotonic() + interval
+        while True:
+            await self._sleep_or_stop(max(0.0, next_at - self.clock.monotonic()), self._relay_wake)
+            self._relay_wake.clear()
+            due = self.clock.monotonic() >= next_at
+            if due:
+                next_at = self.clock.monotonic() + interval
+            await self._relay_publish(client, steps=due or self._relay_urgent)
+
+    async def _relay_publish(self, client: aiomqtt.Client, steps: bool = True) -> None:
+        """Checkpoints, then (if ``steps``) every queued step report in NodeSteps messages.
+
+        What a failed publish carried goes back to the front of its queue for the next
+        connection; the error is raised (the session ends and reconnects).
+        """
+        st = self.relay_stats
+        while self._relay_ckpts:
+            ckpt = self._relay_ckpts.popleft()
+            try:
+                await self._publish_on(client, checkpoint_topic(ckpt.run), encode(ckpt))
+            except BaseException:
+                self._relay_ckpts.appendleft(ckpt)
+                raise
+            st.checkpoints_published += 1
+        if not steps:
+            return
+        self._relay_urgent = False
+        budget = MAX_PAYLOAD_BYTES - _NODE_STEPS_ENVELOPE
+        while self._relay_steps:
+            batch: list[tuple[StepReport, int]] = []
+            used = 0
+            while self._relay_steps and len(batch) < MAX_NODE_STEP_REPORTS:
+                size = self._relay_steps[0][1] + 1  # and a comma
+                if batch and used + size > budget:
+                    break
+                batch.append(self._relay_steps.popleft())
+                used += size
+            self._relay_bytes -= sum(size for _, size in batch)
+            msg = NodeSteps(
+                node=self.config.node, ts=self.clock.now(), reports=[r for r, _ in batch]
+            )
+            try:
+                await self._publish_on(client, node_steps_topic(self.config.node), encode(msg))
+            except BaseException:
+                self._relay_steps.extendleft(reversed(batch))
+                self._relay_bytes += sum(size for _, size in batch)
+                raise
+            st.batches_published += 1
+            st.steps_published += len(batch)
+
+    def _log_limited(self, key: str, fmt: str, *args: object) -> None:
+        """A warning at most every 10 s per ``key``, saying how many were held back."""
+        now = self.clock.monotonic()
+        last = self._log_at.get(key)
+        if last is not None and now - last < _RELAY_LOG_EVERY_S:
+            self._log_suppressed[key] = self._log_suppressed.get(key, 0) + 1
+            return
+        self._log_at[key] = now
+        held = self._log_suppressed.pop(key, 0)
+        log.warning(fmt + (f" ({held} more like it not logged)" if held else ""), *args)
 
     async def _report_loop(self, client: aiomqtt.Client) -> None:
         interval = self.config.report_interval_s
@@ -410,6 +692,16 @@ async def _cancel_all(tasks: Sequence[asyncio.Task[Any]], timeout_s: float = 5.0
     for t in tasks:  # retrieve outcomes so asyncio does not warn about them
         if t.done() and not t.cancelled():
             t.exception()
+
+
+def _listening(path: str) -> bool:
+    """Whether a socket is bound at ``path`` (a stale file refuses the connection)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            probe.connect(path)
+    except OSError:
+        return False
+    return True
 
 
 def _offer(queue: asyncio.Queue[list[Fault]], faults: list[Fault]) -> None:

@@ -4,6 +4,15 @@ Every message carries ``v`` (schema version) and ``kind``. :func:`parse_message`
 single gate on the daemon side: it checks size, JSON, version, kind, fields and that the
 sender's topic matches the node or run it claims, and raises :class:`ReportError` with
 a sentence naming what is wrong.
+
+Training ranks' step reports reach the daemon one of two ways: each rank publishes its
+own :class:`StepReport` on ``trainwarden/v1/run/<run>/steps/<rank>``, or (at scale) the
+ranks hand them to the node's agent over a local datagram socket (the relay,
+:mod:`trainwarden.health.agent`), which checks them with :func:`parse_relayed` -- the
+same size, JSON, version and field checks, plus "this node's ranks only" -- and
+publishes them batched as one :class:`NodeSteps` per node and flush on
+``trainwarden/v1/node/<node>/steps``. The daemon handles each embedded report exactly as
+if it had come on its own.
 """
 
 from __future__ import annotations
@@ -12,13 +21,31 @@ import json
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from trainwarden.health.errors import ReportError
 from trainwarden.health.probes.base import Action, CheckResult, Fault, Health, Severity
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
+# One datagram from a rank to its node's agent (the relay). Far below MAX_PAYLOAD_BYTES,
+# so any number of relayed reports up to MAX_NODE_STEP_REPORTS packs into NodeSteps
+# messages without one report ever being too big for one; a Unix datagram of this size
+# fits the default socket buffers (net.core.wmem_default is ~208 KiB).
+MAX_RELAY_DATAGRAM_BYTES = 64 * 1024
+MAX_NODE_STEP_REPORTS = 1024  # StepReports in one NodeSteps message
+# Where the node agent listens for its ranks' reports (the relay) unless told otherwise
+# (``trainwarden agent --relay``, ``TRAINWARDEN_RELAY``). A system path, not
+# $XDG_RUNTIME_DIR: the agent runs as its own service user, the ranks as the job's user,
+# and both must agree on the path without sharing an environment.
+DEFAULT_RELAY_PATH = "/run/trainwarden/agent.sock"
 TOPIC_PREFIX = "trainwarden/v1"
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -173,6 +200,28 @@ class StepReport(_Msg):
     samples: list[StepSample] = Field(min_length=1, max_length=10_000)
 
 
+class NodeSteps(_Msg):
+    """The step reports of one node's ranks, relayed and batched by the node's agent.
+
+    Published on the node's own topic (``trainwarden/v1/node/<node>/steps``); every
+    embedded report must name this node, so an agent speaks only for its own ranks.
+    """
+
+    kind: Literal["node-steps"] = "node-steps"
+    node: Name
+    ts: NonNegative
+    reports: list[StepReport] = Field(min_length=1, max_length=MAX_NODE_STEP_REPORTS)
+
+    @model_validator(mode="after")
+    def _own_ranks_only(self) -> NodeSteps:
+        for i, r in enumerate(self.reports):
+            if r.node != self.node:
+                raise ValueError(
+                    f"reports.{i} is from node {r.node!r}; a node relays only its own ranks"
+                )
+        return self
+
+
 class CheckpointReport(_Msg):
     """A rank finished saving a checkpoint of ``step`` under ``path``."""
 
@@ -196,13 +245,16 @@ class ControlMessage(_Msg):
     ts: NonNegative
 
 
-Message = HealthReport | Heartbeat | FaultReport | NodeStatus | StepReport | CheckpointReport
+Message = (
+    HealthReport | Heartbeat | FaultReport | NodeStatus | StepReport | NodeSteps | CheckpointReport
+)
 _MODELS: dict[str, type[BaseModel]] = {
     "health": HealthReport,
     "heartbeat": Heartbeat,
     "fault": FaultReport,
     "status": NodeStatus,
     "steps": StepReport,
+    "node-steps": NodeSteps,
     "checkpoint": CheckpointReport,
     "control": ControlMessage,
 }
@@ -214,6 +266,11 @@ _MODELS: dict[str, type[BaseModel]] = {
 def node_topic(node: str, kind: str) -> str:
     """``trainwarden/v1/node/<node>/<kind>`` for health, heartbeat, fault and status."""
     return f"{TOPIC_PREFIX}/node/{check_name('node', node)}/{kind}"
+
+
+def node_steps_topic(node: str) -> str:
+    """``trainwarden/v1/node/<node>/steps``: the node's relayed step reports (NodeSteps)."""
+    return node_topic(node, "steps")
 
 
 def steps_topic(run: str, rank: int) -> str:
@@ -229,7 +286,7 @@ def control_topic(run: str) -> str:
 
 
 SUBSCRIPTIONS = (
-    f"{TOPIC_PREFIX}/node/+/+",
+    f"{TOPIC_PREFIX}/node/+/+",  # covers node/<node>/steps (NodeSteps) too
     f"{TOPIC_PREFIX}/run/+/steps/+",
     f"{TOPIC_PREFIX}/run/+/checkpoint",
 )
@@ -262,34 +319,65 @@ def parse_message(topic: str, payload: bytes) -> Message | ControlMessage:
     parts = topic.split("/")
     if len(parts) < 5 or "/".join(parts[:2]) != TOPIC_PREFIX:
         raise ReportError(f"unexpected topic {topic!r}")
-    try:
-        raw = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReportError(f"payload on {topic} is not JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ReportError(f"payload on {topic} is a JSON {type(raw).__name__}, not an object")
-    version = raw.get("v")
-    if version != SCHEMA_VERSION:
-        raise ReportError(
-            f"payload on {topic} has schema version {version!r}; this daemon reads version "
-            f"{SCHEMA_VERSION}"
-        )
-    kind = raw.get("kind")
-    model = _MODELS.get(kind) if isinstance(kind, str) else None
-    if model is None:
-        raise ReportError(f"payload on {topic} has unknown kind {kind!r}")
-    try:
-        msg = model.model_validate(raw)
-    except ValidationError as exc:
-        raise ReportError(f"invalid {kind} payload on {topic}: {_describe(exc)}") from None
+    msg = _validate(f"on {topic}", payload, _MODELS)
     _check_topic(topic, parts, msg)
     return msg  # type: ignore[return-value]
 
 
+_RELAYED: dict[str, type[BaseModel]] = {"steps": StepReport, "checkpoint": CheckpointReport}
+
+
+def parse_relayed(payload: bytes, node: str) -> StepReport | CheckpointReport:
+    """Validate one datagram a rank sent to ``node``'s agent, or raise :class:`ReportError`.
+
+    The same checks as :func:`parse_message` (size, JSON, version, kind, fields) for the
+    two kinds a rank may relay; the datagram has no topic, so instead the report must
+    name this node: an agent relays its own node's ranks and nobody else's.
+    """
+    where = f"in a datagram to node {node}'s relay"
+    if len(payload) > MAX_RELAY_DATAGRAM_BYTES:
+        raise ReportError(
+            f"payload {where} is {len(payload)} bytes, over the "
+            f"{MAX_RELAY_DATAGRAM_BYTES}-byte limit"
+        )
+    msg = _validate(where, payload, _RELAYED)
+    assert isinstance(msg, StepReport | CheckpointReport)
+    if msg.node != node:
+        raise ReportError(
+            f"{msg.kind} report {where} claims node {msg.node!r}; the relay takes only its "
+            "own node's ranks"
+        )
+    return msg
+
+
+def _validate(where: str, payload: bytes, models: dict[str, type[BaseModel]]) -> BaseModel:
+    try:
+        raw = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReportError(f"payload {where} is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ReportError(f"payload {where} is a JSON {type(raw).__name__}, not an object")
+    version = raw.get("v")
+    if version != SCHEMA_VERSION:
+        raise ReportError(
+            f"payload {where} has schema version {version!r}; this daemon reads version "
+            f"{SCHEMA_VERSION}"
+        )
+    kind = raw.get("kind")
+    model = models.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise ReportError(f"payload {where} has unknown kind {kind!r}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ReportError(f"invalid {kind} payload {where}: {_describe(exc)}") from None
+
+
 def _check_topic(topic: str, parts: list[str], msg: BaseModel) -> None:
     scope, name, leaf = parts[2], parts[3], parts[4]
-    if isinstance(msg, HealthReport | Heartbeat | FaultReport | NodeStatus):
-        if scope != "node" or leaf != msg.kind:
+    if isinstance(msg, HealthReport | Heartbeat | FaultReport | NodeStatus | NodeSteps):
+        expected = "steps" if isinstance(msg, NodeSteps) else msg.kind
+        if scope != "node" or leaf != expected:
             raise ReportError(f"a {msg.kind} message does not belong on topic {topic!r}")
         if name != msg.node:
             raise ReportError(

@@ -2,11 +2,34 @@
 
 Built to be cheap on every one of 16,000 ranks: ``step_done`` only appends a tuple to a
 bounded buffer under a lock (a few microseconds); a background thread batches samples
-into one :class:`~trainwarden.health.report.StepReport` per ~2 s and publishes with paho-mqtt. The
-first step of an attempt and every checkpoint are flushed at once. When the broker is
-away, samples wait in the bounded buffer and the overflow is dropped and counted --
-the training loop never waits for the network. Without ``TRAINWARDEN_BROKER`` the
-reporter is a no-op that never fails.
+into one :class:`~trainwarden.health.report.StepReport` per ~2 s and sends it. The
+first step of an attempt and every checkpoint are flushed at once. The training loop
+never waits for the network, and nothing here raises into it.
+
+Two transports:
+
+- **MQTT** (``TRAINWARDEN_BROKER``): each rank publishes with its own paho-mqtt client.
+  When the broker is away, samples wait in the bounded buffer and the overflow is
+  dropped and counted.
+- **The node agent's relay** (``TRAINWARDEN_RELAY=<socket path>``, or on its own when
+  the agent's socket :data:`~trainwarden.health.report.DEFAULT_RELAY_PATH` answers and
+  the rank reports under this host's name): each batch is one datagram to the agent's
+  Unix socket (a batch too big for one is split), and the agent publishes all its ranks'
+  reports as one ``NodeSteps`` message per flush -- one broker message per node every
+  5 s instead of one per rank every 2 s, and no broker connection per rank. Checkpoints
+  go through the relay too and the agent forwards them at once, unchanged, on the run's
+  checkpoint topic; if the relay fails and the rank has an MQTT connection, it publishes
+  them itself. When the agent is absent (no socket, agent dead, its queue full for
+  ~40 ms) a batch is dropped and counted -- never retried, never blocking.
+  ``TRAINWARDEN_RELAY=off`` forces MQTT.
+
+Control messages (``checkpoint-now``) arrive over MQTT only. With the relay, the rank
+whose local rank (``LOCAL_RANK``/``SLURM_LOCALID``) is 0 keeps an MQTT connection that
+only subscribes to the run's control topic, if a broker is configured; the other ranks
+connect to nothing. A training loop must therefore share the request among its ranks
+(examples/train.py all-reduces the flag, as it must anyway); without a broker,
+``checkpoint_requested`` is never true. Without broker and relay the reporter is a
+no-op that never fails.
 
 Deliberately free of torch and asyncio: it is imported by training scripts.
 """
@@ -16,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +53,8 @@ from pydantic import ValidationError
 from trainwarden.health.errors import TrainwardenError
 from trainwarden.health.mqtt import MqttAuth, parse_broker, short_hostname
 from trainwarden.health.report import (
+    DEFAULT_RELAY_PATH,
+    MAX_RELAY_DATAGRAM_BYTES,
     CheckpointReport,
     ControlMessage,
     StepReport,
@@ -44,6 +70,42 @@ from trainwarden.health.report import (
 log = logging.getLogger(__name__)
 
 _Sample = tuple[int, float, float | None, float]  # step, step_s, compute_s, ts
+_RELAY_OFF = frozenset({"off", "none", "no", "0", "false"})
+_RELAY_RETRIES_S = (0.005, 0.01, 0.025)  # the agent's receive queue is full: brief backoff
+_RELAY_WARN_EVERY_S = 60.0
+
+
+def relay_from_env(env: dict[str, str], node: str | None = None) -> str | None:
+    """The relay socket a rank should use, or None for MQTT.
+
+    ``TRAINWARDEN_RELAY`` names it (``off`` disables the relay); unset or empty, the
+    agent's default socket is used if an agent is listening on it and the rank reports
+    under this host's own name (a rank that claims another node's name -- a simulation,
+    a test -- would only have its reports rejected by this node's agent).
+    """
+    value = (env.get("TRAINWARDEN_RELAY") or "").strip()
+    if value:
+        return None if value.lower() in _RELAY_OFF else value
+    if (node or short_hostname()) != short_hostname():
+        return None
+    return DEFAULT_RELAY_PATH if relay_listening(DEFAULT_RELAY_PATH) else None
+
+
+def relay_listening(path: str) -> bool:
+    """Whether an agent is bound to the datagram socket ``path`` (a stale file is not)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            probe.connect(path)
+    except OSError:
+        return False
+    return True
+
+
+def _local_rank(env: dict[str, str]) -> int:
+    for key in ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK"):
+        with contextlib.suppress(ValueError):
+            return int(env.get(key, ""))
+    return 0
 
 
 @dataclass
@@ -57,10 +119,16 @@ class ReporterStats:
     checkpoints_sent: int = 0
     checkpoints_dropped: int = 0
     control_received: int = 0
+    relay_errors: int = 0  # datagrams the agent's socket did not take
 
 
 class Reporter:
-    """One rank's connection to the bus. Thread-safe; all methods return promptly."""
+    """One rank's connection to the bus. Thread-safe; all methods return promptly.
+
+    ``relay``: the node agent's socket; steps and checkpoints then go there instead of to
+    ``broker``, which (if given) is used only for control messages, and only when
+    ``control`` is true (local rank 0). See the module docstring.
+    """
 
     def __init__(
         self,
@@ -77,6 +145,8 @@ class Reporter:
         now: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,  # measures steps; batching uses real time
         auth: MqttAuth | None = None,
+        relay: str | None = None,
+        control: bool = True,
     ) -> None:
         self.run = check_name("run", run)
         self.node = check_name("node", node or short_hostname())
@@ -99,20 +169,32 @@ class Reporter:
         self._compute_since: float | None = None
         self._client: Any = None
         self._thread: threading.Thread | None = None
-        self.enabled = broker is not None
+        self.relay = relay
+        self._sock: socket.socket | None = None
+        self._relay_warned_at: float | None = None
+        self.enabled = broker is not None or relay is not None
         self._auth = auth or MqttAuth()
-        if broker is not None:
+        if broker is not None and (relay is None or control):
             host, port = parse_broker(broker)
-            self._start(host, port, client_id or f"tw-rank-{self.run}-{attempt}-{rank}")
+            self._start_mqtt(host, port, client_id or f"tw-rank-{self.run}-{attempt}-{rank}")
+        if relay is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setblocking(False)  # a full agent queue is EAGAIN, never a wait
+            self._sock = sock
+        if self.enabled:
+            self._thread = threading.Thread(
+                target=self._flusher, name="trainwarden-reporter", daemon=True
+            )
+            self._thread.start()
 
     # --- construction ---------------------------------------------------------------
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **kwargs: Any) -> Reporter:
-        """Configure from TRAINWARDEN_BROKER/RUN/ATTEMPT/NODE/GROUP and RANK.
+        """Configure from TRAINWARDEN_BROKER/RELAY/RUN/ATTEMPT/NODE/GROUP, RANK, LOCAL_RANK.
 
-        No broker, or a configuration that does not parse, gives a no-op reporter (with
-        a warning for the latter): monitoring must never stop a training job.
+        Neither broker nor relay, or a configuration that does not parse, gives a no-op
+        reporter (with a warning for the latter): monitoring must never stop a training job.
         """
         e = dict(os.environ if env is None else env)
         broker = e.get("TRAINWARDEN_BROKER") or None
@@ -120,6 +202,9 @@ class Reporter:
         try:
             attempt = int(e.get("TRAINWARDEN_ATTEMPT", "0"))
             rank = int(e.get("RANK", "0"))
+            if "relay" not in kwargs:
+                kwargs["relay"] = relay_from_env(e, e.get("TRAINWARDEN_NODE") or None)
+            kwargs.setdefault("control", _local_rank(e) == 0)
             kwargs.setdefault("auth", MqttAuth.from_env(e) if broker else None)
             return cls(
                 broker,
@@ -134,7 +219,7 @@ class Reporter:
             log.warning("trainwarden reporter disabled: %s", exc)
             return cls(None, "unnamed", 0, 0, "localhost")
 
-    def _start(self, host: str, port: int, client_id: str) -> None:
+    def _start_mqtt(self, host: str, port: int, client_id: str) -> None:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         self._auth.apply_to_paho(client)
         client.max_queued_messages_set(1000)
@@ -145,10 +230,6 @@ class Reporter:
         self._client = client
         client.connect_async(host, port, keepalive=30)
         client.loop_start()
-        self._thread = threading.Thread(
-            target=self._flusher, name="trainwarden-reporter", daemon=True
-        )
-        self._thread.start()
 
     # --- called by the training loop ---------------------------------------------------
 
@@ -169,7 +250,7 @@ class Reporter:
                 return
             self._pending.append(sample)
             self.stats.steps_queued += 1
-        if not self._first_sent and self._connected.is_set():
+        if not self._first_sent and (self._sock is not None or self._connected.is_set()):
             self._wake.set()  # the first step goes out at once (on_connect wakes it otherwise)
 
     def compute_start(self) -> None:
@@ -234,10 +315,14 @@ class Reporter:
         self._wake.set()
         self._thread.join(timeout_s)
         self._thread = None
-        with contextlib.suppress(Exception):
-            self._client.disconnect()
-        with contextlib.suppress(Exception):
-            self._client.loop_stop()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.disconnect()
+            with contextlib.suppress(Exception):
+                self._client.loop_stop()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
 
     def __enter__(self) -> Reporter:
         return self
@@ -279,7 +364,7 @@ class Reporter:
             stopping = self._stop.is_set()
             due = time.monotonic() >= next_flush
             try:
-                if self._connected.is_set():
+                if self._sock is not None or self._connected.is_set():
                     self._send_checkpoints()
                     if due or stopping or not self._first_sent:
                         self._send_steps()
@@ -298,6 +383,12 @@ class Reporter:
         with self._lock:
             ckpts, self._ckpts = self._ckpts, []
         for report in ckpts:
+            if self._sock is not None and self._relay_send(encode(report)):
+                self.stats.checkpoints_sent += 1
+                continue
+            if self._client is None or not self._connected.is_set():
+                self.stats.checkpoints_dropped += 1
+                continue
             info = self._client.publish(checkpoint_topic(self.run), encode(report), qos=1)
             if info.rc == 0:
                 self.stats.checkpoints_sent += 1
@@ -327,6 +418,10 @@ class Reporter:
             )
             self.stats.steps_dropped += len(batch)
             return
+        if self._sock is not None:
+            self._relay_steps(report)
+            self._first_sent = True  # sent or dropped: batching from here on either way
+            return
         info = self._client.publish(steps_topic(self.run, self.rank), encode(report), qos=1)
         if info.rc == 0:
             self.stats.steps_sent += len(batch)
@@ -336,6 +431,50 @@ class Reporter:
                 self._wait_published(info)
         else:
             self.stats.steps_dropped += len(batch)
+
+    def _relay_steps(self, report: StepReport) -> None:
+        """Send ``report`` to the agent, split into datagrams that fit the relay's limit."""
+        payload = encode(report)
+        n = len(report.samples)
+        if len(payload) > MAX_RELAY_DATAGRAM_BYTES and n > 1:
+            half = n // 2
+            for part in (report.samples[:half], report.samples[half:]):
+                self._relay_steps(report.model_copy(update={"samples": part}))
+            return
+        if len(payload) <= MAX_RELAY_DATAGRAM_BYTES and self._relay_send(payload):
+            self.stats.steps_sent += n
+            self.stats.batches_sent += 1
+        else:
+            self.stats.steps_dropped += n
+
+    def _relay_send(self, payload: bytes) -> bool:
+        """One datagram to the agent; False (counted, logged now and then) if not taken."""
+        assert self._sock is not None and self.relay is not None
+        error: OSError | None = None
+        for backoff in (*_RELAY_RETRIES_S, None):
+            try:
+                self._sock.sendto(payload, self.relay)
+                return True
+            except BlockingIOError as exc:  # the agent's queue is full: it may catch up
+                error = exc
+                if backoff is None:
+                    break
+                time.sleep(backoff)
+            except OSError as exc:  # no socket, no agent, not allowed: drop
+                error = exc
+                break
+        self.stats.relay_errors += 1
+        now = time.monotonic()
+        if self._relay_warned_at is None or now - self._relay_warned_at >= _RELAY_WARN_EVERY_S:
+            self._relay_warned_at = now
+            log.warning(
+                "trainwarden reporter: the node agent's relay %s did not take a report (%s); "
+                "%d step(s) dropped so far",
+                self.relay,
+                error,
+                self.stats.steps_dropped,
+            )
+        return False
 
     @staticmethod
     def _wait_published(info: Any) -> None:

@@ -1,4 +1,10 @@
-"""``trainwarden agent``: run the node agent, or one probe round with ``--once``."""
+"""``trainwarden agent``: run the node agent, or one probe round with ``--once``.
+
+The agent also relays its node's training ranks' step reports (``--relay``): ranks send
+them to a local Unix datagram socket instead of each holding a broker connection, and
+the agent publishes them batched, one ``NodeSteps`` message per node every
+``--relay-flush`` seconds (see :mod:`trainwarden.health.agent`).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from trainwarden.health.hardware import Hardware
 from trainwarden.health.mqtt import add_auth_arguments, auth_from_args, parse_broker, short_hostname
 from trainwarden.health.probes.network import NetThresholds
 from trainwarden.health.probes.registry import ProbeConfig, real_hardware
-from trainwarden.health.report import check_name
+from trainwarden.health.report import DEFAULT_RELAY_PATH, check_name
 from trainwarden.health.sim.hardware import SimulatedHardware
 
 
@@ -26,7 +32,15 @@ def register(subparsers: Any) -> None:
         "agent",
         help="run the health agent on this node",
         description="Probe this node's GPUs, interconnect, storage and host and publish the "
-        "results over MQTT (or print one round with --once).",
+        "results over MQTT (or print one round with --once). The agent also relays the step "
+        "reports of this node's training ranks: ranks whose reporter finds the relay socket "
+        "(or is given TRAINWARDEN_RELAY) send their reports there instead of connecting to "
+        "the broker, and the agent publishes them batched, one message per node per flush, "
+        "after the same checks as the daemon's; a report naming another node is rejected. "
+        "Checkpoint reports are forwarded at once. Any local user who can write the socket "
+        "can report steps for any run on this node (the default mode 666 lets every job "
+        "user's ranks in -- the ranks do not run as the agent's user); use --relay-mode 660 "
+        "and a group shared with the job users to narrow it.",
     )
     p.add_argument("--node", help="node name (default: the short hostname)")
     p.add_argument(
@@ -99,6 +113,29 @@ def register(subparsers: Any) -> None:
         help="the leaf switch / rack / Slingshot group this node's links hang off "
         "(site topology); link faults name it as their shared cause",
     )
+    p.add_argument(
+        "--relay",
+        metavar="PATH",
+        help="Unix datagram socket the node's training ranks report to ('off': no relay; "
+        f"default: $TRAINWARDEN_RELAY, else {DEFAULT_RELAY_PATH} -- but only for the real "
+        "node agent: with simulated hardware or a --node other than the host name, the "
+        "relay is off unless given)",
+    )
+    p.add_argument(
+        "--relay-mode",
+        default="666",
+        metavar="OCTAL",
+        help="file mode of the relay socket: who may report steps to it (default: "
+        "%(default)s, every local user; 660 for the socket's group only)",
+    )
+    p.add_argument(
+        "--relay-flush",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between the relay's batched step-report messages; a rank's first "
+        "report of an attempt and checkpoints go at once (default: %(default)s)",
+    )
     add_auth_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     p.set_defaults(func=run)
@@ -117,6 +154,14 @@ def run(args: argparse.Namespace) -> int:
         raise HealthError("--expect-gpus must not be negative")
     if args.gpus < 0:
         raise HealthError("--gpus must not be negative")
+    if args.relay_flush <= 0:
+        raise HealthError("--relay-flush must be positive")
+    try:
+        relay_mode = int(args.relay_mode, 8)
+    except ValueError:
+        raise HealthError(f"--relay-mode {args.relay_mode!r} is not an octal mode") from None
+    if not 0 <= relay_mode <= 0o777:
+        raise HealthError(f"--relay-mode {args.relay_mode!r} is not a file mode (000-777)")
     host, port = parse_broker(args.broker)
     # A simulated node created just now has a kernel log of its own: read it from the
     # start, so faults given with --simulate show in the first round.
@@ -142,6 +187,9 @@ def run(args: argparse.Namespace) -> int:
         heartbeat_interval_s=args.heartbeat,
         probes=probe_config,
         auth=auth_from_args(args),
+        relay_path=_relay_path(args, node),
+        relay_mode=relay_mode,
+        relay_flush_interval_s=args.relay_flush,
     )
     agent = Agent(config, hardware)
     if args.once:
@@ -153,6 +201,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     asyncio.run(_serve(agent))
     return 0
+
+
+def _relay_path(args: argparse.Namespace, node: str) -> str | None:
+    """The relay socket, or None. By default only the node's real agent binds one: a
+    simulated node (demo, tests) sharing this host would take the real node's ranks."""
+    value = args.relay
+    if value is None:
+        if args.simulate or args.simulated_hardware or node != short_hostname():
+            return None
+        value = os.environ.get("TRAINWARDEN_RELAY") or DEFAULT_RELAY_PATH
+    value = value.strip()
+    return None if value.lower() in ("", "off", "none") else value
 
 
 def _hardware(args: argparse.Namespace, node: str, probe_config: ProbeConfig) -> Hardware:

@@ -95,6 +95,8 @@ class Supervisor(DaemonContext):
         self.metrics.message(msg.kind)
         if isinstance(msg, StepReport):
             obs = self._on_steps(msg, now)
+        elif msg.kind == "node-steps":  # a node agent's relay: each report as if on its own
+            obs = [o for report in msg.reports for o in self._on_steps(report, now)]
         elif isinstance(msg, CheckpointReport):
             obs = await self._on_checkpoint(msg, now)
         elif isinstance(msg, ControlMessage):
