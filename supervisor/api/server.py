@@ -355,6 +355,25 @@ def create_app(service: OperatorService, metrics: Metrics) -> web.Application:
     return app
 
 
+def create_standby_app(metrics: Metrics, status: Callable[[], dict[str, Any]]) -> web.Application:
+    """What a standby daemon serves: its metrics (``trainwarden_leader 0``) and health, so
+    Prometheus and systemd see it; the operator API answers 503 naming the leader."""
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
+    app[METRICS_KEY] = metrics
+
+    async def standby_health(_: web.Request) -> web.Response:
+        return _json(status(), 200)
+
+    async def standby_api(_: web.Request) -> web.Response:
+        leader = status().get("leader_holder") or "another daemon"
+        return _json({"error": f"this daemon stands by; {leader} leads: use the leader's API"}, 503)
+
+    app.router.add_get("/metrics", serve_metrics)
+    app.router.add_get("/healthz", standby_health)
+    app.router.add_route("*", PREFIX + "/{tail:.*}", standby_api)
+    return app
+
+
 class ApiServer:
     """Runs an application on ``host:port`` (port 0 picks a free one); for the daemon and tests."""
 

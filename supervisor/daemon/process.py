@@ -26,7 +26,7 @@ from trainwarden.health.report import SUBSCRIPTIONS
 from trainwarden.policies import hostlist
 from trainwarden.policies.engine import Mode, PolicyEngine
 from trainwarden.policies.rules import load_policy
-from trainwarden.supervisor.api.server import ApiServer, create_app
+from trainwarden.supervisor.api.server import ApiServer, create_app, create_standby_app
 from trainwarden.supervisor.api.service import DaemonService
 from trainwarden.supervisor.daemon import operations as ops
 from trainwarden.supervisor.daemon.metrics import Metrics
@@ -111,6 +111,9 @@ class Daemon:
         self._lease_until = float("-inf")  # monotonic time the held lease runs out
         self.lost_lease = False
         self._last_tick = self.clock.monotonic()
+        self._standby: ApiServer | None = None
+        self._standby_tried = False
+        self._leader_seen: str | None = None
 
     async def _publish(self, topic: str, payload: bytes) -> None:
         if self._client is None:
@@ -122,11 +125,16 @@ class Daemon:
         cfg = self.cfg
         policy = build_policy(cfg)  # refuse to start with an invalid policy
         store = AsyncStore(await asyncio.to_thread(open_store, cfg.db_url))
-        if not await self._lead(store, stop):
+        metrics = Metrics()
+        notifier = Notifier()
+        try:
+            led = await self._lead(store, stop, metrics, notifier)
+        finally:
+            await self._stop_standby()
+        if not led:
             store.close()
             return
         scheduler = self._scheduler or build_scheduler(cfg)
-        metrics = Metrics()
         sup = Supervisor(cfg.core, self.clock, store, scheduler, policy, metrics, self._publish)
         self.sup = sup
         metrics.set_leader(True)
@@ -147,7 +155,6 @@ class Daemon:
         api = ApiServer(create_app(service, metrics), cfg.api_host, cfg.api_port)
         await api.start()
         self.api_url = api.url
-        notifier = Notifier()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self._reload_policy)
         self._loops["ingest"] = loop.create_task(self._mqtt_loop(sup, stop))
@@ -176,19 +183,26 @@ class Daemon:
             await stop.wait()
         finally:
             notifier.stopping()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for t in list(sup.tasks):
-                t.cancel()
-            await asyncio.gather(*sup.tasks, return_exceptions=True)
+            await self._shutdown(sup, tasks, api)
+
+    async def _shutdown(
+        self, sup: Supervisor, tasks: list[asyncio.Task[None]], api: ApiServer
+    ) -> None:
+        """Stop the loops and the actions in flight, write what is batched, give the lease up."""
+        store = sup.store
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for t in list(sup.tasks):
+            t.cancel()
+        await asyncio.gather(*sup.tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await store.flush(force=True)
+        if self.leader:
             with contextlib.suppress(Exception):
-                await store.flush(force=True)
-            if self.leader:
-                with contextlib.suppress(Exception):
-                    await store.call(store.store.release_lease, LEASE, self.holder)
-            await api.stop()
-            store.close()
+                await store.call(store.store.release_lease, LEASE, self.holder)
+        await api.stop()
+        store.close()
 
     def loop_problems(self) -> list[str]:
         """Why the daemon is not doing its work (empty when it is): a loop that ended, or a
@@ -207,8 +221,12 @@ class Daemon:
     def holder(self) -> str:
         return f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
 
-    async def _lead(self, store: AsyncStore, stop: asyncio.Event) -> bool:
-        """Wait until this daemon holds the leader lease (a standby waits here)."""
+    async def _lead(
+        self, store: AsyncStore, stop: asyncio.Event, metrics: Metrics, notifier: Notifier
+    ) -> bool:
+        """Wait until this daemon holds the leader lease. A standby waits here, visible:
+        READY=1 with STATUS=standby, the watchdog fed, /metrics (``trainwarden_leader 0``)
+        and /healthz served on the API's address, the operator API answering 503."""
         announced = False
         wait_s = self.cfg.lease_ttl_s / 3
         while not stop.is_set():
@@ -229,13 +247,53 @@ class Daemon:
             if held:
                 self.leader = True
                 self._lease_until = started + self.cfg.lease_ttl_s
+                if self._standby is not None:
+                    notifier.status("taking over as the leader")
                 return True
+            with contextlib.suppress(Exception):  # who leads, for /healthz and the log
+                lease = await store.direct(store.store.lease, LEASE)
+                self._leader_seen = lease.holder if lease is not None else None
             if not announced:
-                log.info("standing by: another daemon holds the leader lease")
+                log.info(
+                    "standing by: %s holds the leader lease", self._leader_seen or "another daemon"
+                )
                 announced = True
+            await self._serve_standby(metrics, notifier)
+            notifier.watchdog()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait_s)
         return False
+
+    async def _serve_standby(self, metrics: Metrics, notifier: Notifier) -> None:
+        if self._standby is not None or self._standby_tried:
+            return
+        self._standby_tried = True
+        metrics.set_leader(False)
+        server = ApiServer(
+            create_standby_app(metrics, self._standby_status), self.cfg.api_host, self.cfg.api_port
+        )
+        try:
+            await server.start()
+        except OSError as exc:
+            log.warning("standing by without serving /metrics and /healthz: %s", exc)
+        else:
+            self._standby = server
+            self.api_url = server.url
+        notifier.ready("standby: another daemon holds the leader lease")
+
+    def _standby_status(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "leader": False,
+            "standby": True,
+            "leader_holder": self._leader_seen,
+            "holder": self.holder,
+        }
+
+    async def _stop_standby(self) -> None:
+        if self._standby is not None:
+            await self._standby.stop()
+            self._standby = None
 
     def fence(self) -> str | None:
         """Why this daemon must not act on the scheduler now (None: it may): its lease may

@@ -133,7 +133,8 @@ def test_a_stopped_leader_is_replaced_and_acts_no_more_after_it_resumes(tmp_path
             ])  # fmt: skip
             if i == 0:  # the first one leads
                 s.api = api
-                wait_for(lambda: s.get("/healthz") is not None, 30, "the leader's API")
+                wait_for(lambda: (s.get("/healthz") or {}).get("leader") is True, 30,
+                         "the leader's API")  # fmt: skip
         for n in s.nodes:
             s._spawn(n, [
                 BIN, "agent", "--node", n, "--broker", f"127.0.0.1:{broker.port}",
@@ -142,9 +143,14 @@ def test_a_stopped_leader_is_replaced_and_acts_no_more_after_it_resumes(tmp_path
             ])  # fmt: skip
         wait_for(lambda: len(s.healthy()) == len(s.nodes), 60, "every node healthy")
         leader, standby = s.procs["daemon0"], s.procs["daemon1"]
+        s.api = apis[1]  # the standby answers /healthz and /metrics as a standby
+        wait_for(lambda: (s.get("/healthz") or {}).get("standby") is True, 30,
+                 "the standby's own /healthz")  # fmt: skip
+        standby_metrics = s.get("/metrics") or ""
+        assert "trainwarden_leader 0.0" in standby_metrics
         leader.send_signal(signal.SIGSTOP)
-        s.api = apis[1]
-        took_s = wait_for(lambda: s.get("/healthz") is not None, ttl + 5, "the standby leading")
+        took_s = wait_for(lambda: (s.get("/healthz") or {}).get("leader") is True, ttl + 5,
+                          "the standby leading")  # fmt: skip
         time.sleep(2.0)
         leader.send_signal(signal.SIGCONT)
         leader.wait(30)  # it finds its lease taken and stops

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.process import Daemon, DaemonConfig
+from trainwarden.supervisor.daemon.sdnotify import Notifier
 from trainwarden.supervisor.store.migrate import upgrade
 from trainwarden.supervisor.store.store import open_store
 
@@ -20,14 +26,39 @@ async def test_a_second_daemon_stands_by_until_the_first_lets_go(tmp_path: Path)
     url = f"sqlite:///{tmp_path / 'tw.db'}"
     upgrade(url)
     store = AsyncStore(open_store(url))
-    cfg = DaemonConfig(db_url=url, lease_ttl_s=0.6)
+    cfg = DaemonConfig(db_url=url, lease_ttl_s=0.6, api_port=0)
     first, second = Daemon(cfg), Daemon(cfg)
     stop = asyncio.Event()
+    # a real sd_notify socket: what systemd would receive from the standby
+    sd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sd.bind(str(tmp_path / "notify"))
+    sd.setblocking(False)
+    notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})
+    metrics = Metrics()
     try:
-        assert await first._lead(store, stop)
-        waiting = asyncio.create_task(second._lead(store, stop))
+        assert await first._lead(store, stop, Metrics(), Notifier({}))
+        waiting = asyncio.create_task(second._lead(store, stop, metrics, notifier))
         await asyncio.sleep(0.3)
         assert not waiting.done() and not second.leader  # standing by
+        # ... visibly: READY=1 with STATUS=standby, the watchdog fed, metrics and health
+        sent = []
+        while True:
+            try:
+                sent.append(sd.recv(4096).decode())
+            except BlockingIOError:
+                break
+        assert any("READY=1" in m and "STATUS=standby" in m for m in sent)
+        assert any("WATCHDOG=1" in m for m in sent)
+        url_ = second.api_url
+        assert url_ is not None
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url_ + "/metrics").read())
+        assert b"trainwarden_leader 0.0" in body
+        health = await asyncio.to_thread(lambda: urllib.request.urlopen(url_ + "/healthz").read())
+        status = json.loads(health)
+        assert status["standby"] is True and status["leader_holder"] == first.holder
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            await asyncio.to_thread(lambda: urllib.request.urlopen(url_ + "/api/v1/nodes"))
+        assert refused.value.code == 503 and first.holder in refused.value.read().decode()
         await first._renew(store, stop)  # the leader keeps its lease by renewing it
         assert first.leader and not stop.is_set()
         await asyncio.sleep(1.0)  # the leader stopped renewing: its lease runs out
@@ -35,4 +66,6 @@ async def test_a_second_daemon_stands_by_until_the_first_lets_go(tmp_path: Path)
         await first._renew(store, stop)  # the old leader finds it lost the lease and stops
         assert not first.leader and stop.is_set()
     finally:
+        await second._stop_standby()
+        sd.close()
         store.close()
