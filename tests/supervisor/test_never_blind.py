@@ -34,6 +34,7 @@ from trainwarden.policies.rules import load_policy
 from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.process import Daemon, DaemonConfig
+from trainwarden.supervisor.daemon.sdnotify import Notifier
 from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
 from trainwarden.supervisor.errors import StoreError
 from trainwarden.supervisor.model.cluster import RunInfo, RunSpec
@@ -442,7 +443,7 @@ async def test_a_leader_that_could_not_renew_its_lease_acts_no_more(sup: Supervi
 async def test_a_standby_keeps_standing_by_through_a_store_outage(
     sup: Supervisor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    daemon = Daemon(DaemonConfig(db_url="sqlite://", lease_ttl_s=0.3))
+    daemon = Daemon(DaemonConfig(db_url="sqlite://", lease_ttl_s=0.3, api_port=0))
     answers: list[bool | StoreError] = [StoreError("connection refused")] * 2 + [False, True]
 
     def acquire(*_args: object) -> bool:
@@ -453,5 +454,8 @@ async def test_a_standby_keeps_standing_by_through_a_store_outage(
 
     monkeypatch.setattr(sup.store.store, "acquire_lease", acquire)
     stop = asyncio.Event()
-    assert await asyncio.wait_for(daemon._lead(sup.store, stop), 10)
-    assert answers == [] and daemon.leader and daemon.fence() is None
+    try:
+        led = await asyncio.wait_for(daemon._lead(sup.store, stop, Metrics(), Notifier({})), 10)
+    finally:
+        await daemon._stop_standby()
+    assert led and answers == [] and daemon.leader and daemon.fence() is None
