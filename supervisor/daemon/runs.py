@@ -273,45 +273,9 @@ class RunManager:
     async def adopt(self, run: RunInfo, info: JobInfo) -> None:
         """Take over a job someone submitted under the run's tag as its first attempt."""
         async with self.lock(run.name):
-            now = self.clock.now()
             # attempt 0: what ranks report when no TRAINWARDEN_ATTEMPT was given to them
             run.attempt = 0
-            run.job_id = info.job_id
-            run.begin_attempt(
-                AttemptPhase.RUNNING if info.state is JobState.RUNNING else AttemptPhase.SUBMITTED
-            )
-            run.move(RunPhase.RUNNING)
-            self.state.place(run, info.nodes)
-            self.progress.start_attempt(run.name, run.attempt, now, run.spec.target_step)
-            self.prewarm()
-            await self.save_attempt(
-                run,
-                {
-                    "state": "submitted",
-                    "job_id": info.job_id,
-                    "nodes": list(info.nodes),
-                    "excluded": [],
-                    "resumed_from": None,
-                    "submitted_at": now,
-                },
-            )
-            await self.emit(
-                [
-                    Event(
-                        now,
-                        EventKind.RUN_STARTED,
-                        run=run.name,
-                        message=f"adopted job {info.job_id} ({info.state.value}) as "
-                        f"attempt {run.attempt}",
-                        data={
-                            "attempt": run.attempt,
-                            "job_id": info.job_id,
-                            "nodes": list(info.nodes),
-                            "adopted": True,
-                        },
-                    )
-                ]
-            )
+            await self._take_over(run, info, excluded=[], why="")
 
     async def adopt_next(self, run: RunInfo, info: JobInfo, why: str) -> None:
         """Take over a job of ``run`` that is running but unknown to the store (a daemon
@@ -336,46 +300,54 @@ class RunManager:
             run.attempt += 1
             run.restarts += 1
             run.restart_times.append(now)
-            run.job_id = info.job_id
-            run.begin_attempt(
-                AttemptPhase.RUNNING if info.state is JobState.RUNNING else AttemptPhase.SUBMITTED
-            )
-            run.move(RunPhase.RUNNING)
             run.resumed_from_step = None
             run.attempt_first_step = None
-            self.state.place(run, info.nodes)
-            cleared = self.progress.start_attempt(run.name, run.attempt, now, run.spec.target_step)
-            self.prewarm()
-            await self.save_attempt(
-                run,
-                {
-                    "state": "submitted",
-                    "job_id": info.job_id,
-                    "nodes": list(info.nodes),
-                    "excluded": sorted(run.excluded),
-                    "resumed_from": None,
-                    "submitted_at": now,
-                },
-            )
-            await self.emit(
-                [
-                    Event(
-                        now,
-                        EventKind.RUN_STARTED,
-                        run=run.name,
-                        message=f"adopted job {info.job_id} ({info.state.value}) as attempt "
-                        f"{run.attempt}: {why}",
-                        data={
-                            "attempt": run.attempt,
-                            "job_id": info.job_id,
-                            "nodes": list(info.nodes),
-                            "adopted": True,
-                        },
-                    )
-                ]
-            )
-            if cleared:
-                await self.observe(cleared)
+            await self._take_over(run, info, excluded=sorted(run.excluded), why=why)
+
+    async def _take_over(
+        self, run: RunInfo, info: JobInfo, *, excluded: list[str], why: str
+    ) -> None:
+        """``info``'s job is ``run``'s current attempt (``run.attempt`` set by the caller):
+        placed, watched, stored and announced."""
+        now = self.clock.now()
+        run.job_id = info.job_id
+        run.begin_attempt(
+            AttemptPhase.RUNNING if info.state is JobState.RUNNING else AttemptPhase.SUBMITTED
+        )
+        run.move(RunPhase.RUNNING)
+        self.state.place(run, info.nodes)
+        cleared = self.progress.start_attempt(run.name, run.attempt, now, run.spec.target_step)
+        self.prewarm()
+        await self.save_attempt(
+            run,
+            {
+                "state": "submitted",
+                "job_id": info.job_id,
+                "nodes": list(info.nodes),
+                "excluded": excluded,
+                "resumed_from": None,
+                "submitted_at": now,
+            },
+        )
+        what = f"adopted job {info.job_id} ({info.state.value}) as attempt {run.attempt}"
+        await self.emit(
+            [
+                Event(
+                    now,
+                    EventKind.RUN_STARTED,
+                    run=run.name,
+                    message=f"{what}: {why}" if why else what,
+                    data={
+                        "attempt": run.attempt,
+                        "job_id": info.job_id,
+                        "nodes": list(info.nodes),
+                        "adopted": True,
+                    },
+                )
+            ]
+        )
+        if cleared:
+            await self.observe(cleared)
 
     async def poll(self, run: RunInfo) -> JobState | None:
         """Look at the current attempt; returns its state when it just ended."""
