@@ -134,6 +134,8 @@ async def _restart(sup: DaemonContext, d: Decision) -> tuple[bool, str]:
     if run.phase in (RunPhase.COMPLETED, RunPhase.GAVE_UP):
         return True, f"run {run.name} is {run.phase.value}; nothing to restart"
     result = await sup.runs.restart(run, set(d.request.exclude), d.request.reason)
+    if result.ok:
+        sup.metrics.run_restarted(run.name)
     return result.ok, result.detail
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
+from trainwarden.policies.model import ActionKind, ConditionType, Verdict
 from trainwarden.supervisor.api.contract import NODE_STATES
 
 __all__ = ["DETECTION_BUCKETS", "REJECT_REASONS", "Metrics", "rejection_reason"]
@@ -176,6 +177,18 @@ class Metrics:
         self.run_restarts_total = Counter(
             "run_restarts", "Restarts of a run.", ["run"], namespace=ns, registry=r
         )
+        # every known label value exported at 0 from the start: increase() then sees the
+        # first drain that fails, the first detection, the first rejection
+        for kind in ActionKind:
+            for verdict in Verdict:
+                self.actions_total.labels(kind=kind.value, verdict=verdict.value, status="skipped")
+            for status in ("succeeded", "failed"):
+                for verdict in (Verdict.ALLOW, Verdict.DRY_RUN):
+                    self.actions_total.labels(kind=kind.value, verdict=verdict.value, status=status)
+        for ctype in ConditionType:
+            self.detections_total.labels(kind=ctype.value)
+        for reason in REJECT_REASONS:
+            self.rejected_messages_total.labels(reason=reason)
         self.api_requests_total = Counter(
             "api_requests",
             "Operator API requests, by route and status code.",
@@ -267,6 +280,10 @@ class Metrics:
     def store_flush(self, duration_s: float, rows: int) -> None:
         self.store_flush_seconds.observe(max(0.0, duration_s))
         self.store_batch_size.observe(rows)
+
+    def run_known(self, run: str) -> None:
+        """A run is supervised: its restart counter is exported at 0 from now on."""
+        self.run_restarts_total.labels(run=run)
 
     def run_restarted(self, run: str) -> None:
         self.run_restarts_total.labels(run=run).inc()

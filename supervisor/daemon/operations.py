@@ -87,6 +87,7 @@ async def load(sup: Supervisor) -> None:
             newest = max(cks, key=lambda c: c.step)
             run.last_checkpoint_step, run.last_checkpoint_path = newest.step, newest.path
         sup.state.runs[run.name] = run
+        sup.metrics.run_known(run.name)
     if sup.state.runs:
         sup.runs.prewarm()
 
@@ -447,6 +448,7 @@ async def add_run(
         RunRecord(name=name, scheduler=scheduler, spec=spec.to_dict(), created_at=now),
     )
     sup.state.runs[name] = run
+    sup.metrics.run_known(name)
     await sup.record_events(
         [
             Event(

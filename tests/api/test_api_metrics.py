@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from trainwarden.health.errors import ReportError
 from trainwarden.health.report import parse_message
 from trainwarden.supervisor.api.contract import NODE_STATES
-from trainwarden.supervisor.daemon.metrics import Metrics, rejection_reason
+from trainwarden.supervisor.daemon.metrics import REJECT_REASONS, Metrics, rejection_reason
 
 
 def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -132,7 +132,32 @@ def test_rejection_reasons_are_a_fixed_set() -> None:
         for k, v in s.items()
         if k[0] == "trainwarden_rejected_messages_total"
     }
-    assert reasons == {"invalid": 1, "not-json": 1, "other": 1, "version": 1}
+    assert {r: v for r, v in reasons.items() if v} == {
+        "invalid": 1,
+        "not-json": 1,
+        "other": 1,
+        "version": 1,
+    }
+    assert set(reasons) == REJECT_REASONS  # the fixed set, every one exported from the start
+
+
+def test_labelled_counters_start_at_zero_so_the_first_increment_is_seen() -> None:
+    """increase() over a series that appears at its first increment misses that increment:
+    the first failed drain would never fire TrainwardenActionsFailing."""
+    m = Metrics(CollectorRegistry())
+    m.run_known("pretrain")
+    s = _samples(m)
+    failed = (
+        "trainwarden_actions_total",
+        (("kind", "drain"), ("status", "failed"), ("verdict", "allow")),
+    )
+    assert s[failed] == 0
+    assert s[("trainwarden_detections_total", (("kind", "GpuFatal"),))] == 0
+    assert s[("trainwarden_run_restarts_total", (("run", "pretrain"),))] == 0
+    m.action("drain", "allow", "failed")
+    m.run_restarted("pretrain")
+    s = _samples(m)
+    assert s[failed] == 1 and s[("trainwarden_run_restarts_total", (("run", "pretrain"),))] == 1
 
 
 def test_registries_are_private() -> None:

@@ -93,6 +93,7 @@ async def test_a_restart_that_never_reached_the_scheduler_is_submitted_once(
     assert "never submitted" in (rec.result or "")
     info = await sched.job("local-2")
     assert info is not None and "n1" not in info.nodes
+    assert again.metrics.run_restarts_total.labels(run="r1")._value.get() == 1
     assert await operations.reconcile(again) == 0 and await live_jobs(sched) == ["local-2"]
 
 
