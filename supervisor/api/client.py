@@ -228,6 +228,11 @@ class OperatorClient:
         query = {"open": "1" if open_only else None}
         return self._many(IncidentRow, self.request("GET", "/api/v1/incidents", query=query))
 
+    def close_incident(self, ident: str, reason: str, who: str) -> IncidentRow:
+        path = f"/api/v1/incidents/{urllib.parse.quote(ident, safe='')}/close"
+        reply = self.request("POST", path, body={"reason": reason, "who": who})
+        return self._one(IncidentRow, reply)
+
     def explain(self, ident: int, what: Literal["event", "action"]) -> Explanation:
         reply = self.request("GET", f"/api/v1/{what}s/{int(ident)}/explain")
         return self._one(Explanation, reply)

@@ -241,6 +241,12 @@ async def list_incidents(request: web.Request) -> web.Response:
     return _rows(rows)
 
 
+async def close_incident(request: web.Request) -> web.Response:
+    body = await _body(request, RejectIn)
+    ident = request.match_info["id"]
+    return _row(await _service(request).close_incident(ident, body.reason, body.who))
+
+
 def _explain(what: Literal["event", "action"]) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         ident = _int(request.match_info["id"], f"{what} id")
@@ -346,6 +352,7 @@ def create_app(service: OperatorService, metrics: Metrics) -> web.Application:
     app.router.add_get(f"{p}/events", list_events)
     app.router.add_get(f"{p}/events/{{id}}/explain", _explain("event"))
     app.router.add_get(f"{p}/incidents", list_incidents)
+    app.router.add_post(f"{p}/incidents/{{id}}/close", close_incident)
     app.router.add_get(f"{p}/actions", list_actions)
     app.router.add_get(f"{p}/actions/{{id}}/explain", _explain("action"))
     app.router.add_post(f"{p}/actions/{{id}}/approve", approve)

@@ -13,7 +13,10 @@ from trainwarden.policies.model import (
     ActionRequest,
     Actor,
     Decision,
+    Event,
+    EventKind,
     GuardVerdict,
+    Incident,
     Verdict,
 )
 from trainwarden.supervisor.api.contract import (
@@ -207,22 +210,27 @@ class DaemonService:
         return [ActionRow.of(r) for r in recs]
 
     async def list_incidents(self, *, open_only: bool) -> list[IncidentRow]:
-        rows = [
-            IncidentRow(
-                id=i.id,
-                kind=i.kind.value,
-                subject=i.subject,
-                opened_at=i.opened_at,
-                cleared_at=i.cleared_at,
-                open=i.open,
-                detail=i.detail,
-                nodes=hostlist.compress(i.nodes),
-                node_count=len(i.nodes),
-            )
-            for i in self.sup.policy.incidents()
-            if i.open or not open_only
-        ]
+        rows = [_incident_row(i) for i in self.sup.policy.incidents() if i.open or not open_only]
         return sorted(rows, key=lambda r: r.opened_at, reverse=True)
+
+    async def close_incident(self, ident: str, reason: str, who: str) -> IncidentRow:
+        now = self.sup.clock.now()
+        inc = self.sup.policy.resolve_incident(ident, now)
+        if inc is None:
+            raise NotFoundError(f"no open incident {ident!r} (`trainwarden incidents --open`)")
+        await self.sup.record_events_later(
+            [
+                Event(
+                    now,
+                    EventKind.ACTION,
+                    node=inc.nodes[0] if len(inc.nodes) == 1 else None,
+                    message=f"incident {inc.id} ({inc.kind.value} {inc.subject}) closed by "
+                    f"{who}: {reason}",
+                    data={"incident": inc.id, "who": who, "closed": True},
+                )
+            ]
+        )
+        return _incident_row(inc)
 
     async def explain(self, ident: int, what: Literal["event", "action"]) -> Explanation:
         return await explain(self.sup, ident, what)
@@ -256,3 +264,17 @@ class DaemonService:
             "runs": len(self.sup.state.runs),
             "rejected_messages": self.sup.rejected,
         }
+
+
+def _incident_row(i: Incident) -> IncidentRow:
+    return IncidentRow(
+        id=i.id,
+        kind=i.kind.value,
+        subject=i.subject,
+        opened_at=i.opened_at,
+        cleared_at=i.cleared_at,
+        open=i.open,
+        detail=i.detail,
+        nodes=hostlist.compress(i.nodes),
+        node_count=len(i.nodes),
+    )

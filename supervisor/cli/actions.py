@@ -22,6 +22,7 @@ from trainwarden.supervisor.cli.render import (
     report_action,
     table,
 )
+from trainwarden.supervisor.errors import SupervisorError
 
 STATUSES = ("pending", "running", "succeeded", "failed", "approved", "rejected", "skipped")
 STATUS_STYLE = {
@@ -66,6 +67,17 @@ def register(subparsers: Any) -> None:
         "failures and mass silences; open ones hold automatic actions.",
     )
     incidents.add_argument("--open", action="store_true", help="only the open ones")
+    incidents.add_argument(
+        "--close",
+        metavar="ID",
+        default=None,
+        help="close open incident ID (a crash loop's run may be restarted again, a lemon "
+        "returned); needs --reason",
+    )
+    incidents.add_argument("--reason", default=None, help="why it is closed (recorded)")
+    incidents.add_argument(
+        "--who", default=None, help="operator name (default: $SUDO_USER or $USER)"
+    )
     incidents.add_argument("--json", action="store_true", help="print JSON rows for scripts")
     add_api_arguments(incidents)
     incidents.set_defaults(func=run_incidents)
@@ -127,6 +139,15 @@ def run_actions(args: argparse.Namespace) -> int:
 
 
 def run_incidents(args: argparse.Namespace) -> int:
+    if args.close is not None:
+        if not args.reason:
+            raise SupervisorError("--close needs --reason: why the incident is over")
+        row = client_for(args).close_incident(args.close, args.reason, args.who or default_who())
+        if args.json:
+            print_json(row)
+        else:
+            console().print(f"incident {escape(row.id)} ({row.kind} {escape(row.subject)}) closed")
+        return 0
     rows = client_for(args).incidents(open_only=args.open)
     if args.json:
         print_json(rows)

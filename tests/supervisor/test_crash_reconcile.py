@@ -24,8 +24,10 @@ from trainwarden.policies.model import (
     EventKind,
     Verdict,
 )
+from trainwarden.supervisor.api.service import DaemonService
 from trainwarden.supervisor.daemon import operations
 from trainwarden.supervisor.daemon.supervisor import Supervisor
+from trainwarden.supervisor.errors import NotFoundError
 from trainwarden.supervisor.model.cluster import RunSpec
 from trainwarden.supervisor.scheduler.base import JobSpec, JobState, NodeState
 from trainwarden.supervisor.scheduler.local import LocalScheduler
@@ -269,3 +271,26 @@ async def test_an_attempt_stored_before_its_runs_row_is_taken_as_the_current_one
     assert row is not None and (row.current_attempt, row.state) == (2, "running")
     rec = again.store.store.action(restart)
     assert rec is not None and rec.status == "succeeded"
+
+
+async def test_an_operator_closes_the_crash_loop_incident_and_restarts_resume(
+    tmp_path: Path, sched: LocalScheduler, closing: list[Supervisor]
+) -> None:
+    sup = await make(tmp_path, policy_file(tmp_path), scheduler=sched)
+    closing.append(sup)
+    await operations.add_run(sup, "r1", "local", SPEC, "test")
+    for _ in range(3):
+        await fail_attempt(sup)
+    service = DaemonService(sup)
+    [inc] = await service.list_incidents(open_only=True)
+    assert inc.kind == "crash-loop"
+    with pytest.raises(NotFoundError):
+        await service.close_incident("INC-999", "no such", "alice")
+    closed = await service.close_incident(inc.id, "fixed the data loader", "alice")
+    assert not closed.open and await service.list_incidents(open_only=True) == []
+    await sup.tick()  # the close reaches the store
+    assert sup.store.store.incidents(open_only=True) == []
+    assert any("closed by alice" in e.message for e in sup.store.store.events(limit=20))
+    await fail_attempt(sup)  # the failure memory went with the incident: restarted again
+    last = next(a for a in sup.store.store.actions() if a.kind is ActionKind.RESTART_RUN)
+    assert last.verdict is Verdict.ALLOW
