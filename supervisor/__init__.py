@@ -8,8 +8,9 @@
   phases -> the policy's decisions; vetting and return to service; the detector settings.
 - ``daemon/``: the process around the core: the context it works on, the supervisor
   (ingestion and the tick), the executor (every action, with retry, audit and metrics),
-  upkeep, restore and run registration (``operations``), runs and checkpoints, the store
-  thread, systemd notify, the embedded broker, the Prometheus metrics, the process itself.
+  upkeep, restore and run registration (``operations``), crash recovery (``reconcile``),
+  runs and checkpoints, the store thread, systemd notify, the embedded broker, the
+  Prometheus metrics, the process itself.
 - ``api/``: the operator API: its contract (rows, constants), the HTTP server, the service
   behind it, ``--explain``, and the HTTP client the CLI uses.
 - ``cli/``: one module per noun of the ``trainwarden`` command, plus ``render`` for output.

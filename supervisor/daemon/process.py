@@ -31,6 +31,7 @@ from trainwarden.supervisor.api.service import DaemonService
 from trainwarden.supervisor.daemon import operations as ops
 from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
+from trainwarden.supervisor.daemon.reconcile import reconcile
 from trainwarden.supervisor.daemon.sdnotify import Notifier
 from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
 from trainwarden.supervisor.errors import ConfigError, StoreError
@@ -144,7 +145,7 @@ class Daemon:
         # never lets it lapse while this daemon still leads
         self._loops = {"lease": loop.create_task(self._lease_loop(store, stop))}
         await ops.load(sup)
-        await ops.reconcile(sup)
+        await reconcile(sup)
         sup.core.hearing.disconnected()  # no silence is judged before the first connect
         service = DaemonService(
             sup,

@@ -26,6 +26,7 @@ from trainwarden.policies.model import (
 )
 from trainwarden.supervisor.api.service import DaemonService
 from trainwarden.supervisor.daemon import operations
+from trainwarden.supervisor.daemon.reconcile import reconcile
 from trainwarden.supervisor.daemon.supervisor import Supervisor
 from trainwarden.supervisor.errors import NotFoundError
 from trainwarden.supervisor.model.cluster import RunSpec
@@ -65,7 +66,7 @@ async def next_daemon(
     sup.clock.set(closing[-1].clock.now() + 5.0)  # type: ignore[attr-defined]
     closing.append(sup)
     await operations.load(sup)
-    await operations.reconcile(sup)
+    await reconcile(sup)
     await settle(sup)
     return sup
 
@@ -96,7 +97,7 @@ async def test_a_restart_that_never_reached_the_scheduler_is_submitted_once(
     info = await sched.job("local-2")
     assert info is not None and "n1" not in info.nodes
     assert again.metrics.run_restarts_total.labels(run="r1")._value.get() == 1
-    assert await operations.reconcile(again) == 0 and await live_jobs(sched) == ["local-2"]
+    assert await reconcile(again) == 0 and await live_jobs(sched) == ["local-2"]
 
 
 async def test_a_restart_submitted_but_not_recorded_is_adopted_not_repeated(

@@ -33,6 +33,7 @@ from trainwarden.supervisor.daemon import operations
 from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.process import Daemon, DaemonConfig
+from trainwarden.supervisor.daemon.reconcile import reconcile
 from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
 from trainwarden.supervisor.errors import SchedulerError
 from trainwarden.supervisor.model.lifecycle import NodePhase
@@ -258,8 +259,8 @@ async def test_actions_a_crash_left_open_are_finished_once_on_start(
     again = await make(tmp_path, path, scheduler=sched)
     closing.append(again)
     await operations.load(again)
-    assert await operations.reconcile(again) == 6
-    assert await operations.reconcile(again) == 0  # nothing is left open, nothing repeats
+    assert await reconcile(again) == 6
+    assert await reconcile(again) == 0  # nothing is left open, nothing repeats
     states = {n.name: n.state for n in await sched.nodes()}
     assert states["n5"] is NodeState.DRAINED and states["n6"] is NodeState.DRAINED
     recs = {a.id: a for a in again.store.store.actions(limit=None)}
@@ -301,7 +302,7 @@ async def test_a_fault_stored_without_its_condition_is_settled_once_on_start(
     again = await make(tmp_path, path)
     closing.append(again)
     await operations.load(again)
-    await operations.reconcile(again)
+    await reconcile(again)
     await settle(again)
     await xid(again, "n3", 79)  # the agent reports the fault again
     assert len(again.store.store.events(node="n3", kinds=[EventKind.FAULT])) == 1
