@@ -34,6 +34,7 @@ from trainwarden.health.report import (
 )
 from trainwarden.policies.engine import PolicyEngine
 from trainwarden.policies.rules import load_policy
+from trainwarden.supervisor.daemon import upkeep
 from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
@@ -66,10 +67,22 @@ async def measure(nodes: int, rounds: int, url: str) -> dict[str, object]:
             CoreConfig(),
             SystemClock(),
             store,
-            LocalScheduler(names[:1], logs),
+            LocalScheduler(names, logs),
             PolicyEngine(load_policy()),
             Metrics(),
         )
+
+        def beat_round(k: int) -> list[tuple[str, bytes]]:
+            # each round's heartbeats carry the next sequence number, as an agent's do (a
+            # repeated one is a replay, rejected)
+            return [
+                (
+                    node_topic(n, "heartbeat"),
+                    encode(Heartbeat(node=n, ts=time.time(), seq=k + 2, interval_s=5.0)),
+                )
+                for n in names
+            ]
+
         beats = [
             (
                 node_topic(n, "heartbeat"),
@@ -80,13 +93,16 @@ async def measure(nodes: int, rounds: int, url: str) -> dict[str, object]:
         reports = [(node_topic(n, "health"), health_report(n, 1)) for n in names]
         ranks = min(nodes * 4, 16_384)
         # a registered run, so step reports go through the hang and straggler detectors
-        sup.state.runs["llm"] = RunInfo(
+        await upkeep.sync_scheduler(sup)  # the roster of nodes, as the daemon reads it at start
+        run = RunInfo(
             "llm",
             "local",
-            RunSpec(command=("true",), nodes=nodes, checkpoint_dir=logs),
+            RunSpec(command=("true",), nodes=nodes, checkpoint_dir=logs, ranks_per_node=4),
             time.time(),
             attempt=1,
         )
+        sup.state.runs["llm"] = run
+        sup.state.place(run, names)  # the attempt's allocation: its ranks' reports count
         sup.progress.start_attempt("llm", 1, time.time())
 
         def step_round(k: int) -> list[tuple[str, bytes]]:
@@ -120,7 +136,7 @@ async def measure(nodes: int, rounds: int, url: str) -> dict[str, object]:
         await store.flush()
         out: dict[str, object] = {"nodes": nodes, "db": url.split(":", 1)[0]}
         for label, make in (
-            ("heartbeat", lambda k: beats),
+            ("heartbeat", beat_round),
             ("health_report", lambda k: reports),
             ("step_report", step_round),
         ):

@@ -29,18 +29,19 @@ datagram is handled as usual. Step reports wait in a queue bounded in count and 
 message (QoS 1, ``trainwarden/v1/node/<node>/steps``, each within the broker's payload
 limit) every ``relay_flush_interval_s`` (5 s), or at once when a rank's first report of
 an attempt arrives (the daemon's "run started" and hang detection wait on it).
-Checkpoint reports are forwarded at once, unchanged, on the run's checkpoint topic: they
-are rare and the restart path needs them. The socket is bound for the agent's whole
+Checkpoint reports are forwarded at once, unchanged, on the node's own checkpoint topic
+(``trainwarden/v1/node/<node>/checkpoint``): they are rare and the restart path needs
+them. The socket is bound for the agent's whole
 life, so ranks keep reporting while the broker is away; what is queued then goes out
 after the reconnect.
 
 Who may write to the socket: its mode (``relay_mode``, 0666 by default) decides. Ranks
 run as the job's user, not the agent's, so the default lets every local user report;
-a local user can then report steps for any run *on this node* -- the same trust as the
-MQTT path, where any node's credentials may publish any run's steps (the agent is
-stricter: it never relays another node's report). Use 0660 and a group shared by the
-job users (the socket takes the directory's group when the directory is setgid) to
-narrow it.
+a local user can then report steps for any run *on this node*, and nothing more: the
+agent relays only this node's reports, under the node's broker identity, and the daemon
+counts them only for a run whose current attempt is allocated this node, for ranks inside
+its world size. Use 0660 and a group shared by the job users (the socket takes the
+directory's group when the directory is setgid) to narrow it.
 """
 
 from __future__ import annotations
@@ -91,8 +92,8 @@ from trainwarden.health.report import (
     ProbeReport,
     StepReport,
     check_name,
-    checkpoint_topic,
     encode,
+    node_checkpoint_topic,
     node_steps_topic,
     node_topic,
     parse_relayed,
@@ -511,7 +512,8 @@ class Agent:
         while self._relay_ckpts:
             ckpt = self._relay_ckpts.popleft()
             try:
-                await self._publish_on(client, checkpoint_topic(ckpt.run), encode(ckpt))
+                topic = node_checkpoint_topic(ckpt.node)  # under this node's broker identity
+                await self._publish_on(client, topic, encode(ckpt))
             except BaseException:
                 self._relay_ckpts.appendleft(ckpt)
                 raise

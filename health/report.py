@@ -11,8 +11,10 @@ ranks hand them to the node's agent over a local datagram socket (the relay,
 :mod:`trainwarden.health.agent`), which checks them with :func:`parse_relayed` -- the
 same size, JSON, version and field checks, plus "this node's ranks only" -- and
 publishes them batched as one :class:`NodeSteps` per node and flush on
-``trainwarden/v1/node/<node>/steps``. The daemon handles each embedded report exactly as
-if it had come on its own.
+``trainwarden/v1/node/<node>/steps`` (checkpoint reports one by one on
+``trainwarden/v1/node/<node>/checkpoint``). The daemon handles each embedded report as if
+it had come on its own; the node topic is the broker's authenticated identity, so with
+the shipped ACL the relay is the only way ranks' reports reach the daemon.
 """
 
 from __future__ import annotations
@@ -281,6 +283,12 @@ def checkpoint_topic(run: str) -> str:
     return f"{TOPIC_PREFIX}/run/{check_name('run', run)}/checkpoint"
 
 
+def node_checkpoint_topic(node: str) -> str:
+    """``trainwarden/v1/node/<node>/checkpoint``: a checkpoint report relayed by the node's
+    agent, under the node's broker identity."""
+    return node_topic(node, "checkpoint")
+
+
 def control_topic(run: str) -> str:
     return f"{TOPIC_PREFIX}/run/{check_name('run', run)}/control"
 
@@ -375,6 +383,15 @@ def _validate(where: str, payload: bytes, models: dict[str, type[BaseModel]]) ->
 
 def _check_topic(topic: str, parts: list[str], msg: BaseModel) -> None:
     scope, name, leaf = parts[2], parts[3], parts[4]
+    if isinstance(msg, CheckpointReport) and scope == "node":  # relayed by the node's agent
+        if leaf != "checkpoint" or len(parts) != 5:
+            raise ReportError(f"checkpoint report does not belong on topic {topic!r}")
+        if name != msg.node:
+            raise ReportError(
+                f"checkpoint report on {topic} claims node {msg.node!r}; a node may only "
+                "publish under its own topic"
+            )
+        return
     if isinstance(msg, HealthReport | Heartbeat | FaultReport | NodeStatus | NodeSteps):
         expected = "steps" if isinstance(msg, NodeSteps) else msg.kind
         if scope != "node" or leaf != expected:

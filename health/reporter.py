@@ -17,9 +17,10 @@ Two transports:
   Unix socket (a batch too big for one is split), and the agent publishes all its ranks'
   reports as one ``NodeSteps`` message per flush -- one broker message per node every
   5 s instead of one per rank every 2 s, and no broker connection per rank. Checkpoints
-  go through the relay too and the agent forwards them at once, unchanged, on the run's
+  go through the relay too and the agent forwards them at once, unchanged, on its node's
   checkpoint topic; if the relay fails and the rank has an MQTT connection, it publishes
-  them itself. When the agent is absent (no socket, agent dead, its queue full for
+  them itself. With the shipped broker ACL only the relay reaches the daemon: the node's
+  topics carry its broker identity, which the daemon checks against the run's allocation. When the agent is absent (no socket, agent dead, its queue full for
   ~40 ms) a batch is dropped and counted -- never retried, never blocking.
   ``TRAINWARDEN_RELAY=off`` forces MQTT.
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainwarden.health.report import NAME_PATTERN
 from trainwarden.policies.model import ActionKind, Actor, Event, Verdict
+from trainwarden.supervisor.model.cluster import DEFAULT_RANKS_PER_NODE, MAX_RANKS_PER_NODE
 from trainwarden.supervisor.store.records import ActionRecord, ActionStatus
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "OperatorService",
     "RunRow",
     "RunSpecIn",
+    "UnknownReporterRow",
 ]
 
 # Where the daemon serves this API unless told otherwise; the server binds it, the client
@@ -73,6 +75,17 @@ class NodeRow(_Row):
     conditions: list[str] = Field(default_factory=list)  # ConditionType values now true
 
 
+class UnknownReporterRow(_Row):
+    """A name that published as a node although the scheduler has no such node: counted
+    and shown, never made node state (``trainwarden nodes --all``)."""
+
+    name: str
+    first_seen: float
+    last_seen: float
+    messages: int
+    last_topic: str
+
+
 class RunRow(_Row):
     """One supervised training run."""
 
@@ -86,6 +99,8 @@ class RunRow(_Row):
     target_step: int | None = None
     last_checkpoint_step: int | None = None
     resumed_from_step: int | None = None
+    ranks_per_node: int | None = None
+    command_set_by: str | None = None  # who set the command, workdir and environment
 
 
 class EventRow(_Row):
@@ -195,6 +210,8 @@ class RunSpecIn(BaseModel):
     target_step: int | None = Field(default=None, ge=0)
     # accept a restart on fewer nodes than ``nodes`` (elastic), down to this many
     min_nodes: int | None = Field(default=None, ge=1)
+    # an attempt's world size is its nodes x ranks_per_node: steps from other ranks are refused
+    ranks_per_node: int = Field(default=DEFAULT_RANKS_PER_NODE, ge=1, le=MAX_RANKS_PER_NODE)
     # do not submit: take over the job already running under the tag trainwarden:<name>
     adopt: bool = False
 
@@ -227,6 +244,10 @@ class OperatorService(Protocol):
     """What the daemon offers operators. Manual actions are recorded like automatic ones."""
 
     async def list_nodes(self) -> list[NodeRow]: ...
+
+    async def list_unknown_reporters(self) -> list[UnknownReporterRow]:
+        """Names that published as nodes but are no node of the scheduler's."""
+        ...
 
     async def drain(self, node: str, reason: str, who: str) -> ActionRow:
         """Drain ``node`` in the scheduler; NotFoundError for an unknown node."""

@@ -27,6 +27,7 @@ from trainwarden.supervisor.api.contract import (
     NodeRow,
     RunRow,
     RunSpecIn,
+    UnknownReporterRow,
 )
 from trainwarden.supervisor.api.explain import explain
 from trainwarden.supervisor.daemon import operations as ops
@@ -74,10 +75,28 @@ class DaemonService:
             )
         return rows
 
+    async def list_unknown_reporters(self) -> list[UnknownReporterRow]:
+        return [
+            UnknownReporterRow(
+                name=u.name,
+                first_seen=u.first_seen,
+                last_seen=u.last_seen,
+                messages=u.messages,
+                last_topic=u.last_topic,
+            )
+            for u in sorted(self.sup.state.unknown.values(), key=lambda u: u.name)
+        ]
+
     def _known_node(self, node: str) -> None:
-        if node not in self.sup.state.nodes:
-            known = ", ".join(sorted(self.sup.state.nodes)[:20]) or "none yet"
-            raise NotFoundError(f"unknown node {node!r} (known: {known})")
+        state = self.sup.state
+        if node in state.nodes and state.knows(node):
+            return
+        if node in state.nodes:
+            raise NotFoundError(
+                f"node {node!r} is not one of {self.sup.scheduler.name}'s nodes (any more)"
+            )
+        known = ", ".join(sorted(state.nodes)[:20]) or "none yet"
+        raise NotFoundError(f"unknown node {node!r} (known: {known})")
 
     async def _manual(
         self,
@@ -137,6 +156,8 @@ class DaemonService:
             target_step=r.spec.target_step,
             last_checkpoint_step=r.last_checkpoint_step,
             resumed_from_step=r.resumed_from_step,
+            ranks_per_node=r.spec.ranks_per_node,
+            command_set_by=r.spec.set_by,
         )
 
     async def list_runs(self) -> list[RunRow]:
@@ -161,6 +182,8 @@ class DaemonService:
             env=dict(spec.env),
             target_step=spec.target_step,
             min_nodes=spec.min_nodes,
+            ranks_per_node=spec.ranks_per_node,
+            set_by=who,
         )
         run = await ops.add_run(
             self.sup, spec.name, spec.scheduler, run_spec, who, submit=not spec.adopt

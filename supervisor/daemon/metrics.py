@@ -27,7 +27,19 @@ API_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
 # Why a message from the bus was refused; anything else is counted as "other".
 REJECT_REASONS = frozenset(
-    {"oversized", "not-json", "version", "unknown-kind", "invalid", "topic", "replayed", "other"}
+    {
+        "oversized",
+        "not-json",
+        "version",
+        "unknown-kind",
+        "invalid",
+        "topic",
+        "replayed",
+        "unknown-node",  # a name the scheduler does not list
+        "roster",  # a rank or node outside the run's current attempt
+        "checkpoint",  # a checkpoint report not found complete on disk
+        "other",
+    }
 )
 # Where an internal error was caught and the daemon carried on.
 HANDLER_STAGES = ("message", "tick", "decide")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +90,9 @@ class RunManager:
             fenced = self.fence()  # checked again here: the lock may have made it wait
             if fenced is not None:
                 raise SchedulerError(fenced)
+            refused = await self._cannot_place(run, exclude)
+            if refused is not None:  # the attempt that runs is worth more than none at all
+                return RestartResult(False, refused)
             run.excluded |= exclude
             run.move(RunPhase.RESTARTING)
             await self._stop_current(run, reason)
@@ -166,7 +170,27 @@ class RunManager:
             n.name for n in self.state.nodes.values() if n.drained or n.phase is NodePhase.FAILED
         }
 
-    async def _placeable(self, run: RunInfo) -> int:
+    async def _cannot_place(self, run: RunInfo, exclude: set[str]) -> str | None:
+        """Why the next attempt could not be placed, checked before the running attempt is
+        stopped; None when it can (or when nothing runs that a restart would stop)."""
+        if run.job_id is None or run.attempt_phase not in (
+            AttemptPhase.SUBMITTED,
+            AttemptPhase.RUNNING,
+        ):
+            return None
+        need = run.spec.min_nodes or run.spec.nodes
+        try:
+            usable = await self._placeable(run, exclude)
+        except SchedulerError as exc:
+            return f"not restarted: cannot tell whether the next attempt can be placed: {exc}"
+        if usable >= need:
+            return None
+        return (
+            f"not restarted: only {usable} usable node(s) for the next attempt, which needs "
+            f"{need}; attempt {run.attempt} (job {run.job_id}) keeps running"
+        )
+
+    async def _placeable(self, run: RunInfo, exclude: AbstractSet[str] = frozenset()) -> int:
         """How many nodes this run may use now (healthy, not drained, not excluded)."""
         usable = 0
         for sn in await self.scheduler.nodes():
@@ -178,6 +202,7 @@ class RunManager:
                 sn.state in (NodeState.IDLE, NodeState.ALLOCATED)
                 and not bad
                 and sn.name not in run.excluded
+                and sn.name not in exclude
             ):
                 usable += 1
         return usable

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 
 from trainwarden.health.clock import Clock
 from trainwarden.health.errors import ReportError
 from trainwarden.health.report import (
+    TOPIC_PREFIX,
     CheckpointReport,
     ControlMessage,
     FaultReport,
@@ -34,7 +36,7 @@ from trainwarden.policies.model import (
     Event,
     EventKind,
 )
-from trainwarden.supervisor.daemon import incidents, upkeep
+from trainwarden.supervisor.daemon import evidence, incidents, upkeep
 from trainwarden.supervisor.daemon.context import CoreConfig, DaemonContext, Publisher, with_id
 from trainwarden.supervisor.daemon.executor import Executor
 from trainwarden.supervisor.daemon.metrics import Metrics
@@ -49,6 +51,7 @@ from trainwarden.supervisor.store.base import StoreUnavailable
 from trainwarden.supervisor.store.records import CheckpointRecord
 
 log = logging.getLogger(__name__)
+NODE_TOPICS = f"{TOPIC_PREFIX}/node/"
 DECISION_BATCH = 5000  # observations recorded in one transaction by the decision loop
 
 
@@ -78,6 +81,7 @@ class Supervisor(DaemonContext):
         )
         self.executor = Executor(self)
         self.rejected = 0
+        self.vetter = evidence.CheckpointVetter()
         self._origin: dict[tuple[str, ConditionType], float] = {}
         self._decisions: list[Observation] | None = None  # queued for the decision loop
         self._decisions_ready = asyncio.Event()
@@ -93,23 +97,63 @@ class Supervisor(DaemonContext):
             await self._reject(str(exc), now)
             return
         self.metrics.message(msg.kind)
-        if isinstance(msg, StepReport):
-            obs = self._on_steps(msg, now)
-        elif msg.kind == "node-steps":  # a node agent's relay: each report as if on its own
-            obs = [o for report in msg.reports for o in self._on_steps(report, now)]
-        elif isinstance(msg, CheckpointReport):
-            obs = await self._on_checkpoint(msg, now)
-        elif isinstance(msg, ControlMessage):
+        if isinstance(msg, ControlMessage):
             return
+        if isinstance(msg, StepReport):  # a run topic (no relay): the node is only claimed
+            obs = await self._on_steps([msg], now)
+        elif isinstance(msg, CheckpointReport):
+            if topic.startswith(NODE_TOPICS) and not await self._from_node(msg.node, topic, now):
+                return
+            self._on_checkpoint(msg, now, topic)
+            return
+        elif not await self._from_node(msg.node, topic, now):
+            return
+        elif msg.kind == "node-steps":  # a node agent's relay: each report as if on its own
+            obs = await self._on_steps(msg.reports, now)
         else:
-            obs = await self._on_node(msg, now)
+            obs = await self._on_node(msg, now, topic)
         if obs:
             await self.observe(obs)
 
+    async def _from_node(self, name: str, topic: str, now: float) -> bool:
+        """Whether ``name`` is a node of the cluster; a message from any other name is
+        counted, logged once per name, shown as an unknown reporter and changes nothing."""
+        if self.state.knows(name):
+            return True
+        self.metrics.message_rejected("unknown-node")
+        if self.state.roster is None:  # the scheduler's list is not read yet
+            if self.state.unknown_messages == 0:
+                log.warning(
+                    "messages from nodes the store does not know are dropped until %s's node "
+                    "list is read (first: %s)",
+                    self.scheduler.name,
+                    name,
+                )
+            self.state.unknown_messages += 1
+            return False
+        if self.state.unknown_reporter(name, topic, now):
+            why = (
+                f"messages from {name!r} ({topic}): {self.scheduler.name} has no such node; "
+                "ignored (trainwarden nodes --all lists such reporters)"
+            )
+            if len(self.state.unknown) <= 20 or len(self.state.unknown) % 1000 == 0:
+                log.warning("%s", why)
+                await self.record_events_later(
+                    [
+                        Event(
+                            now,
+                            EventKind.REJECTED_MESSAGE,
+                            message=why,
+                            data={"reporter": name, "topic": topic, "unknown_reporter": True},
+                        )
+                    ]
+                )
+        return False
+
     async def _on_node(
-        self, msg: Heartbeat | NodeStatus | FaultReport | HealthReport, now: float
+        self, msg: Heartbeat | NodeStatus | FaultReport | HealthReport, now: float, topic: str
     ) -> list[Observation]:
-        """A message from a node's agent, on the node's own topic."""
+        """A message from a node's agent, on the node's own topic (its broker identity)."""
         if isinstance(msg, Heartbeat):
             stale = self.nodes.stale_heartbeat(msg.node, msg.seq)
             if stale is not None:  # a replay must not keep a dead node alive
@@ -125,7 +169,11 @@ class Supervisor(DaemonContext):
             return self.nodes.on_status(msg.node, msg.state, msg.reason, now)
         if isinstance(msg, FaultReport):
             self.state.node(msg.node)
-            obs = self.nodes.on_faults(msg.node, [f.to_fault() for f in msg.faults], now)
+            obs = [
+                # the decision's evidence names who said so: the broker identity of the topic
+                replace(o, event=replace(o.event, data={**o.event.data, "source": topic}))
+                for o in self.nodes.on_faults(msg.node, [f.to_fault() for f in msg.faults], now)
+            ]
             for o in obs:
                 if o.ctype is not None:
                     self._origin[(msg.node, o.ctype)] = msg.ts
@@ -136,9 +184,9 @@ class Supervisor(DaemonContext):
             self.stragglers.observe_gpu(msg.node, signal)
         return self.nodes.on_health(msg.node, msg, now)
 
-    async def _reject(self, why: str, now: float) -> None:
+    async def _reject(self, why: str, now: float, reason: str | None = None) -> None:
         self.rejected += 1
-        self.metrics.message_rejected(why)
+        self.metrics.message_rejected(reason or why)
         # Log and record the first ones and then one in a hundred: a flood must not
         # become a flood of log lines and rows.
         if self.rejected <= 20 or self.rejected % 100 == 0:
@@ -147,16 +195,20 @@ class Supervisor(DaemonContext):
                 [Event(now, EventKind.REJECTED_MESSAGE, message=why, data={"count": self.rejected})]
             )
 
-    def _on_steps(self, msg: StepReport, now: float) -> list[Observation]:
-        run = self.state.runs.get(msg.run)
-        if run is None:
-            return []
-        obs = self.progress.on_steps(
-            msg.run, msg.attempt, msg.rank, msg.node, list(msg.samples), now
-        )
-        if msg.attempt == run.attempt:
+    async def _on_steps(self, reports: Sequence[StepReport], now: float) -> list[Observation]:
+        obs: list[Observation] = []
+        for msg in reports:
+            run = self.state.runs.get(msg.run)
+            if run is None or msg.attempt != run.attempt:
+                continue  # an older attempt's late report, or no such run: changes nothing
+            why = evidence.roster_problem(run, msg.rank, msg.node, "steps")
+            if why is not None:
+                await self._reject(why, now, "roster")
+                continue
+            obs += self.progress.on_steps(
+                msg.run, msg.attempt, msg.rank, msg.node, list(msg.samples), now
+            )
             self.stragglers.observe_report(msg)
-        if msg.attempt == run.attempt:
             top = max(s.step for s in msg.samples)
             if run.last_step is None or top > run.last_step:
                 run.last_step = top
@@ -164,10 +216,32 @@ class Supervisor(DaemonContext):
                 run.attempt_first_step = min(s.step for s in msg.samples)
         return obs
 
-    async def _on_checkpoint(self, msg: CheckpointReport, now: float) -> list[Observation]:
+    def _on_checkpoint(self, msg: CheckpointReport, now: float, topic: str) -> None:
+        """A rank saved a checkpoint: it counts once found complete on disk (looked at in
+        the background, so a slow file system never holds up ingestion)."""
         run = self.state.runs.get(msg.run)
-        if run is None:
-            return []
+        if run is None or msg.attempt != run.attempt:
+            return
+        self.spawn(self._vet_checkpoint(run, msg, now, topic))
+
+    async def _vet_checkpoint(
+        self, run: RunInfo, msg: CheckpointReport, now: float, topic: str
+    ) -> None:
+        why = evidence.roster_problem(run, msg.rank, msg.node, "checkpoint")
+        if why is not None:
+            await self._reject(why, now, "roster")
+            return
+        verdict, first = await self.vetter.vet(run, msg.step, msg.path)
+        if not verdict.valid:
+            await self._reject(
+                f"checkpoint report of run {run.name} step {msg.step} from node {msg.node} "
+                f"does not count: {verdict.reason}",
+                now,
+                "checkpoint",
+            )
+            return
+        if not first:
+            return  # another rank's report of the same checkpoint already counted
         if run.last_checkpoint_step is None or msg.step >= run.last_checkpoint_step:
             run.last_checkpoint_step = msg.step
             run.last_checkpoint_path = msg.path
@@ -180,18 +254,26 @@ class Supervisor(DaemonContext):
         waiter = self._checkpoint_waiters.get(msg.run)
         if waiter is not None:
             waiter.set()
-        return [
-            Observation(
-                Event(
-                    now,
-                    EventKind.CHECKPOINT_SAVED,
-                    run=msg.run,
-                    node=msg.node,
-                    message=f"checkpoint of step {msg.step} saved in {msg.path}",
-                    data={"step": msg.step, "path": msg.path, "attempt": msg.attempt},
+        await self.observe(
+            [
+                Observation(
+                    Event(
+                        now,
+                        EventKind.CHECKPOINT_SAVED,
+                        run=msg.run,
+                        node=msg.node,
+                        message=f"checkpoint of step {msg.step} saved in {msg.path} "
+                        f"(checked on disk: {verdict.reason})",
+                        data={
+                            "step": msg.step,
+                            "path": msg.path,
+                            "attempt": msg.attempt,
+                            "source": topic,
+                        },
+                    )
                 )
-            )
-        ]
+            ]
+        )
 
     # -- detections -> conditions -> policy ------------------------------------------
 

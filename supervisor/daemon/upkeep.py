@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from trainwarden.policies import hostlist
 from trainwarden.policies.model import (
     Event,
     EventKind,
@@ -22,7 +23,8 @@ TAG = "trainwarden:"  # how every drain reason trainwarden gives starts (see exe
 
 
 async def sync_scheduler(sup: DaemonContext) -> None:
-    """The scheduler's view is an input: external drains and DOWN nodes are reflected."""
+    """The scheduler's view is an input: its node list is the roster of names that are
+    nodes at all; external drains and DOWN nodes are reflected."""
     try:
         sched_nodes = await sup.scheduler.nodes()
     except Exception as exc:  # a scheduler outage must not stop the daemon
@@ -30,6 +32,17 @@ async def sync_scheduler(sup: DaemonContext) -> None:
         return
     now = sup.clock.now()
     events: list[Event] = []
+    roster = frozenset(sn.name for sn in sched_nodes)
+    if roster != sup.state.roster:
+        gone = sorted(n for n in sup.state.nodes if n not in roster)
+        if gone:  # the store kept them; the scheduler no longer has them
+            log.warning(
+                "%d stored node(s) are not %s's nodes and are ignored: %s",
+                len(gone),
+                sup.scheduler.name,
+                hostlist.compress(gone),
+            )
+        sup.state.roster = roster
     for sn in sched_nodes:
         node = sup.state.node(sn.name)
         before = node.scheduler_state

@@ -27,6 +27,9 @@ from trainwarden.supervisor.model.lifecycle import (
 
 log = logging.getLogger(__name__)
 
+DEFAULT_RANKS_PER_NODE = 8  # one rank a GPU on the largest common node (HGX: 8 GPUs)
+MAX_RANKS_PER_NODE = 1024
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -39,6 +42,9 @@ class RunSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     target_step: int | None = None
     workdir: str | None = None
+    # ranks per node: an attempt's roster is its nodes x this many ranks (world size)
+    ranks_per_node: int = DEFAULT_RANKS_PER_NODE
+    set_by: str | None = None  # who set the command, workdir and environment
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +55,8 @@ class RunSpec:
             "env": dict(self.env),
             "target_step": self.target_step,
             "workdir": self.workdir,
+            "ranks_per_node": self.ranks_per_node,
+            "set_by": self.set_by,
         }
 
     @classmethod
@@ -62,11 +70,18 @@ class RunSpec:
                 env={str(k): str(v) for k, v in dict(d.get("env") or {}).items()},
                 target_step=None if d.get("target_step") is None else int(d["target_step"]),
                 workdir=None if d.get("workdir") is None else str(d["workdir"]),
+                ranks_per_node=int(d.get("ranks_per_node") or DEFAULT_RANKS_PER_NODE),
+                set_by=None if d.get("set_by") is None else str(d["set_by"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"invalid run spec: {exc}") from None
         if not spec.command:
             raise ConfigError("invalid run spec: empty command")
+        if not 1 <= spec.ranks_per_node <= MAX_RANKS_PER_NODE:
+            raise ConfigError(
+                f"invalid run spec: ranks_per_node={spec.ranks_per_node} "
+                f"(1 to {MAX_RANKS_PER_NODE})"
+            )
         if spec.nodes < 1 or (spec.min_nodes is not None and not 1 <= spec.min_nodes <= spec.nodes):
             raise ConfigError(f"invalid run spec: nodes={spec.nodes}, min_nodes={spec.min_nodes}")
         return spec
@@ -154,6 +169,20 @@ class RunInfo:
         )
 
 
+MAX_UNKNOWN_REPORTERS = 10_000
+
+
+@dataclass
+class UnknownReporter:
+    """A name that published as a node although the scheduler has no such node."""
+
+    name: str
+    first_seen: float
+    last_seen: float
+    messages: int
+    last_topic: str
+
+
 DRAINED_PHASES = (NodePhase.DRAINING, NodePhase.DRAINED, NodePhase.VETTING)
 
 
@@ -165,6 +194,27 @@ class ClusterState:
         self.nodes: dict[str, NodeInfo] = {}
         self.runs: dict[str, RunInfo] = {}
         self.phase_counts: Counter[NodePhase] = Counter()
+        # the scheduler's node names, once read: a message from any other name is not a node
+        self.roster: frozenset[str] | None = None
+        self.unknown: dict[str, UnknownReporter] = {}  # names that sent messages anyway
+        self.unknown_messages = 0
+
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is one of the cluster's nodes: the scheduler lists it (before its
+        list was first read: the store kept it). Only such names become node state."""
+        return name in self.nodes if self.roster is None else name in self.roster
+
+    def unknown_reporter(self, name: str, topic: str, now: float) -> bool:
+        """Note a message from a name that is no node; True the first time (log it once).
+        Bounded: past :data:`MAX_UNKNOWN_REPORTERS` names only the count grows."""
+        self.unknown_messages += 1
+        seen = self.unknown.get(name)
+        if seen is not None:
+            seen.last_seen, seen.messages, seen.last_topic = now, seen.messages + 1, topic
+            return False
+        if len(self.unknown) < MAX_UNKNOWN_REPORTERS:
+            self.unknown[name] = UnknownReporter(name, now, now, 1, topic)
+        return True
 
     def node(self, name: str) -> NodeInfo:
         n = self.nodes.get(name)

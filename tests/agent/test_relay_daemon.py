@@ -49,7 +49,8 @@ async def make_sup(tmp_path: Path) -> AsyncIterator[Callable[[str], Supervisor]]
             Metrics(),
         )
         spec = RunSpec(command=("true",), nodes=2, checkpoint_dir=str(tmp_path / "ck"))
-        s.state.runs["r1"] = RunInfo("r1", "local", spec, T0)
+        run = s.state.runs["r1"] = RunInfo("r1", "local", spec, T0)
+        s.state.place(run, NODES)  # the attempt's allocation: its nodes' ranks count
         s.progress.start_attempt("r1", 0, T0)
         made.append(s)
         return s

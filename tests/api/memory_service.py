@@ -19,6 +19,7 @@ from trainwarden.supervisor.api.contract import (
     NodeRow,
     RunRow,
     RunSpecIn,
+    UnknownReporterRow,
 )
 from trainwarden.supervisor.errors import NotFoundError, SchedulerError, SupervisorError
 from trainwarden.supervisor.store.records import ActionStatus
@@ -27,6 +28,7 @@ from trainwarden.supervisor.store.records import ActionStatus
 class MemoryService:
     def __init__(self, now: float = 1_800_000_000.0) -> None:
         self.now = now
+        self.unknown: list[UnknownReporterRow] = []  # names that published as no node
         self.nodes: dict[str, NodeRow] = {}
         self.runs: dict[str, RunRow] = {}
         self.specs: dict[str, RunSpecIn] = {}
@@ -59,6 +61,9 @@ class MemoryService:
 
     async def list_nodes(self) -> list[NodeRow]:
         return sorted(self.nodes.values(), key=lambda n: n.name)
+
+    async def list_unknown_reporters(self) -> list[UnknownReporterRow]:
+        return list(self.unknown)
 
     def _node(self, node: str) -> NodeRow:
         if node not in self.nodes:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -56,12 +57,22 @@ async def sup(tmp_path: Path) -> AsyncIterator[Supervisor]:
         PolicyEngine(load_policy()),
         Metrics(),
     )
+    await periodic.sync_scheduler(s)  # the roster of nodes, as the daemon reads it at start
     yield s
     for t in list(s.tasks):
         t.cancel()
     for job in list(sched._jobs):
         await sched.cancel(job)
     store.close()
+
+
+def save_dcp(path: Path) -> None:
+    """A small real torch.distributed.checkpoint save at ``path``."""
+    torch = pytest.importorskip("torch")
+    dcp = pytest.importorskip("torch.distributed.checkpoint")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
+        dcp.save({"w": torch.zeros(4)}, checkpoint_id=str(path))
 
 
 async def until(pred: Callable[[], bool], within: float = 20.0) -> None:
@@ -206,7 +217,8 @@ async def test_bad_messages_are_rejected_recorded_and_harmless(
     assert why in rejected[0].message
     await sup.store.flush()
     assert {n.name for n in sup.store.store.nodes()} >= {n.name for n in before}
-    assert "n2" not in sup.state.nodes
+    n2 = sup.state.nodes["n2"]  # the scheduler's node, never heard from
+    assert (n2.last_heartbeat_at, n2.last_report_at) == (None, None)
 
 
 @pytest.mark.integration  # starts the run: real processes on the local back-end
@@ -278,6 +290,7 @@ async def test_a_node_that_comes_back_is_vetted_then_returned(tmp_path: Path) ->
         PolicyEngine(load_policy(tmp_path / "p.yaml")),
         Metrics(),
     )
+    await periodic.sync_scheduler(s)
     try:
         await beat(s, *NODES)
         await s.handle(
@@ -310,7 +323,7 @@ async def _supervisor_in(tmp_path: Path, mode: str) -> Supervisor:
 
     url = f"sqlite:///{tmp_path / 'tw.db'}"
     upgrade(url)
-    return Supervisor(
+    s = Supervisor(
         CoreConfig(),
         SystemClock(),
         AsyncStore(open_store(url)),
@@ -318,6 +331,8 @@ async def _supervisor_in(tmp_path: Path, mode: str) -> Supervisor:
         PolicyEngine(load_policy(), Mode(mode)),
         Metrics(),
     )
+    await periodic.sync_scheduler(s)
+    return s
 
 
 async def _xid(s: Supervisor, node: str) -> None:
@@ -441,13 +456,15 @@ async def test_operator_drain_checkpoints_and_moves_the_run(
         control = ControlMessage.model_validate_json(payload)
         asked.append(control.command)
         run = sup.state.runs["r1"]
+        path = tmp_path / "ck" / "step-00000017"
+        save_dcp(path)  # a real checkpoint: the daemon counts it once it is found on disk
         report = CheckpointReport(
             run="r1",
             attempt=run.attempt,
             rank=0,
-            node="n1",
+            node=run.nodes[0],
             step=17,
-            path=str(tmp_path / "ck" / "step-00000017"),
+            path=str(path),
             ts=time.time(),
         )
         asyncio.get_running_loop().call_later(
@@ -499,6 +516,7 @@ async def test_a_transient_scheduler_failure_is_retried_until_the_drain_lands(
         PolicyEngine(load_policy()),
         Metrics(),
     )
+    await periodic.sync_scheduler(s)
     try:
         await beat(s, *NODES)
         await _xid(s, "n1")

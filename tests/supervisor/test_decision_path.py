@@ -29,7 +29,7 @@ from trainwarden.policies.model import (
 )
 from trainwarden.policies.rules import load_policy
 from trainwarden.supervisor.api.service import DaemonService
-from trainwarden.supervisor.daemon import operations
+from trainwarden.supervisor.daemon import operations, upkeep
 from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.process import Daemon, DaemonConfig
@@ -75,7 +75,7 @@ async def make(
 ) -> Supervisor:
     url = f"sqlite:///{tmp_path / 'tw.db'}"
     upgrade(url)
-    return Supervisor(
+    s = Supervisor(
         CoreConfig(retry_delays_s=(1.0, 1.0)),
         VirtualClock(),
         AsyncStore(open_store(url)),
@@ -83,6 +83,8 @@ async def make(
         PolicyEngine(load_policy(policy), mode),
         Metrics(),
     )
+    await upkeep.sync_scheduler(s)  # the roster of nodes, as the daemon reads it at start
+    return s
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from trainwarden.health.report import (
 from trainwarden.policies.engine import PolicyEngine
 from trainwarden.policies.model import ActionKind, ConditionType, EventKind
 from trainwarden.policies.rules import load_policy
+from trainwarden.supervisor.daemon import upkeep
 from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.process import Daemon, DaemonConfig
@@ -59,6 +60,7 @@ async def sup(tmp_path: Path) -> AsyncIterator[Supervisor]:
         PolicyEngine(load_policy()),
         Metrics(),
     )
+    await upkeep.sync_scheduler(s)  # the roster of nodes, as the daemon reads it at start
     yield s
     for t in list(s.tasks):
         t.cancel()
