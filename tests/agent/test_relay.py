@@ -32,6 +32,7 @@ from trainwarden.health.report import (
     StepSample,
     checkpoint_topic,
     encode,
+    node_checkpoint_topic,
     node_steps_topic,
     parse_message,
     parse_relayed,
@@ -159,19 +160,28 @@ async def test_two_ranks_are_batched_into_one_node_steps_per_flush(
 
 
 @pytest.mark.integration
-async def test_checkpoint_is_forwarded_at_once_on_the_run_topic(
+async def test_checkpoint_is_forwarded_at_once_on_the_nodes_own_topic(
     running: tuple[Agent, Collector, Path], node_name: str
 ) -> None:
     agent, col, sock = running
+
+    def next_checkpoint() -> tuple[float, str, Any]:
+        while True:
+            at, topic, msg = col.q.get(timeout=5.0)
+            if isinstance(msg, CheckpointReport):
+                return at, topic, msg
+
     rep = Reporter(None, "r-ck", 0, 3, node_name, relay=str(sock), flush_interval_s=30.0)
     try:
         t0 = time.monotonic()
         rep.checkpoint_saved(40, "/ckpt/step-40")
-        at, msg = await _get(col, lambda m: isinstance(m, CheckpointReport))
+        at, topic, msg = await asyncio.to_thread(next_checkpoint)
     finally:
         rep.close()
     assert at - t0 < 0.5, f"checkpoint took {at - t0:.2f} s through the relay"
     assert (msg.run, msg.rank, msg.node, msg.step) == ("r-ck", 3, node_name, 40)
+    # under the node's broker identity, which the shipped ACL ties to its credentials
+    assert topic == node_checkpoint_topic(node_name)
     assert rep.stats.checkpoints_sent == 1
     for _ in range(50):  # counted once the broker's PUBACK is in, which may trail delivery
         if agent.relay_stats.checkpoints_published:
