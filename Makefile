@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test lint typecheck unit chaos services slurm-up slurm-down clean
+.PHONY: demo test lint typecheck unit chaos services tools slurm-up slurm-down clean
 
 $(PY):
 	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(VENV)/.demo-installed
 services:
 	bash tests/infra/ensure-services.sh
 
+# command-line tools the suite checks the shipped files with (promtool)
+tools:
+	bash tests/infra/install-tools.sh
+
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -29,7 +33,7 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(VENV)/bin/mypy
 
-test: $(VENV)/.dev-installed services
+test: $(VENV)/.dev-installed services tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

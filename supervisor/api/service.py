@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from trainwarden import __version__
 from trainwarden.policies import hostlist
 from trainwarden.policies.model import (
     ActionKind,
@@ -36,7 +37,7 @@ from trainwarden.supervisor.errors import NotFoundError, SupervisorError
 from trainwarden.supervisor.model.cluster import RunInfo, RunSpec
 from trainwarden.supervisor.model.lifecycle import RunPhase
 
-VERSION = "0.1.0"
+VERSION = __version__
 
 
 class DaemonService:

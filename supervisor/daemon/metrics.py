@@ -9,11 +9,13 @@ onto a fixed set so a hostile or broken sender cannot grow the series count.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
+from trainwarden import __version__
 from trainwarden.policies.model import ActionKind, ConditionType, Verdict
 from trainwarden.supervisor.api.contract import NODE_STATES
 
@@ -87,6 +89,17 @@ class Metrics:
         self.leader = Gauge(
             "leader", "1 while this daemon holds the leader lease.", namespace=ns, registry=r
         )
+        # which version runs where (``max by (version) (trainwarden_build_info)`` in a
+        # rollout), and the process's own CPU, memory and file descriptors (process_*)
+        self.build_info = Gauge(
+            "build_info",
+            "1, labelled with the running trainwarden and Python versions.",
+            ["version", "python"],
+            namespace=ns,
+            registry=r,
+        )
+        self.build_info.labels(version=__version__, python=platform.python_version()).set(1)
+        ProcessCollector(registry=r)
         self.handler_errors_total = Counter(
             "handler_errors",
             "Internal errors caught while handling a message or a tick; the daemon went on.",

@@ -41,6 +41,17 @@ def _exercise(m: Metrics) -> None:
     m.api_request("GET", "/api/v1/nodes", 200, 0.003)
 
 
+def test_build_info_names_the_running_version() -> None:
+    import platform
+
+    from trainwarden import __version__
+
+    m = Metrics(CollectorRegistry())
+    labels = {"version": __version__, "python": platform.python_version()}
+    assert m.registry.get_sample_value("trainwarden_build_info", labels) == 1.0
+    assert (m.registry.get_sample_value("process_resident_memory_bytes") or 0) > 0
+
+
 def test_every_family_is_exposed() -> None:
     m = Metrics(CollectorRegistry())
     _exercise(m)
@@ -66,6 +77,14 @@ def test_every_family_is_exposed() -> None:
         "trainwarden_store_available",
         "trainwarden_store_waiting",
         "trainwarden_store_lost",
+        "trainwarden_build_info",
+        # the process's own (prometheus_client's ProcessCollector)
+        "process_cpu_seconds",
+        "process_open_fds",
+        "process_max_fds",
+        "process_virtual_memory_bytes",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
     }
     s = _samples(m)
     assert s[("trainwarden_store_available", ())] == 0
