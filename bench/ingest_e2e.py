@@ -63,6 +63,8 @@ from trainwarden.health.report import (
     node_topic,
     parse_message,
 )
+from trainwarden.supervisor.api.client import OperatorClient
+from trainwarden.supervisor.errors import SupervisorError
 
 HERE = Path(__file__).resolve()
 BIN = str(Path(sys.executable).parent / "trainwarden")
@@ -207,7 +209,7 @@ class Mosquitto:
     itself is never restarted here, and queued messages live in memory either way);
     max_queued_messages sized for the backlog (the shipped 300,000 is a minute of 20,000
     nodes; 0 would mean unbounded); max_inflight_messages 1000 as shipped (QoS 1 messages
-    sent to the daemon before its PUBACKs come back); message_size_limit as shipped.
+    sent to the daemon before its PUBACKs come back); max_packet_size as shipped.
     """
 
     def __init__(self, tmp: Path, max_queued: int = 300_000) -> None:
@@ -221,7 +223,7 @@ class Mosquitto:
             f"max_queued_messages {max(300_000, max_queued)}\n"
             "max_queued_bytes 0\n"
             "max_inflight_messages 1000\n"
-            "message_size_limit 262144\n"
+            "max_packet_size 263168\n"
             "max_keepalive 120\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
@@ -273,7 +275,9 @@ class Daemon:
         self.tmp = tmp
         self.broker = broker
         self.db = db or f"sqlite:///{tmp / 'tw.db'}"
-        self.api = f"http://127.0.0.1:{free_port()}"
+        # the API's socket (in a directory short enough for one) and the metrics listener
+        self.api = os.path.join(tempfile.mkdtemp(prefix="tw-", dir="/tmp"), "api.sock")
+        self.metrics_url = f"http://127.0.0.1:{free_port()}"
         self.nodes_arg = local_nodes_arg(nodes)
         self.proc: subprocess.Popen[Any] | None = None
         self.starts = 0
@@ -281,7 +285,8 @@ class Daemon:
     def argv(self) -> list[str]:
         return [
             BIN, "daemon", "--db", self.db, "--broker", f"127.0.0.1:{self.broker.port}",
-            "--api", self.api.removeprefix("http://"), "--scheduler", "local",
+            "--api", self.api, "--metrics", self.metrics_url.removeprefix("http://"),
+            "--scheduler", "local",
             "--local-nodes", self.nodes_arg, "--local-log-dir", str(self.tmp / "jobs"),
             "--client-id", "tw-bench-daemon", "--log-level", "WARNING",
         ]  # fmt: skip
@@ -310,8 +315,14 @@ class Daemon:
         return self.proc.pid
 
     def get(self, path: str, timeout: float = 10) -> Any:
+        """``/metrics`` from the metrics listener, ``/api/...`` from the API's socket."""
+        if path.startswith("/api/"):
+            try:
+                return OperatorClient(self.api, timeout_s=timeout).request("GET", path)
+            except SupervisorError:
+                return None
         try:
-            with urllib.request.urlopen(self.api + path, timeout=timeout) as r:
+            with urllib.request.urlopen(self.metrics_url + path, timeout=timeout) as r:
                 body = r.read()
         except (OSError, urllib.error.URLError):
             return None

@@ -198,6 +198,7 @@ class Agent:
         self.connections = 0  # successful connects, for tests and logs
         self.faults_published = 0
         self.relay_stats = RelayStats()
+        self.oversized = 0  # messages refused before publishing: over MAX_PAYLOAD_BYTES
         self.relay_bound = threading.Event()  # set while the relay socket is listening
         self._relay_sock: socket.socket | None = None
         self._relay_steps: deque[tuple[StepReport, int]] = deque()
@@ -359,6 +360,18 @@ class Agent:
     async def _publish_on(
         self, client: aiomqtt.Client, topic: str, payload: bytes, qos: int = 1
     ) -> None:
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            # The broker disconnects a client that sends a packet over its limit, which
+            # publishes this node's last will: refuse it here, count it, carry on.
+            self.oversized += 1
+            log.error(
+                "not publishing %d bytes on %s: over the %d-byte limit (%d refused so far)",
+                len(payload),
+                topic,
+                MAX_PAYLOAD_BYTES,
+                self.oversized,
+            )
+            return
         async with asyncio.timeout(self.config.network_timeout_s + 1):
             await client.publish(topic, payload, qos=qos, timeout=self.config.network_timeout_s)
 

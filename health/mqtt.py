@@ -74,11 +74,16 @@ class MqttAuth:
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        default_username: str | None = None,
     ) -> MqttAuth:
-        """Arguments win over TRAINWARDEN_MQTT_USERNAME / _PASSWORD_FILE / _CA / _CERT / _KEY."""
+        """Arguments win over TRAINWARDEN_MQTT_USERNAME / _PASSWORD_FILE / _CA / _CERT / _KEY.
+        ``default_username`` is the user name when a password file comes without one (a
+        node agent: its node name, the identity the broker's ACL binds its topics to)."""
         e = os.environ if env is None else env
         username = username or e.get("TRAINWARDEN_MQTT_USERNAME") or None
         password_file = password_file or e.get("TRAINWARDEN_MQTT_PASSWORD_FILE") or None
+        if username is None and password_file:
+            username = default_username
         password = None
         if password_file:
             try:
@@ -140,8 +145,9 @@ def add_auth_arguments(parser: Any) -> None:
     parser.add_argument("--mqtt-key", default=None, help="client key for TLS")
 
 
-def auth_from_args(args: Any) -> MqttAuth:
+def auth_from_args(args: Any, default_username: str | None = None) -> MqttAuth:
     return MqttAuth.from_env(
+        default_username=default_username,
         username=args.mqtt_username,
         password_file=args.mqtt_password_file,
         tls_ca=args.mqtt_ca,

@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         report_interval_s=args.interval,
         heartbeat_interval_s=args.heartbeat,
         probes=probe_config,
-        auth=auth_from_args(args),
+        auth=auth_from_args(args, default_username=node),  # the node is its broker user
         relay_path=_relay_path(args, node),
         relay_mode=relay_mode,
         relay_flush_interval_s=args.relay_flush,

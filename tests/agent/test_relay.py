@@ -375,3 +375,13 @@ def test_parse_relayed_takes_steps_and_checkpoints_of_this_node_only() -> None:
         parse_relayed(encode(NodeSteps(node="n1", ts=1.0, reports=[_report("n1")])), "n1")
     with pytest.raises(ReportError, match="-byte limit"):
         parse_relayed(b" " * (64 * 1024 + 1), "n1")
+
+
+async def test_an_oversized_message_is_refused_before_the_broker_sees_it(node_name: str) -> None:
+    """The broker disconnects a client whose packet is over its limit, and that publishes
+    the node's last will: the agent refuses such a message itself and carries on."""
+    agent = _agent(node_name, 1, None)
+    payload = b"x" * (MAX_PAYLOAD_BYTES + 1)
+    # no client is needed: the message never reaches one
+    await agent._publish_on(None, f"trainwarden/v1/node/{node_name}/health", payload)  # type: ignore[arg-type]
+    assert agent.oversized == 1

@@ -83,7 +83,7 @@ def test_daemon_unit_is_notify_with_watchdog_and_hardening() -> None:
 
 def test_mosquitto_limits_match_the_wire_format() -> None:
     conf = (DEPLOY / "mosquitto" / "trainwarden.conf").read_text()
-    assert f"\nmessage_size_limit {MAX_PAYLOAD_BYTES}\n" in conf
+    assert f"\nmax_packet_size {MAX_PAYLOAD_BYTES + 1024}\n" in conf  # + topic and header
     assert "\nallow_anonymous false\n" in conf
     acl = (DEPLOY / "mosquitto" / "trainwarden.acl").read_text()
     assert f"\npattern write {TOPIC_PREFIX}/node/%u/#\n" in acl

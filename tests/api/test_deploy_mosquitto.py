@@ -1,152 +1,218 @@
-"""deploy/mosquitto against a real Mosquitto: a node writes only its own topics.
+"""deploy/mosquitto against a real Mosquitto: TLS, one identity per node, client id = user
+name, and an ACL under which a node speaks only for itself.
 
-The broker runs on a free local port with the shipped trainwarden.conf and .acl (only the
-file paths and the listener address are changed) and a password file made with
-mosquitto_passwd. A refused publish is silent in MQTT 3.1.1, so every negative check
-is followed by an allowed "marker" message from the same sender: when the marker
-arrives, the refused message would have arrived before it.
+The broker runs the shipped trainwarden.conf and .acl with credentials from the shipped
+trainwarden-broker-credentials (tests/infra/secure_broker.py); only paths and ports are
+changed. A refused publish is silent in MQTT 3.1.1, so every negative check is followed
+by an allowed "marker" message from the same sender: when the marker arrives, the refused
+message would have arrived before it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
-import socket
+import ssl
 import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-import aiomqtt
 import pytest
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
-USERS = {"trainwarden-daemon": "daemon-secret", "nid001": "secret-1", "nid002": "secret-2"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
+from secure_broker import DAEMON, Peer, SecureBroker, skip_without_tools
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        shutil.which("mosquitto") is None or shutil.which("mosquitto_passwd") is None,
-        reason="mosquitto is not installed",
-    ),
-]
+pytestmark = [pytest.mark.integration, skip_without_tools()]
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+HB1 = "trainwarden/v1/node/n1/heartbeat"
+Connect = Callable[..., Peer]
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    tmp = tmp_path_factory.mktemp("mosquitto")
-    passwd = tmp / "trainwarden.passwd"
-    for i, (user, password) in enumerate(USERS.items()):
-        args = ["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(passwd), user, password]
-        subprocess.run(args, check=True, capture_output=True, timeout=30)
-    shutil.copy(DEPLOY / "trainwarden.acl", tmp / "trainwarden.acl")
-    port = _free_port()
-    conf = (DEPLOY / "trainwarden.conf").read_text()
-    assert "\nlistener 1883\n" in conf
-    conf = conf.replace("/etc/mosquitto/", f"{tmp}/").replace(
-        "\nlistener 1883\n", f"\nlistener {port} 127.0.0.1\n"
-    )
-    if os.geteuid() == 0:
-        conf += "\nuser root\n"  # keep the test's file permissions readable
-    (tmp / "mosquitto.conf").write_text(conf)
-    log = (tmp / "mosquitto.log").open("w")
-    proc = subprocess.Popen(
-        ["mosquitto", "-c", str(tmp / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT
-    )
+def broker() -> Iterator[SecureBroker]:
+    b = SecureBroker(("n1", "n2"))
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    pytest.fail("mosquitto did not start:\n" + (tmp / "mosquitto.log").read_text())
-                time.sleep(0.05)
-        yield port
+        yield b.start()
     finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
-
-
-def _client(port: int, user: str | None, password: str | None = None) -> aiomqtt.Client:
-    if user is not None and password is None:
-        password = USERS[user]
-    return aiomqtt.Client(
-        "127.0.0.1",
-        port,
-        username=user,
-        password=password,
-        identifier=f"test-{user}-{time.monotonic_ns()}",
-        timeout=5,
-    )
+        b.close()
 
 
 @pytest.fixture
-async def daemon(broker: int) -> AsyncIterator[aiomqtt.Client]:
-    async with _client(broker, "trainwarden-daemon") as client:
-        await client.subscribe("trainwarden/v1/#", qos=1)
-        yield client
+def peers() -> Iterator[list[Peer]]:
+    """Peers to close after the test (so no identity is left connected for the next)."""
+    made: list[Peer] = []
+    yield made
+    for p in made:
+        p.close()
 
 
-async def _received_until(client: aiomqtt.Client, marker: str) -> list[str]:
-    """Topics received up to and including ``marker``."""
-    topics = []
-    async with asyncio.timeout(5):
-        async for message in client.messages:
-            topics.append(str(message.topic))
-            if str(message.topic) == marker:
-                return topics
-    raise AssertionError("unreachable")
+@pytest.fixture
+def connect(broker: SecureBroker, peers: list[Peer]) -> Connect:
+    """``connect(user, port=None, **kw)``: a Peer with that user's password, let in."""
+
+    def make(user: str, port: int | None = None, **kw: Any) -> Peer:
+        kw.setdefault("password", broker.password(user))
+        p = Peer(port or broker.plain_port, user, **kw)
+        peers.append(p)
+        return p.wait_accepted()
+
+    return make
 
 
-async def test_a_node_writes_only_its_own_topics(broker: int, daemon: aiomqtt.Client) -> None:
-    async with _client(broker, "nid001") as node:
-        await node.publish("trainwarden/v1/node/nid002/heartbeat", b"forged", qos=1)
-        await node.publish("trainwarden/v1/node/nid001/heartbeat", b"{}", qos=1)
-    assert await _received_until(daemon, "trainwarden/v1/node/nid001/heartbeat") == [
-        "trainwarden/v1/node/nid001/heartbeat"
-    ]
+@pytest.fixture
+def daemon(connect: Connect) -> Peer:
+    return connect(DAEMON, client_id=DAEMON, subscribe="trainwarden/v1/#")
 
 
-async def test_ranks_report_steps_but_cannot_send_control(
-    broker: int, daemon: aiomqtt.Client
+def test_the_shipped_config_starts_without_warnings(broker: SecureBroker) -> None:
+    lines = [ln for ln in broker.log().splitlines() if ln.strip()]
+    assert any("running" in ln for ln in lines), broker.log()
+    noise = [ln for ln in lines if ("Warning" in ln or "Note" in ln or "Error" in ln)]
+    if broker.as_root:  # the test machine has no mosquitto user: not the config's doing
+        noise = [ln for ln in noise if "should not be run as root" not in ln]
+    assert noise == []
+
+
+@pytest.mark.parametrize("listener", ["plain", "tls"])
+@pytest.mark.parametrize(("user", "password"), [(None, None), ("n1", "wrong"), ("n9", "x")])
+def test_anonymous_and_unknown_clients_are_refused(
+    broker: SecureBroker, peers: list[Peer], listener: str, user: str | None, password: str | None
 ) -> None:
-    async with _client(broker, "nid002") as node:
-        await node.publish("trainwarden/v1/run/pretrain/control", b"forged", qos=1)
-        await node.publish("trainwarden/v1/run/pretrain/steps/7", b"{}", qos=1)
-        await node.publish("trainwarden/v1/run/pretrain/checkpoint", b"{}", qos=1)
-    assert await _received_until(daemon, "trainwarden/v1/run/pretrain/checkpoint") == [
-        "trainwarden/v1/run/pretrain/steps/7",
-        "trainwarden/v1/run/pretrain/checkpoint",
-    ]
+    port, ca = (broker.plain_port, None) if listener == "plain" else (broker.tls_port, broker.ca)
+    p = Peer(port, user, password, ca=ca)
+    peers.append(p)
+    assert p.answered.wait(5)
+    assert p.refused is not None
+    assert "authori" in p.refused.lower() or "user name" in p.refused.lower()
 
 
-async def test_a_node_cannot_read_other_nodes_but_gets_control(
-    broker: int, daemon: aiomqtt.Client
+def test_a_node_writes_only_its_own_topics(connect: Connect, daemon: Peer) -> None:
+    n1 = connect("n1")
+    for kind in ("heartbeat", "health", "status", "fault", "steps", "checkpoint"):
+        n1.publish(f"trainwarden/v1/node/n2/{kind}", b"forged")
+    n1.publish("trainwarden/v1/node/n1/checkpoint")
+    n1.publish(HB1)
+    assert daemon.until(HB1) == ["trainwarden/v1/node/n1/checkpoint", HB1]
+
+
+def test_nodes_cannot_write_run_topics(connect: Connect, daemon: Peer) -> None:
+    n2 = connect("n2")
+    for topic in ("steps/0", "checkpoint", "control"):
+        n2.publish(f"trainwarden/v1/run/r1/{topic}", b"forged")
+    n2.publish("trainwarden/v1/node/n2/steps")
+    assert daemon.until("trainwarden/v1/node/n2/steps") == ["trainwarden/v1/node/n2/steps"]
+
+
+def test_the_daemon_writes_control_only_and_nodes_read_it(connect: Connect) -> None:
+    spy = connect("n1", subscribe="trainwarden/v1/#")
+    other = connect("n2")
+    d = connect(DAEMON, subscribe="trainwarden/v1/#")  # reads what it could write itself
+    other.publish("trainwarden/v1/node/n2/health")  # another node's report: not for n1
+    assert d.until("trainwarden/v1/node/n2/health") == ["trainwarden/v1/node/n2/health"]
+    d.publish("trainwarden/v1/node/n2/status", b"forged")  # the daemon is no node
+    d.publish(f"trainwarden/v1/node/{DAEMON}/status", b"forged")  # nor one named like it
+    d.publish("trainwarden/v1/run/r1/steps/0", b"forged")
+    d.publish("trainwarden/v1/run/r1/control")
+    assert spy.until("trainwarden/v1/run/r1/control") == ["trainwarden/v1/run/r1/control"]
+    assert d.until("trainwarden/v1/run/r1/control") == ["trainwarden/v1/run/r1/control"]
+
+
+def test_a_client_id_is_its_user_name(connect: Connect, daemon: Peer) -> None:
+    n2 = connect("n2", client_id="tw-agent-n2", will="trainwarden/v1/node/n2/status")
+    first = connect("n1", client_id="tw-agent-n2")  # n2's id: the broker makes it "n1"
+    second = connect("n1", client_id=DAEMON)  # the daemon's id: "n1" again
+    second.publish(HB1)
+    assert daemon.until(HB1) == [HB1]  # no will of n2's came first
+    assert first.dropped.wait(5), "n1's second connection did not replace its first"
+    assert not n2.dropped.is_set() and not daemon.dropped.is_set()
+    n2.publish("trainwarden/v1/node/n2/heartbeat")
+    assert daemon.until("trainwarden/v1/node/n2/heartbeat") == ["trainwarden/v1/node/n2/heartbeat"]
+    # the check above can see a will: n2 taking its own id over does publish it
+    connect("n2", client_id="whatever")
+    assert daemon.until("trainwarden/v1/node/n2/status") == ["trainwarden/v1/node/n2/status"]
+    assert n2.dropped.wait(5)
+
+
+def test_the_daemons_session_is_kept_under_its_user_name(
+    connect: Connect, peers: list[Peer]
 ) -> None:
-    async with _client(broker, "nid001") as spy, _client(broker, "nid002") as other:
-        await spy.subscribe("trainwarden/v1/#", qos=1)
-        await other.publish("trainwarden/v1/node/nid002/health", b"{}", qos=1)
-        await daemon.publish("trainwarden/v1/run/pretrain/control", b"{}", qos=1)
-        assert await _received_until(spy, "trainwarden/v1/run/pretrain/control") == [
-            "trainwarden/v1/run/pretrain/control"
-        ]
+    d = connect(DAEMON, client_id="daemon-a", clean=False, subscribe="trainwarden/v1/#")
+    peers.remove(d)
+    d.close()
+    connect("n1").publish("trainwarden/v1/node/n1/fault")  # while no daemon is connected
+    back = connect(DAEMON, client_id="daemon-b", clean=False)  # another id, same session
+    assert back.session_present
+    assert back.until("trainwarden/v1/node/n1/fault") == ["trainwarden/v1/node/n1/fault"]
 
 
-@pytest.mark.parametrize(("user", "password"), [(None, None), ("nid001", "wrong")])
-async def test_unknown_clients_are_refused(
-    broker: int, user: str | None, password: str | None
+def test_nodes_and_the_daemon_connect_over_tls(broker: SecureBroker, connect: Connect) -> None:
+    d = connect(DAEMON, broker.tls_port, ca=broker.ca, subscribe="trainwarden/v1/#")
+    connect("n1", broker.tls_port, ca=broker.ca).publish(HB1)
+    assert d.until(HB1) == [HB1]
+
+
+def test_the_tls_listener_refuses_plain_mqtt_and_unknown_brokers(broker: SecureBroker) -> None:
+    with pytest.raises((OSError, ssl.SSLError)):  # a broker the cluster CA did not sign
+        Peer(broker.tls_port, "n1", broker.password("n1"), ca=broker.client_cert("n1")[0])
+    plain = Peer(broker.tls_port, "n1", broker.password("n1"))
+    try:
+        assert plain.dropped.wait(5)  # a TLS listener closes on a plain CONNECT
+        assert not plain.answered.is_set()
+    finally:
+        plain.close()
+
+
+def test_a_node_connects_with_its_client_certificate(
+    broker: SecureBroker, connect: Connect
 ) -> None:
-    with pytest.raises(aiomqtt.MqttError, match=r"[Nn]ot authori[sz]ed|[Bb]ad user name"):
-        async with _client(broker, user, password or ""):
-            pass
+    d = connect(DAEMON, subscribe="trainwarden/v1/#")
+    # The certificate's CN is the user name, whatever user name the client sends.
+    n1 = connect("n2", broker.cert_port, password=None, ca=broker.ca, cert=broker.client_cert("n1"))
+    n1.publish("trainwarden/v1/node/n2/heartbeat", b"forged")
+    n1.publish(HB1)
+    assert d.until(HB1) == [HB1]
+
+
+def test_the_certificate_listener_wants_a_certificate(broker: SecureBroker) -> None:
+    try:
+        p = Peer(broker.cert_port, "n1", broker.password("n1"), ca=broker.ca)
+    except (OSError, ssl.SSLError):
+        return  # refused in the handshake (TLS 1.2)
+    try:  # TLS 1.3 refuses after the handshake: the connection is closed unanswered
+        assert p.dropped.wait(5)
+        assert not p.accepted.is_set()
+    finally:
+        p.close()
+
+
+def test_the_credentials_tool_adds_nodes_and_keeps_existing_ones(tmp_path: Path) -> None:
+    out = tmp_path / "creds"
+    tool = str(
+        Path(__file__).resolve().parents[2] / "deploy/mosquitto/trainwarden-broker-credentials"
+    )
+    (tmp_path / "more.txt").write_text("# rack 2\ngpu7\n\nn01\n")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [tool, "-o", str(out), *args], capture_output=True, text=True, timeout=60
+        )
+
+    assert run("n[01-02],x.y", f"@{tmp_path / 'more.txt'}").returncode == 0
+    users = [ln.split(":")[0] for ln in (out / "trainwarden.passwd").read_text().splitlines()]
+    assert users == ["n01", "n02", "x.y", "gpu7", DAEMON]
+    first = (out / "nodes/n01/mqtt.password").read_text()
+    assert (out / "nodes/n01/mqtt.password").stat().st_mode & 0o777 == 0o600
+    assert (out / "trainwarden.passwd").stat().st_mode & 0o777 == 0o600
+    assert (out / "nodes/gpu7/mqtt.env").read_text() == "TRAINWARDEN_MQTT_USERNAME=gpu7\n"
+    assert run("n01,n03", "--no-daemon").returncode == 0  # n01 kept, n03 added
+    assert (out / "nodes/n01/mqtt.password").read_text() == first
+    assert run("n01", "--rotate", "--no-daemon").returncode == 0
+    assert (out / "nodes/n01/mqtt.password").read_text() != first
+    users = [ln.split(":")[0] for ln in (out / "trainwarden.passwd").read_text().splitlines()]
+    assert sorted(users) == sorted(["n01", "n02", "x.y", "gpu7", DAEMON, "n03"])
+    acl = (out / "trainwarden.acl.nodes").read_text()
+    assert (
+        sum(ln.startswith("user ") for ln in acl.splitlines()) == 5 and f"user {DAEMON}" not in acl
+    )
+    bad = run("n1/../x")
+    assert bad.returncode == 2 and "invalid node name" in bad.stderr
