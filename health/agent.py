@@ -65,6 +65,7 @@ import aiomqtt
 from pydantic import ValidationError
 
 from trainwarden.health.clock import Clock, SystemClock
+from trainwarden.health.control import control_dir, write_request
 from trainwarden.health.errors import ReportError
 from trainwarden.health.mqtt import MqttAuth
 from trainwarden.health.probes.base import (
@@ -82,7 +83,9 @@ from trainwarden.health.report import (
     MAX_NODE_STEP_REPORTS,
     MAX_PAYLOAD_BYTES,
     MAX_RELAY_DATAGRAM_BYTES,
+    TOPIC_PREFIX,
     CheckpointReport,
+    ControlMessage,
     FaultModel,
     FaultReport,
     HealthReport,
@@ -96,6 +99,7 @@ from trainwarden.health.report import (
     node_checkpoint_topic,
     node_steps_topic,
     node_topic,
+    parse_message,
     parse_relayed,
 )
 
@@ -113,6 +117,7 @@ _RELAY_RCVBUF = 4 * 1024 * 1024
 _RELAY_LOG_EVERY_S = 10.0
 # room left in a NodeSteps payload for its envelope: {"v":1,"kind":..,"node":..,"ts":..}
 _NODE_STEPS_ENVELOPE = 1024
+CONTROL_TOPICS = f"{TOPIC_PREFIX}/run/+/control"  # the daemon's requests to runs' ranks
 
 
 @dataclass
@@ -199,6 +204,7 @@ class Agent:
         self.faults_published = 0
         self.relay_stats = RelayStats()
         self.oversized = 0  # messages refused before publishing: over MAX_PAYLOAD_BYTES
+        self.controls_forwarded = 0  # control messages left for this node's ranks
         self.relay_bound = threading.Event()  # set while the relay socket is listening
         self._relay_sock: socket.socket | None = None
         self._relay_steps: deque[tuple[StepReport, int]] = deque()
@@ -318,6 +324,7 @@ class Agent:
             ]
             if self._relay_sock is not None:
                 tasks.append(asyncio.create_task(self._relay_loop(client)))
+                tasks.append(asyncio.create_task(self._control_loop(client)))
             stopper = asyncio.create_task(stop.wait())
             try:
                 done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -374,6 +381,26 @@ class Agent:
             return
         async with asyncio.timeout(self.config.network_timeout_s + 1):
             await client.publish(topic, payload, qos=qos, timeout=self.config.network_timeout_s)
+
+    async def _control_loop(self, client: aiomqtt.Client) -> None:
+        """The daemon's control messages for runs, left where this node's ranks look
+        (:mod:`trainwarden.health.control`): they report through the relay and hold no
+        broker credentials of their own. A bad message is logged and skipped."""
+        assert self.config.relay_path is not None
+        where = control_dir(self.config.relay_path)
+        await client.subscribe(CONTROL_TOPICS, qos=1)
+        async for message in client.messages:
+            try:
+                raw = message.payload
+                payload = bytes(raw) if isinstance(raw, bytes | bytearray) else b""
+                msg = parse_message(str(message.topic), payload)
+                if not isinstance(msg, ControlMessage):
+                    raise ReportError(f"a {msg.kind} message on {message.topic}")
+                await asyncio.to_thread(write_request, where, msg)
+            except (ReportError, OSError) as exc:
+                log.warning("agent %s: control message not passed on: %s", self.config.node, exc)
+                continue
+            self.controls_forwarded += 1
 
     # --- the relay ---------------------------------------------------------------------
 

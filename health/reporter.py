@@ -20,17 +20,19 @@ Two transports:
   go through the relay too and the agent forwards them at once, unchanged, on its node's
   checkpoint topic; if the relay fails and the rank has an MQTT connection, it publishes
   them itself. With the shipped broker ACL only the relay reaches the daemon: the node's
-  topics carry its broker identity, which the daemon checks against the run's allocation. When the agent is absent (no socket, agent dead, its queue full for
+  topics carry its broker identity, which the daemon checks against the run's
+  allocation. When the agent is absent (no socket, agent dead, its queue full for
   ~40 ms) a batch is dropped and counted -- never retried, never blocking.
   ``TRAINWARDEN_RELAY=off`` forces MQTT.
 
-Control messages (``checkpoint-now``) arrive over MQTT only. With the relay, the rank
-whose local rank (``LOCAL_RANK``/``SLURM_LOCALID``) is 0 keeps an MQTT connection that
-only subscribes to the run's control topic, if a broker is configured; the other ranks
-connect to nothing. A training loop must therefore share the request among its ranks
-(examples/train.py all-reduces the flag, as it must anyway); without a broker,
-``checkpoint_requested`` is never true. Without broker and relay the reporter is a
-no-op that never fails.
+Control messages (``checkpoint-now``): over MQTT, or, with the relay, from the file the
+node's agent leaves for the run beside its socket (:mod:`trainwarden.health.control`:
+ranks hold no broker credentials, the agent does). With the relay and a broker
+configured, the rank whose local rank (``LOCAL_RANK``/``SLURM_LOCALID``) is 0 also keeps
+an MQTT connection that only subscribes to the run's control topic (an anonymous test
+broker); the other ranks connect to nothing. A training loop must share the request among
+its ranks (examples/train.py all-reduces the flag, as it must anyway). Without broker and
+relay the reporter is a no-op that never fails.
 
 Deliberately free of torch and asyncio: it is imported by training scripts.
 """
@@ -51,6 +53,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
+from trainwarden.health.control import ControlWatch, control_dir
 from trainwarden.health.errors import TrainwardenError
 from trainwarden.health.mqtt import MqttAuth, parse_broker, short_hostname
 from trainwarden.health.report import (
@@ -178,10 +181,12 @@ class Reporter:
         if broker is not None and (relay is None or control):
             host, port = parse_broker(broker)
             self._start_mqtt(host, port, client_id or f"tw-rank-{self.run}-{attempt}-{rank}")
+        self._control: ControlWatch | None = None
         if relay is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             sock.setblocking(False)  # a full agent queue is EAGAIN, never a wait
             self._sock = sock
+            self._control = ControlWatch(control_dir(relay), self.run)
         if self.enabled:
             self._thread = threading.Thread(
                 target=self._flusher, name="trainwarden-reporter", daemon=True
@@ -294,11 +299,13 @@ class Reporter:
         self._wake.set()
 
     def checkpoint_requested(self) -> bool:
-        """True once after a ``checkpoint-now`` control message arrived for this run."""
+        """True once after a ``checkpoint-now`` control message arrived for this run (over
+        MQTT, or in the control file the node's agent keeps beside its relay socket)."""
+        relayed = self._control is not None and self._control.checkpoint_requested()
         if self._ckpt_requested.is_set():
             self._ckpt_requested.clear()
             return True
-        return False
+        return relayed
 
     @property
     def connected(self) -> bool:

@@ -385,3 +385,43 @@ async def test_an_oversized_message_is_refused_before_the_broker_sees_it(node_na
     # no client is needed: the message never reaches one
     await agent._publish_on(None, f"trainwarden/v1/node/{node_name}/health", payload)  # type: ignore[arg-type]
     assert agent.oversized == 1
+
+
+@pytest.mark.integration
+async def test_a_checkpoint_request_reaches_ranks_that_only_use_the_relay(
+    running: tuple[Agent, Collector, Path], node_name: str, private_broker: PrivateMosquitto
+) -> None:
+    """Ranks behind the relay hold no broker credentials: the agent passes the daemon's
+    checkpoint-now on to them (a file beside its socket), once per request."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from trainwarden.health.control import control_dir, write_request
+    from trainwarden.health.report import ControlMessage, control_topic
+
+    agent, _col, sock = running
+    # a request left from an earlier attempt is not taken by a rank that starts now
+    old = ControlMessage(run="r-ctl", command="checkpoint-now", request_id="old", ts=1.0)
+    write_request(control_dir(sock), old)
+    rep = Reporter(None, "r-ctl", 1, 0, node_name, relay=str(sock), flush_interval_s=30.0)
+    daemon = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-daemon-control")
+    daemon.connect("127.0.0.1", private_broker.port)
+    daemon.loop_start()
+    try:
+        assert rep.checkpoint_requested() is False
+        new = ControlMessage(run="r-ctl", command="checkpoint-now", request_id="req-1", ts=2.0)
+        for _ in range(100):  # the agent subscribes once its session is up
+            daemon.publish(control_topic("r-ctl"), encode(new), qos=1).wait_for_publish(5)
+            await asyncio.sleep(0.05)
+            if agent.controls_forwarded:
+                break
+        assert agent.controls_forwarded >= 1
+        assert rep.checkpoint_requested() is True
+        assert rep.checkpoint_requested() is False  # once per request
+        other = Reporter(None, "other-run", 1, 0, node_name, relay=str(sock))
+        assert other.checkpoint_requested() is False  # another run's ranks are not asked
+        other.close()
+    finally:
+        daemon.loop_stop()
+        daemon.disconnect()
+        rep.close()
