@@ -31,6 +31,7 @@ LOGIN_COMMANDS: tuple[str, ...] = (
     "db",
     "daemon",
     "demo",
+    "checkpoints",
 )
 ORDER: tuple[str, ...] = ("agent", *LOGIN_COMMANDS[:9], "vet", "hw", *LOGIN_COMMANDS[9:])
 # commands registered by another command's module

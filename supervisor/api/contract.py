@@ -212,6 +212,8 @@ class RunSpecIn(BaseModel):
     min_nodes: int | None = Field(default=None, ge=1)
     # an attempt's world size is its nodes x ranks_per_node: steps from other ranks are refused
     ranks_per_node: int = Field(default=DEFAULT_RANKS_PER_NODE, ge=1, le=MAX_RANKS_PER_NODE)
+    # the checkpoint layout restarts look for (supervisor.checkpoints); "auto" detects it
+    checkpoint_format: Literal["auto", "dcp", "megatron", "deepspeed", "hf", "lightning"] = "auto"
     # do not submit: take over the job already running under the tag trainwarden:<name>
     adopt: bool = False
 

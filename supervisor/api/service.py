@@ -185,6 +185,7 @@ class DaemonService:
             min_nodes=spec.min_nodes,
             ranks_per_node=spec.ranks_per_node,
             set_by=who,
+            checkpoint_format=spec.checkpoint_format,
         )
         run = await ops.add_run(
             self.sup, spec.name, spec.scheduler, run_spec, who, submit=not spec.adopt

@@ -17,7 +17,7 @@ import os
 from collections import OrderedDict
 
 from trainwarden.supervisor.daemon import checkpoints
-from trainwarden.supervisor.daemon.checkpoints import STEP_DIR_RE, Validation
+from trainwarden.supervisor.daemon.checkpoints import Validation
 from trainwarden.supervisor.model.cluster import RunInfo
 
 MAX_VETTED = 4096  # checkpoints whose verdict is remembered (every rank reports the same one)
@@ -56,10 +56,11 @@ def _check(run: RunInfo, step: int, path: str) -> Validation:
         return Validation(
             False, f"{path} is not under the run's checkpoint directory {run.spec.checkpoint_dir}"
         )
-    named = STEP_DIR_RE.match(os.path.basename(os.path.normpath(path)))
-    if named is not None and int(named.group(1)) != step:
-        return Validation(False, f"{path} holds step {int(named.group(1))}, not step {step}")
-    return checkpoints.validate(path)
+    fmt = run.spec.checkpoint_format
+    named = checkpoints.step_in_name(path, fmt)
+    if named is not None and named != step:
+        return Validation(False, f"{path} holds step {named}, not step {step}")
+    return checkpoints.validate(path, fmt=fmt)
 
 
 class CheckpointVetter:

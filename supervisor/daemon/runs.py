@@ -2,7 +2,8 @@
 
 A restart stops what is left of the current attempt, picks the newest checkpoint that
 validates (a half-written newest one is skipped), and submits the next attempt on healthy
-nodes with ``TRAINWARDEN_RESUME_FROM`` set. Restarts of one run are serialised.
+nodes with ``TRAINWARDEN_RESUME_FROM`` and the rest of its format's resume contract (see
+``trainwarden.supervisor.checkpoints.resume``). Restarts of one run are serialised.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ class RunManager:
             run.restarts += 1
             run.restart_times.append(self.clock.now())
             run.failure_steps.append(run.last_step)
-            ckpt = await asyncio.to_thread(checkpoints.latest_valid, run.spec.checkpoint_dir)
+            plan = await self._plan_resume(run)
+            ckpt = plan.checkpoint
             if ckpt is None:
                 log.warning(
                     "run %s: no valid checkpoint in %s; restarting from scratch",
@@ -107,8 +109,38 @@ class RunManager:
                     run.spec.checkpoint_dir,
                 )
             return await self._submit(
-                run, resume=ckpt.path if ckpt else None, resume_step=ckpt.step if ckpt else None
+                run,
+                resume=ckpt.path if ckpt else None,
+                resume_step=ckpt.step if ckpt else None,
+                plan=plan,
             )
+
+    async def _plan_resume(self, run: RunInfo) -> checkpoints.ResumePlan:
+        """The checkpoint to resume from in the run's format, and the next attempt's resume
+        contract (it may point a Megatron-LM tracker at the chosen iteration)."""
+        plan = await asyncio.to_thread(
+            checkpoints.plan_resume,
+            run.spec.checkpoint_dir,
+            run.spec.checkpoint_format,
+            now=self.clock.now(),
+        )
+        for judged in plan.scan.refused:
+            log.warning(
+                "run %s: checkpoint %s refused: %s",
+                run.name,
+                judged.info.path,
+                judged.validation.reason,
+            )
+        if plan.tracker is not None:
+            log.warning(
+                "run %s: %s rewritten to %s (was %r, kept at %s)",
+                run.name,
+                plan.tracker.path,
+                plan.tracker.new,
+                plan.tracker.old,
+                plan.tracker.kept_at,
+            )
+        return plan
 
     async def stop(self, run: RunInfo, reason: str) -> None:
         async with self.lock(run.name):
@@ -208,7 +240,11 @@ class RunManager:
         return usable
 
     async def _submit(
-        self, run: RunInfo, resume: str | None, resume_step: int | None
+        self,
+        run: RunInfo,
+        resume: str | None,
+        resume_step: int | None,
+        plan: checkpoints.ResumePlan | None = None,
     ) -> RestartResult:
         want = run.spec.nodes
         if run.spec.min_nodes is not None:
@@ -225,7 +261,7 @@ class RunManager:
             command=run.spec.command,
             exclude=exclude,
             resume_from=resume,
-            env=run.spec.env,
+            env={**run.spec.env, **(plan.env if plan and resume else {})},
             workdir=run.spec.workdir,
         )
         now = self.clock.now()
@@ -287,6 +323,7 @@ class RunManager:
                         "exclude": list(exclude),
                         "resume_from": resume,
                         "resumed_from_step": resume_step,
+                        **({"checkpoint": plan.as_dict()} if plan else {}),
                     },
                 )
             ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainwarden.policies.model import ActionRecordView, ClusterView, NodeView, RunView
+from trainwarden.supervisor.checkpoints.base import FORMAT_CHOICES
 from trainwarden.supervisor.detectors.conditions import ConditionBook
 from trainwarden.supervisor.errors import ConfigError
 from trainwarden.supervisor.model.lifecycle import (
@@ -45,6 +46,8 @@ class RunSpec:
     # ranks per node: an attempt's roster is its nodes x this many ranks (world size)
     ranks_per_node: int = DEFAULT_RANKS_PER_NODE
     set_by: str | None = None  # who set the command, workdir and environment
+    # the checkpoint layout (trainwarden.supervisor.checkpoints.FORMAT_CHOICES): "auto" detects
+    checkpoint_format: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +60,7 @@ class RunSpec:
             "workdir": self.workdir,
             "ranks_per_node": self.ranks_per_node,
             "set_by": self.set_by,
+            "checkpoint_format": self.checkpoint_format,
         }
 
     @classmethod
@@ -72,11 +76,17 @@ class RunSpec:
                 workdir=None if d.get("workdir") is None else str(d["workdir"]),
                 ranks_per_node=int(d.get("ranks_per_node") or DEFAULT_RANKS_PER_NODE),
                 set_by=None if d.get("set_by") is None else str(d["set_by"]),
+                checkpoint_format=str(d.get("checkpoint_format") or "auto"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"invalid run spec: {exc}") from None
         if not spec.command:
             raise ConfigError("invalid run spec: empty command")
+        if spec.checkpoint_format not in FORMAT_CHOICES:
+            raise ConfigError(
+                f"invalid run spec: checkpoint_format {spec.checkpoint_format!r} is not one of "
+                + ", ".join(FORMAT_CHOICES)
+            )
         if not 1 <= spec.ranks_per_node <= MAX_RANKS_PER_NODE:
             raise ConfigError(
                 f"invalid run spec: ranks_per_node={spec.ranks_per_node} "
