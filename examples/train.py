@@ -36,8 +36,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 try:
     from trainwarden.health.reporter import Reporter
@@ -114,7 +115,7 @@ def save(
     log: ProgressLog,
 ) -> None:
     path = ckpt_dir / f"step-{step:08d}"
-    dcp.save(state_of(model, opt, torch.tensor([step], dtype=torch.int64)), checkpoint_id=str(path))
+    dcp_save(state_of(model, opt, torch.tensor([step], dtype=torch.int64)), checkpoint_id=str(path))
     dist.barrier()  # every rank has finished writing; rank 0's .metadata is in place
     log.write(f"ckpt step={step}")
     if rank == 0:
@@ -130,13 +131,13 @@ def resume(path: str, model: torch.nn.Module, opt: torch.optim.Optimizer) -> int
         )
     progress = torch.zeros(1, dtype=torch.int64)
     state = state_of(model, opt, progress)
-    dcp.load(state, checkpoint_id=path)
+    dcp_load(state, checkpoint_id=path)
     set_state_dict(
         model,
         opt,
         model_state_dict=state["model"],  # type: ignore[arg-type]
-        optim_state_dict=state["optim"],
-    )  # type: ignore[arg-type]
+        optim_state_dict=state["optim"],  # type: ignore[arg-type]
+    )
     return int(progress.item())
 
 
@@ -193,7 +194,7 @@ def train_step(
     with reporter.compute():
         opt.zero_grad(set_to_none=False)
         loss = torch.nn.functional.mse_loss(model(x), y)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         if args.step_time:
             simulated_compute(args.step_time * args.slow_factor)
     for p in model.parameters():  # gradient all-reduce: the communication part

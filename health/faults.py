@@ -41,6 +41,8 @@ STORAGE_HANG = "storage-hang"
 STORAGE_SLOW = "storage-slow"
 STORAGE_FULL = "storage-full"
 STORAGE_UNMOUNTED = "storage-unmounted"
+# the storage probe has no directory it may write in (a setup fault, not a broken mount)
+STORAGE_PROBE_SETUP = "storage-probe-setup"
 HOST_OOM = "host-oom"
 HOST_MCE = "host-mce"
 HOST_MEMORY_LOW = "host-memory-low"

@@ -37,7 +37,7 @@ from trainwarden.supervisor.model.lifecycle import RunPhase
 from trainwarden.supervisor.scheduler.local import LocalScheduler
 from trainwarden.supervisor.store.migrate import upgrade
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train.py"
+EXAMPLE = Path(str(resources.files("trainwarden.examples") / "train.py"))
 
 
 SCENARIOS = ("gpu-fault", "straggler", "hang")

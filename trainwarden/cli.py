@@ -31,6 +31,8 @@ LOGIN_COMMANDS: tuple[str, ...] = (
     "db",
     "daemon",
     "demo",
+    "deploy",
+    "completion",
     "checkpoints",
 )
 ORDER: tuple[str, ...] = ("agent", *LOGIN_COMMANDS[:9], "vet", "hw", *LOGIN_COMMANDS[9:])

@@ -20,11 +20,14 @@ from typing import Any
 from trainwarden.health.agent import Agent, AgentConfig
 from trainwarden.health.errors import HealthError
 from trainwarden.health.hardware import Hardware
+from trainwarden.health.logsetup import add_log_format_argument, configure_logging, package_version
 from trainwarden.health.mqtt import add_auth_arguments, auth_from_args, parse_broker, short_hostname
 from trainwarden.health.probes.network import NetThresholds
 from trainwarden.health.probes.registry import ProbeConfig, real_hardware
 from trainwarden.health.report import DEFAULT_RELAY_PATH, check_name
 from trainwarden.health.sim.hardware import SimulatedHardware
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
@@ -138,15 +141,12 @@ def register(subparsers: Any) -> None:
     )
     add_auth_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    add_log_format_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging("DEBUG" if args.verbose else "INFO", args.log_format)
     node = check_name("node", args.node or short_hostname())
     if args.interval <= 0 or args.heartbeat <= 0 or args.probe_timeout <= 0:
         raise HealthError("--interval, --heartbeat and --probe-timeout must be positive")
@@ -230,7 +230,25 @@ async def _serve(agent: Agent) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await agent.run(stop)
+    # The version in the journal at every start and stop: which agent ran when, after upgrades.
+    cfg, ver = agent.config, package_version()
+    log.info(
+        "trainwarden agent %s starting: node %s, broker %s:%d",
+        ver,
+        cfg.node,
+        cfg.broker_host,
+        cfg.broker_port,
+        extra={"version": ver, "node": cfg.node},
+    )
+    try:
+        await agent.run(stop)
+    finally:
+        log.info(
+            "trainwarden agent %s stopped: node %s",
+            ver,
+            cfg.node,
+            extra={"version": ver, "node": cfg.node},
+        )
 
 
 def _print_table(report: dict[str, Any]) -> None:

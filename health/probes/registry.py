@@ -92,7 +92,9 @@ def build_probes(
     if config.is_enabled("storage"):
         for path in config.storage_paths or hardware.default_storage_paths():
             probes.append(
-                StorageProbe(path, hardware.storage, hardware.procfs_root, config.storage)
+                StorageProbe(
+                    path, hardware.storage, hardware.procfs_root, config.storage, hardware.node
+                )
             )
     if config.is_enabled("host"):
         probes.append(

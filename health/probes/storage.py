@@ -4,12 +4,23 @@ The round trip (write, fsync, read, unlink) is the part that hangs on a stuck Lu
 NFS mount; the runner bounds it and asks :meth:`StorageProbe.on_hang` for the verdict,
 which is ``unhealthy: storage hung`` with ``cause="storage:<mount point>"`` so the
 policy layer can see one outage behind many nodes.
+
+The round trip writes only in ``<path>/.trainwarden-probe/<node>/`` (:func:`probe_dir`):
+the agent's unit keeps the whole file system read-only but those directories
+(``ReadWritePaths=``), and one directory per node keeps thousands of nodes from creating
+files in one shared directory. A ``<path>/.trainwarden-probe`` that is missing and cannot
+be made, or a directory this user may not write in, is a setup fault (degraded, alert;
+the unit cannot make it), while a failed write inside it -- a read-only remount, EIO --
+is the storage fault it always was.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import socket
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +84,7 @@ class StorageSample:
     stats: FsStats | None
     round_trip_s: float | None
     error: str = ""
+    setup_error: str = ""  # no directory to write in: the round trip did not run
 
 
 def evaluate_storage(s: StorageSample, t: StorageThresholds) -> CheckResult:
@@ -128,7 +140,11 @@ def evaluate_storage(s: StorageSample, t: StorageThresholds) -> CheckResult:
                     cause=cause,
                 )
             )
-    if s.error:
+    if s.setup_error:
+        # No shared cause: many nodes missing one directory is a setup fault, and must not
+        # open a cluster incident that pauses automation on that mount.
+        faults.append(Fault(fk.STORAGE_PROBE_SETUP, Severity.DEGRADED, s.setup_error))
+    elif s.error:
         faults.append(
             Fault(
                 fk.STORAGE_HANG,
@@ -148,7 +164,70 @@ def evaluate_storage(s: StorageSample, t: StorageThresholds) -> CheckResult:
         )
     fs = f"{s.mount.fstype} at {s.mount.mount_point}" if s.mount else "unknown mount"
     rt = f"{s.round_trip_s * 1000:.1f} ms" if s.round_trip_s is not None else "n/a"
-    return fold(name, faults, values, f"{s.path} ({fs}) round trip {rt}")
+    actions = {f: Action.ALERT for f in faults if f.kind == fk.STORAGE_PROBE_SETUP}
+    return fold(name, faults, values, f"{s.path} ({fs}) round trip {rt}", actions)
+
+
+PROBE_DIR = ".trainwarden-probe"
+# errors of making a directory that mean "not allowed here", not "the storage is broken"
+_NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def probe_dir(path: str, node: str) -> str:
+    """Where the round trip writes: ``<path>/.trainwarden-probe/<node>``."""
+    return os.path.join(path, PROBE_DIR, node.replace("/", "_") or "node")
+
+
+def _is_real_dir(path: str) -> bool:
+    """A directory and not a link (a planted link would send the probe's writes elsewhere)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _make_shared_dir(path: str) -> None:
+    """``mkdir`` with mode 1777 (as ``/tmp``): the agent, ``trainwarden vet`` run as root by
+    Slurm and ``vet`` in a user's job all probe the same node's directory; the sticky bit
+    keeps each from removing the others' files, and probe files are made with O_EXCL."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o1777)  # not through mkdir's mode: the umask would strip it
+
+
+def ensure_probe_dir(path: str, node: str) -> tuple[str, str]:
+    """Make ``probe_dir(path, node)`` if absent: ``(directory, "")``, or ``("", why not)``
+    when it cannot be made for a reason that is not the storage's fault.
+
+    Raises OSError for the other failures (EIO, ENOSPC, a read-only remount inside an
+    existing ``.trainwarden-probe``): those are storage faults.
+    """
+    base = os.path.join(path, PROBE_DIR)
+    work = probe_dir(path, node)
+    fix = f"`install -d -m 1777 {base}` once per file system, then restart the agent"
+    for d in (base, work):
+        if os.path.lexists(d) and not _is_real_dir(d):
+            return "", f"{d} is not a directory; remove it (the probe writes only in there)"
+    if not _is_real_dir(base):
+        try:
+            _make_shared_dir(base)
+        except OSError as exc:
+            if exc.errno not in _NOT_ALLOWED:
+                raise
+            return "", (
+                f"cannot create the probe directory {base}: {exc.strerror}; the agent's "
+                f"unit lets it write nowhere else: {fix}"
+            )
+    if not _is_real_dir(work):
+        try:
+            _make_shared_dir(work)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM):
+                raise  # EROFS in .trainwarden-probe, which the unit makes writable: a fault
+            return "", f"cannot create {work}: {exc.strerror}; {base} must be mode 1777 ({fix})"
+    return work, ""
 
 
 @dataclass(eq=False)
@@ -157,6 +236,7 @@ class StorageProbe:
     ops: StorageOps
     procfs_root: Path
     thresholds: StorageThresholds = field(default_factory=StorageThresholds)
+    node: str = ""  # names this node's probe directory (default: the short host name)
     _mount: Mount | None = None
 
     @property
@@ -170,10 +250,22 @@ class StorageProbe:
             return StorageSample(self.path, False, self._mount, None, None)
         stats = self.ops.statvfs(self.path)
         payload = os.urandom(self.thresholds.payload_bytes)
+        node = self.node or socket.gethostname().split(".")[0]
+        try:
+            work, why_not = ensure_probe_dir(self.path, node)
+        except OSError as exc:
+            return StorageSample(self.path, True, self._mount, stats, None, str(exc))
+        if why_not:
+            return StorageSample(self.path, True, self._mount, stats, None, setup_error=why_not)
         start = time.perf_counter()
         try:
-            self.ops.round_trip(self.path, payload)
-        except (OSError, ValueError) as exc:
+            self.ops.round_trip(work, payload)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM):  # whose directory, not its health
+                why_not = f"cannot write in {work}: {exc.strerror}; it must be mode 1777"
+                return StorageSample(self.path, True, self._mount, stats, None, setup_error=why_not)
+            return StorageSample(self.path, True, self._mount, stats, None, str(exc))
+        except ValueError as exc:
             return StorageSample(self.path, True, self._mount, stats, None, str(exc))
         return StorageSample(self.path, True, self._mount, stats, time.perf_counter() - start)
 

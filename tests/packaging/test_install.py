@@ -71,8 +71,48 @@ def test_the_wheel_installs_only_the_trainwarden_package(wheel: Path) -> None:
         "trainwarden/supervisor/sim/scenarios/single-gpu-failure.yaml",
         "trainwarden/migrations/versions/0001_initial_schema.py",
         "trainwarden/migrations/alembic.ini",
+        "trainwarden/examples/train.py",
+        "trainwarden/examples/slurm/train.sbatch",
+        "trainwarden/deploy/trainwarden-agent.service",
+        "trainwarden/deploy/mosquitto/trainwarden.conf",
+        "trainwarden/deploy/grafana/trainwarden.json",
     ):
         assert data in names
+    # every file of the one deploy/ folder, no copy of its own
+    deploy = REPO / "deploy"
+    shipped = {n.removeprefix("trainwarden/deploy/") for n in names if "/deploy/" in n}
+    assert shipped == {p.relative_to(deploy).as_posix() for p in deploy.rglob("*") if p.is_file()}
+
+
+def test_the_installed_wheel_is_self_contained(wheel: Path, tmp_path: Path) -> None:
+    """Outside a checkout: the deploy files, the demo's training job, completion."""
+    target = tmp_path / "site"
+    done = _run(
+        sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+        str(wheel), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    cli = [sys.executable, "-m", "trainwarden"]
+    done = _run(*cli, "deploy", "write", str(tmp_path / "etc"), cwd=tmp_path, env_path=target)
+    assert done.returncode == 0, done.stderr
+    unit = tmp_path / "etc" / "trainwarden-agent.service"
+    assert f"wrote {unit}" in done.stdout.splitlines()
+    assert unit.read_bytes() == (REPO / "deploy" / "trainwarden-agent.service").read_bytes()
+    assert (tmp_path / "etc" / "slurm" / "trainwarden-healthcheck.sh").stat().st_mode & 0o111
+    check = (
+        "from trainwarden.supervisor.demo import EXAMPLE;"
+        f"assert EXAMPLE.is_file() and str(EXAMPLE).startswith({str(target)!r}), EXAMPLE;"
+        "print(EXAMPLE)"
+    )
+    done = _run(sys.executable, "-c", check, cwd=tmp_path, env_path=target)
+    assert done.returncode == 0, done.stderr
+    done = _run(
+        sys.executable, "-m", "trainwarden.examples.train", "--help", cwd=tmp_path,
+        env_path=target,
+    )  # fmt: skip
+    assert done.returncode == 0 and "--ckpt-every" in done.stdout, done.stderr
+    done = _run(*cli, "completion", "bash", cwd=tmp_path, env_path=target)
+    assert done.returncode == 0 and "complete -o default -F _trainwarden" in done.stdout
 
 
 def test_the_wheel_works_beside_supervisord(wheel: Path, tmp_path: Path) -> None:
