@@ -31,6 +31,8 @@ class EventKind(StrEnum):
     CONDITION_CHANGED = "condition-changed"
     RUN_STARTED = "run-started"
     RUN_PROGRESS_STALLED = "run-stalled"
+    # where a run's progress is read from changed: a log parser chosen, a log unreadable or back
+    RUN_PROGRESS_SOURCE = "progress-source"
     CHECKPOINT_SAVED = "checkpoint-saved"
     ATTEMPT_ENDED = "attempt-ended"
     STRAGGLER_FLAGGED = "straggler-flagged"

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainwarden.health.report import NAME_PATTERN
 from trainwarden.policies.model import ActionKind, Actor, Event, Verdict
+from trainwarden.supervisor.detectors.logprogress.parsers import check_progress
 from trainwarden.supervisor.model.cluster import DEFAULT_RANKS_PER_NODE, MAX_RANKS_PER_NODE
 from trainwarden.supervisor.store.records import ActionRecord, ActionStatus
 
@@ -101,6 +102,9 @@ class RunRow(_Row):
     resumed_from_step: int | None = None
     ranks_per_node: int | None = None
     command_set_by: str | None = None  # who set the command, workdir and environment
+    # where progress comes from (RunSpecIn.progress) and, for a log, what is read and how
+    progress: str = "reporter"
+    progress_detail: str | None = None
 
 
 class EventRow(_Row):
@@ -214,6 +218,11 @@ class RunSpecIn(BaseModel):
     ranks_per_node: int = Field(default=DEFAULT_RANKS_PER_NODE, ge=1, le=MAX_RANKS_PER_NODE)
     # the checkpoint layout restarts look for (supervisor.checkpoints); "auto" detects it
     checkpoint_format: Literal["auto", "dcp", "megatron", "deepspeed", "hf", "lightning"] = "auto"
+    # where step progress comes from: "reporter" (the ranks call trainwarden's reporter:
+    # per-rank timing, stragglers), or the job's log parsed as megatron | torchtitan | hf |
+    # lightning print it, "auto" (detected from its first step line), or "regex:PATTERN"
+    # with a named group step (optionally step_s); from a log, hangs are detected, stragglers not
+    progress: str = Field(default="reporter", max_length=1000)
     # do not submit: take over the job already running under the tag trainwarden:<name>
     adopt: bool = False
 
@@ -225,6 +234,11 @@ class RunSpecIn(BaseModel):
         if any("\x00" in word for word in value):
             raise ValueError("the command contains a NUL character")
         return value
+
+    @field_validator("progress")
+    @classmethod
+    def _progress(cls, value: str) -> str:
+        return check_progress(value)
 
     @field_validator("checkpoint_dir")
     @classmethod

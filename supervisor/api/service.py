@@ -159,6 +159,8 @@ class DaemonService:
             resumed_from_step=r.resumed_from_step,
             ranks_per_node=r.spec.ranks_per_node,
             command_set_by=r.spec.set_by,
+            progress=r.spec.progress,
+            progress_detail=self.sup.logs.describe(r.name),
         )
 
     async def list_runs(self) -> list[RunRow]:
@@ -186,6 +188,7 @@ class DaemonService:
             ranks_per_node=spec.ranks_per_node,
             set_by=who,
             checkpoint_format=spec.checkpoint_format,
+            progress=spec.progress,
         )
         run = await ops.add_run(
             self.sup, spec.name, spec.scheduler, run_spec, who, submit=not spec.adopt

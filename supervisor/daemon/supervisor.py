@@ -39,6 +39,7 @@ from trainwarden.policies.model import (
 from trainwarden.supervisor.daemon import evidence, incidents, upkeep
 from trainwarden.supervisor.daemon.context import CoreConfig, DaemonContext, Publisher, with_id
 from trainwarden.supervisor.daemon.executor import Executor
+from trainwarden.supervisor.daemon.logwatch import LogWatch
 from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.runs import RunManager
@@ -80,6 +81,7 @@ class Supervisor(DaemonContext):
             fence=self.fenced,
         )
         self.executor = Executor(self)
+        self.logs = LogWatch(scheduler, self.progress)  # runs whose progress is their log
         self.rejected = 0
         self.vetter = evidence.CheckpointVetter()
         self._origin: dict[tuple[str, ConditionType], float] = {}
@@ -376,7 +378,9 @@ class Supervisor(DaemonContext):
             self.last_sync = now
             await upkeep.sync_scheduler(self)
             await upkeep.adopt_tagged_jobs(self)
-        obs = self.core.detect(now) + self.core.straggler_findings(now)
+        obs, log_events = await self.logs.tick(self.state.runs.values(), now)
+        await self.record_events_later(log_events)
+        obs += self.core.detect(now) + self.core.straggler_findings(now)
         if obs:
             await self.observe(obs)
         await upkeep.vetting(self, self.executor, now)

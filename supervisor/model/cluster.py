@@ -15,6 +15,7 @@ from typing import Any
 from trainwarden.policies.model import ActionRecordView, ClusterView, NodeView, RunView
 from trainwarden.supervisor.checkpoints.base import FORMAT_CHOICES
 from trainwarden.supervisor.detectors.conditions import ConditionBook
+from trainwarden.supervisor.detectors.logprogress.parsers import check_progress
 from trainwarden.supervisor.errors import ConfigError
 from trainwarden.supervisor.model.lifecycle import (
     AttemptPhase,
@@ -48,6 +49,9 @@ class RunSpec:
     set_by: str | None = None  # who set the command, workdir and environment
     # the checkpoint layout (trainwarden.supervisor.checkpoints.FORMAT_CHOICES): "auto" detects
     checkpoint_format: str = "auto"
+    # where progress comes from: the ranks' reporter, or the job's log parsed as one
+    # framework prints it (trainwarden.supervisor.detectors.logprogress.parsers.CHOICES)
+    progress: str = "reporter"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +65,7 @@ class RunSpec:
             "ranks_per_node": self.ranks_per_node,
             "set_by": self.set_by,
             "checkpoint_format": self.checkpoint_format,
+            "progress": self.progress,
         }
 
     @classmethod
@@ -77,6 +82,7 @@ class RunSpec:
                 ranks_per_node=int(d.get("ranks_per_node") or DEFAULT_RANKS_PER_NODE),
                 set_by=None if d.get("set_by") is None else str(d["set_by"]),
                 checkpoint_format=str(d.get("checkpoint_format") or "auto"),
+                progress=str(d.get("progress") or "reporter"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"invalid run spec: {exc}") from None
@@ -87,6 +93,10 @@ class RunSpec:
                 f"invalid run spec: checkpoint_format {spec.checkpoint_format!r} is not one of "
                 + ", ".join(FORMAT_CHOICES)
             )
+        try:
+            check_progress(spec.progress)
+        except ValueError as exc:
+            raise ConfigError(f"invalid run spec: {exc}") from None
         if not 1 <= spec.ranks_per_node <= MAX_RANKS_PER_NODE:
             raise ConfigError(
                 f"invalid run spec: ranks_per_node={spec.ranks_per_node} "

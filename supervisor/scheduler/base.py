@@ -101,6 +101,11 @@ class Scheduler(Protocol):
 
     async def job(self, job_id: str) -> JobInfo | None: ...
 
+    async def job_log(self, job_id: str) -> str | None:
+        """The path of the file the job's output goes to (its first node's, where rank 0
+        prints), readable from the daemon's host; None when the scheduler names none."""
+        ...
+
     async def jobs_tagged(self) -> list[tuple[str, str]]:
         """(job id, run) of the jobs tagged ``trainwarden:<run>`` the scheduler knows."""
         ...

@@ -321,7 +321,7 @@ class LocalScheduler:
         _check_runnable(argv, env, spec.workdir)
         exit_file = self._exit_file(job.job_id, node)
         exit_file.unlink(missing_ok=True)
-        logf = (self._log_dir / f"{job.job_id}-{node}.log").open("ab")
+        logf = self._log_file(job.job_id, node).open("ab")
         try:
             child = await asyncio.create_subprocess_exec(
                 "/bin/sh",
@@ -464,6 +464,17 @@ class LocalScheduler:
         else:
             reason = ""
         return JobInfo(job_id, job.state, job.nodes, codes[0] if codes else None, reason)
+
+    async def job_log(self, job_id: str) -> str | None:
+        """The output of the job's first node (node rank 0, where rank 0 prints):
+        ``<log_dir>/<job_id>-<node>.log``; None for a job this scheduler does not know."""
+        job = self._jobs.get(job_id)
+        if job is None or not job.nodes:
+            return None
+        return str(self._log_file(job_id, job.nodes[0]))
+
+    def _log_file(self, job_id: str, node: str) -> Path:
+        return (self._log_dir / f"{job_id}-{node}.log").absolute()
 
     async def jobs_tagged(self) -> list[tuple[str, str]]:
         self._watch_adopted()

@@ -100,6 +100,25 @@ class SlurmScheduler:
             reason="" if reason == "None" else reason,
         )
 
+    async def job_log(self, job_id: str) -> str | None:
+        """The batch script's output file (``StdOut`` of ``scontrol show job``): the first
+        node's, where rank 0 usually prints. The login node reads it, so it must be on a
+        shared file system (Slurm's default, the submission directory, usually is). None
+        while Slurm does not know the job, or names no single file."""
+        _check_job_id(job_id)
+        rc, out, err = await self._call("scontrol", "show", "job", "-o", job_id)
+        if rc != 0:
+            if _UNKNOWN_JOB.search(err):
+                return None
+            raise self._error("scontrol show job", rc, err)
+        line = next((ln for ln in out.splitlines() if ln.startswith("JobId=")), "")
+        if not line:
+            return None
+        try:
+            return sp.stdout_path(sp.parse_record(line))
+        except ValueError as exc:
+            raise SchedulerError(f"scontrol show job {job_id}: {exc}") from exc
+
     async def jobs_tagged(self) -> list[tuple[str, str]]:
         """(job_id, run) of every job slurmctld knows that trainwarden submitted (comment or
         name ``trainwarden:<run>``), finished ones included while Slurm keeps them."""

@@ -170,3 +170,49 @@ def exit_code(text: str) -> int | None:
 
 def _natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|\D+", name))
+
+
+_FILENAME_PATTERN = re.compile(r"%(%|[0-9]*[A-Za-z])")
+
+
+def stdout_path(rec: Mapping[str, str]) -> str | None:
+    """Where a batch job's output goes, from its ``scontrol show job -o`` record: ``StdOut``,
+    with the filename patterns Slurm may leave unexpanded filled in (``%j`` job id, ``%x``
+    name, ``%u`` user, ``%N`` first node, ``%A``/``%a`` array job and task, ``%%``), and a
+    relative path taken from ``WorkDir``. None when the record has none or a pattern cannot
+    be filled (``%s`` step, ``%t`` task: per-task files, no single log)."""
+    raw = rec.get("StdOut", "").strip()
+    if not raw or raw in ("(null)", "None"):
+        return None
+    nodes = expand_hostlist(rec.get("NodeList", "")) if "%N" in raw else ()
+    array_job = rec.get("ArrayJobId") or rec.get("JobId", "")
+    values = {
+        "%": "%",
+        "j": rec.get("JobId", ""),
+        "x": rec.get("JobName", ""),
+        "u": rec.get("UserId", "").split("(", 1)[0],
+        "N": nodes[0] if nodes else "",
+        "A": array_job,
+        "a": rec.get("ArrayTaskId", ""),
+    }
+    unknown = False
+
+    def fill(m: re.Match[str]) -> str:
+        nonlocal unknown
+        code = m.group(1)
+        key, width = code[-1], code[:-1]
+        value = values.get(key, "")
+        if not value:
+            unknown = True
+            return m.group(0)
+        return value.zfill(int(width)) if width and value.isdigit() else value
+
+    path = _FILENAME_PATTERN.sub(fill, raw)
+    if unknown:
+        return None
+    if not path.startswith("/"):
+        workdir = rec.get("WorkDir", "").strip()
+        if not workdir.startswith("/"):
+            return None
+        path = f"{workdir.rstrip('/')}/{path}"
+    return path

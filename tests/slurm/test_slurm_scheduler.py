@@ -131,6 +131,23 @@ async def test_failed_job_exit_code(sched: SlurmScheduler, tmp_path: Path) -> No
     assert info.exit_code == 3
 
 
+async def test_job_log_is_the_batch_scripts_stdout(sched: SlurmScheduler, tmp_path: Path) -> None:
+    """Where the daemon follows a run's progress when it reads it from the log."""
+    spec = JobSpec(
+        run="r-log",
+        attempt=1,
+        nodes=1,
+        command=(script(tmp_path, "#!/bin/bash\necho ' iteration        1/      10 |'\n"),),
+        workdir=str(tmp_path),
+    )
+    job_id = await sched.submit(spec)
+    path = await sched.job_log(job_id)
+    assert path == str(tmp_path / f"slurm-{job_id}.out")
+    await wait_job(sched, job_id, lambda j: j.state.finished)
+    assert "iteration        1/" in Path(path).read_text()
+    assert await sched.job_log("999999") is None
+
+
 async def test_cancel_and_tagged(sched: SlurmScheduler, tmp_path: Path) -> None:
     spec = JobSpec(
         run="r-cancel",

@@ -1,0 +1,1 @@
+"""One-line integrations of the reporter into training frameworks (optional imports)."""
