@@ -150,7 +150,8 @@ async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
     async with EmbeddedBroker(port=0) as broker:
         tl.say(f"embedded MQTT broker on 127.0.0.1:{broker.port}")
         sched = LocalScheduler(names, work / "logs")
-        daemon = Daemon(_daemon_config(db_url, broker.port, names, policy), scheduler=sched)
+        dcfg = _daemon_config(db_url, broker.port, names, policy, _api_socket(work))
+        daemon = Daemon(dcfg, scheduler=sched)
         stop = asyncio.Event()
         dtask = asyncio.create_task(daemon.run(stop))
         hw = {n: SimulatedHardware(n, gpus=4, state_dir=work / "hw" / n) for n in names}
@@ -190,13 +191,23 @@ def _scenario_policy(cfg: DemoConfig) -> str | None:
     return None
 
 
+def _api_socket(work: Path) -> str:
+    """The demo daemon's API socket: in the work dir, or in a short temporary dir when the
+    work dir's path is too long for a Unix socket."""
+    path = work / "api.sock"
+    if len(str(path)) <= 100:
+        return str(path)
+    return str(Path(tempfile.mkdtemp(prefix="tw-demo-")) / "api.sock")
+
+
 def _daemon_config(
-    db_url: str, broker_port: int, names: list[str], policy: str | None
+    db_url: str, broker_port: int, names: list[str], policy: str | None, api_socket: str
 ) -> DaemonConfig:
     return DaemonConfig(
         db_url=db_url,
         broker_port=broker_port,
-        api_port=0,
+        api_socket=api_socket,
+        metrics_port=0,
         scheduler="local",
         local_nodes=tuple(names),
         client_id="trainwarden-demo-daemon",
@@ -237,7 +248,7 @@ async def _wait_until_reporting(daemon: Daemon, names: list[str], tl: Timeline) 
     )
     sup = daemon.sup
     assert sup is not None
-    tl.say(f"daemon up; operator API {daemon.api_url}")
+    tl.say(f"daemon up; operator API {daemon.api_url}, metrics {daemon.metrics_url}")
     await _wait(
         lambda: all(n in sup.state.nodes and sup.state.nodes[n].last_heartbeat_at for n in names),
         20,

@@ -31,6 +31,7 @@ LOGIN_COMMANDS: tuple[str, ...] = (
     "db",
     "daemon",
     "demo",
+    "token",
     "deploy",
     "completion",
     "checkpoints",

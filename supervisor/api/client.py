@@ -1,27 +1,29 @@
 """A small synchronous client of the daemon's operator API, for the ``trainwarden`` CLI.
 
-stdlib ``urllib`` with a timeout on every request: the CLI is a short-lived process and
-needs no event loop. Replies are validated into the same row models the server sends.
-A daemon that cannot be reached, or a request it refuses, becomes one
+stdlib ``http.client`` with a timeout on every request: the CLI is a short-lived process and
+needs no event loop. On the login node it talks to the daemon's Unix socket, where the
+daemon knows the caller by its uid; from elsewhere it talks https with a bearer token read
+from a file only the caller may read. Replies are validated into the same row models the
+server sends. A daemon that cannot be reached, or a request it refuses, becomes one
 :class:`~trainwarden.supervisor.errors.SupervisorError` whose sentence the CLI prints as is.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
+import http.client
 import json
 import os
-import urllib.error
+import socket
+import ssl
 import urllib.parse
-import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from trainwarden.supervisor.api.auth import DEFAULT_API_SOCKET, private_file
 from trainwarden.supervisor.api.contract import (
-    DEFAULT_API,
     ActionRow,
     EventRow,
     Explanation,
@@ -33,22 +35,23 @@ from trainwarden.supervisor.api.contract import (
 from trainwarden.supervisor.errors import SupervisorError
 
 __all__ = [
+    "API_CA_ENV",
     "API_ENV",
+    "TOKEN_FILE_ENV",
     "ApiError",
     "ApiUnreachableError",
     "OperatorClient",
     "add_api_arguments",
     "client_for",
-    "default_who",
+    "read_token_file",
     "resolve_api",
 ]
 
 API_ENV = "TRAINWARDEN_API"
+TOKEN_FILE_ENV = "TRAINWARDEN_TOKEN_FILE"
+API_CA_ENV = "TRAINWARDEN_API_CA"
 DEFAULT_TIMEOUT_S = 10.0
 M = TypeVar("M", bound=BaseModel)
-# The daemon is on the login node: never send operator requests through an HTTP proxy
-# that $http_proxy may name for the cluster's outbound traffic.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class ApiUnreachableError(SupervisorError):
@@ -64,49 +67,159 @@ class ApiError(SupervisorError):
 
 
 def resolve_api(api: str | None) -> str:
-    """The API base URL: ``api`` if given, else ``$TRAINWARDEN_API``, else the default."""
-    url = api or os.environ.get(API_ENV) or DEFAULT_API
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise SupervisorError(f"invalid API URL {url!r}: expected http://HOST:PORT")
-    return url.rstrip("/")
+    """Where the daemon is: ``api`` if given, else ``$TRAINWARDEN_API``, else the default
+    socket. A socket path (``/run/trainwarden/api.sock`` or ``unix:PATH``) comes back as
+    ``unix:/absolute/path``, an https URL without its trailing '/'."""
+    text = api or os.environ.get(API_ENV) or DEFAULT_API_SOCKET
+    if text.startswith("unix:"):
+        path = text.removeprefix("unix:")
+        path = "/" + path.lstrip("/") if path.startswith("//") else path
+        return f"unix:{os.path.abspath(path)}" if path else _invalid(text)
+    parsed = urllib.parse.urlsplit(text)
+    if parsed.scheme == "https" and parsed.hostname:
+        return text.rstrip("/")
+    if parsed.scheme == "http":
+        raise SupervisorError(
+            f"the daemon's API is not served over plain http ({text}): on the login node use "
+            f"its socket ({DEFAULT_API_SOCKET}), from elsewhere https://HOST:PORT with a token"
+        )
+    if "/" in text and not parsed.scheme:
+        return f"unix:{os.path.abspath(text)}"
+    return _invalid(text)
+
+
+def _invalid(text: str) -> str:
+    raise SupervisorError(
+        f"invalid API address {text!r}: give the daemon's socket path "
+        f"(default {DEFAULT_API_SOCKET}) or https://HOST:PORT"
+    )
+
+
+class _WhoIsGone(argparse.Action):
+    """``--who`` is refused with a sentence: the daemon records the authenticated caller."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            "--who is no longer accepted: the daemon records who you are from your login "
+            "(the Unix socket) or your token, never from a name you give"
+        )
 
 
 def add_api_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every API command takes."""
     parser.add_argument(
         "--api",
-        metavar="URL",
+        metavar="ADDRESS",
         default=None,
-        help=f"daemon API URL (default: ${API_ENV} or {DEFAULT_API})",
+        help=f"the daemon's socket path or https://HOST:PORT (default: ${API_ENV} or "
+        f"{DEFAULT_API_SOCKET})",
     )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=None,
+        help=f"https only: the file holding your bearer token, mode 0600 "
+        f"(default: ${TOKEN_FILE_ENV})",
+    )
+    parser.add_argument(
+        "--api-ca",
+        metavar="FILE",
+        default=None,
+        help=f"https only: the CA (or the certificate) that signed the daemon's certificate "
+        f"(default: ${API_CA_ENV}, else the system's CAs)",
+    )
+    parser.add_argument("--who", action=_WhoIsGone, help=argparse.SUPPRESS)
 
 
 def client_for(args: argparse.Namespace) -> OperatorClient:
-    """The client for a parsed command line (``--api``)."""
-    return OperatorClient(resolve_api(getattr(args, "api", None)))
+    """The client for a parsed command line (``--api``, ``--token-file``, ``--api-ca``)."""
+    target = resolve_api(getattr(args, "api", None))
+    if target.startswith("unix:"):  # the daemon knows the caller by its uid
+        return OperatorClient(target)
+    token_file = getattr(args, "token_file", None) or os.environ.get(TOKEN_FILE_ENV)
+    ca_file = getattr(args, "api_ca", None) or os.environ.get(API_CA_ENV)
+    token = read_token_file(token_file) if token_file else None
+    return OperatorClient(target, token=token, ca_file=ca_file or None)
 
 
-def default_who() -> str:
-    """Who the operator is: the invoking user behind sudo, else the current user."""
-    for var in ("SUDO_USER", "USER", "LOGNAME"):
-        value = os.environ.get(var)
-        if value:
-            return value
+def read_token_file(path: str) -> str:
+    """The token in ``path``: refused when others may read or write the file, or when it is
+    not the caller's own (a token is a password)."""
+    private_file(path, "the token file", owners={os.getuid()})
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SupervisorError(f"cannot read the token file {path}: {exc}") from None
+    if not token or any(c.isspace() for c in token):
+        raise SupervisorError(f"the token file {path} must hold one token on one line")
+    return token
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over the daemon's Unix socket."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
 
 
 class OperatorClient:
-    """One method per API endpoint; each returns validated rows or raises SupervisorError."""
+    """One method per API endpoint; each returns validated rows or raises SupervisorError.
 
-    def __init__(self, base_url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.base_url = base_url.rstrip("/")
+    ``base_url``: ``unix:PATH`` (or a bare path) or ``https://HOST:PORT``; ``token`` is sent
+    over https only, ``ca_file`` verifies the daemon's certificate."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        token: str | None = None,
+        ca_file: str | None = None,
+    ) -> None:
+        self.base_url = resolve_api(base_url)
         self.timeout_s = timeout_s
+        self.token = token
+        self.ca_file = ca_file
+        self._ssl: ssl.SSLContext | None = None
 
     # --- transport -----------------------------------------------------------------------------
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.base_url.startswith("unix:"):
+            return _UnixConnection(self.base_url.removeprefix("unix:"), self.timeout_s)
+        parsed = urllib.parse.urlsplit(self.base_url)
+        if self._ssl is None:
+            try:
+                self._ssl = ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise SupervisorError(
+                    f"cannot use {self.ca_file} as the daemon's CA: {exc}"
+                ) from None
+        return http.client.HTTPSConnection(
+            parsed.hostname or "", parsed.port or 443, timeout=self.timeout_s, context=self._ssl
+        )
+
+    def _unreachable(self, text: str) -> ApiUnreachableError:
+        where = self.base_url.removeprefix("unix:")
+        return ApiUnreachableError(f"cannot reach the trainwarden daemon at {where}: {text}")
 
     def request(
         self,
@@ -117,45 +230,56 @@ class OperatorClient:
         body: Mapping[str, Any] | None = None,
     ) -> Any:
         """Send one request and return the decoded JSON reply."""
-        url = self.base_url + path
+        target = path
         if query:
             pairs = {k: str(v) for k, v in query.items() if v is not None}
             if pairs:
-                url += "?" + urllib.parse.urlencode(pairs)
+                target += "?" + urllib.parse.urlencode(pairs)
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method)
-        req.add_header("Accept", "application/json")
+        headers = {"Accept": "application/json"}
         if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with _OPENER.open(req, timeout=self.timeout_s) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise ApiError(_error_message(exc), status=exc.code) from None
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, TimeoutError):
-                text = f"no answer within {self.timeout_s:g} s"
-            else:
-                text = (reason.strerror if isinstance(reason, OSError) else None) or str(reason)
-            raise ApiUnreachableError(
-                f"cannot reach the trainwarden daemon at {self.base_url}: {text}"
-            ) from None
-        except TimeoutError:
-            raise ApiUnreachableError(
-                f"cannot reach the trainwarden daemon at {self.base_url}: "
-                f"no answer within {self.timeout_s:g} s"
-            ) from None
-        except (ConnectionError, OSError) as exc:
-            raise ApiUnreachableError(
-                f"cannot reach the trainwarden daemon at {self.base_url}: {exc}"
-            ) from None
+            headers["Content-Type"] = "application/json"
+        if self.token is not None and self.base_url.startswith("https://"):
+            headers["Authorization"] = f"Bearer {self.token}"
+        status, raw = self._exchange(method, target, data, headers)
+        if status >= 400:
+            raise ApiError(_error_message(status, raw), status=status)
         try:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise ApiError(
-                f"the daemon at {self.base_url} sent a reply that is not JSON", status=200
+                f"the daemon at {self.base_url} sent a reply that is not JSON", status=status
             ) from None
+
+    def _exchange(
+        self, method: str, target: str, data: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        """One request and its reply; every way of not getting one is ApiUnreachableError."""
+        conn = self._connection()
+        try:
+            conn.request(method, target, body=data, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except ssl.SSLCertVerificationError as exc:
+            raise self._unreachable(
+                f"its certificate was not accepted ({exc.verify_message}); name the CA that "
+                f"signed it with --api-ca or ${API_CA_ENV}"
+            ) from None
+        except FileNotFoundError:
+            raise self._unreachable(
+                f"no such socket (is the daemon running here? elsewhere: --api or ${API_ENV})"
+            ) from None
+        except PermissionError:
+            raise self._unreachable("permission denied on the socket or its directory") from None
+        except TimeoutError:
+            raise self._unreachable(f"no answer within {self.timeout_s:g} s") from None
+        except ConnectionRefusedError:
+            raise self._unreachable("Connection refused") from None
+        except (http.client.HTTPException, ssl.SSLError, OSError) as exc:
+            text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+            raise self._unreachable(text or type(exc).__name__) from None
+        finally:
+            conn.close()
 
     def _one(self, model: type[M], reply: Any) -> M:
         try:
@@ -181,14 +305,14 @@ class OperatorClient:
     def nodes(self) -> list[NodeRow]:
         return self._many(NodeRow, self.request("GET", "/api/v1/nodes"))
 
-    def drain(self, node: str, reason: str, who: str) -> ActionRow:
-        body = {"reason": reason, "who": who}
+    def drain(self, node: str, reason: str) -> ActionRow:
+        body = {"reason": reason}
         return self._one(
             ActionRow, self.request("POST", f"/api/v1/nodes/{_seg(node)}/drain", body=body)
         )
 
-    def undrain(self, node: str, reason: str | None, who: str) -> ActionRow:
-        body: dict[str, Any] = {"who": who}
+    def undrain(self, node: str, reason: str | None) -> ActionRow:
+        body: dict[str, Any] = {}
         if reason:
             body["reason"] = reason
         return self._one(
@@ -198,12 +322,12 @@ class OperatorClient:
     def runs(self) -> list[RunRow]:
         return self._many(RunRow, self.request("GET", "/api/v1/runs"))
 
-    def add_run(self, spec: RunSpecIn, who: str) -> RunRow:
-        body = {**spec.model_dump(mode="json"), "who": who}
+    def add_run(self, spec: RunSpecIn) -> RunRow:
+        body = spec.model_dump(mode="json")
         return self._one(RunRow, self.request("POST", "/api/v1/runs", body=body))
 
-    def restart_run(self, run: str, reason: str, who: str) -> ActionRow:
-        body = {"reason": reason, "who": who}
+    def restart_run(self, run: str, reason: str) -> ActionRow:
+        body = {"reason": reason}
         return self._one(
             ActionRow, self.request("POST", f"/api/v1/runs/{_seg(run)}/restart", body=body)
         )
@@ -228,22 +352,22 @@ class OperatorClient:
         query = {"open": "1" if open_only else None}
         return self._many(IncidentRow, self.request("GET", "/api/v1/incidents", query=query))
 
-    def close_incident(self, ident: str, reason: str, who: str) -> IncidentRow:
+    def close_incident(self, ident: str, reason: str) -> IncidentRow:
         path = f"/api/v1/incidents/{urllib.parse.quote(ident, safe='')}/close"
-        reply = self.request("POST", path, body={"reason": reason, "who": who})
+        reply = self.request("POST", path, body={"reason": reason})
         return self._one(IncidentRow, reply)
 
     def explain(self, ident: int, what: Literal["event", "action"]) -> Explanation:
         reply = self.request("GET", f"/api/v1/{what}s/{int(ident)}/explain")
         return self._one(Explanation, reply)
 
-    def approve(self, action_id: int, who: str) -> ActionRow:
-        reply = self.request("POST", f"/api/v1/actions/{int(action_id)}/approve", body={"who": who})
+    def approve(self, action_id: int) -> ActionRow:
+        reply = self.request("POST", f"/api/v1/actions/{int(action_id)}/approve", body={})
         return self._one(ActionRow, reply)
 
-    def reject(self, action_id: int, reason: str, who: str) -> ActionRow:
+    def reject(self, action_id: int, reason: str) -> ActionRow:
         reply = self.request(
-            "POST", f"/api/v1/actions/{int(action_id)}/reject", body={"reason": reason, "who": who}
+            "POST", f"/api/v1/actions/{int(action_id)}/reject", body={"reason": reason}
         )
         return self._one(ActionRow, reply)
 
@@ -262,11 +386,12 @@ def _seg(name: str) -> str:
     return urllib.parse.quote(name, safe="")
 
 
-def _error_message(exc: urllib.error.HTTPError) -> str:
+def _error_message(status: int, raw: bytes) -> str:
     try:
-        payload = json.loads(exc.read())
-    except (OSError, ValueError):
+        payload = json.loads(raw)
+    except ValueError:
         payload = None
     if isinstance(payload, dict) and isinstance(payload.get("error"), str):
         return str(payload["error"])
-    return f"the daemon answered HTTP {exc.code} {exc.reason}"
+    reason = http.client.responses.get(status, "")
+    return f"the daemon answered HTTP {status} {reason}".rstrip()

@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from trainwarden.supervisor.api.client import add_api_arguments, client_for, default_who
+from trainwarden.supervisor.api.client import add_api_arguments, client_for
 from trainwarden.supervisor.cli.render import (
     action_by,
     action_target,
@@ -75,9 +75,6 @@ def register(subparsers: Any) -> None:
         "returned); needs --reason",
     )
     incidents.add_argument("--reason", default=None, help="why it is closed (recorded)")
-    incidents.add_argument(
-        "--who", default=None, help="operator name (default: $SUDO_USER or $USER)"
-    )
     incidents.add_argument("--json", action="store_true", help="print JSON rows for scripts")
     add_api_arguments(incidents)
     incidents.set_defaults(func=run_incidents)
@@ -86,7 +83,6 @@ def register(subparsers: Any) -> None:
         "approve", help="approve a queued action", description="Approve queued action ID."
     )
     approve.add_argument("id", type=int, metavar="ID")
-    approve.add_argument("--who", default=None, help="operator name (default: $SUDO_USER or $USER)")
     approve.add_argument("--json", action="store_true", help="print the action as JSON")
     add_api_arguments(approve)
     approve.set_defaults(func=run_approve)
@@ -96,7 +92,6 @@ def register(subparsers: Any) -> None:
     )
     reject.add_argument("id", type=int, metavar="ID")
     reject.add_argument("--reason", required=True, help="why it must not be carried out")
-    reject.add_argument("--who", default=None, help="operator name (default: $SUDO_USER or $USER)")
     reject.add_argument("--json", action="store_true", help="print the action as JSON")
     add_api_arguments(reject)
     reject.set_defaults(func=run_reject)
@@ -142,7 +137,7 @@ def run_incidents(args: argparse.Namespace) -> int:
     if args.close is not None:
         if not args.reason:
             raise SupervisorError("--close needs --reason: why the incident is over")
-        row = client_for(args).close_incident(args.close, args.reason, args.who or default_who())
+        row = client_for(args).close_incident(args.close, args.reason)
         if args.json:
             print_json(row)
         else:
@@ -173,10 +168,10 @@ def run_incidents(args: argparse.Namespace) -> int:
 
 
 def run_approve(args: argparse.Namespace) -> int:
-    row = client_for(args).approve(args.id, args.who or default_who())
+    row = client_for(args).approve(args.id)
     return report_action(row, as_json=args.json)
 
 
 def run_reject(args: argparse.Namespace) -> int:
-    row = client_for(args).reject(args.id, args.reason, args.who or default_who())
+    row = client_for(args).reject(args.id, args.reason)
     return report_action(row, as_json=args.json)

@@ -1,4 +1,9 @@
-"""``trainwarden daemon``: the login-node service."""
+"""``trainwarden daemon``: the login-node service.
+
+Its operator API is a Unix socket (``--api PATH``) whose callers are known by uid and given
+roles (``--viewers``, ``--operators``, ``--admins``); remote operators use ``--api-tcp`` with
+TLS and bearer tokens; ``/metrics`` and ``/healthz`` have their own listener (``--metrics``).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,20 @@ from typing import Any
 from trainwarden.health.mqtt import add_auth_arguments, auth_from_args
 from trainwarden.health.report import NAME_PATTERN
 from trainwarden.policies import hostlist
+from trainwarden.supervisor.api.auth import (
+    DEFAULT_API_SOCKET,
+    ROLE_ENV,
+    Role,
+    RoleMap,
+    parse_members,
+)
 from trainwarden.supervisor.daemon.process import DaemonConfig, run_daemon
 from trainwarden.supervisor.daemon.supervisor import CoreConfig
 from trainwarden.supervisor.errors import ConfigError
 from trainwarden.supervisor.store.engine import default_url
 
 NAME_RE = re.compile(NAME_PATTERN)
+log = logging.getLogger(__name__)
 
 
 def _hostport(text: str, default_port: int) -> tuple[str, int]:
@@ -43,7 +56,49 @@ def register(sub: Any) -> None:
         default=os.environ.get("TRAINWARDEN_BROKER", "127.0.0.1:1883"),
         help="MQTT broker HOST:PORT",
     )
-    p.add_argument("--api", default="127.0.0.1:8470", help="bind the HTTP API on HOST:PORT")
+    env = os.environ.get
+    p.add_argument(
+        "--api",
+        metavar="PATH",
+        default=env("TRAINWARDEN_API_SOCKET") or DEFAULT_API_SOCKET,
+        help="the operator API's Unix socket (mode 0666: the caller's role decides) "
+        f"(default $TRAINWARDEN_API_SOCKET or {DEFAULT_API_SOCKET})",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        default=env("TRAINWARDEN_METRICS_BIND") or "127.0.0.1:8470",
+        help="serve GET /metrics and /healthz, read-only and without credentials, on HOST:PORT "
+        "(default $TRAINWARDEN_METRICS_BIND or 127.0.0.1:8470)",
+    )
+    p.add_argument(
+        "--api-tcp",
+        metavar="HOST:PORT",
+        default=env("TRAINWARDEN_API_TCP") or None,
+        help="also serve the API on TCP for remote operators (off by default); needs "
+        "--api-tls-cert, --api-tls-key and --api-tokens",
+    )
+    p.add_argument("--api-tls-cert", metavar="FILE", default=env("TRAINWARDEN_API_TLS_CERT"))
+    p.add_argument("--api-tls-key", metavar="FILE", default=env("TRAINWARDEN_API_TLS_KEY"))
+    p.add_argument(
+        "--api-tokens",
+        metavar="FILE",
+        default=env("TRAINWARDEN_API_TOKENS"),
+        help="the TCP API's principals: NAME ROLE sha256:HEX per line (trainwarden token new "
+        "prints one); owned by the daemon's user, mode 0600; reread on SIGHUP",
+    )
+    for role, flag, what in (
+        (Role.VIEWER, "--viewers", "read nodes, runs, events, actions (default '*': everyone)"),
+        (Role.OPERATOR, "--operators", "also drain, undrain, approve, reject, restart, close"),
+        (Role.ADMIN, "--admins", "also add runs; root and the daemon's user always are"),
+    ):
+        p.add_argument(
+            flag,
+            metavar="LIST",
+            default=env(ROLE_ENV[role], "*" if role is Role.VIEWER else ""),
+            help=f"users, @groups or '*', comma-separated, who may {what} "
+            f"(default ${ROLE_ENV[role]})",
+        )
     p.add_argument("--scheduler", choices=["local", "slurm"], default="slurm")
     p.add_argument(
         "--local-nodes",
@@ -113,16 +168,56 @@ def local_nodes(text: str) -> tuple[str, ...]:
     return names
 
 
+def api_socket(text: str) -> str:
+    """``--api``: the socket's path. An old ``HOST:PORT`` value gets the sentence that
+    explains where its two roles went (the API to a socket, /metrics to ``--metrics``)."""
+    value = text.strip()
+    if not value:
+        raise ConfigError(
+            f"--api: give the path of the API's socket (default {DEFAULT_API_SOCKET})"
+        )
+    if "/" not in value and re.fullmatch(r"\[?[\w.:-]*\]?:\d+", value):
+        raise ConfigError(
+            f"--api {text!r}: --api now takes the path of the operator API's Unix socket "
+            f"(default {DEFAULT_API_SOCKET}), where callers are known by their uid. For "
+            "/metrics and /healthz on HOST:PORT use --metrics HOST:PORT (default "
+            "127.0.0.1:8470); for remote operators --api-tcp HOST:PORT with --api-tls-cert, "
+            "--api-tls-key and --api-tokens"
+        )
+    return os.path.abspath(value)
+
+
+def role_map(args: argparse.Namespace) -> RoleMap:
+    return RoleMap(
+        admins=parse_members(args.admins, "--admins"),
+        operators=parse_members(args.operators, "--operators"),
+        viewers=parse_members(args.viewers, "--viewers"),
+    )
+
+
 def build_config(args: argparse.Namespace) -> DaemonConfig:
     """The daemon's configuration from its arguments; ConfigError names a bad one."""
     bhost, bport = _hostport(args.broker, 1883)
-    ahost, aport = _hostport(args.api, 8470)
+    mhost, mport = _hostport(args.metrics, 8470)
+    thost, tport = _hostport(args.api_tcp, 0) if args.api_tcp else (None, 0)
+    if os.environ.get("TRAINWARDEN_API_BIND"):
+        log.warning(
+            "$TRAINWARDEN_API_BIND is no longer read: the API is a Unix socket (--api, "
+            "$TRAINWARDEN_API_SOCKET), /metrics is on --metrics ($TRAINWARDEN_METRICS_BIND)"
+        )
     return DaemonConfig(
         db_url=args.db or default_url(),
         broker_host=bhost,
         broker_port=bport,
-        api_host=ahost,
-        api_port=aport,
+        api_socket=api_socket(args.api),
+        api_tcp_host=thost,
+        api_tcp_port=tport,
+        api_tls_cert=args.api_tls_cert or None,
+        api_tls_key=args.api_tls_key or None,
+        api_tokens=args.api_tokens or None,
+        metrics_host=mhost,
+        metrics_port=mport,
+        roles=role_map(args),
         scheduler=args.scheduler,
         local_nodes=local_nodes(args.local_nodes),
         local_log_dir=args.local_log_dir,
@@ -143,8 +238,7 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = build_config(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return run_daemon(cfg)
+    return run_daemon(build_config(args))

@@ -2,8 +2,9 @@
 
 NODES is one name or a Slurm hostlist (``nid[000010-000012],nid000020``). Each node is its own
 request and its own recorded operator action (who, why, result), as an automatic one is; the
-daemon drains in the scheduler. With several nodes each result is printed as it comes, a node
-the daemon refuses does not stop the others, and a last line counts them.
+daemon drains in the scheduler, and records as who the caller it authenticated (your login
+over the socket, your token's name over https). With several nodes each result is printed
+as it comes, a node the daemon refuses does not stop the others, and a last line counts them.
 """
 
 from __future__ import annotations
@@ -14,12 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from trainwarden.policies import hostlist
-from trainwarden.supervisor.api.client import (
-    ApiError,
-    add_api_arguments,
-    client_for,
-    default_who,
-)
+from trainwarden.supervisor.api.client import ApiError, add_api_arguments, client_for
 from trainwarden.supervisor.api.contract import ActionRow
 from trainwarden.supervisor.cli.render import console, print_json, report_action
 from trainwarden.supervisor.errors import SupervisorError
@@ -54,7 +50,6 @@ def register(subparsers: Any) -> None:
 
 
 def _common(parser: argparse.ArgumentParser, verb: str) -> None:
-    parser.add_argument("--who", default=None, help="operator name (default: $SUDO_USER or $USER)")
     parser.add_argument(
         "--json",
         action="store_true",
@@ -91,14 +86,14 @@ def run_drain(args: argparse.Namespace) -> int:
     if not args.reason.strip():
         raise SupervisorError("--reason must not be empty: say why the node is drained")
     nodes = target_nodes(args.nodes, args.max_nodes, "drain")
-    client, who = client_for(args), args.who or default_who()
-    return _each(nodes, lambda n: client.drain(n, args.reason, who), "drain", args.json)
+    client = client_for(args)
+    return _each(nodes, lambda n: client.drain(n, args.reason), "drain", args.json)
 
 
 def run_undrain(args: argparse.Namespace) -> int:
     nodes = target_nodes(args.nodes, args.max_nodes, "undrain")
-    client, who = client_for(args), args.who or default_who()
-    return _each(nodes, lambda n: client.undrain(n, args.reason, who), "undrain", args.json)
+    client = client_for(args)
+    return _each(nodes, lambda n: client.undrain(n, args.reason), "undrain", args.json)
 
 
 def _each(nodes: tuple[str, ...], act: Callable[[str], ActionRow], verb: str, as_json: bool) -> int:

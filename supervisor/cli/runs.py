@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from trainwarden.policies import hostlist
-from trainwarden.supervisor.api.client import add_api_arguments, client_for, default_who
+from trainwarden.supervisor.api.client import add_api_arguments, client_for
 from trainwarden.supervisor.api.contract import RunSpecIn
 from trainwarden.supervisor.cli.render import console, print_json, report_action, table
 from trainwarden.supervisor.errors import SupervisorError
@@ -104,7 +104,6 @@ def register(subparsers: Any) -> None:
         help="do not submit: supervise the job already running with the comment "
         "or name trainwarden:NAME (its ranks report with TRAINWARDEN_RUN=NAME)",
     )
-    add.add_argument("--who", default=None, help="operator name (default: $SUDO_USER or $USER)")
     add.add_argument("--json", action="store_true", help="print the new run as JSON")
     add_api_arguments(add)
     add.set_defaults(func=run_add)
@@ -116,7 +115,6 @@ def register(subparsers: Any) -> None:
     )
     restart.add_argument("run", metavar="RUN")
     restart.add_argument("--reason", required=True, help="why (recorded)")
-    restart.add_argument("--who", default=None, help="operator name (default: $SUDO_USER or $USER)")
     restart.add_argument("--json", action="store_true", help="print the recorded action as JSON")
     add_api_arguments(restart)
     restart.set_defaults(func=run_restart)
@@ -190,7 +188,7 @@ def run_add(args: argparse.Namespace) -> int:
         raise SupervisorError(
             f"invalid run {where}: {first['msg'].removeprefix('Value error, ')}"
         ) from None
-    row = client_for(args).add_run(spec, args.who or default_who())
+    row = client_for(args).add_run(spec)
     if args.json:
         print_json(row)
     else:
@@ -205,7 +203,7 @@ def run_add(args: argparse.Namespace) -> int:
 def run_restart(args: argparse.Namespace) -> int:
     if not args.reason.strip():
         raise SupervisorError("--reason must not be empty: say why the run is restarted")
-    row = client_for(args).restart_run(args.run, args.reason, args.who or default_who())
+    row = client_for(args).restart_run(args.run, args.reason)
     return report_action(row, as_json=args.json)
 
 

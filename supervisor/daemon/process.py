@@ -4,6 +4,10 @@ The MQTT session is persistent (``clean_session=False``, QoS 1 subscriptions) so
 published while the daemon restarts are delivered when it comes back; the store keeps
 everything else. SIGHUP reloads the policy (an invalid file keeps the last good one);
 SIGTERM/SIGINT stop cleanly. systemd: READY=1 once serving, WATCHDOG=1 from the main loop.
+
+The operator API is served on a Unix socket (callers known by uid), and on TCP with TLS
+and bearer tokens only when asked; ``/metrics`` and ``/healthz`` on a read-only listener of
+their own. SIGHUP also rereads the tokens file.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +31,16 @@ from trainwarden.health.report import SUBSCRIPTIONS
 from trainwarden.policies import hostlist
 from trainwarden.policies.engine import Mode, PolicyEngine
 from trainwarden.policies.rules import load_policy
-from trainwarden.supervisor.api.server import ApiServer, create_app, create_standby_app
+from trainwarden.supervisor.api.auth import DEFAULT_API_SOCKET, Authenticator, RoleMap, Tokens
+from trainwarden.supervisor.api.server import (
+    DEFAULT_METRICS_HOST,
+    DEFAULT_METRICS_PORT,
+    ApiServer,
+    Endpoint,
+    create_app,
+    create_metrics_app,
+    create_standby_app,
+)
 from trainwarden.supervisor.api.service import DaemonService
 from trainwarden.supervisor.daemon import operations as ops
 from trainwarden.supervisor.daemon.metrics import Metrics
@@ -34,7 +48,7 @@ from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.reconcile import reconcile
 from trainwarden.supervisor.daemon.sdnotify import Notifier
 from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
-from trainwarden.supervisor.errors import ConfigError, StoreError
+from trainwarden.supervisor.errors import ConfigError, StoreError, SupervisorError
 from trainwarden.supervisor.scheduler.base import Scheduler
 from trainwarden.supervisor.scheduler.local import LocalScheduler
 from trainwarden.supervisor.scheduler.slurm import SlurmScheduler
@@ -53,8 +67,15 @@ class DaemonConfig:
     db_url: str
     broker_host: str = "127.0.0.1"
     broker_port: int = 1883
-    api_host: str = "127.0.0.1"
-    api_port: int = 8470
+    api_socket: str = DEFAULT_API_SOCKET  # the operator API, callers known by uid
+    api_tcp_host: str | None = None  # remote operators: TLS and bearer tokens; off by default
+    api_tcp_port: int = 0
+    api_tls_cert: str | None = None
+    api_tls_key: str | None = None
+    api_tokens: str | None = None
+    metrics_host: str = DEFAULT_METRICS_HOST  # /metrics and /healthz, read-only
+    metrics_port: int = DEFAULT_METRICS_PORT
+    roles: RoleMap = field(default_factory=RoleMap)
     scheduler: str = "local"  # local | slurm
     local_nodes: tuple[str, ...] = ()
     local_log_dir: str = "/tmp/trainwarden-local"
@@ -83,6 +104,49 @@ def build_scheduler(cfg: DaemonConfig) -> Scheduler:
     raise ConfigError(f"unknown scheduler {cfg.scheduler!r}: use local or slurm")
 
 
+def build_auth(cfg: DaemonConfig) -> Authenticator:
+    """Who may use the API: the role map (every name known to NSS) and, for the TCP
+    listener, the tokens; ConfigError names what is wrong or missing."""
+    cfg.roles.validate()
+    tcp_needs = (
+        ("--api-tls-cert", cfg.api_tls_cert),
+        ("--api-tls-key", cfg.api_tls_key),
+        ("--api-tokens", cfg.api_tokens),
+    )
+    if cfg.api_tcp_host is None:
+        given = [flag for flag, value in tcp_needs if value]
+        if given:
+            log.warning("%s given without --api-tcp: not used", ", ".join(given))
+        return Authenticator(cfg.roles)
+    missing = [flag for flag, value in tcp_needs if not value]
+    if missing:
+        raise ConfigError(
+            f"--api-tcp {cfg.api_tcp_host}:{cfg.api_tcp_port} also needs {', '.join(missing)}: "
+            "over TCP the daemon knows operators only by a bearer token (--api-tokens, minted "
+            "with trainwarden token new), and tokens travel only over TLS"
+        )
+    assert cfg.api_tokens is not None
+    return Authenticator(cfg.roles, Tokens.load(cfg.api_tokens))
+
+
+def api_endpoints(cfg: DaemonConfig) -> list[Endpoint]:
+    """Where the operator API is served: the socket, and TCP with TLS when configured."""
+    out = [Endpoint(path=cfg.api_socket)]
+    if cfg.api_tcp_host is not None:
+        assert cfg.api_tls_cert is not None and cfg.api_tls_key is not None  # build_auth
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(cfg.api_tls_cert, cfg.api_tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"--api-tls-cert {cfg.api_tls_cert} / --api-tls-key {cfg.api_tls_key}: "
+                f"cannot load them: {exc}"
+            ) from None
+        out.append(Endpoint(cfg.api_tcp_host, cfg.api_tcp_port, ssl=context))
+    return out
+
+
 def build_policy(cfg: DaemonConfig) -> PolicyEngine:
 
     try:
@@ -102,7 +166,10 @@ class Daemon:
         self.clock = clock or SystemClock()
         self._scheduler = scheduler
         self.sup: Supervisor | None = None
-        self.api_url: str | None = None
+        self.api_url: str | None = None  # unix:PATH, for the CLI's --api
+        self.api_urls: list[str] = []  # and https://HOST:PORT when served on TCP
+        self.metrics_url: str | None = None
+        self.auth: Authenticator | None = None
         self.connected = False
         self.ready = asyncio.Event()
         self._client: aiomqtt.Client | None = None
@@ -112,7 +179,7 @@ class Daemon:
         self._lease_until = float("-inf")  # monotonic time the held lease runs out
         self.lost_lease = False
         self._last_tick = self.clock.monotonic()
-        self._standby: ApiServer | None = None
+        self._standby: list[ApiServer] = []
         self._standby_tried = False
         self._leader_seen: str | None = None
 
@@ -125,6 +192,8 @@ class Daemon:
 
         cfg = self.cfg
         policy = build_policy(cfg)  # refuse to start with an invalid policy
+        self.auth = auth = build_auth(cfg)  # ... or roles naming nobody, or TCP without TLS
+        endpoints = api_endpoints(cfg)
         store = AsyncStore(await asyncio.to_thread(open_store, cfg.db_url))
         metrics = Metrics()
         notifier = Notifier()
@@ -153,11 +222,9 @@ class Daemon:
             leader=lambda: self.leader,
             loops=self.loop_problems,
         )
-        api = ApiServer(create_app(service, metrics), cfg.api_host, cfg.api_port)
-        await api.start()
-        self.api_url = api.url
+        api, scrape = await self._serve(service, metrics, auth, endpoints)
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGHUP, self._reload_policy)
+            loop.add_signal_handler(signal.SIGHUP, self._reload)
         self._loops["ingest"] = loop.create_task(self._mqtt_loop(sup, stop))
         self._loops["tick"] = loop.create_task(self._tick_loop(sup, notifier, stop))
         sup.decide_in_background()  # decisions never hold up ingestion
@@ -173,8 +240,9 @@ class Daemon:
             )
         notifier.ready(f"serving API on {api.url}")
         log.info(
-            "trainwarden daemon ready: API %s, broker %s:%d, scheduler %s, mode %s",
-            api.url,
+            "trainwarden daemon ready: API %s, metrics %s, broker %s:%d, scheduler %s, mode %s",
+            " and ".join(api.urls),
+            scrape.url,
             cfg.broker_host,
             cfg.broker_port,
             scheduler.name,
@@ -184,10 +252,32 @@ class Daemon:
             await stop.wait()
         finally:
             notifier.stopping()
-            await self._shutdown(sup, tasks, api)
+            await self._shutdown(sup, tasks, api, scrape)
+
+    async def _serve(
+        self,
+        service: DaemonService,
+        metrics: Metrics,
+        auth: Authenticator,
+        endpoints: list[Endpoint],
+    ) -> tuple[ApiServer, ApiServer]:
+        """The operator API on its endpoints and the read-only metrics listener."""
+        api = ApiServer(create_app(service, metrics, auth), endpoints=endpoints)
+        await api.start()
+        scrape = ApiServer(create_metrics_app(metrics, service.status), *self._metrics_at())
+        try:
+            await scrape.start()
+        except BaseException:
+            await api.stop()
+            raise
+        self.api_url, self.api_urls, self.metrics_url = api.url, list(api.urls), scrape.url
+        return api, scrape
+
+    def _metrics_at(self) -> tuple[str, int]:
+        return self.cfg.metrics_host, self.cfg.metrics_port
 
     async def _shutdown(
-        self, sup: Supervisor, tasks: list[asyncio.Task[None]], api: ApiServer
+        self, sup: Supervisor, tasks: list[asyncio.Task[None]], api: ApiServer, scrape: ApiServer
     ) -> None:
         """Stop the loops and the actions in flight, write what is batched, give the lease up."""
         store = sup.store
@@ -203,6 +293,7 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await store.call(store.store.release_lease, LEASE, self.holder)
         await api.stop()
+        await scrape.stop()
         store.close()
 
     def loop_problems(self) -> list[str]:
@@ -227,7 +318,7 @@ class Daemon:
     ) -> bool:
         """Wait until this daemon holds the leader lease. A standby waits here, visible:
         READY=1 with STATUS=standby, the watchdog fed, /metrics (``trainwarden_leader 0``)
-        and /healthz served on the API's address, the operator API answering 503."""
+        and /healthz on the metrics listener, the API's socket answering 503."""
         announced = False
         wait_s = self.cfg.lease_ttl_s / 3
         while not stop.is_set():
@@ -248,7 +339,7 @@ class Daemon:
             if held:
                 self.leader = True
                 self._lease_until = started + self.cfg.lease_ttl_s
-                if self._standby is not None:
+                if self._standby:
                     notifier.status("taking over as the leader")
                 return True
             with contextlib.suppress(Exception):  # who leads, for /healthz and the log
@@ -266,20 +357,24 @@ class Daemon:
         return False
 
     async def _serve_standby(self, metrics: Metrics, notifier: Notifier) -> None:
-        if self._standby is not None or self._standby_tried:
+        if self._standby or self._standby_tried:
             return
         self._standby_tried = True
         metrics.set_leader(False)
-        server = ApiServer(
-            create_standby_app(metrics, self._standby_status), self.cfg.api_host, self.cfg.api_port
-        )
-        try:
-            await server.start()
-        except OSError as exc:
-            log.warning("standing by without serving /metrics and /healthz: %s", exc)
-        else:
-            self._standby = server
-            self.api_url = server.url
+        socket_app = create_standby_app(metrics, self._standby_status)
+        api = ApiServer(socket_app, endpoints=[Endpoint(path=self.cfg.api_socket)])
+        scrape = ApiServer(create_metrics_app(metrics, self._standby_status), *self._metrics_at())
+        for what, server in (("its API socket", api), ("/metrics and /healthz", scrape)):
+            try:
+                await server.start()
+            except (OSError, SupervisorError) as exc:
+                log.warning("standing by without serving %s: %s", what, exc)
+            else:
+                self._standby.append(server)
+        if api in self._standby:
+            self.api_url, self.api_urls = api.url, list(api.urls)
+        if scrape in self._standby:
+            self.metrics_url = scrape.url
         notifier.ready("standby: another daemon holds the leader lease")
 
     def _standby_status(self) -> dict[str, Any]:
@@ -292,9 +387,9 @@ class Daemon:
         }
 
     async def _stop_standby(self) -> None:
-        if self._standby is not None:
-            await self._standby.stop()
-            self._standby = None
+        servers, self._standby = self._standby, []
+        for server in servers:
+            await server.stop()
 
     def fence(self) -> str | None:
         """Why this daemon must not act on the scheduler now (None: it may): its lease may
@@ -326,6 +421,17 @@ class Daemon:
             if self.sup is not None:
                 self.sup.metrics.set_leader(False)
             stop.set()
+
+    def _reload(self) -> None:
+        """SIGHUP: the policy, and the tokens file (a revoked token stops working now)."""
+        self._reload_policy()
+        if self.auth is not None and self.auth.tokens is not None and self.cfg.api_tokens:
+            try:
+                self.auth.tokens = Tokens.load(self.cfg.api_tokens)
+            except ConfigError as exc:
+                log.error("tokens reload failed, keeping the tokens read before: %s", exc)
+            else:
+                log.info("tokens reloaded from %s", self.cfg.api_tokens)
 
     def _reload_policy(self) -> None:
         if self.sup is None:

@@ -1,13 +1,16 @@
-"""Fixtures: a real aiohttp server on 127.0.0.1 (free port) over the in-memory service."""
+"""Fixtures: a real aiohttp server on a Unix socket over the in-memory service; the caller
+is this test process (root, or the daemon's own user: an admin either way)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 from memory_service import MemoryService, seeded
 from prometheus_client import CollectorRegistry
+from unix_http import on_socket, session, short_dir
 
 from trainwarden.supervisor.api.server import ApiServer, create_app
 from trainwarden.supervisor.daemon.metrics import Metrics
@@ -24,8 +27,16 @@ def metrics() -> Metrics:
 
 
 @pytest.fixture
-async def server(service: MemoryService, metrics: Metrics) -> AsyncIterator[ApiServer]:
-    api = ApiServer(create_app(service, metrics), "127.0.0.1", 0)
+def sock_dir() -> Iterator[Path]:
+    with short_dir() as path:
+        yield path
+
+
+@pytest.fixture
+async def server(
+    service: MemoryService, metrics: Metrics, sock_dir: Path
+) -> AsyncIterator[ApiServer]:
+    api = on_socket(create_app(service, metrics), sock_dir / "api.sock")
     await api.start()
     try:
         yield api
@@ -35,6 +46,5 @@ async def server(service: MemoryService, metrics: Metrics) -> AsyncIterator[ApiS
 
 @pytest.fixture
 async def http(server: ApiServer) -> AsyncIterator[aiohttp.ClientSession]:
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(base_url=server.url, timeout=timeout) as session:
-        yield session
+    async with session(server) as http:
+        yield http

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import socket
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from memory_service import MemoryService
 from prometheus_client import CollectorRegistry
+from unix_http import on_socket, session
 
 from trainwarden.supervisor.api.contract import ActionRow, EventRow, Explanation, NodeRow, RunRow
-from trainwarden.supervisor.api.server import ApiServer, create_app
+from trainwarden.supervisor.api.server import (
+    ApiServer,
+    create_app,
+    create_metrics_app,
+)
 from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.errors import SupervisorError
 
+# the caller over the socket is this test process: its user is recorded as who
+ME = pwd.getpwuid(os.getuid()).pw_name
 RUN_SPEC: dict[str, Any] = {
     "name": "finetune-7b",
     "scheduler": "local",
@@ -22,7 +33,6 @@ RUN_SPEC: dict[str, Any] = {
     "checkpoint_dir": "/scratch/ckpt/finetune-7b",
     "env": {"OMP_NUM_THREADS": "8"},
     "target_step": 5000,
-    "who": "alice",
 }
 
 
@@ -148,14 +158,12 @@ async def test_explain_unknown_or_malformed_id(http: aiohttp.ClientSession) -> N
 async def test_drain_records_an_operator_action(
     http: aiohttp.ClientSession, service: MemoryService
 ) -> None:
-    resp = await http.post(
-        "/api/v1/nodes/nid002/drain", json={"reason": "  bad HBM, ticket 4711 ", "who": "alice"}
-    )
+    resp = await http.post("/api/v1/nodes/nid002/drain", json={"reason": "  bad HBM, ticket 4711 "})
     row = ActionRow.model_validate(await _json(resp, 200))
     assert (row.kind, row.actor, row.who, row.node, row.status) == (
         "drain",
         "operator",
-        "alice",
+        ME,
         "nid002",
         "succeeded",
     )
@@ -165,12 +173,12 @@ async def test_drain_records_an_operator_action(
 
 
 async def test_drain_unknown_node_is_404(http: aiohttp.ClientSession) -> None:
-    resp = await http.post("/api/v1/nodes/nosuchnode/drain", json={"reason": "x", "who": "a"})
+    resp = await http.post("/api/v1/nodes/nosuchnode/drain", json={"reason": "x"})
     assert await _error(resp, 404) == "unknown node 'nosuchnode'"
 
 
 async def test_service_refusal_is_400_with_its_sentence(http: aiohttp.ClientSession) -> None:
-    resp = await http.post("/api/v1/nodes/nid004/drain", json={"reason": "x", "who": "a"})
+    resp = await http.post("/api/v1/nodes/nid004/drain", json={"reason": "x"})
     assert await _error(resp, 400) == "node 'nid004' is already drained (maintenance)"
 
 
@@ -180,11 +188,10 @@ async def test_service_refusal_is_400_with_its_sentence(http: aiohttp.ClientSess
         (b"{not json", "request body is not valid JSON: Expecting property name"),
         (b"\xff\xfe", "request body is not valid JSON"),
         (b"[1, 2]", "request body must be a JSON object, not list"),
-        (b"", "invalid request: missing field 'reason'; missing field 'who'"),
-        (b'{"who": "a"}', "invalid request: missing field 'reason'"),
-        (b'{"reason": "", "who": "a"}', "invalid request: reason: String should have at least"),
-        (b'{"reason": "x", "who": "a", "force": true}', "unknown field 'force'"),
-        (b'{"reason": 5, "who": "a"}', "reason: Input should be a valid string"),
+        (b"", "invalid request: missing field 'reason'"),
+        (b'{"reason": ""}', "invalid request: reason: String should have at least"),
+        (b'{"reason": "x", "force": true}', "unknown field 'force'"),
+        (b'{"reason": 5}', "reason: Input should be a valid string"),
     ],
 )
 async def test_malformed_drain_bodies_are_400(
@@ -198,14 +205,14 @@ async def test_malformed_drain_bodies_are_400(
 
 
 async def test_invalid_node_name_in_path_is_400(http: aiohttp.ClientSession) -> None:
-    resp = await http.post("/api/v1/nodes/..hidden/drain", json={"reason": "x", "who": "a"})
+    resp = await http.post("/api/v1/nodes/..hidden/drain", json={"reason": "x"})
     assert "invalid node name '..hidden'" in await _error(resp, 400)
 
 
 async def test_undrain_reason_is_optional(
     http: aiohttp.ClientSession, service: MemoryService
 ) -> None:
-    resp = await http.post("/api/v1/nodes/nid004/undrain", json={"who": "bob"})
+    resp = await http.post("/api/v1/nodes/nid004/undrain", json={})
     row = ActionRow.model_validate(await _json(resp, 200))
     assert row.kind == "undrain" and row.reason == "returned to service by an operator"
     assert service.nodes["nid004"].state == "healthy"
@@ -222,7 +229,7 @@ async def test_add_run(http: aiohttp.ClientSession, service: MemoryService) -> N
     spec = service.specs["finetune-7b"]
     assert spec.command == ["python", "train.py", "--lr", "3e-4"]
     assert spec.env == {"OMP_NUM_THREADS": "8"}
-    assert service.calls[-1][1]["who"] == "alice"
+    assert service.calls[-1][1]["who"] == ME
     again = await _error(await http.post("/api/v1/runs", json=RUN_SPEC), 400)
     assert again == "a run named 'finetune-7b' already exists"
 
@@ -238,7 +245,6 @@ async def test_add_run(http: aiohttp.ClientSession, service: MemoryService) -> N
         ({"checkpoint_dir": "ckpt"}, "checkpoint_dir: checkpoint_dir 'ckpt' is not an absolute"),
         ({"env": {"1BAD": "x"}}, "env: '1BAD' is not a valid environment variable name"),
         ({"target_step": -1}, "target_step: Input should be greater than or equal to 0"),
-        ({"who": None}, "who: Input should be a valid string"),
         ({"gpus": 4}, "unknown field 'gpus'"),
     ],
 )
@@ -251,11 +257,11 @@ async def test_invalid_run_specs_are_400(
 
 
 async def test_restart_run(http: aiohttp.ClientSession, service: MemoryService) -> None:
-    resp = await http.post("/api/v1/runs/pretrain/restart", json={"reason": "hung", "who": "c"})
+    resp = await http.post("/api/v1/runs/pretrain/restart", json={"reason": "hung"})
     row = ActionRow.model_validate(await _json(resp, 200))
-    assert (row.kind, row.run, row.who) == ("restart-run", "pretrain", "c")
+    assert (row.kind, row.run, row.who) == ("restart-run", "pretrain", ME)
     assert service.runs["pretrain"].restarts == 2
-    resp = await http.post("/api/v1/runs/nope/restart", json={"reason": "x", "who": "c"})
+    resp = await http.post("/api/v1/runs/nope/restart", json={"reason": "x"})
     assert await _error(resp, 404) == "unknown run 'nope'"
 
 
@@ -263,18 +269,18 @@ async def test_scheduler_failure_is_502(
     http: aiohttp.ClientSession, service: MemoryService
 ) -> None:
     service.fail_scheduler = True
-    resp = await http.post("/api/v1/runs/pretrain/restart", json={"reason": "x", "who": "c"})
+    resp = await http.post("/api/v1/runs/pretrain/restart", json={"reason": "x"})
     assert await _error(resp, 502) == "sbatch: error: Batch job submission failed"
 
 
 async def test_approve_and_reject(http: aiohttp.ClientSession) -> None:
-    row = await _json(await http.post("/api/v1/actions/1/approve", json={"who": "dana"}), 200)
-    assert (row["status"], row["result"]) == ("approved", "approved by dana")
-    again = await _error(await http.post("/api/v1/actions/1/approve", json={"who": "dana"}), 400)
+    row = await _json(await http.post("/api/v1/actions/1/approve", json={}), 200)
+    assert (row["status"], row["result"]) == ("approved", f"approved by {ME}")
+    again = await _error(await http.post("/api/v1/actions/1/approve", json={}), 400)
     assert again == "action 1 is not awaiting approval (status approved)"
-    resp = await http.post("/api/v1/actions/1/reject", json={"who": "dana"})
+    resp = await http.post("/api/v1/actions/1/reject", json={})
     assert "missing field 'reason'" in await _error(resp, 400)
-    resp = await http.post("/api/v1/actions/7/reject", json={"who": "d", "reason": "no"})
+    resp = await http.post("/api/v1/actions/7/reject", json={"reason": "no"})
     assert await _error(resp, 404) == "unknown action 7"
 
 
@@ -308,9 +314,9 @@ class BrokenService(MemoryService):
         raise OSError("disk gone")
 
 
-async def test_unexpected_failure_is_500_without_traceback() -> None:
-    api = ApiServer(create_app(BrokenService(), Metrics(CollectorRegistry())), "127.0.0.1", 0)
-    async with api, aiohttp.ClientSession(base_url=api.url) as http:
+async def test_unexpected_failure_is_500_without_traceback(sock_dir: Path) -> None:
+    api = on_socket(create_app(BrokenService(), Metrics(CollectorRegistry())), sock_dir / "b.s")
+    async with api, session(api) as http:
         message = await _error(await http.get("/api/v1/nodes"), 500)
         assert message == "internal error: RuntimeError: database cursor exploded"
         body = await _json(await http.get("/healthz"), 503)
@@ -325,9 +331,18 @@ async def test_healthz(http: aiohttp.ClientSession, service: MemoryService) -> N
     assert body["db"] is False
 
 
-async def test_metrics_endpoint_counts_requests(http: aiohttp.ClientSession) -> None:
+async def test_metrics_endpoint_counts_requests(
+    http: aiohttp.ClientSession, service: MemoryService, metrics: Metrics
+) -> None:
     await http.get("/api/v1/nodes")
-    await http.post("/api/v1/nodes/nosuchnode/drain", json={"reason": "x", "who": "a"})
+    await http.post("/api/v1/nodes/nosuchnode/drain", json={"reason": "x"})
+    assert (await http.get("/metrics")).status == 404  # not on the API's socket
+    scrape = ApiServer(create_metrics_app(metrics, service.status), "127.0.0.1", 0)
+    async with scrape, aiohttp.ClientSession(base_url=scrape.url) as plain:
+        await _metrics_exposition(plain)
+
+
+async def _metrics_exposition(http: aiohttp.ClientSession) -> None:
     resp = await http.get("/metrics")
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain; version=")
@@ -345,10 +360,28 @@ async def test_metrics_endpoint_counts_requests(http: aiohttp.ClientSession) -> 
     assert (await resp.text()).rstrip().endswith("# EOF")
 
 
-async def test_server_reports_port_in_use(server: ApiServer) -> None:
-    assert server.port and server.url == f"http://127.0.0.1:{server.port}"
-    other = ApiServer(
-        create_app(MemoryService(), Metrics(CollectorRegistry())), "127.0.0.1", server.port
-    )
-    with pytest.raises(SupervisorError, match=f"cannot serve the API on 127.0.0.1:{server.port}"):
+async def test_server_reports_port_in_use(metrics: Metrics) -> None:
+    server = ApiServer(create_metrics_app(metrics, dict), "127.0.0.1", 0)
+    async with server:
+        assert server.port and server.url == f"http://127.0.0.1:{server.port}"
+        other = ApiServer(create_metrics_app(metrics, dict), "127.0.0.1", server.port)
+        with pytest.raises(SupervisorError, match=f"cannot serve on 127.0.0.1:{server.port}"):
+            await other.start()
+
+
+async def test_socket_in_use_is_refused_and_a_stale_one_replaced(
+    server: ApiServer, sock_dir: Path
+) -> None:
+    path = sock_dir / "api.sock"
+    assert server.url == f"unix:{path}" and oct(path.stat().st_mode & 0o777) == "0o666"
+    other = on_socket(create_app(MemoryService(), Metrics(CollectorRegistry())), path)
+    with pytest.raises(SupervisorError, match=r"another process \(a daemon\?\) serves on it"):
         await other.start()
+    await server.stop()
+    assert not path.exists()  # removed on stop
+    stale = on_socket(create_app(MemoryService(), Metrics(CollectorRegistry())), path)
+    left = socket.socket(socket.AF_UNIX)
+    left.bind(str(path))  # a socket file nobody listens on: a daemon that was killed
+    left.close()
+    async with stale, session(stale) as http:
+        assert (await http.get("/healthz")).status == 200

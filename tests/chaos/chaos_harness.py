@@ -27,6 +27,8 @@ from typing import Any
 
 import psutil
 
+from trainwarden.supervisor.api.client import OperatorClient
+from trainwarden.supervisor.errors import SupervisorError
 from trainwarden.supervisor.scheduler.local import free_port
 
 BIN = str(Path(sys.executable).parent / "trainwarden")
@@ -219,15 +221,22 @@ class Stack:
         self.daemon_args = list(daemon_args)
         tag = uuid.uuid4().hex[:6]
         self.nodes = [f"c{tag}-n{i}" for i in (1, 2, 3, 4)]
-        self.api = f"http://127.0.0.1:{free_port()}"
+        self.api, self.metrics = self.addresses()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.log_dir = tmp / "jobs"
         self.extra_logs: list[Callable[[], str]] = []
 
+    @staticmethod
+    def addresses() -> tuple[str, str]:
+        """A daemon's API socket (in a directory short enough for one) and metrics URL."""
+        sock_dir = tempfile.mkdtemp(prefix="tw-", dir="/tmp")
+        return os.path.join(sock_dir, "api.sock"), f"http://127.0.0.1:{free_port()}"
+
     def daemon_argv(self) -> list[str]:
         return [
             BIN, "daemon", "--db", self.db_url, "--broker", f"127.0.0.1:{self.broker.port}",
-            "--api", self.api.removeprefix("http://"), "--scheduler", "local",
+            "--api", self.api, "--metrics", self.metrics.removeprefix("http://"),
+            "--scheduler", "local",
             "--local-nodes", ",".join(self.nodes), "--local-log-dir", str(self.log_dir),
             *self.daemon_args,
         ]  # fmt: skip
@@ -273,8 +282,15 @@ class Stack:
         )  # fmt: skip
 
     def get(self, path: str, timeout: float = 5) -> Any:
+        """``/metrics`` and ``/healthz`` from the metrics listener, the rest from the API's
+        socket (as root: an admin); None when the daemon does not answer."""
+        if path.startswith("/api/"):
+            try:
+                return OperatorClient(self.api, timeout_s=timeout).request("GET", path)
+            except SupervisorError:
+                return None
         try:
-            with urllib.request.urlopen(self.api + path, timeout=timeout) as r:
+            with urllib.request.urlopen(self.metrics + path, timeout=timeout) as r:
                 body = r.read()
         except urllib.error.HTTPError as exc:  # /healthz answers 503 with a body
             body = exc.read()
@@ -425,7 +441,7 @@ def add_run(
             "--nodes", str(nodes), "--min-nodes", str(min_nodes), "--checkpoint-dir", str(ckpt),
             "--target-step", str(steps),
             "--env", f"TRAINWARDEN_BROKER=127.0.0.1:{stack.broker.port}",
-            "--env", "OMP_NUM_THREADS=1", "--who", "chaos", "--json", "--",
+            "--env", "OMP_NUM_THREADS=1", "--json", "--",
             sys.executable, "-m", "torch.distributed.run", "--nnodes={nnodes}",
             "--node-rank={node_rank}", "--nproc-per-node=1", "--master-addr={master_addr}",
             "--master-port={master_port}", str(EXAMPLE), "--steps", str(steps),

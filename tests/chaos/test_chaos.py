@@ -20,7 +20,6 @@ from chaos_harness import BIN, Broker, Stack, report, wait_for
 
 from trainwarden.health.report import INT32_MAX
 from trainwarden.supervisor.daemon.process import LOST_LEASE_EXIT
-from trainwarden.supervisor.scheduler.local import free_port
 
 pytestmark = [
     pytest.mark.integration,
@@ -121,18 +120,18 @@ def test_a_stopped_leader_is_replaced_and_acts_no_more_after_it_resumes(tmp_path
     broker.start()
     s = Stack(tmp_path, broker)
     db = f"sqlite:///{tmp_path / 'tw.db'}"
-    apis = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    apis = [s.addresses() for _ in range(2)]
     try:
         subprocess.run([BIN, "db", "upgrade", "--url", db], check=True, capture_output=True)
-        for i, api in enumerate(apis):
+        for i, (api, metrics) in enumerate(apis):
             s._spawn(f"daemon{i}", [
                 BIN, "daemon", "--db", db, "--broker", f"127.0.0.1:{broker.port}",
-                "--api", api.removeprefix("http://"), "--scheduler", "local",
+                "--api", api, "--metrics", metrics.removeprefix("http://"), "--scheduler", "local",
                 "--local-nodes", ",".join(s.nodes), "--local-log-dir", str(tmp_path / f"j{i}"),
                 "--client-id", f"tw-chaos-{i}", "--lease-ttl", str(ttl),
             ])  # fmt: skip
             if i == 0:  # the first one leads
-                s.api = api
+                s.api, s.metrics = api, metrics
                 wait_for(lambda: (s.get("/healthz") or {}).get("leader") is True, 30,
                          "the leader's API")  # fmt: skip
         for n in s.nodes:
@@ -143,7 +142,7 @@ def test_a_stopped_leader_is_replaced_and_acts_no_more_after_it_resumes(tmp_path
             ])  # fmt: skip
         wait_for(lambda: len(s.healthy()) == len(s.nodes), 60, "every node healthy")
         leader, standby = s.procs["daemon0"], s.procs["daemon1"]
-        s.api = apis[1]  # the standby answers /healthz and /metrics as a standby
+        s.api, s.metrics = apis[1]  # the standby answers /healthz and /metrics as a standby
         wait_for(lambda: (s.get("/healthz") or {}).get("standby") is True, 30,
                  "the standby's own /healthz")  # fmt: skip
         standby_metrics = s.get("/metrics") or ""

@@ -1,4 +1,4 @@
-"""Fixtures: the operator API on a real port, served from a background thread.
+"""Fixtures: the operator API on a real Unix socket, served from a background thread.
 
 The CLI is synchronous (urllib), so the server runs its own event loop in a thread.
 The in-memory service is the one the API tests use (tests/api/memory_service.py).
@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
+import pwd
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +23,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from trainwarden.supervisor.api.server import ApiServer, create_app
+from trainwarden.supervisor.api.server import ApiServer, Endpoint, create_app
 from trainwarden.supervisor.daemon.metrics import Metrics
 
 
@@ -37,6 +41,8 @@ def _load_memory_service() -> Any:
 
 
 memory_service = _load_memory_service()
+# who the daemon records: the user of this test process, known from the socket
+ME = pwd.getpwuid(os.getuid()).pw_name
 
 
 @dataclass
@@ -49,7 +55,11 @@ class Daemon:
 def daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
     service = memory_service.seeded()
     loop = asyncio.new_event_loop()
-    server = ApiServer(create_app(service, Metrics(CollectorRegistry())), "127.0.0.1", 0)
+    sock_dir = tempfile.mkdtemp(prefix="tw-", dir="/tmp")
+    server = ApiServer(
+        create_app(service, Metrics(CollectorRegistry())),
+        endpoints=[Endpoint(path=os.path.join(sock_dir, "api.sock"))],
+    )
     started = threading.Event()
 
     def serve() -> None:
@@ -62,7 +72,7 @@ def daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
     thread.start()
     assert started.wait(10), "the API server did not start"
     monkeypatch.setenv("TRAINWARDEN_API", server.url)
-    monkeypatch.setenv("USER", "tester")
+    monkeypatch.setenv("USER", "tester")  # ignored: the daemon records the socket's caller
     monkeypatch.delenv("SUDO_USER", raising=False)
     try:
         yield Daemon(server.url, service)
@@ -71,6 +81,7 @@ def daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 @pytest.fixture

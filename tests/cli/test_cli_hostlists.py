@@ -4,6 +4,8 @@ nodes --node, events --node, and the runs table's NODES column."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 from typing import Any, Protocol
 
 import pytest
@@ -11,6 +13,8 @@ import pytest
 from trainwarden.cli import build_parser, main
 from trainwarden.supervisor.cli.daemon import build_config
 from trainwarden.supervisor.errors import ConfigError
+
+ME = pwd.getpwuid(os.getuid()).pw_name  # who the daemon records: this process's user
 
 Capture = pytest.CaptureFixture[str]
 
@@ -91,8 +95,8 @@ def test_drain_a_hostlist_is_one_operator_action_per_node(daemon: Daemon, capsys
     assert (code, err) == (0, "")
     drains = [c for c in daemon.service.calls if c[0] == "drain"]
     assert drains == [
-        ("drain", {"node": "nid001", "reason": "rack PDU swap", "who": "tester"}),
-        ("drain", {"node": "nid002", "reason": "rack PDU swap", "who": "tester"}),
+        ("drain", {"node": "nid001", "reason": "rack PDU swap", "who": ME}),
+        ("drain", {"node": "nid002", "reason": "rack PDU swap", "who": ME}),
     ]
     assert daemon.service.nodes["nid001"].state == "drained"
     assert daemon.service.nodes["nid002"].state == "drained"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pwd
 import socket
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +22,7 @@ from trainwarden.supervisor.errors import SupervisorError
 from trainwarden.supervisor.store.records import ActionStatus
 
 Capture = pytest.CaptureFixture[str]
+ME = pwd.getpwuid(os.getuid()).pw_name  # who the daemon records: this process's user
 
 
 class Daemon(Protocol):  # the `daemon` fixture of conftest.py
@@ -74,24 +77,31 @@ def test_drain_records_who_and_why(daemon: Daemon, capsys: Capture) -> None:
     code, out, err = run(capsys, "drain", "nid002", "--reason", "HBM errors, ticket 4711")
     assert (code, err) == (0, "")
     assert out.splitlines()[0].startswith("action 2: drain nid002 at ")
-    assert "by operator tester: HBM errors, ticket 4711" in out
+    assert f"by operator {ME}: HBM errors, ticket 4711" in out
     assert "verdict allow, status succeeded: done" in out
     assert daemon.service.calls[-1] == (
         "drain",
-        {"node": "nid002", "reason": "HBM errors, ticket 4711", "who": "tester"},
+        {"node": "nid002", "reason": "HBM errors, ticket 4711", "who": ME},
     )
     assert daemon.service.nodes["nid002"].state == "drained"
 
 
-def test_drain_who_is_the_sudo_user(
+def test_who_is_the_caller_never_a_name_given(
     daemon: Daemon, capsys: Capture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SUDO_USER", "alice")
+    monkeypatch.setenv("SUDO_USER", "alice")  # an environment variable proves nothing
     code, out, _ = run(capsys, "drain", "nid001", "--reason", "x", "--json")
-    assert code == 0 and json.loads(out)["who"] == "alice"
-    code, out, _ = run(capsys, "undrain", "nid001", "--who", "bob", "--json")
+    assert code == 0 and json.loads(out)["who"] == ME
+    with pytest.raises(SystemExit) as exc:
+        main(["undrain", "nid001", "--who", "bob", "--json"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--who is no longer accepted: the daemon records who you are" in err
+    assert "Traceback" not in err
+    assert daemon.service.nodes["nid001"].state == "drained"  # the undrain never went out
+    code, out, _ = run(capsys, "undrain", "nid001", "--json")
     row = json.loads(out)
-    assert code == 0 and (row["kind"], row["who"]) == ("undrain", "bob")
+    assert code == 0 and (row["kind"], row["who"]) == ("undrain", ME)
     assert row["reason"] == "returned to service by an operator"
 
 
@@ -117,42 +127,54 @@ def test_failed_action_exits_1(daemon: Daemon, capsys: Capture) -> None:
     assert code == 1 and "status failed: scheduler refused" in out
 
 
-def test_unreachable_daemon_is_one_line(closed_port: int, capsys: Capture) -> None:
-    url = f"http://127.0.0.1:{closed_port}"
-    code, out, err = run(capsys, "nodes", "--api", url)
+def test_unreachable_daemon_is_one_line(tmp_path: Path, capsys: Capture) -> None:
+    path = tmp_path / "api.sock"
+    code, out, err = run(capsys, "nodes", "--api", str(path))
     assert (code, out) == (2, "")
-    assert (
-        err == f"trainwarden: error: cannot reach the trainwarden daemon at {url}: "
-        "Connection refused\n"
+    assert err == (
+        f"trainwarden: error: cannot reach the trainwarden daemon at {path}: no such socket "
+        "(is the daemon running here? elsewhere: --api or $TRAINWARDEN_API)\n"
+    )
+    left = socket.socket(socket.AF_UNIX)  # a socket file nobody listens on
+    left.bind(str(path))
+    left.close()
+    code, out, err = run(capsys, "nodes", "--api", str(path))
+    assert err == (
+        f"trainwarden: error: cannot reach the trainwarden daemon at {path}: Connection refused\n"
     )
 
 
-def test_invalid_api_url(capsys: Capture) -> None:
+def test_invalid_api_address(capsys: Capture) -> None:
     code, _, err = run(capsys, "runs", "--api", "localhost:8470")
     assert code == 2
-    assert (
-        err == "trainwarden: error: invalid API URL 'localhost:8470': expected http://HOST:PORT\n"
+    assert err == (
+        "trainwarden: error: invalid API address 'localhost:8470': give the daemon's socket "
+        "path (default /run/trainwarden/api.sock) or https://HOST:PORT\n"
     )
+    code, _, err = run(capsys, "runs", "--api", "http://login1:8470")
+    assert code == 2 and "is not served over plain http" in err
 
 
-def test_api_url_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_api_address_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("TRAINWARDEN_API", raising=False)
-    assert resolve_api(None) == "http://127.0.0.1:8470"
-    monkeypatch.setenv("TRAINWARDEN_API", "http://login1:9000/")
-    assert resolve_api(None) == "http://login1:9000"
-    assert resolve_api("http://x:1") == "http://x:1"
+    assert resolve_api(None) == "unix:/run/trainwarden/api.sock"
+    monkeypatch.setenv("TRAINWARDEN_API", "https://login1:9000/")
+    assert resolve_api(None) == "https://login1:9000"
+    assert resolve_api("unix:///tmp/x.sock") == resolve_api("/tmp/x.sock") == "unix:/tmp/x.sock"
+    monkeypatch.chdir(tmp_path)
+    assert resolve_api("./api.sock") == f"unix:{tmp_path}/api.sock"
 
 
-def test_a_daemon_that_never_answers_times_out() -> None:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
+def test_a_daemon_that_never_answers_times_out(tmp_path: Path) -> None:
+    path = tmp_path / "slow.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
         listener.listen(1)  # accepts into the backlog, never replies
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         with pytest.raises(
             ApiUnreachableError,
-            match=f"cannot reach the trainwarden daemon at {url}: no answer within 0.3 s",
+            match=f"cannot reach the trainwarden daemon at {path}: no answer within 0.3 s",
         ):
-            OperatorClient(url, timeout_s=0.3).nodes()
+            OperatorClient(str(path), timeout_s=0.3).nodes()
 
 
 # --- runs --------------------------------------------------------------------------------------
@@ -212,7 +234,7 @@ def test_runs_add(
     assert spec.checkpoint_dir == str(tmp_path / "ckpt")
     assert spec.env == {"NCCL_DEBUG": "WARN", "EMPTY": ""}
     assert (spec.nodes, spec.target_step) == (512, 250000)
-    assert daemon.service.calls[-1][1]["who"] == "tester"
+    assert daemon.service.calls[-1][1]["who"] == ME
     code, _, err = run(
         capsys,
         "runs",
@@ -329,7 +351,7 @@ def test_actions_table_and_explain(daemon: Daemon, capsys: Capture) -> None:
 
 def test_approve_and_reject(daemon: Daemon, capsys: Capture) -> None:
     code, out, _ = run(capsys, "approve", "1")
-    assert code == 0 and "verdict queued, status approved: approved by tester" in out
+    assert code == 0 and f"verdict queued, status approved: approved by {ME}" in out
     code, _, err = run(capsys, "reject", "1", "--reason", "too late")
     assert code == 2
     assert err == "trainwarden: error: action 1 is not awaiting approval (status approved)\n"
@@ -342,7 +364,7 @@ def test_reject(daemon: Daemon, capsys: Capture) -> None:
     row = json.loads(out)
     assert code == 0 and (row["status"], row["result"]) == (
         "rejected",
-        "rejected by tester: node is fine",
+        f"rejected by {ME}: node is fine",
     )
 
 

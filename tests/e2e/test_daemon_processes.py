@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +23,7 @@ from trainwarden.supervisor.scheduler.local import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 BIN = str(Path(sys.executable).parent / "trainwarden")
+ME = pwd.getpwuid(os.getuid()).pw_name  # who the daemon records: the CLI's user
 
 
 class Cluster:
@@ -27,7 +31,10 @@ class Cluster:
         self.tmp = tmp
         self.tag = uuid.uuid4().hex[:6]
         self.nodes = [f"e{self.tag}-n{i}" for i in (1, 2, 3)]
-        self.api = f"http://127.0.0.1:{free_port()}"
+        # the API's socket, in a directory short enough for a socket path
+        self.sock_dir = Path(tempfile.mkdtemp(prefix="tw-", dir="/tmp"))
+        self.api = str(self.sock_dir / "api.sock")
+        self.metrics = f"127.0.0.1:{free_port()}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self) -> None:
@@ -43,7 +50,9 @@ class Cluster:
                 "--broker",
                 "127.0.0.1:1883",
                 "--api",
-                self.api.removeprefix("http://"),
+                self.api,
+                "--metrics",
+                self.metrics,
                 "--scheduler",
                 "local",
                 "--local-nodes",
@@ -109,6 +118,7 @@ class Cluster:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
 
 
 def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> float:
@@ -169,11 +179,11 @@ def test_injected_xid_drains_the_node(cluster: Cluster) -> None:
 
 def test_operator_drain_and_bad_input(cluster: Cluster) -> None:
     node = cluster.nodes[0]
-    cluster.cli("drain", node, "--reason", "fan noise", "--who", "alice")
+    cluster.cli("drain", node, "--reason", "fan noise")
     row = cluster.nodes_json()[node]
     assert row["state"] == "drained" and row["drained_by"] == "operator"
     actions = json.loads(cluster.cli("actions", "--json").stdout)
-    assert any(a["who"] == "alice" and a["reason"] == "fan noise" for a in actions)
+    assert any(a["who"] == ME and a["reason"] == "fan noise" for a in actions)
     bad = cluster.cli("drain", "no-such-node", "--reason", "x", check=False)
     assert bad.returncode == 2 and "unknown node 'no-such-node'" in bad.stderr
     assert "Traceback" not in bad.stderr

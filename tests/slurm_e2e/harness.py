@@ -8,20 +8,22 @@ never disturbs the cluster other test sessions use.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from trainwarden.supervisor.api.client import OperatorClient
+from trainwarden.supervisor.errors import SupervisorError
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "tests" / "infra" / "slurm"
@@ -241,7 +243,8 @@ class Stack:
         subprocess.run(
             [BIN, "db", "upgrade", "--url", db], check=True, capture_output=True, timeout=60
         )
-        self.api = f"http://127.0.0.1:{free_port()}"
+        # the API's socket, in a directory short enough for one; metrics on a free port
+        self.api = os.path.join(tempfile.mkdtemp(prefix="tw-", dir="/tmp"), "api.sock")
         env = {**os.environ, "SLURM_CONF": self.cluster.conf}
         self._spawn(
             "daemon",
@@ -257,7 +260,9 @@ class Stack:
                 "--broker",
                 self.broker,
                 "--api",
-                self.api.removeprefix("http://"),
+                self.api,
+                "--metrics",
+                f"127.0.0.1:{free_port()}",
                 "--client-id",
                 f"tw-slurm-{self.tag}",
                 "--will-confirm",
@@ -319,13 +324,13 @@ class Stack:
     # -- the operator's view: HTTP API for polling, the CLI for what operators type --------
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"{self.api}/api/v1{path}", timeout=10) as resp:
-            return json.loads(resp.read())
+        """A GET over the API's socket (this process is root: an admin)."""
+        return OperatorClient(self.api).request("GET", f"/api/v1{path}")
 
     def nodes(self) -> dict[str, dict[str, Any]]:
         try:
             return {r["name"]: r for r in self.get("/nodes")}
-        except OSError:
+        except (OSError, SupervisorError):
             return {}
 
     def node(self, name: str) -> dict[str, Any]:
@@ -396,8 +401,6 @@ class Stack:
             str(ckpt),
             "--target-step",
             str(steps),
-            "--who",
-            "tester",
         ]
         for k, v in env.items():
             args += ["--env", f"{k}={v}"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -29,6 +30,7 @@ from trainwarden.supervisor.scheduler.slurm_parse import parse_record
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e, pytest.mark.integration]
 STEPS = 30
+ME = pwd.getpwuid(os.getuid()).pw_name  # who the daemon records: the CLI's user
 
 
 def _check_failover(stack: Stack, fo: Failover, rule: str) -> None:
@@ -130,23 +132,23 @@ def test_operator_drain_is_recorded_and_the_run_moves(stack: Stack) -> None:
     """The shipped rule ``operator-drain``: checkpoint now, then restart without the node."""
     ckpt, nodes = start_run(stack, "opdrain", steps=STEPS, at_step=7)
     node = nodes[1]
-    stack.cli("drain", node, "--reason", "fan noise", "--who", "alice")
+    stack.cli("drain", node, "--reason", "fan noise")
     action = next(a for a in stack.actions() if a["kind"] == "drain")
     assert (action["actor"], action["who"], action["reason"], action["node"], action["status"]) == (
         "operator",
-        "alice",
+        ME,
         "fan noise",
         node,
         "succeeded",
     )
     reason = stack.cluster.drain_reasons()[node]
-    assert reason.startswith("trainwarden: fan noise") and "operator alice" in reason, reason
+    assert reason.startswith("trainwarden: fan noise") and f"operator {ME}" in reason, reason
     assert stack.node(node)["drained_by"] == "operator"
     row = stack.wait_completed("opdrain", timeout=150)
     assert row["attempt"] == 2 and row["restarts"] == 1 and node not in row["nodes"]
     done = [(a["kind"], a["actor"], a["rule"] or a["who"], a["status"]) for a in stack.actions()]
     assert done == [
-        ("drain", "operator", "alice", "succeeded"),
+        ("drain", "operator", ME, "succeeded"),
         ("checkpoint-now", "rule", "operator-drain", "succeeded"),
         ("restart-run", "rule", "operator-drain", "succeeded"),
     ]
@@ -155,7 +157,7 @@ def test_operator_drain_is_recorded_and_the_run_moves(stack: Stack) -> None:
     assert resumed_from == last_ckpt == row["resumed_from_step"]
     # the node stays out of service until an operator returns it
     assert stack.cluster.node_flags(node) == {"IDLE", "DRAIN"}
-    stack.cli("undrain", node, "--reason", "fan replaced", "--who", "alice")
+    stack.cli("undrain", node, "--reason", "fan replaced")
     wait_for(lambda: "DRAIN" not in stack.cluster.node_flags(node), 30, f"{node} returned")
     assert node not in stack.cluster.drain_reasons()
 
@@ -176,8 +178,6 @@ def test_sbatch_refusal_is_recorded_and_the_daemon_keeps_serving(
         "1",
         "--checkpoint-dir",
         str(ckpt),
-        "--who",
-        "tester",
         "--",
         str(bad),
     )
@@ -198,8 +198,6 @@ def test_sbatch_refusal_is_recorded_and_the_daemon_keeps_serving(
         "1",
         "--checkpoint-dir",
         str(ckpt),
-        "--who",
-        "tester",
         "--",
         str(tmp_path / "nope.sbatch"),
     )

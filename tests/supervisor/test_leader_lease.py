@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from trainwarden.supervisor.api.client import ApiError, OperatorClient
 from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.process import Daemon, DaemonConfig
@@ -26,7 +29,10 @@ async def test_a_second_daemon_stands_by_until_the_first_lets_go(tmp_path: Path)
     url = f"sqlite:///{tmp_path / 'tw.db'}"
     upgrade(url)
     store = AsyncStore(open_store(url))
-    cfg = DaemonConfig(db_url=url, lease_ttl_s=0.6, api_port=0)
+    sock_dir = tempfile.mkdtemp(prefix="tw-", dir="/tmp")
+    cfg = DaemonConfig(
+        db_url=url, lease_ttl_s=0.6, api_socket=f"{sock_dir}/api.sock", metrics_port=0
+    )
     first, second = Daemon(cfg), Daemon(cfg)
     stop = asyncio.Event()
     # a real sd_notify socket: what systemd would receive from the standby
@@ -49,16 +55,19 @@ async def test_a_second_daemon_stands_by_until_the_first_lets_go(tmp_path: Path)
                 break
         assert any("READY=1" in m and "STATUS=standby" in m for m in sent)
         assert any("WATCHDOG=1" in m for m in sent)
-        url_ = second.api_url
-        assert url_ is not None
+        url_, api = second.metrics_url, second.api_url
+        assert url_ is not None and api == f"unix:{sock_dir}/api.sock"
         body = await asyncio.to_thread(lambda: urllib.request.urlopen(url_ + "/metrics").read())
         assert b"trainwarden_leader 0.0" in body
         health = await asyncio.to_thread(lambda: urllib.request.urlopen(url_ + "/healthz").read())
         status = json.loads(health)
         assert status["standby"] is True and status["leader_holder"] == first.holder
-        with pytest.raises(urllib.error.HTTPError) as refused:
+        with pytest.raises(urllib.error.HTTPError) as missing:  # no API on the metrics port
             await asyncio.to_thread(lambda: urllib.request.urlopen(url_ + "/api/v1/nodes"))
-        assert refused.value.code == 503 and first.holder in refused.value.read().decode()
+        assert missing.value.code == 404
+        with pytest.raises(ApiError) as refused:  # the socket: a standby names the leader
+            await asyncio.to_thread(OperatorClient(api).nodes)
+        assert refused.value.status == 503 and first.holder in str(refused.value)
         await first._renew(store, stop)  # the leader keeps its lease by renewing it
         assert first.leader and not stop.is_set()
         await asyncio.sleep(1.0)  # the leader stopped renewing: its lease runs out
@@ -69,3 +78,4 @@ async def test_a_second_daemon_stands_by_until_the_first_lets_go(tmp_path: Path)
         await second._stop_standby()
         sd.close()
         store.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -445,7 +446,10 @@ async def test_a_leader_that_could_not_renew_its_lease_acts_no_more(sup: Supervi
 async def test_a_standby_keeps_standing_by_through_a_store_outage(
     sup: Supervisor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    daemon = Daemon(DaemonConfig(db_url="sqlite://", lease_ttl_s=0.3, api_port=0))
+    sock = Path(tempfile.mkdtemp(prefix="tw-", dir="/tmp")) / "api.sock"  # short enough
+    daemon = Daemon(
+        DaemonConfig(db_url="sqlite://", lease_ttl_s=0.3, api_socket=str(sock), metrics_port=0)
+    )
     answers: list[bool | StoreError] = [StoreError("connection refused")] * 2 + [False, True]
 
     def acquire(*_args: object) -> bool:
