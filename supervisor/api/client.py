@@ -31,6 +31,7 @@ from trainwarden.supervisor.api.contract import (
     NodeRow,
     RunRow,
     RunSpecIn,
+    UnknownReporterRow,
 )
 from trainwarden.supervisor.errors import SupervisorError
 
@@ -304,6 +305,11 @@ class OperatorClient:
 
     def nodes(self) -> list[NodeRow]:
         return self._many(NodeRow, self.request("GET", "/api/v1/nodes"))
+
+    def unknown_reporters(self) -> list[UnknownReporterRow]:
+        """Names that published as nodes but are no node of the scheduler's."""
+        reply = self.request("GET", "/api/v1/reporters/unknown")
+        return self._many(UnknownReporterRow, reply)
 
     def drain(self, node: str, reason: str) -> ActionRow:
         body = {"reason": reason}

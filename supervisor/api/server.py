@@ -218,6 +218,10 @@ async def list_nodes(request: web.Request) -> web.Response:
     return _rows(await _service(request).list_nodes())
 
 
+async def list_unknown_reporters(request: web.Request) -> web.Response:
+    return _rows(await _service(request).list_unknown_reporters())
+
+
 async def drain(request: web.Request) -> web.Response:
     node = check_name("node", request.match_info["name"])
     caller = _caller(request)
@@ -465,6 +469,7 @@ def create_app(
     app[AUTH_KEY] = auth or Authenticator()
     p = PREFIX
     app.router.add_get(f"{p}/nodes", list_nodes)
+    app.router.add_get(f"{p}/reporters/unknown", list_unknown_reporters)
     app.router.add_post(f"{p}/nodes/{{name}}/drain", drain)
     app.router.add_post(f"{p}/nodes/{{name}}/undrain", undrain)
     app.router.add_get(f"{p}/runs", list_runs)

@@ -13,6 +13,11 @@ import os
 import re
 from typing import Any
 
+from trainwarden.health.logsetup import (
+    add_log_format_argument,
+    configure_logging,
+    package_version,
+)
 from trainwarden.health.mqtt import add_auth_arguments, auth_from_args
 from trainwarden.health.report import NAME_PATTERN
 from trainwarden.policies import hostlist
@@ -129,7 +134,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--client-id",
         default="trainwarden-daemon",
-        help="MQTT client id; the broker keeps this daemon's session under it",
+        help="MQTT client id; the broker keeps this daemon's session under it (a broker "
+        "with use_username_as_clientid, as shipped, uses the user name instead)",
     )
     p.add_argument(
         "--lease-ttl",
@@ -140,6 +146,7 @@ def register(sub: Any) -> None:
     )
     add_auth_arguments(p)
     p.add_argument("--log-level", default="INFO")
+    add_log_format_argument(p)
     p.set_defaults(func=run)
 
 
@@ -238,7 +245,16 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    configure_logging(args.log_level, args.log_format)
+    cfg = build_config(args)
+    log.info(
+        "trainwarden %s daemon starting (scheduler %s, mode %s, database %s)",
+        package_version(),
+        cfg.scheduler,
+        cfg.mode,
+        cfg.db_url.split("://", 1)[0],
     )
-    return run_daemon(build_config(args))
+    try:
+        return run_daemon(cfg)
+    finally:
+        log.info("trainwarden %s daemon stopped", package_version())

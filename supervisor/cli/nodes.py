@@ -7,6 +7,7 @@ from typing import Any
 
 from trainwarden.policies import hostlist
 from trainwarden.supervisor.api.client import add_api_arguments, client_for
+from trainwarden.supervisor.api.contract import UnknownReporterRow
 from trainwarden.supervisor.cli.render import console, fmt_age, print_json, table
 from trainwarden.supervisor.errors import SupervisorError
 
@@ -28,6 +29,12 @@ def register(subparsers: Any) -> None:
         description="List the compute nodes the daemon knows, with state, run and conditions.",
     )
     parser.add_argument("--json", action="store_true", help="print JSON rows for scripts")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="also the unknown reporters: names that published as nodes although the "
+        "scheduler has no such node (counted and ignored by the daemon)",
+    )
     parser.add_argument("--state", default=None, help="only nodes in this state")
     parser.add_argument(
         "--node",
@@ -46,10 +53,21 @@ def run(args: argparse.Namespace) -> int:
         rows = [r for r in rows if r.state == args.state]
     if wanted is not None:
         rows = [r for r in rows if r.name in wanted]
+    unknown = client_for(args).unknown_reporters() if args.all else []
     if args.json:
-        print_json(rows)
+        if args.all:
+            print_json(
+                {
+                    "nodes": [r.model_dump(mode="json") for r in rows],
+                    "unknown_reporters": [u.model_dump(mode="json") for u in unknown],
+                }
+            )
+        else:
+            print_json(rows)
         return 0
     out = console()
+    if unknown:
+        _print_unknown(out, unknown)
     if not rows:
         out.print(
             "no nodes known"
@@ -76,6 +94,19 @@ def run(args: argparse.Namespace) -> int:
         counts[r.state] = counts.get(r.state, 0) + 1
     out.print(f"{len(rows)} nodes: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return 0
+
+
+def _print_unknown(out: Any, unknown: list[UnknownReporterRow]) -> None:
+    listing = table("UNKNOWN REPORTER", "MESSAGES", "FIRST SEEN", "LAST SEEN", "LAST TOPIC")
+    for u in unknown:
+        listing.add_row(
+            u.name, str(u.messages), fmt_age(u.first_seen), fmt_age(u.last_seen), u.last_topic
+        )
+    out.print(listing)
+    out.print(
+        f"{len(unknown)} unknown reporter(s): not nodes of the scheduler's, ignored "
+        "(a misnamed agent, a retired node still running, or a forged message)"
+    )
 
 
 def _wanted(text: str | None) -> frozenset[str] | None:

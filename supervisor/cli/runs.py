@@ -13,8 +13,10 @@ from pydantic import ValidationError
 from trainwarden.policies import hostlist
 from trainwarden.supervisor.api.client import add_api_arguments, client_for
 from trainwarden.supervisor.api.contract import RunSpecIn
+from trainwarden.supervisor.checkpoints import FORMAT_CHOICES
 from trainwarden.supervisor.cli.render import console, print_json, report_action, table
 from trainwarden.supervisor.errors import SupervisorError
+from trainwarden.supervisor.model.cluster import DEFAULT_RANKS_PER_NODE
 
 STATE_STYLE = {
     "running": "green",
@@ -99,6 +101,29 @@ def register(subparsers: Any) -> None:
         help="restart on fewer nodes when not enough are healthy, down to N",
     )
     add.add_argument(
+        "--ranks-per-node",
+        type=int,
+        default=DEFAULT_RANKS_PER_NODE,
+        metavar="N",
+        help="training ranks on each node (default %(default)s): an attempt's world size is "
+        "its nodes x N, and reports from ranks outside it are refused",
+    )
+    add.add_argument(
+        "--checkpoint-format",
+        default="auto",
+        choices=FORMAT_CHOICES,
+        help="checkpoint layout restarts look for (default: auto, detected from the directory)",
+    )
+    add.add_argument(
+        "--progress",
+        default="reporter",
+        metavar="SOURCE",
+        help="where step progress comes from: reporter (the ranks call trainwarden's "
+        "reporter), or the job's log: auto, megatron, torchtitan, hf, lightning, or "
+        "regex:PATTERN with a named group step (optionally step_s); from a log, hangs are "
+        "detected, stragglers not",
+    )
+    add.add_argument(
         "--adopt",
         action="store_true",
         help="do not submit: supervise the job already running with the comment "
@@ -180,6 +205,9 @@ def run_add(args: argparse.Namespace) -> int:
             env=env,
             target_step=args.target_step,
             min_nodes=args.min_nodes,
+            ranks_per_node=args.ranks_per_node,
+            checkpoint_format=args.checkpoint_format,
+            progress=args.progress,
             adopt=args.adopt,
         )
     except ValidationError as exc:

@@ -107,6 +107,21 @@ def test_alert_rules_use_only_existing_metrics() -> None:
         assert _metric_refs(alert["expr"]) <= names, alert["alert"]
 
 
+def test_every_alert_has_a_runbook_section_in_the_deploy_readme() -> None:
+    rules = yaml.safe_load((PROM / "trainwarden.rules.yml").read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"]]
+    headings = {
+        line.removeprefix("### ").strip().lower()
+        for line in (DEPLOY / "README.md").read_text().splitlines()
+        if line.startswith("### ")
+    }
+    for alert in alerts:
+        url = alert["annotations"]["runbook_url"]
+        page, _, anchor = url.partition("#")
+        assert page == "deploy/README.md", alert["alert"]
+        assert anchor == alert["alert"].lower() and anchor in headings, alert["alert"]
+
+
 @pytest.mark.integration  # runs promtool
 @needs_promtool
 def test_promtool_checks_config_and_rules() -> None:

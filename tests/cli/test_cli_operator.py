@@ -70,6 +70,30 @@ def test_nodes_json_is_the_rows(daemon: Daemon, capsys: Capture) -> None:
     assert [r["name"] for r in json.loads(out)] == ["nid004"]
 
 
+def test_nodes_all_lists_the_unknown_reporters(daemon: Daemon, capsys: Capture) -> None:
+    from trainwarden.supervisor.api.contract import UnknownReporterRow
+
+    ghost = UnknownReporterRow(
+        name="ghost7",
+        first_seen=daemon.service.now - 60,
+        last_seen=daemon.service.now - 5,
+        messages=12,
+        last_topic="trainwarden/v1/node/ghost7/heartbeat",
+    )
+    daemon.service.unknown.append(ghost)
+    code, out, _ = run(capsys, "nodes")
+    assert code == 0 and "ghost7" not in out  # only with --all
+    code, out, _ = run(capsys, "nodes", "--all")
+    assert code == 0
+    line = next(x for x in out.splitlines() if x.startswith("ghost7"))
+    assert line.split()[:2] == ["ghost7", "12"]
+    assert "1 unknown reporter(s)" in out and "nid001" in out
+    code, out, _ = run(capsys, "nodes", "--all", "--json")
+    both = json.loads(out)
+    assert [u["name"] for u in both["unknown_reporters"]] == ["ghost7"]
+    assert len(both["nodes"]) == 4
+
+
 # --- drain / undrain -----------------------------------------------------------------------------
 
 
@@ -222,6 +246,12 @@ def test_runs_add(
         "NCCL_DEBUG=WARN",
         "--env",
         "EMPTY=",
+        "--ranks-per-node",
+        "4",
+        "--checkpoint-format",
+        "megatron",
+        "--progress",
+        "megatron",
         "--",
         "/opt/jobs/train.sbatch",
         "--config",
@@ -234,6 +264,11 @@ def test_runs_add(
     assert spec.checkpoint_dir == str(tmp_path / "ckpt")
     assert spec.env == {"NCCL_DEBUG": "WARN", "EMPTY": ""}
     assert (spec.nodes, spec.target_step) == (512, 250000)
+    assert (spec.ranks_per_node, spec.checkpoint_format, spec.progress) == (
+        4,
+        "megatron",
+        "megatron",
+    )
     assert daemon.service.calls[-1][1]["who"] == ME
     code, _, err = run(
         capsys,
@@ -271,6 +306,14 @@ def test_runs_add(
         (
             ["r1", "--nodes", "1", "--checkpoint-dir", "/c", "--env", "1X=y", "--", "x"],
             "invalid run env: '1X' is not a valid environment variable name",
+        ),
+        (
+            ["r1", "--nodes", "1", "--checkpoint-dir", "/c", "--progress", "regex:(", "--", "x"],
+            "invalid run progress:",
+        ),
+        (
+            ["r1", "--nodes", "1", "--checkpoint-dir", "/c", "--ranks-per-node", "0", "--", "x"],
+            "invalid run ranks_per_node: Input should be greater than or equal to 1",
         ),
     ],
 )
