@@ -83,7 +83,10 @@ def trainwarden_callback(reporter: Reporter | None = None, *, sync_every: int = 
         from lightning.pytorch import Callback  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         try:
-            from pytorch_lightning import Callback  # type: ignore[import-not-found, unused-ignore]
+            # the same class under its older package name (a distinct type to mypy)
+            from pytorch_lightning import (  # type: ignore[assignment, import-not-found, unused-ignore]
+                Callback,
+            )
         except ImportError as exc:
             raise missing("Lightning", "lightning", exc) from exc
     return callback_class(Callback)(StepHooks(reporter, sync_every=sync_every))

@@ -28,6 +28,7 @@ from trainwarden.supervisor.api.contract import (
     EventRow,
     Explanation,
     IncidentRow,
+    NodeDetail,
     NodeRow,
     RunRow,
     RunSpecIn,
@@ -306,6 +307,10 @@ class OperatorClient:
     def nodes(self) -> list[NodeRow]:
         return self._many(NodeRow, self.request("GET", "/api/v1/nodes"))
 
+    def node(self, name: str) -> NodeDetail:
+        """One node in detail: conditions, drain, and its newest events and actions."""
+        return self._one(NodeDetail, self.request("GET", f"/api/v1/nodes/{_seg(name)}"))
+
     def unknown_reporters(self) -> list[UnknownReporterRow]:
         """Names that published as nodes but are no node of the scheduler's."""
         reply = self.request("GET", "/api/v1/reporters/unknown")
@@ -348,6 +353,27 @@ class OperatorClient:
         since_id: int | None = None,
     ) -> list[EventRow]:
         query = {"limit": limit, "node": node, "run": run, "kind": kind, "since_id": since_id}
+        return self._many(EventRow, self.request("GET", "/api/v1/events", query=query))
+
+    def events_after(
+        self,
+        since_id: int,
+        *,
+        limit: int | None = None,
+        node: str | None = None,
+        run: str | None = None,
+        kind: str | None = None,
+    ) -> list[EventRow]:
+        """The oldest ``limit`` events after ``since_id``, oldest first: reading forward, as
+        ``events --follow`` does, never skips events however many arrived meanwhile."""
+        query = {
+            "limit": limit,
+            "node": node,
+            "run": run,
+            "kind": kind,
+            "since_id": since_id,
+            "order": "oldest",
+        }
         return self._many(EventRow, self.request("GET", "/api/v1/events", query=query))
 
     def actions(self, *, status: str | None = None, limit: int | None = None) -> list[ActionRow]:

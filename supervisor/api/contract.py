@@ -29,8 +29,11 @@ __all__ = [
     "DEFAULT_API_PORT",
     "NODE_STATES",
     "ActionRow",
+    "ConditionRow",
     "EventRow",
     "Explanation",
+    "GoodputRow",
+    "NodeDetail",
     "NodeRow",
     "OperatorService",
     "RunRow",
@@ -72,8 +75,20 @@ class NodeRow(_Row):
     run: str | None = None
     drained_by: DrainedBy | None = None
     drain_reason: str | None = None
+    # when the drain took effect: the drain action's finish, or when the scheduler was
+    # first seen showing it (a drain made outside trainwarden); None when not drained
+    drained_at: float | None = None
     last_heartbeat_at: float | None = None
     conditions: list[str] = Field(default_factory=list)  # ConditionType values now true
+
+
+class ConditionRow(_Row):
+    """One condition now true of a node, with since when and why."""
+
+    type: str  # a ConditionType value
+    since: float
+    reason: str
+    evidence: list[int] = Field(default_factory=list)  # event ids
 
 
 class UnknownReporterRow(_Row):
@@ -190,13 +205,42 @@ class ActionRow(_Row):
         )
 
 
+class NodeDetail(NodeRow):
+    """One node in detail (``trainwarden nodes NODE``): its row, its conditions with since
+    and reason, and the newest events and actions about it, each list oldest first."""
+
+    last_report_at: float | None = None
+    returned_at: float | None = None  # when it last came back into service
+    condition_details: list[ConditionRow] = Field(default_factory=list)
+    events: list[EventRow] = Field(default_factory=list)
+    actions: list[ActionRow] = Field(default_factory=list)
+
+
+class GoodputRow(_Row):
+    """Where a run's wall time went (``trainwarden runs RUN --goodput``): ETTR = productive /
+    wall time; the buckets (supervisor.goodput.BUCKETS) add up to ``wall_s``; ``advice`` is the
+    checkpoint-interval advice (supervisor.goodput.Advice), None until it can be given."""
+
+    run: str
+    start: float
+    end: float
+    wall_s: float
+    ettr: float
+    buckets: dict[str, float] = Field(default_factory=dict)
+    restart_overhead_s: float = 0.0
+    interruptions: int = 0
+    advice: dict[str, Any] | None = None
+
+
 class Explanation(_Row):
-    """Why something happened: readable lines, the action (if any) and its evidence."""
+    """Why something happened: readable lines, the action (if any) and its evidence; for an
+    event, also what it led to (the actions that cite it as evidence, oldest first)."""
 
     subject: str  # "action 12" / "event 40"
     lines: list[str] = Field(default_factory=list)
     action: ActionRow | None = None
     events: list[EventRow] = Field(default_factory=list)
+    followed: list[ActionRow] = Field(default_factory=list)
 
 
 class RunSpecIn(BaseModel):
@@ -261,6 +305,10 @@ class OperatorService(Protocol):
 
     async def list_nodes(self) -> list[NodeRow]: ...
 
+    async def node_detail(self, node: str) -> NodeDetail:
+        """One node in detail; NotFoundError (with the known names) for an unknown node."""
+        ...
+
     async def list_unknown_reporters(self) -> list[UnknownReporterRow]:
         """Names that published as nodes but are no node of the scheduler's."""
         ...
@@ -279,6 +327,11 @@ class OperatorService(Protocol):
 
     async def restart_run(self, run: str, reason: str, who: str) -> ActionRow: ...
 
+    async def goodput(self, run: str) -> GoodputRow:
+        """Where ``run``'s wall time went, and the checkpoint interval advised; NotFoundError
+        for an unknown run."""
+        ...
+
     async def list_events(
         self,
         *,
@@ -287,8 +340,11 @@ class OperatorService(Protocol):
         run: str | None,
         kind: str | None,
         since_id: int | None,
+        oldest_first: bool = False,
     ) -> list[EventRow]:
-        """Newest first, at most ``limit``; ``since_id`` keeps only ids greater than it."""
+        """The newest ``limit``, newest first; ``since_id`` keeps only ids greater than it.
+        ``oldest_first``: the oldest ``limit`` after ``since_id``, oldest first, so a
+        follower reads forward without gaps however many arrive between two polls."""
         ...
 
     async def list_actions(self, *, status: str | None, limit: int) -> list[ActionRow]:

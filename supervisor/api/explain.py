@@ -1,4 +1,5 @@
-"""``--explain``: the chain behind an action or event -- rule, evidence, guards, actor, result."""
+"""``--explain``: the chain behind an action or event -- rule, evidence, guards, actor, result;
+for an event, also what followed from it: the actions that cite it as evidence."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from typing import Literal
 from trainwarden.supervisor.api.contract import ActionRow, EventRow, Explanation
 from trainwarden.supervisor.daemon.supervisor import Supervisor
 from trainwarden.supervisor.errors import NotFoundError
+from trainwarden.supervisor.store.records import ActionRecord
+
+# the most actions recorded after an event that are searched for the ones citing it
+FOLLOWED_SCAN = 10_000
 
 
 def _when(ts: float) -> str:
@@ -24,16 +29,24 @@ async def explain(sup: Supervisor, ident: int, what: Literal["event", "action"])
             f"event {ident} at {_when(ev.ts)}: {ev.kind.value} "
             f"{ev.node or ev.run or ''} -- {ev.message}"
         ]
+        followed = await _followed(sup, ident, ev.ts)
+        led = _led_to(followed)
         action_id = ev.data.get("action_id") if isinstance(ev.data, dict) else None
         if isinstance(action_id, int):
             inner = await explain(sup, action_id, "action")
             return Explanation(
                 subject=f"event {ident}",
-                lines=lines + inner.lines,
+                lines=lines + inner.lines + led,
                 action=inner.action,
                 events=[EventRow.of(ev), *inner.events],
+                followed=[ActionRow.of(r) for r in followed],
             )
-        return Explanation(subject=f"event {ident}", lines=lines, events=[EventRow.of(ev)])
+        return Explanation(
+            subject=f"event {ident}",
+            lines=lines + led,
+            events=[EventRow.of(ev)],
+            followed=[ActionRow.of(r) for r in followed],
+        )
     rec = await st.call(st.store.action, ident)
     if rec is None:
         raise NotFoundError(f"unknown action {ident}")
@@ -71,3 +84,23 @@ async def explain(sup: Supervisor, ident: int, what: Literal["event", "action"])
         action=ActionRow.of(rec),
         events=[EventRow.of(e) for e in evidence],
     )
+
+
+async def _followed(sup: Supervisor, event_id: int, ts: float) -> list[ActionRecord]:
+    """The actions that cite event ``event_id`` as evidence, oldest first: the store cannot
+    search inside evidence, so the actions recorded since the event are read and filtered
+    (actions are few next to events; the event and its actions share the daemon's clock)."""
+    st = sup.store
+    recs = await st.call(st.store.actions, since=ts - 1.0, limit=FOLLOWED_SCAN)
+    return sorted((r for r in recs if event_id in r.evidence), key=lambda r: r.id)
+
+
+def _led_to(followed: list[ActionRecord]) -> list[str]:
+    if not followed:
+        return ["  led to: no action"]
+    return [
+        f"  led to: action {r.id} {r.kind.value}"
+        f"{' node ' + r.node if r.node else ''}{' run ' + r.run if r.run else ''}"
+        f" ({r.verdict.value}): {r.status.value}{' -- ' + r.result if r.result else ''}"
+        for r in followed
+    ]

@@ -218,6 +218,11 @@ async def list_nodes(request: web.Request) -> web.Response:
     return _rows(await _service(request).list_nodes())
 
 
+async def node_detail(request: web.Request) -> web.Response:
+    node = check_name("node", request.match_info["name"])
+    return _row(await _service(request).node_detail(node))
+
+
 async def list_unknown_reporters(request: web.Request) -> web.Response:
     return _rows(await _service(request).list_unknown_reporters())
 
@@ -259,12 +264,16 @@ async def list_events(request: web.Request) -> web.Response:
     kind = q.get("kind") or None
     if kind is not None and len(kind) > 64:
         raise ApiInputError("kind must be at most 64 characters")
+    order = q.get("order") or "newest"
+    if order not in ("newest", "oldest"):
+        raise ApiInputError(f"order must be newest or oldest, not {order[:20]!r}")
     rows = await _service(request).list_events(
         limit=_limit(q),
         node=_opt_name(q, "node"),
         run=_opt_name(q, "run"),
         kind=kind,
         since_id=None if since in (None, "") else _int(since, "since_id"),
+        oldest_first=order == "oldest",
     )
     return _rows(rows)
 
@@ -469,6 +478,7 @@ def create_app(
     app[AUTH_KEY] = auth or Authenticator()
     p = PREFIX
     app.router.add_get(f"{p}/nodes", list_nodes)
+    app.router.add_get(f"{p}/nodes/{{name}}", node_detail)
     app.router.add_get(f"{p}/reporters/unknown", list_unknown_reporters)
     app.router.add_post(f"{p}/nodes/{{name}}/drain", drain)
     app.router.add_post(f"{p}/nodes/{{name}}/undrain", undrain)

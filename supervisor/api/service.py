@@ -22,22 +22,30 @@ from trainwarden.policies.model import (
 )
 from trainwarden.supervisor.api.contract import (
     ActionRow,
+    ConditionRow,
     EventRow,
     Explanation,
+    GoodputRow,
     IncidentRow,
+    NodeDetail,
     NodeRow,
     RunRow,
     RunSpecIn,
     UnknownReporterRow,
 )
 from trainwarden.supervisor.api.explain import explain
+from trainwarden.supervisor.daemon import goodput as gp
 from trainwarden.supervisor.daemon import operations as ops
 from trainwarden.supervisor.daemon.supervisor import Supervisor
 from trainwarden.supervisor.errors import NotFoundError, SupervisorError
-from trainwarden.supervisor.model.cluster import RunInfo, RunSpec
+from trainwarden.supervisor.model.cluster import NodeInfo, RunInfo, RunSpec
 from trainwarden.supervisor.model.lifecycle import RunPhase
+from trainwarden.supervisor.store.records import ActionStatus
 
 VERSION = __version__
+DETAIL_LIMIT = 20  # events and actions shown with one node
+# how far back a node's own records are searched for when its drain took effect
+DRAIN_SCAN = 50
 
 
 class DaemonService:
@@ -56,25 +64,87 @@ class DaemonService:
         self._broker_connected = broker_connected or (lambda: True)
         self._leader = leader or (lambda: True)
         self._loops = loops or (lambda: [])
+        # node -> ((drained_by, drain_reason), drained_at): a drain's time is looked up in
+        # the store once per drain, not on every listing of thousands of nodes
+        self._drained_at: dict[str, tuple[tuple[str | None, str | None], float]] = {}
 
     # -- nodes -----------------------------------------------------------------------
 
     async def list_nodes(self) -> list[NodeRow]:
         rows = []
         for n in sorted(self.sup.state.nodes.values(), key=lambda n: n.name):
-            rows.append(
-                NodeRow(
-                    name=n.name,
-                    state=n.phase.value,
-                    scheduler_state=n.scheduler_state,
-                    run=n.run,
-                    drained_by=n.drained_by,  # type: ignore[arg-type]
-                    drain_reason=n.drain_reason,
-                    last_heartbeat_at=n.last_heartbeat_at,
-                    conditions=sorted(c.value for c in self.sup.book.types_of(n.name)),
-                )
-            )
+            rows.append(NodeRow(**self._node_fields(n, await self._drain_time(n))))
         return rows
+
+    def _node_fields(self, n: NodeInfo, drained_at: float | None) -> dict[str, Any]:
+        return {
+            "name": n.name,
+            "state": n.phase.value,
+            "scheduler_state": n.scheduler_state,
+            "run": n.run,
+            "drained_by": n.drained_by,
+            "drain_reason": n.drain_reason,
+            "drained_at": drained_at,
+            "last_heartbeat_at": n.last_heartbeat_at,
+            "conditions": sorted(c.value for c in self.sup.book.types_of(n.name)),
+        }
+
+    async def _drain_time(self, n: NodeInfo) -> float | None:
+        """When ``n``'s drain took effect: the store keeps no such column, so it is the newest
+        succeeded drain action on the node (its finish), else, for a drain made outside
+        trainwarden, the event that first saw the scheduler show it."""
+        if not n.drained or n.drained_by is None:
+            self._drained_at.pop(n.name, None)
+            return None
+        key = (n.drained_by, n.drain_reason)
+        known = self._drained_at.get(n.name)
+        if known is not None and known[0] == key:
+            return known[1]
+        st = self.sup.store
+        found: float | None = None
+        if n.drained_by != "external":
+            recs = await st.call(
+                st.store.actions, node=n.name, status=ActionStatus.SUCCEEDED, limit=DRAIN_SCAN
+            )
+            drain = next((r for r in recs if r.kind is ActionKind.DRAIN), None)
+            if drain is not None:
+                found = drain.finished_at or drain.ts
+        if found is None:
+            events = await st.call(
+                st.store.events,
+                node=n.name,
+                kinds=[EventKind.CONDITION_CHANGED],
+                limit=DRAIN_SCAN,
+            )
+            seen = next(
+                (e for e in events if e.data.get("scheduler_state") in ("drained", "draining")),
+                None,
+            )
+            found = seen.ts if seen is not None else None
+        if found is not None:  # not found yet (the action still running): look again later
+            self._drained_at[n.name] = (key, found)
+        return found
+
+    async def node_detail(self, node: str) -> NodeDetail:
+        self._known_node(node)
+        n = self.sup.state.nodes[node]
+        st = self.sup.store
+        events = await st.call(st.store.events, node=node, limit=DETAIL_LIMIT)
+        actions = await st.call(st.store.actions, node=node, limit=DETAIL_LIMIT)
+        conditions = sorted(self.sup.book.active(node), key=lambda c: (c.since, c.type.value))
+        return NodeDetail(
+            **self._node_fields(n, await self._drain_time(n)),
+            last_report_at=n.last_report_at,
+            returned_at=n.returned_at,
+            condition_details=[
+                ConditionRow(
+                    type=c.type.value, since=c.since, reason=c.reason, evidence=list(c.evidence)
+                )
+                for c in conditions
+            ],
+            events=[EventRow.of(e) for e in reversed(events)],
+            actions=[ActionRow.of(a) for a in reversed(actions)],
+        )
 
     async def list_unknown_reporters(self) -> list[UnknownReporterRow]:
         return [
@@ -203,6 +273,26 @@ class DaemonService:
             raise SupervisorError(f"run {run!r} has completed; nothing to restart")
         return await self._manual(ActionKind.RESTART_RUN, reason, who, run=run)
 
+    async def goodput(self, run: str) -> GoodputRow:
+        """Where the run's wall time went (supervisor.goodput), from its recorded history."""
+        info = self.sup.state.runs.get(run)
+        if info is None:
+            raise NotFoundError(f"unknown run {run!r}")
+        g, adv = await gp.run_report(
+            self.sup.store, info, self.sup.goodput, self.sup.progress.get(run), self.sup.clock.now()
+        )
+        return GoodputRow(
+            run=run,
+            start=g.start,
+            end=g.end,
+            wall_s=g.wall_s,
+            ettr=g.ettr,
+            buckets=dict(g.buckets),
+            restart_overhead_s=g.restart_overhead_s,
+            interruptions=g.interruptions,
+            advice=adv.as_dict() if adv else None,
+        )
+
     # -- events and actions ----------------------------------------------------------
 
     async def list_events(
@@ -213,6 +303,7 @@ class DaemonService:
         run: str | None,
         kind: str | None,
         since_id: int | None,
+        oldest_first: bool = False,
     ) -> list[EventRow]:
         st = self.sup.store
         events = await st.call(
@@ -222,6 +313,7 @@ class DaemonService:
             run=run,
             kinds=[kind] if kind else None,
             limit=limit,
+            newest_first=not oldest_first,
         )
         return [EventRow.of(e) for e in events]
 

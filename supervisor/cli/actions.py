@@ -13,10 +13,10 @@ from rich.markup import escape
 
 from trainwarden.supervisor.api.client import add_api_arguments, client_for
 from trainwarden.supervisor.cli.render import (
-    action_by,
-    action_target,
+    actions_table,
     console,
     fmt_time,
+    in_order,
     print_json,
     render_explanation,
     report_action,
@@ -25,15 +25,6 @@ from trainwarden.supervisor.cli.render import (
 from trainwarden.supervisor.errors import SupervisorError
 
 STATUSES = ("pending", "running", "succeeded", "failed", "approved", "rejected", "skipped")
-STATUS_STYLE = {
-    "succeeded": "green",
-    "failed": "bold red",
-    "pending": "yellow",
-    "rejected": "red",
-    "skipped": "dim",
-    "approved": "cyan",
-    "running": "magenta",
-}
 
 
 def register(subparsers: Any) -> None:
@@ -48,7 +39,12 @@ def register(subparsers: Any) -> None:
         default=None,
         help="only actions with this status (pending: awaiting approval)",
     )
-    actions.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    actions.add_argument(
+        "--limit", type=int, default=50, help="the newest this many (default 50), oldest first"
+    )
+    actions.add_argument(
+        "--reverse", action="store_true", help="newest first (tables and JSON alike)"
+    )
     actions.add_argument(
         "--explain",
         type=int,
@@ -106,7 +102,7 @@ def run_actions(args: argparse.Namespace) -> int:
         else:
             render_explanation(console(), explanation)
         return 0
-    rows = client.actions(status=args.status, limit=args.limit)
+    rows = in_order(client.actions(status=args.status, limit=args.limit), reverse=args.reverse)
     if args.json:
         print_json(rows)
         return 0
@@ -114,22 +110,7 @@ def run_actions(args: argparse.Namespace) -> int:
     if not rows:
         out.print("no actions" + (f" with status {args.status}" if args.status else ""))
         return 0
-    listing = table(
-        "ID", "TIME", "KIND", "TARGET", "BY", "VERDICT", "STATUS", "REASON", right=("ID",)
-    )
-    for r in sorted(rows, key=lambda r: r.id):
-        style = STATUS_STYLE.get(r.status, "")
-        listing.add_row(
-            str(r.id),
-            fmt_time(r.ts),
-            r.kind,
-            action_target(r),
-            action_by(r),
-            r.verdict,
-            f"[{style}]{r.status}[/]" if style else r.status,
-            escape(r.reason),
-        )
-    out.print(listing)
+    out.print(actions_table(rows))
     return 0
 
 
@@ -143,7 +124,8 @@ def run_incidents(args: argparse.Namespace) -> int:
         else:
             console().print(f"incident {escape(row.id)} ({row.kind} {escape(row.subject)}) closed")
         return 0
-    rows = client_for(args).incidents(open_only=args.open)
+    # oldest first, tables and JSON alike (the API sends the newest first)
+    rows = sorted(client_for(args).incidents(open_only=args.open), key=lambda r: r.opened_at)
     if args.json:
         print_json(rows)
         return 0
@@ -152,7 +134,7 @@ def run_incidents(args: argparse.Namespace) -> int:
         out.print("no open incidents" if args.open else "no incidents")
         return 0
     listing = table("ID", "OPENED", "KIND", "SUBJECT", "STATE", "NODES", "DETAIL")
-    for r in sorted(rows, key=lambda r: r.opened_at):
+    for r in rows:
         state = "[bold red]open[/]" if r.open else f"cleared {fmt_time(r.cleared_at or 0.0)}"
         listing.add_row(
             r.id,

@@ -1,14 +1,17 @@
-"""``trainwarden nodes``: every compute node, its state, its run and why it is drained."""
+"""``trainwarden nodes``: every compute node, its state, its run and why (and since when) it
+is drained; ``trainwarden nodes NODE``: one node in detail, with what happened to it."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from rich.markup import escape
+
 from trainwarden.policies import hostlist
 from trainwarden.supervisor.api.client import add_api_arguments, client_for
 from trainwarden.supervisor.api.contract import UnknownReporterRow
-from trainwarden.supervisor.cli.render import console, fmt_age, print_json, table
+from trainwarden.supervisor.cli.render import console, fmt_age, print_json, render_node, table
 from trainwarden.supervisor.errors import SupervisorError
 
 STATE_STYLE = {
@@ -26,7 +29,15 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "nodes",
         help="list compute nodes and their state",
-        description="List the compute nodes the daemon knows, with state, run and conditions.",
+        description="List the compute nodes the daemon knows, with state, run and conditions; "
+        "or show one NODE in detail: its drain, conditions, newest events and actions.",
+    )
+    parser.add_argument(
+        "name",
+        nargs="?",
+        default=None,
+        metavar="NODE",
+        help="show this node in detail instead of the list",
     )
     parser.add_argument("--json", action="store_true", help="print JSON rows for scripts")
     parser.add_argument(
@@ -47,6 +58,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.name is not None:
+        return _detail(args)
     wanted = _wanted(args.node)
     rows = client_for(args).nodes()
     if args.state:
@@ -76,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
             markup=False,
         )
         return 0
-    listing = table("NODE", "STATE", "SCHEDULER", "RUN", "HEARTBEAT", "CONDITIONS", "DRAIN")
+    listing = table(
+        "NODE", "STATE", "SCHEDULER", "RUN", "HEARTBEAT", "CONDITIONS", "DRAINED", "DRAIN"
+    )
     for r in rows:
         drain = f"{r.drained_by}: {r.drain_reason or ''}".rstrip(": ") if r.drained_by else ""
         listing.add_row(
@@ -86,13 +101,38 @@ def run(args: argparse.Namespace) -> int:
             r.run or "-",
             fmt_age(r.last_heartbeat_at),
             ",".join(r.conditions) or "-",
-            drain,
+            fmt_age(r.drained_at) if r.drained_by else "-",
+            escape(drain),
         )
     out.print(listing)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
     out.print(f"{len(rows)} nodes: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return 0
+
+
+def _detail(args: argparse.Namespace) -> int:
+    """``nodes NODE``: the list's filters make no sense for one node, so they are refused."""
+    given = [
+        flag
+        for flag, value in (("--all", args.all), ("--state", args.state), ("--node", args.node))
+        if value
+    ]
+    if given:
+        raise SupervisorError(
+            f"`trainwarden nodes {args.name}` shows one node; {' and '.join(given)} "
+            "filter the list of nodes (leave out NODE to list them)"
+        )
+    if any(c in args.name for c in "[],"):
+        raise SupervisorError(
+            f"NODE is one node, not {args.name!r}: list several with --node HOSTLIST"
+        )
+    node = client_for(args).node(args.name)
+    if args.json:
+        print_json(node)
+    else:
+        render_node(console(), node, state_style=STATE_STYLE.get(node.state, ""))
     return 0
 
 

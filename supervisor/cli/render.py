@@ -9,29 +9,47 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Collection, Iterable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from trainwarden.supervisor.api.contract import ActionRow, EventRow, Explanation
+from trainwarden.supervisor.api.contract import ActionRow, EventRow, Explanation, NodeDetail
 
 __all__ = [
+    "ACTION_STYLE",
+    "EVENT_HEADER",
     "action_by",
     "action_summary",
     "action_target",
+    "actions_table",
     "console",
+    "event_line",
     "events_table",
     "fmt_age",
     "fmt_time",
+    "in_order",
     "print_json",
+    "print_json_line",
     "render_explanation",
+    "render_node",
     "report_action",
     "table",
 ]
+
+ACTION_STYLE = {
+    "succeeded": "green",
+    "failed": "bold red",
+    "pending": "yellow",
+    "rejected": "red",
+    "skipped": "dim",
+    "approved": "cyan",
+    "running": "magenta",
+}
+R = TypeVar("R", EventRow, ActionRow)
 
 
 def print_json(payload: BaseModel | list[Any] | dict[str, Any]) -> None:
@@ -42,6 +60,18 @@ def print_json(payload: BaseModel | list[Any] | dict[str, Any]) -> None:
 
     data = [plain(i) for i in payload] if isinstance(payload, list) else plain(payload)
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def print_json_line(row: BaseModel) -> None:
+    """One row as one JSON line, flushed: a stream a script reads as it comes (``--follow``)."""
+    sys.stdout.write(json.dumps(row.model_dump(mode="json"), separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def in_order(rows: Iterable[R], *, reverse: bool = False) -> list[R]:
+    """The one order of every listing, table and JSON alike: oldest first (by id), so the
+    newest is where the eye and ``tail`` look; ``reverse`` puts the newest first."""
+    return sorted(rows, key=lambda r: r.id, reverse=reverse)
 
 
 def console() -> Console:
@@ -129,6 +159,81 @@ def events_table(rows: list[EventRow]) -> Table:
     return out
 
 
+# a stream of events cannot be one table (its widths are not known in advance): fixed columns
+_EVENT_LINE = "{:>8}  {:<19}  {:<18}  {:<14}  {:<14}  {}"
+EVENT_HEADER = _EVENT_LINE.format("ID", "TIME", "KIND", "NODE", "RUN", "MESSAGE")
+
+
+def event_line(row: EventRow) -> str:
+    """One event as one line under :data:`EVENT_HEADER` (``events --follow``)."""
+    return _EVENT_LINE.format(
+        row.id, fmt_time(row.ts), row.kind, row.node or "-", row.run or "-", row.message
+    )
+
+
+def actions_table(rows: list[ActionRow], *, result: bool = False) -> Table:
+    """A rich table of actions, in the order given; ``result``: what came of each, not why."""
+    last = "RESULT" if result else "REASON"
+    out = table("ID", "TIME", "KIND", "TARGET", "BY", "VERDICT", "STATUS", last, right=("ID",))
+    for r in rows:
+        style = ACTION_STYLE.get(r.status, "")
+        out.add_row(
+            str(r.id),
+            fmt_time(r.ts),
+            r.kind,
+            action_target(r),
+            action_by(r),
+            r.verdict,
+            f"[{style}]{r.status}[/]" if style else r.status,
+            escape((r.result or "-") if result else r.reason),
+        )
+    return out
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else f"{fmt_time(ts)} ({fmt_age(ts)})"
+
+
+def render_node(out: Console, node: NodeDetail, *, state_style: str = "") -> None:
+    """One node in detail: its fields, its conditions, and its newest events and actions."""
+    state = f"[{state_style}]{node.state}[/]" if state_style else node.state
+    out.print(f"[bold]node {escape(node.name)}[/]  {state}")
+    fields = Table(box=None, show_header=False, pad_edge=False)
+    fields.add_column(style="bold")
+    fields.add_column()
+    fields.add_row("scheduler", escape(node.scheduler_state or "-"))
+    fields.add_row("run", escape(node.run or "-"))
+    if node.drained_by is not None:
+        fields.add_row("drained by", node.drained_by)
+        fields.add_row("drained at", _when(node.drained_at))
+        fields.add_row("drain reason", escape(node.drain_reason or "-"))
+    fields.add_row("last heartbeat", _when(node.last_heartbeat_at))
+    fields.add_row("last report", _when(node.last_report_at))
+    if node.returned_at is not None:
+        fields.add_row("returned", _when(node.returned_at))
+    out.print(fields)
+    out.print()
+    if node.condition_details:
+        out.print("[bold]conditions[/]")
+        conds = table("CONDITION", "SINCE", "REASON", "EVIDENCE")
+        for c in node.condition_details:
+            evidence = ",".join(str(e) for e in c.evidence) or "-"
+            conds.add_row(c.type, _when(c.since), escape(c.reason), evidence)
+        out.print(conds)
+    else:
+        out.print("[bold]conditions[/]: none true")
+    out.print()
+    out.print(f"[bold]events[/] (the newest {len(node.events)})" if node.events else "no events")
+    if node.events:
+        out.print(events_table(node.events))
+    out.print()
+    if node.actions:
+        out.print(f"[bold]actions[/] (the newest {len(node.actions)})")
+        out.print(actions_table(node.actions, result=True))
+    else:
+        out.print("no actions")
+
+
 def render_explanation(out: Console, explanation: Explanation) -> None:
     """Print an explanation: its lines (or, without any, the action's summary) and evidence."""
     out.print(f"[bold]{explanation.subject}[/]")
@@ -143,3 +248,7 @@ def render_explanation(out: Console, explanation: Explanation) -> None:
         out.print()
         out.print("[bold]evidence[/]")
         out.print(events_table(explanation.events))
+    if explanation.followed:
+        out.print()
+        out.print("[bold]led to[/]")
+        out.print(actions_table(explanation.followed, result=True))

@@ -18,6 +18,7 @@ from prometheus_client.exposition import choose_encoder
 from trainwarden import __version__
 from trainwarden.policies.model import ActionKind, ConditionType, Verdict
 from trainwarden.supervisor.api.contract import NODE_STATES
+from trainwarden.supervisor.goodput import BUCKETS as GOODPUT_BUCKETS
 
 __all__ = ["DETECTION_BUCKETS", "REJECT_REASONS", "Metrics", "rejection_reason"]
 
@@ -202,6 +203,22 @@ class Metrics:
         self.run_restarts_total = Counter(
             "run_restarts", "Restarts of a run.", ["run"], namespace=ns, registry=r
         )
+        # where a run's wall time went (supervisor.goodput); ETTR = productive / sum
+        self.run_seconds_total = Counter(
+            "run_seconds",
+            "A run's settled wall time, by goodput bucket (productive, rework, ...).",
+            ["run", "bucket"],
+            namespace=ns,
+            registry=r,
+        )
+        self.run_checkpoint_interval_advised_seconds = Gauge(
+            "run_checkpoint_interval_advised_seconds",
+            "Young/Daly checkpoint interval advised for a run (0: no advice yet).",
+            ["run"],
+            namespace=ns,
+            registry=r,
+        )
+        self._run_seconds: dict[tuple[str, str], float] = {}
         # every known label value exported at 0 from the start: increase() then sees the
         # first drain that fails, the first detection, the first rejection
         for kind in ActionKind:
@@ -307,8 +324,25 @@ class Metrics:
         self.store_batch_size.observe(rows)
 
     def run_known(self, run: str) -> None:
-        """A run is supervised: its restart counter is exported at 0 from now on."""
+        """A run is supervised: its restart counter and time buckets are exported at 0."""
         self.run_restarts_total.labels(run=run)
+        for bucket in GOODPUT_BUCKETS:
+            self.run_seconds_total.labels(run=run, bucket=bucket)
+        self.run_checkpoint_interval_advised_seconds.labels(run=run)
+
+    def run_goodput(self, run: str, buckets: Mapping[str, float]) -> None:
+        """Move the run's time counters up to ``buckets`` (running totals). A bucket that
+        shrank (time re-classified, e.g. a newest checkpoint found invalid) is left as is:
+        counters only go up."""
+        for bucket in GOODPUT_BUCKETS:
+            total = buckets.get(bucket, 0.0)
+            seen = self._run_seconds.get((run, bucket), 0.0)
+            if total > seen:
+                self.run_seconds_total.labels(run=run, bucket=bucket).inc(total - seen)
+                self._run_seconds[(run, bucket)] = total
+
+    def run_advice(self, run: str, interval_s: float) -> None:
+        self.run_checkpoint_interval_advised_seconds.labels(run=run).set(interval_s)
 
     def run_restarted(self, run: str) -> None:
         self.run_restarts_total.labels(run=run).inc()

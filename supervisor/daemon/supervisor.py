@@ -37,6 +37,7 @@ from trainwarden.policies.model import (
     EventKind,
 )
 from trainwarden.supervisor.daemon import evidence, incidents, upkeep
+from trainwarden.supervisor.daemon import goodput as gp
 from trainwarden.supervisor.daemon.context import CoreConfig, DaemonContext, Publisher, with_id
 from trainwarden.supervisor.daemon.executor import Executor
 from trainwarden.supervisor.daemon.logwatch import LogWatch
@@ -84,6 +85,8 @@ class Supervisor(DaemonContext):
         self.logs = LogWatch(scheduler, self.progress)  # runs whose progress is their log
         self.rejected = 0
         self.vetter = evidence.CheckpointVetter()
+        self.goodput = gp.GoodputLedger()  # save stalls seen in step reports; advice given
+        self._goodput_at = float("-inf")
         self._origin: dict[tuple[str, ConditionType], float] = {}
         self._decisions: list[Observation] | None = None  # queued for the decision loop
         self._decisions_ready = asyncio.Event()
@@ -211,6 +214,7 @@ class Supervisor(DaemonContext):
                 msg.run, msg.attempt, msg.rank, msg.node, list(msg.samples), now
             )
             self.stragglers.observe_report(msg)
+            self.goodput.steps(msg.run, msg.attempt, msg.samples)
             top = max(s.step for s in msg.samples)
             if run.last_step is None or top > run.last_step:
                 run.last_step = top
@@ -384,9 +388,18 @@ class Supervisor(DaemonContext):
         if obs:
             await self.observe(obs)
         await upkeep.vetting(self, self.executor, now)
+        if now - self._goodput_at >= gp.EXPORT_EVERY_S and self.state.runs:
+            self._goodput_at = now
+            self.spawn(self._export_goodput(now))
         self.execute(self.policy.tick(self.view()))
         await incidents.persist(self)
         await self.store.flush()
+
+    async def _export_goodput(self, now: float) -> None:
+        """Time counters and checkpoint advice per run (supervisor.goodput), in the background."""
+        runs = list(self.state.runs.values())
+        events = await gp.export(self.store, runs, self.goodput, self.progress, self.metrics, now)
+        await self.record_events_later(events)
 
     async def _after_attempt_failed(self, run: RunInfo, attempt: int, state: JobState) -> None:
         """Give node detections a moment to arrive, then let the policy decide."""

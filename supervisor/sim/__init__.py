@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainwarden.policies.rules import Policy, load_policy, parse_policy
+from trainwarden.supervisor.sim import llama3
 from trainwarden.supervisor.sim.runner import SimResult, Simulation
 from trainwarden.supervisor.sim.scenario import Scenario, load_scenario, shipped_names
 from trainwarden.supervisor.sim.trace import replay
@@ -30,11 +31,14 @@ def scenario_policy(sc: Scenario, base_dir: Path | None = None) -> Policy:
 
 
 def simulate(sc: Scenario, policy: Policy | None = None, base_dir: Path | None = None) -> SimResult:
+    policy = policy or scenario_policy(sc, base_dir)
+    if sc.trace is not None and sc.trace.source == "llama3":
+        return llama3.compare(sc, policy)  # two runs: (a) baseline, (b) advised
     faults = list(sc.faults)
     if sc.trace is not None:
         names = sc.node_names()
         faults += replay(names, sc.trace.days, sc.trace.offset_days)
-    return Simulation(sc, policy or scenario_policy(sc, base_dir), faults).run()
+    return Simulation(sc, policy, faults).run()
 
 
 __all__ = [

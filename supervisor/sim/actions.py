@@ -41,10 +41,14 @@ class Actions:
                 sim.blocks.update(failing[:1])
             elif d.verdict is Verdict.HOLD:
                 sim.holds.update(failing[:1])
+                if d.request.kind is ActionKind.RESTART_RUN:
+                    sim.spans.hold(sim.now)
             elif d.verdict is Verdict.DRY_RUN:
                 sim.count[f"dry_run_{d.request.kind.value}"] += 1
             elif d.verdict is Verdict.QUEUED:
                 sim.count["queued"] += 1
+                if d.request.kind is ActionKind.RESTART_RUN:
+                    sim.spans.hold(sim.now)
                 sim.at(sim.now + APPROVE_DELAY_S, self.approve, d)
         for d in decisions:
             if d.verdict is Verdict.ALLOW:
@@ -66,6 +70,7 @@ class Actions:
                 sim.count["false_drains"] += 1
         elif req.kind is ActionKind.RESTART_RUN:
             sim.count["restarts"] += 1
+            sim.spans.released(sim.now)
             sim.restart(req.exclude)
         elif req.kind is ActionKind.VET and req.node:
             node = sim.cluster.nodes[req.node]
@@ -131,6 +136,7 @@ class Actions:
         run.advance(sim.now)
         run.ckpt = run.progress
         run.checkpoints += 1
+        run.ckpt_log.append((run.step(), sim.now))
         sim.count["checkpoints_now"] += 1
         ev = Event(
             sim.now,

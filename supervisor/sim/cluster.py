@@ -4,7 +4,8 @@ Pure state in virtual time; no policy and no detection here (a node's conditions
 causes come from the daemon's decision core, ``supervisor.decide``). Training progress is
 counted in seconds of nominal training: it advances at ``1 / slowdown`` while the run is
 running, periodic checkpoints fall every ``checkpoint_interval`` of progress, and a failure
-rolls progress back to the last checkpoint. ETTR = kept progress / wall time, so lost work,
+rolls progress back to the last checkpoint; a save may stop training for
+``checkpoint_stall`` (0 unless a scenario says). ETTR = kept progress / wall time, so lost work,
 restart time, hangs and time blocked by guards all count against it.
 """
 
@@ -77,6 +78,11 @@ class SimRun:
     checkpoints: int = 0
     time_in: dict[str, float] = field(default_factory=dict)  # wall seconds per state
     reported_step: int | None = None  # highest step the ranks reported (the daemon's last_step)
+    stall_start: float = 0.0  # a periodic save in progress: since, until, the progress it saves
+    stall_until: float | None = None
+    pending_ckpt: float = 0.0
+    stall_log: list[tuple[float, float]] = field(default_factory=list)  # (start, seconds)
+    ckpt_log: list[tuple[int, float]] = field(default_factory=list)  # (step, written at)
 
     def step(self) -> int:
         return int(self.progress // self.spec.step_s)
@@ -85,7 +91,8 @@ class SimRun:
         """The last completed step and when it completed (while running)."""
         self.advance(now)
         k = self.step()
-        return k, now - (self.progress - k * self.spec.step_s) * self.slowdown
+        at = self.stall_start if self.stall_until is not None else now
+        return k, at - (self.progress - k * self.spec.step_s) * self.slowdown
 
     def set_state(self, now: float, state: RunState) -> None:
         self.advance(now)
@@ -97,19 +104,47 @@ class SimRun:
                 now - self.updated
             )
         if self.state is RunState.RUNNING and now > self.updated:
-            self.progress += (now - self.updated) / self.slowdown
-            periodic = math.floor(self.progress / self.spec.checkpoint_interval_s)
-            periodic_at = periodic * self.spec.checkpoint_interval_s
-            if periodic_at > self.ckpt:
-                self.checkpoints += max(
-                    1, int((periodic_at - self.ckpt) // self.spec.checkpoint_interval_s)
-                )
-                self.ckpt = periodic_at
+            self._train(self.updated, now)
         self.updated = now
 
+    def _train(self, t: float, now: float) -> None:
+        """Progress from ``t`` to ``now``: steps, and at every interval a checkpoint, which
+        stops training for ``checkpoint_stall_s`` and counts once written."""
+        every = self.spec.checkpoint_interval_s
+        stall = self.spec.checkpoint_stall_s
+        while t < now:
+            if self.stall_until is not None:
+                if now < self.stall_until:
+                    return
+                t = self.stall_until
+                self.stall_until = None
+                self._saved(self.pending_ckpt, t)
+                continue
+            boundary = (math.floor(self.progress / every + 1e-9) + 1) * every
+            dt = (boundary - self.progress) * self.slowdown
+            if t + dt > now:
+                self.progress += (now - t) / self.slowdown
+                return
+            self.progress = boundary
+            t += dt
+            if stall > 0:
+                self.stall_start, self.stall_until, self.pending_ckpt = t, t + stall, boundary
+                self.stall_log.append((t, stall))
+            else:
+                self._saved(boundary, t)
+
+    def _saved(self, progress: float, at: float) -> None:
+        self.ckpt = progress
+        self.checkpoints += 1
+        self.ckpt_log.append((int(progress // self.spec.step_s), at))
+
     def lose(self, now: float) -> None:
-        """The attempt is gone: work since the last checkpoint is lost."""
+        """The attempt is gone: work since the last checkpoint is lost (and a save in flight)."""
         self.advance(now)
+        if self.stall_until is not None:
+            start, _ = self.stall_log[-1]
+            self.stall_log[-1] = (start, now - start)
+            self.stall_until = None
         self.lost_work_s += self.progress - self.ckpt
         self.progress = self.ckpt
 

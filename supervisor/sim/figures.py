@@ -13,6 +13,7 @@ from typing import Any
 
 from trainwarden.policies.explain import explain
 from trainwarden.policies.model import Event
+from trainwarden.supervisor.sim.accounting import goodput
 from trainwarden.supervisor.sim.host import Logged, SimHost
 from trainwarden.supervisor.sim.scenario import APPROVE_DELAY_S, ASSUMPTION_SOURCES
 
@@ -68,6 +69,8 @@ def result(sim: SimHost) -> SimResult:
         "productive_h": round(run.progress / 3600, 3),
         "lost_node_hours": round(spec.nodes * (wall - run.progress) / 3600, 1),
         "ettr": round(run.progress / wall, 4) if wall > 0 else 0.0,
+        # the daemon's own accounting (supervisor.goodput) over the run's recorded history
+        "goodput": goodput(sim.spans, run, wall).as_dict(),
         "final_state": run.state.value,
         "assumptions": {
             "checkpoint_interval_s": spec.checkpoint_interval_s,

@@ -14,6 +14,7 @@ from trainwarden.policies.model import ClusterView, Decision, Event
 from trainwarden.supervisor.decide.core import DecisionCore
 from trainwarden.supervisor.decide.settings import DetectorSettings
 from trainwarden.supervisor.detectors.node_faults import Observation
+from trainwarden.supervisor.sim.accounting import Spans
 from trainwarden.supervisor.sim.agents import Agents
 from trainwarden.supervisor.sim.cluster import SimCluster
 from trainwarden.supervisor.sim.events import EventLog
@@ -43,6 +44,7 @@ class SimHost(Protocol):
     blocks: Counter[str]
     holds: Counter[str]
     transitions: Counter[str]
+    spans: Spans
 
     def at(self, t: float, fn: Callable[..., None], *args: Any) -> None: ...
     def view(self) -> ClusterView: ...

@@ -25,6 +25,7 @@ from trainwarden.policies.rules import Policy
 from trainwarden.supervisor.decide.core import DecisionCore
 from trainwarden.supervisor.decide.settings import DetectorSettings
 from trainwarden.supervisor.detectors.node_faults import Observation
+from trainwarden.supervisor.sim.accounting import Spans
 from trainwarden.supervisor.sim.actions import Actions
 from trainwarden.supervisor.sim.agents import XID_REPORT_DELAY_S, Agents, agent_fault
 from trainwarden.supervisor.sim.cluster import RunState, SimCluster
@@ -65,6 +66,7 @@ class Simulation:
         self.flagged: set[str] = set()  # stragglers flagged
         self.resume_step = 0  # the step the current attempt resumed from
         self.fed: tuple[int, int] = (0, -1)  # (attempt, step) last reported to the tracker
+        self.spans = Spans()  # the run's history, as the daemon records it (goodput)
         self.actions = Actions(self)
 
     # -- plumbing -----------------------------------------------------------------------
@@ -92,6 +94,8 @@ class Simulation:
         for cond in changed:
             if cond.status:
                 self.transitions[cond.type.value] += 1
+        if any(c.status for c in changed) or any(e.kind is EventKind.ATTEMPT_ENDED for e in events):
+            self.spans.detected(self.now)
         for name in {e.node for e in events if e.node and e.node in self.cluster.nodes}:
             self.cluster.refresh(name)
         self.actions.apply(self.core.decide(changed, events, self.view(), self.events.events))
@@ -101,6 +105,7 @@ class Simulation:
         for f in self.faults:
             self.at(f.at_s, self.fault_start, f)
         self.core.progress.start_attempt(run.spec.name, run.attempt, 0.0)
+        self.spans.submitted(run.attempt, 0.0, 0, run.spec.step_s)
         self.at(0.0, self.attempt_start, run.attempt)
         while self._q:
             t, _, fn, args = heapq.heappop(self._q)
@@ -290,6 +295,7 @@ class Simulation:
         run.advance(self.now)
         run.failure_steps.append(run.step())
         step = run.step()
+        self.spans.stopped(self.now, run)
         run.lose(self.now)
         run.set_state(self.now, RunState.DOWN)
         self.watch_progress()
@@ -301,6 +307,7 @@ class Simulation:
         if run.attempt != attempt:
             return
         self.core.progress.stop(run.spec.name)
+        self.spans.update(ended_at=self.now)
         self.at(self.now + self.settings.settle_s, self.attempt_failed, attempt, why, step)
 
     def attempt_failed(self, attempt: int, why: str, step: int) -> None:
@@ -327,6 +334,7 @@ class Simulation:
         if run.state is not RunState.RUNNING:
             return
         self.feed_steps()
+        self.spans.stopped(self.now, run, hung=True)
         run.set_state(self.now, RunState.HUNG)
         self.watch_progress()
 
@@ -344,7 +352,9 @@ class Simulation:
         run = self.cluster.run
         if run.state in (RunState.RUNNING, RunState.HUNG):
             self.feed_steps()
+            self.spans.stopped(self.now, run)
             run.lose(self.now)
+        self.spans.detected(self.now)  # a restart is decided at the latest now
         run.advance(self.now)
         run.attempt += 1
         run.restarts += 1
@@ -363,6 +373,7 @@ class Simulation:
             return
         run.set_state(self.now, RunState.RESTARTING)
         self.resume_step = run.step()
+        self.spans.submitted(run.attempt, self.now, run.step(), run.spec.step_s)
         cleared = self.core.progress.start_attempt(run.spec.name, run.attempt, self.now)
         if cleared:  # the previous attempt's hang is over
             self.observe(cleared)
@@ -392,6 +403,7 @@ class Simulation:
         if attempt > 1:
             run.restart_times.append(self.now)
         self.cluster.recompute_slowdown()
+        self.spans.running(self.sc.run, run.step() + 1, self.now + run.spec.step_s * run.slowdown)
         self.at(self.now + run.spec.step_s * run.slowdown, self.feed_steps)  # the first step
         for f in self.faults:
             if (

@@ -67,6 +67,7 @@ ASSUMPTION_SOURCES = {
     "startup_timeout": "20 min: no first step this long after a (re)start is a hang; longer than "
     "the restart cost (the daemon's default of 5 min is shorter, see supervisor/sim/README.md)",
 }
+TRACE_SOURCES = ("infinitehbd", "llama3")
 AGENT_FAULT_KINDS = frozenset(
     getattr(fk, name) for name in dir(fk) if name.isupper() and isinstance(getattr(fk, name), str)
 )
@@ -103,6 +104,10 @@ class RunSpec:
     checkpoint_save_s: float = 60.0
     will_delay_s: float = 0.0  # node-dead: the broker publishes the last will after this
     startup_timeout_s: float = 1200.0  # no first step this long after a (re)start: hung
+    checkpoint_stall_s: float = 0.0  # a periodic save stops training this long
+    # how the restart cost splits, for the goodput buckets only (timing is restart_cost's):
+    queue_wait_s: float = 0.0  # submitted -> the scheduler runs it
+    checkpoint_load_s: float = 0.0  # the end of start-up spent loading the checkpoint
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,7 @@ class TraceSpec:
     nodes: int = 2048
     days: float = 30.0
     offset_days: float = 0.0
+    source: str = "infinitehbd"  # or "llama3": Llama 3's mix (supervisor/sim/llama3.py)
 
 
 @dataclass(frozen=True)
@@ -211,12 +217,16 @@ def _build(r: Reader, root: Any) -> Scenario | None:
         t = r.mapping(top["trace"], "trace", allowed={"source", "nodes", "days", "offset_days"})
         if t is not None:
             src = r.string(t.get("source"), "trace.source")
-            if src is not None and src != "infinitehbd":
-                r.error("trace.source", f"unknown trace {src!r}; available: infinitehbd")
+            if src is not None and src not in TRACE_SOURCES:
+                r.error(
+                    "trace.source",
+                    f"unknown trace {src!r}; available: {', '.join(TRACE_SOURCES)}",
+                )
             trace = TraceSpec(
                 r.integer(t.get("nodes"), "trace.nodes", lo=1) or run.nodes,
                 (r.duration(t.get("days"), "trace.days") or 30 * 86400) / 86400,
                 (r.duration(t.get("offset_days"), "trace.offset_days") or 0) / 86400,
+                src or "infinitehbd",
             )
     names = [f"n{i:0{max(4, len(str(cluster_nodes - 1)))}d}" for i in range(cluster_nodes)]
     faults = []
@@ -267,6 +277,9 @@ def _run(r: Reader, node: Any, cluster_nodes: int) -> RunSpec:
         "checkpoint_save",
         "will_delay",
         "startup_timeout",
+        "checkpoint_stall",
+        "queue_wait",
+        "checkpoint_load",
     }
     m = r.mapping(node, "run", allowed=keys) or {}
     d = RunSpec()
@@ -290,6 +303,9 @@ def _run(r: Reader, node: Any, cluster_nodes: int) -> RunSpec:
         dur("checkpoint_save", d.checkpoint_save_s),
         dur("will_delay", d.will_delay_s),
         dur("startup_timeout", d.startup_timeout_s) or d.startup_timeout_s,
+        dur("checkpoint_stall", d.checkpoint_stall_s),
+        dur("queue_wait", d.queue_wait_s),
+        dur("checkpoint_load", d.checkpoint_load_s),
     )
 
 

@@ -14,8 +14,11 @@ from typing import Any, Literal
 from trainwarden.policies.model import ActionKind, Actor, EventKind, Verdict
 from trainwarden.supervisor.api.contract import (
     ActionRow,
+    ConditionRow,
     EventRow,
     Explanation,
+    GoodputRow,
+    NodeDetail,
     NodeRow,
     RunRow,
     RunSpecIn,
@@ -34,6 +37,7 @@ class MemoryService:
         self.specs: dict[str, RunSpecIn] = {}
         self.events: list[EventRow] = []
         self.actions: list[ActionRow] = []
+        self.conditions: dict[str, list[ConditionRow]] = {}  # node -> conditions now true
         self.ok = True
         self.fail_scheduler = False
         self.calls: list[tuple[str, dict[str, Any]]] = []
@@ -65,6 +69,18 @@ class MemoryService:
     async def list_unknown_reporters(self) -> list[UnknownReporterRow]:
         return list(self.unknown)
 
+    async def node_detail(self, node: str) -> NodeDetail:
+        self.calls.append(("node_detail", {"node": node}))
+        row = self._node(node)
+        events = [e for e in self.events if e.node == node][-20:]
+        actions = [a for a in self.actions if a.node == node][-20:]
+        return NodeDetail(
+            **row.model_dump(),
+            condition_details=self.conditions.get(node, []),
+            events=events,
+            actions=actions,
+        )
+
     def _node(self, node: str) -> NodeRow:
         if node not in self.nodes:
             raise NotFoundError(f"unknown node {node!r}")
@@ -93,7 +109,12 @@ class MemoryService:
         if row.state == "drained":
             raise SupervisorError(f"node {node!r} is already drained ({row.drain_reason})")
         self.nodes[node] = row.model_copy(
-            update={"state": "drained", "drained_by": "operator", "drain_reason": reason}
+            update={
+                "state": "drained",
+                "drained_by": "operator",
+                "drain_reason": reason,
+                "drained_at": self.now + 2,  # when the action below finishes
+            }
         )
         return self._operator_action(ActionKind.DRAIN, reason, who, node=node)
 
@@ -103,7 +124,12 @@ class MemoryService:
         if row.state != "drained":
             raise SupervisorError(f"node {node!r} is not drained (it is {row.state})")
         self.nodes[node] = row.model_copy(
-            update={"state": "healthy", "drained_by": None, "drain_reason": None}
+            update={
+                "state": "healthy",
+                "drained_by": None,
+                "drain_reason": None,
+                "drained_at": None,
+            }
         )
         return self._operator_action(ActionKind.UNDRAIN, reason, who, node=node)
 
@@ -138,6 +164,18 @@ class MemoryService:
         )
         return self._operator_action(ActionKind.RESTART_RUN, reason, who, run=run)
 
+    async def goodput(self, run: str) -> GoodputRow:
+        if run not in self.runs:
+            raise NotFoundError(f"unknown run {run!r}")
+        return GoodputRow(
+            run=run,
+            start=self.now - 100,
+            end=self.now,
+            wall_s=100.0,
+            ettr=0.9,
+            buckets={"productive": 90.0, "rework": 10.0},
+        )
+
     async def list_events(
         self,
         *,
@@ -146,16 +184,15 @@ class MemoryService:
         run: str | None,
         kind: str | None,
         since_id: int | None,
+        oldest_first: bool = False,
     ) -> list[EventRow]:
-        self.calls.append(
-            (
-                "list_events",
-                {"limit": limit, "node": node, "run": run, "kind": kind, "since_id": since_id},
-            )
-        )
+        query = {"limit": limit, "node": node, "run": run, "kind": kind, "since_id": since_id}
+        if oldest_first:  # recorded only when asked, so older tests' expectations hold
+            query["oldest_first"] = True
+        self.calls.append(("list_events", query))
         rows = [
             e
-            for e in reversed(self.events)
+            for e in (self.events if oldest_first else reversed(self.events))
             if (node is None or e.node == node)
             and (run is None or e.run == run)
             and (kind is None or e.kind == kind)
@@ -198,6 +235,7 @@ class MemoryService:
                     lines=lines,
                     action=led[0] if led else None,
                     events=[e],
+                    followed=led,
                 )
         raise NotFoundError(f"unknown event {ident}")
 
@@ -245,6 +283,7 @@ def seeded() -> MemoryService:
         state="drained",
         drained_by="external",
         drain_reason="maintenance",
+        drained_at=svc.now - 7200,
         scheduler_state="drained",
     )
     svc.runs["pretrain"] = RunRow(
@@ -265,6 +304,9 @@ def seeded() -> MemoryService:
         node="nid003",
         data={"code": 79, "gpu": 2},
     )
+    svc.conditions["nid003"] = [
+        ConditionRow(type="GpuFatal", since=fault.ts, reason=fault.message, evidence=[fault.id])
+    ]
     svc.add_event("run-started", "attempt 2 started", run="pretrain")
     svc.add_action(
         kind=ActionKind.DRAIN,

@@ -14,7 +14,14 @@ from memory_service import MemoryService
 from prometheus_client import CollectorRegistry
 from unix_http import on_socket, session
 
-from trainwarden.supervisor.api.contract import ActionRow, EventRow, Explanation, NodeRow, RunRow
+from trainwarden.supervisor.api.contract import (
+    ActionRow,
+    EventRow,
+    Explanation,
+    NodeDetail,
+    NodeRow,
+    RunRow,
+)
 from trainwarden.supervisor.api.server import (
     ApiServer,
     create_app,
@@ -63,6 +70,32 @@ async def test_nodes_are_listed_as_rows(http: aiohttp.ClientSession) -> None:
     assert rows[3].drained_by == "external" and rows[3].drain_reason == "maintenance"
 
 
+async def test_one_node_in_detail(http: aiohttp.ClientSession, service: MemoryService) -> None:
+    body = await _json(await http.get("/api/v1/nodes/nid003"), 200)
+    node = NodeDetail.model_validate(body)
+    assert (node.name, node.state, node.run, node.conditions) == (
+        "nid003",
+        "failed",
+        "pretrain",
+        ["GpuFatal"],
+    )
+    (cond,) = node.condition_details
+    assert (cond.type, cond.evidence) == ("GpuFatal", [1])
+    assert "XID 79" in cond.reason and cond.since == service.events[0].ts
+    assert [e.id for e in node.events] == [1] and [a.id for a in node.actions] == [1]
+    assert service.calls[-1] == ("node_detail", {"node": "nid003"})
+    drained = NodeDetail.model_validate(await _json(await http.get("/api/v1/nodes/nid004"), 200))
+    assert drained.drained_by == "external" and drained.drained_at == 1_800_000_000 - 7200
+
+
+async def test_an_unknown_or_invalid_node_is_404_or_400(http: aiohttp.ClientSession) -> None:
+    message = await _error(await http.get("/api/v1/nodes/nid009"), 404)
+    assert message == "unknown node 'nid009'"
+    assert "invalid node name '-x'" in await _error(await http.get("/api/v1/nodes/-x"), 400)
+    # a node's actions are its own routes, never mistaken for a node name
+    assert await _error(await http.get("/api/v1/nodes/nid001/drain"), 405)
+
+
 async def test_runs_are_listed_as_rows(http: aiohttp.ClientSession) -> None:
     body = await _json(await http.get("/api/v1/runs"), 200)
     (run,) = [RunRow.model_validate(r) for r in body]
@@ -99,6 +132,21 @@ async def test_events_default_limit_and_order(
     body = await _json(await http.get("/api/v1/events"), 200)
     assert [r["id"] for r in body] == [2, 1]  # newest first
     assert service.calls[-1][1]["limit"] == 100
+
+
+async def test_events_read_forward_oldest_first(
+    http: aiohttp.ClientSession, service: MemoryService
+) -> None:
+    for i in range(3):
+        service.add_event("fault", f"fault {i}", node="nid001")
+    query = {"since_id": "1", "limit": "2", "order": "oldest"}
+    body = await _json(await http.get("/api/v1/events", params=query), 200)
+    assert [r["id"] for r in body] == [2, 3]  # the oldest two after 1, not the newest two
+    assert service.calls[-1][1]["oldest_first"] is True
+    newest = await _json(await http.get("/api/v1/events", params={**query, "order": "newest"}), 200)
+    assert [r["id"] for r in newest] == [5, 4]
+    message = await _error(await http.get("/api/v1/events", params={"order": "up"}), 400)
+    assert message == "order must be newest or oldest, not 'up'"
 
 
 @pytest.mark.parametrize(
@@ -143,6 +191,9 @@ async def test_explain_action_and_event(http: aiohttp.ClientSession) -> None:
     assert "because GpuFatal: XID 79 on gpu 2" in exp.lines[0]
     exp = Explanation.model_validate(await _json(await http.get("/api/v1/events/1/explain"), 200))
     assert exp.subject == "event 1" and "led to action 1 (drain)" in exp.lines
+    assert [(a.id, a.kind, a.status) for a in exp.followed] == [(1, "drain", "pending")]
+    exp = Explanation.model_validate(await _json(await http.get("/api/v1/events/2/explain"), 200))
+    assert exp.followed == []
 
 
 async def test_explain_unknown_or_malformed_id(http: aiohttp.ClientSession) -> None:

@@ -78,6 +78,8 @@ def test_every_family_is_exposed() -> None:
         "trainwarden_store_waiting",
         "trainwarden_store_lost",
         "trainwarden_build_info",
+        "trainwarden_run_seconds",
+        "trainwarden_run_checkpoint_interval_advised_seconds",
         # the process's own (prometheus_client's ProcessCollector)
         "process_cpu_seconds",
         "process_open_fds",

@@ -7,6 +7,7 @@ import json
 import os
 import pwd
 import socket
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,6 +51,7 @@ def test_nodes_table(daemon: Daemon, capsys: Capture) -> None:
         "RUN",
         "HEARTBEAT",
         "CONDITIONS",
+        "DRAINED",
         "DRAIN",
     ]
     nid003 = next(line for line in lines if line.startswith("nid003"))
@@ -58,6 +60,21 @@ def test_nodes_table(daemon: Daemon, capsys: Capture) -> None:
     nid004 = next(line for line in lines if line.startswith("nid004"))
     assert "external: maintenance" in nid004
     assert lines[-1] == "4 nodes: 1 drained, 1 failed, 2 healthy"
+
+
+def test_nodes_table_shows_how_long_ago_a_node_was_drained(daemon: Daemon, capsys: Capture) -> None:
+    node = daemon.service.nodes["nid004"]
+    daemon.service.nodes["nid004"] = node.model_copy(update={"drained_at": time.time() - 7300})
+    code, out, _ = run(capsys, "nodes")
+    assert code == 0
+    lines = out.splitlines()
+    drained = lines[0].index("DRAINED")
+    nid004 = next(line for line in lines if line.startswith("nid004"))
+    assert nid004[drained:].split() == ["2h", "ago", "external:", "maintenance"]
+    nid001 = next(line for line in lines if line.startswith("nid001"))
+    assert nid001[drained:].startswith("-")
+    code, out, _ = run(capsys, "nodes", "--json", "--state", "drained")
+    assert json.loads(out)[0]["drained_at"] == pytest.approx(time.time() - 7300, abs=60)
 
 
 def test_nodes_json_is_the_rows(daemon: Daemon, capsys: Capture) -> None:
