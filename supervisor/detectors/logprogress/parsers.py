@@ -113,6 +113,9 @@ class HfParser:
 class LightningParser:
     name = "lightning"
     _EPOCH = re.compile(r"^\s*Epoch\s+(\d+)(?:/\d+)?:?\s(.*)$")
+    # an attempt resumed mid-epoch keeps the bar's first description until the next epoch
+    # (Lightning 2.6: on_train_epoch_start is skipped when restarted mid-epoch)
+    _RESUMED = re.compile(r"^\s*Training:?\s(.*)$")
     _COUNT = re.compile(r"(?:^|[\s|])(\d+)/(\d+|\?)(?=\s|$)")
 
     def __init__(self) -> None:
@@ -122,12 +125,17 @@ class LightningParser:
 
     def parse(self, line: str) -> LogStep | None:
         m = self._EPOCH.match(line)
-        if m is None:
-            return None
-        c = self._COUNT.search(m.group(2))
+        if m is not None:
+            epoch, rest = int(m.group(1)), m.group(2)
+        else:
+            r = self._RESUMED.match(line)
+            if r is None:
+                return None
+            epoch, rest = max(self._epoch, 0), r.group(1)  # the epoch it resumed in
+        c = self._COUNT.search(rest)
         if c is None:
             return None
-        epoch, n = int(m.group(1)), int(c.group(1))
+        n = int(c.group(1))
         if epoch > self._epoch:
             if self._epoch >= 0:
                 self._offset += self._epoch_max
@@ -137,7 +145,7 @@ class LightningParser:
         self._epoch_max = max(self._epoch_max, n)
         total = c.group(2)
         step = epoch * int(total) + n if total != "?" else self._offset + n
-        return LogStep(step, _rate_s(m.group(2)))
+        return LogStep(step, _rate_s(rest))
 
 
 class RegexParser:
