@@ -27,6 +27,7 @@ from trainwarden.health.agent import Agent, AgentConfig
 from trainwarden.health.probes.registry import ProbeConfig
 from trainwarden.health.sim.hardware import SimulatedHardware
 from trainwarden.policies.model import ConditionType, Event, EventKind
+from trainwarden.supervisor.api.service import DaemonService
 from trainwarden.supervisor.daemon import operations as ops
 from trainwarden.supervisor.daemon.broker import EmbeddedBroker
 from trainwarden.supervisor.daemon.process import Daemon, DaemonConfig
@@ -73,6 +74,9 @@ class DemoResult:
     checkpoint_interval: int = 0
     wall_s: float = 0.0
     recovered: bool = False
+    # where the run's wall time went (supervisor.goodput): ETTR = productive / wall time
+    ettr: float | None = None
+    goodput: dict[str, Any] = field(default_factory=dict)
     workdir: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -178,7 +182,7 @@ async def run_demo(cfg: DemoConfig, out: TextIO) -> DemoResult:
         ("RECOVERED" if result.recovered else "NOT RECOVERED")
         + f": final step {result.final_step}/{cfg.steps}, resumed from step "
         f"{result.resumed_from_step}, drained {result.drained}, "
-        f"{result.wall_s:.0f} s",
+        f"{result.wall_s:.0f} s" + (f", ETTR {result.ettr:.2f}" if result.ettr is not None else ""),
         "bold green" if result.recovered else "bold red",
     )
     return result
@@ -369,6 +373,15 @@ async def _record_outcome(
     if injected_at is not None:
         _measure_detection(cfg, result, run, sup, injected_at)
     result.recovered = _recovered(cfg, result, run, sup)
+    await sup.store.flush()  # the accounting reads the recorded history
+    row = await DaemonService(sup).goodput(run.name)
+    result.ettr = round(row.ettr, 4)
+    result.goodput = {
+        "wall_s": round(row.wall_s, 3),
+        "buckets": {k: round(v, 3) for k, v in row.buckets.items()},
+        "restart_overhead_s": round(row.restart_overhead_s, 3),
+        "interruptions": row.interruptions,
+    }
 
 
 def _measure_detection(

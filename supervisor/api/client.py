@@ -26,6 +26,7 @@ from trainwarden.supervisor.api.auth import DEFAULT_API_SOCKET, private_file
 from trainwarden.supervisor.api.contract import (
     ActionRow,
     EventRow,
+    GoodputRow,
     Explanation,
     IncidentRow,
     NodeDetail,
@@ -329,6 +330,10 @@ class OperatorClient:
         return self._one(
             ActionRow, self.request("POST", f"/api/v1/nodes/{_seg(node)}/undrain", body=body)
         )
+
+    def goodput(self, run: str) -> GoodputRow:
+        """Where ``run``'s wall time went, and the checkpoint-interval advice."""
+        return self._one(GoodputRow, self.request("GET", f"/api/v1/runs/{_seg(run)}/goodput"))
 
     def runs(self) -> list[RunRow]:
         return self._many(RunRow, self.request("GET", "/api/v1/runs"))

@@ -251,6 +251,11 @@ async def add_run(request: web.Request) -> web.Response:
     return _row(await _service(request).add_run(spec, caller.who), status=201)
 
 
+async def run_goodput(request: web.Request) -> web.Response:
+    run = check_name("run", request.match_info["name"])
+    return _row(await _service(request).goodput(run))
+
+
 async def restart_run(request: web.Request) -> web.Response:
     run = check_name("run", request.match_info["name"])
     caller = _caller(request)
@@ -485,6 +490,7 @@ def create_app(
     app.router.add_get(f"{p}/runs", list_runs)
     app.router.add_post(f"{p}/runs", add_run)
     app.router.add_post(f"{p}/runs/{{name}}/restart", restart_run)
+    app.router.add_get(f"{p}/runs/{{name}}/goodput", run_goodput)
     app.router.add_get(f"{p}/events", list_events)
     app.router.add_get(f"{p}/events/{{id}}/explain", _explain("event"))
     app.router.add_get(f"{p}/incidents", list_incidents)

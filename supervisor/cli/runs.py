@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
     add_api_arguments(runs)
     runs.set_defaults(func=run_list)
     sub = runs.add_subparsers(
-        dest="runs_command", metavar="{add,restart}", parser_class=_CommandAfterDashes
+        dest="runs_command", metavar="{add,restart,goodput}", parser_class=_CommandAfterDashes
     )
 
     add: argparse.ArgumentParser = sub.add_parser(
@@ -144,6 +144,18 @@ def register(subparsers: Any) -> None:
     add_api_arguments(restart)
     restart.set_defaults(func=run_restart)
 
+    goodput: argparse.ArgumentParser = sub.add_parser(
+        "goodput",
+        help="where a run's hours went (ETTR) and the checkpoint interval its failures call for",
+        description="Account for RUN's wall time: productive, rework, detection, drain, queue, "
+        "start-up, hung, held, checkpoint stalls; ETTR = productive / wall time; and the "
+        "Young/Daly checkpoint interval for its measured save cost and interruption rate.",
+    )
+    goodput.add_argument("run", metavar="RUN")
+    goodput.add_argument("--json", action="store_true", help="print the accounting as JSON")
+    add_api_arguments(goodput)
+    goodput.set_defaults(func=run_goodput)
+
 
 def run_list(args: argparse.Namespace) -> int:
     rows = client_for(args).runs()
@@ -164,6 +176,7 @@ def run_list(args: argparse.Namespace) -> int:
         "STEP",
         "CHECKPOINT",
         "RESUMED FROM",
+        "PROGRESS",
     )
     for r in rows:
         style = STATE_STYLE.get(r.state, "")
@@ -180,8 +193,51 @@ def run_list(args: argparse.Namespace) -> int:
             step,
             _opt(r.last_checkpoint_step),
             _opt(r.resumed_from_step),
+            r.progress or "reporter",
         )
     out.print(listing)
+    if any((r.progress or "reporter") != "reporter" for r in rows):
+        out.print("runs followed from their log: hangs are detected, stragglers need the reporter")
+    return 0
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds:.0f} s"
+
+
+def run_goodput(args: argparse.Namespace) -> int:
+    row = client_for(args).goodput(args.run)
+    if args.json:
+        print_json(row)
+        return 0
+    out = console()
+    wall = row.wall_s or 0.0
+    out.print(
+        f"run {row.run}: ETTR {row.ettr:.3f} over {_hours(wall)} of wall time, "
+        f"{row.interruptions} interruption(s), restart overhead {_hours(row.restart_overhead_s)}",
+        markup=False,
+    )
+    listing = table("BUCKET", "TIME", "SHARE")
+    for bucket, seconds in sorted(row.buckets.items(), key=lambda kv: -kv[1]):
+        share = seconds / wall if wall > 0 else 0.0
+        listing.add_row(bucket, _hours(seconds), f"{share:.1%}")
+    out.print(listing)
+    adv = row.advice
+    if adv:
+        now, before, after = (
+            adv.get(k) for k in ("current_interval_s", "ettr_current", "ettr_advised")
+        )
+        out.print(
+            f"checkpoint every {float(adv.get('interval_s') or 0):.0f} s"
+            + (f" (now {now:.0f} s)" if isinstance(now, int | float) else "")
+            + f" for a save cost of {float(adv.get('checkpoint_cost_s') or 0):.0f} s and one "
+            f"interruption every {float(adv.get('mtbf_s') or 0) / 3600:.1f} h: expected ETTR "
+            + (f"{before:.3f} now, " if isinstance(before, int | float) else "")
+            + (f"{after:.3f} advised" if isinstance(after, int | float) else "unknown"),
+            markup=False,
+        )
+    else:
+        out.print("no checkpoint-interval advice yet (no save cost measured)", markup=False)
     return 0
 
 

@@ -431,6 +431,8 @@ class RunManager:
             self.state.place(run, info.nodes)
         if info.state is JobState.RUNNING and run.attempt_phase is AttemptPhase.SUBMITTED:
             run.move_attempt(AttemptPhase.RUNNING)
+            # when the scheduler started it: the time before is queue wait (goodput)
+            await self.save_attempt(run, {"state": "running", "started_at": self.clock.now()})
             return None
         if not info.state.finished:
             return None

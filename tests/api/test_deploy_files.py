@@ -14,7 +14,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from trainwarden.health import config
 from trainwarden.health.report import MAX_PAYLOAD_BYTES, TOPIC_PREFIX
+from trainwarden.supervisor.cli.config import effective, side_settings, toml_value
 from trainwarden.supervisor.daemon.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -37,6 +39,7 @@ def _sample_names() -> set[str]:
     m.message("heartbeat")
     m.message_rejected("invalid")
     m.store_flush(0.1, 1)
+    m.run_known("r")  # a run's series: restarts, goodput buckets, checkpoint advice
     m.run_restarted("r")
     m.api_request("GET", "/metrics", 200, 0.01)
     return {s.name for family in m.registry.collect() for s in family.samples}
@@ -76,6 +79,51 @@ def test_daemon_unit_is_notify_with_watchdog_and_hardening() -> None:
         "StateDirectory=trainwarden",
     ):
         assert f"\n{line}\n" in text, line
+
+
+@pytest.mark.parametrize("unit", ["trainwarden-daemon.service", "trainwarden-agent.service"])
+def test_units_read_the_config_file_and_shadow_none_of_its_keys(unit: str) -> None:
+    text = (DEPLOY / unit).read_text()
+    start = re.search(r"^ExecStart=(\S+) (\w+) --config (\S+)", text, re.M)
+    assert start is not None and start.group(3) == config.DEFAULT_PATH, unit
+    # an Environment= default would beat the file's key: only the env files override
+    variables = {s.env for settings in side_settings().values() for s in settings.items}
+    defaults = re.findall(r"^Environment=(\w+)=", text, re.M)
+    assert not set(defaults) & variables, unit
+
+
+def _shipped_sections() -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    section = ""
+    for line in (DEPLOY / "trainwarden.toml").read_text().splitlines():
+        if line.startswith("["):
+            section = line.strip("[]")
+        sections.setdefault(section, []).append(line)
+    return sections
+
+
+def test_shipped_config_lists_every_key_at_its_default() -> None:
+    sections = _shipped_sections()
+    for side, settings in side_settings().items():
+        for s in settings.items:
+            value = toml_value(s.default) if s.default is not None else " # unset by default"
+            line = f"#{s.key} ={'' if s.default is None else ' '}{value}"
+            assert line in sections[side], f"[{side}] {line!r}: `trainwarden config example`"
+    shared = {s.shared for v in side_settings().values() for s in v.items if s.shared}
+    assert {ln[1:].partition(" =")[0] for ln in sections["mqtt"] if " = " in ln} == shared
+
+
+@pytest.mark.parametrize("side", ["daemon", "agent", "cli"])
+def test_shipped_config_is_valid_for_every_side(side: str) -> None:
+    values, file = effective(side, config_path=str(DEPLOY / "trainwarden.toml"), env={})
+    assert file.found
+    chosen = {v.setting.key: v.value for v in values if v.source.kind == "file"}
+    expected = {
+        "daemon": {"mode", "mqtt_username", "mqtt_password_file"},
+        "agent": {"broker", "expect_gpus", "storage", "mqtt_password_file", "mqtt_ca"},
+        "cli": set(),
+    }
+    assert set(chosen) == expected[side]  # what daemon.env and agent.env used to set
 
 
 # --- mosquitto -----------------------------------------------------------------------------------
@@ -159,7 +207,8 @@ def test_dashboard_uses_only_existing_metrics() -> None:
 def test_dashboard_queries_parse(tmp_path: Path) -> None:
     """Each query, with Grafana's variables filled in, as a recording rule for promtool."""
     exprs = [
-        e.replace("$__rate_interval", "5m").replace("$instance", ".*") for e in _dashboard_exprs()
+        e.replace("$__rate_interval", "5m").replace("$__range", "1h").replace("$instance", ".*")
+        for e in _dashboard_exprs()
     ]
     rules = {
         "groups": [

@@ -236,6 +236,7 @@ def test_runs_table_and_json(daemon: Daemon, capsys: Capture) -> None:
         "1200/10000",
         "1000",
         "500",
+        "reporter",
     ]
     code, out, _ = run(capsys, "runs", "--json")
     (row,) = json.loads(out)
@@ -447,3 +448,17 @@ def test_explanation_without_lines_shows_the_action(daemon: Daemon) -> None:
     assert "guard max-drains-per-window: pass (0/4)" in text
     assert "evidence: events 1" in text
     assert "XID 79 on gpu 2: GPU has fallen off the bus" in text
+
+
+def test_runs_goodput_prints_the_buckets_and_the_json(daemon: Daemon, capsys: Capture) -> None:
+    code, out, err = run(capsys, "runs", "goodput", "pretrain")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0].startswith("run pretrain: ETTR 0.900 over 100 s of wall time")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:] if line.strip()}
+    assert rows["productive"][-1] == "90.0%" and rows["rework"][-1] == "10.0%"
+    assert "no checkpoint-interval advice yet" in out
+    code, out, _ = run(capsys, "runs", "goodput", "pretrain", "--json")
+    doc = json.loads(out)
+    assert doc["ettr"] == 0.9 and sum(doc["buckets"].values()) == doc["wall_s"]
+    code, _, err = run(capsys, "runs", "goodput", "nope")
+    assert code == 2 and "unknown run 'nope'" in err

@@ -43,6 +43,12 @@ def test_demo_recovers_from_a_gpu_fault() -> None:
     assert wall < 180, f"demo took {wall:.0f} s"
     for needle in ("INJECT xid:79", "drain (allow)", "RECOVERED"):
         assert needle in timeline
+    # where the run's time went: ETTR, and buckets that add up to its wall time
+    assert 0 < out["ettr"] <= 1
+    goodput = out["goodput"]
+    assert goodput["interruptions"] == 1 and goodput["buckets"]["productive"] > 0
+    assert abs(sum(goodput["buckets"].values()) - goodput["wall_s"]) <= 0.01 * goodput["wall_s"]
+    assert goodput["buckets"]["productive"] / goodput["wall_s"] == pytest.approx(out["ettr"], 1e-3)
 
 
 def test_demo_evicts_a_straggler_after_checkpointing() -> None:
