@@ -18,6 +18,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TextIO
 
+from trainwarden.health import config
 from trainwarden.health.errors import HealthError
 
 FORMATS = ("text", "json")
@@ -150,11 +151,11 @@ def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> Non
 
 def add_log_format_argument(parser: argparse.ArgumentParser) -> None:
     """``--log-format text|json``, default ``$TRAINWARDEN_LOG_FORMAT`` or text."""
-    default = os.environ.get(FORMAT_ENV, "text")
-    parser.add_argument(
+    action = parser.add_argument(
         "--log-format",
         choices=FORMATS,
-        default=default if default in FORMATS else "text",
+        default="text",
         help="log lines as text or as one JSON object a line (default: "
         f"${FORMAT_ENV}, else text); under systemd without timestamps, with <N> priorities",
     )
+    config.env(action, FORMAT_ENV)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainwarden.health import config
 from trainwarden.health.errors import HealthError
 
 DEFAULT_PORT = 1883
@@ -131,18 +132,18 @@ class MqttAuth:
 
 
 def add_auth_arguments(parser: Any) -> None:
-    """``--mqtt-username``/``--mqtt-password-file``/``--mqtt-ca``/``--mqtt-cert``/``--mqtt-key``."""
-    parser.add_argument(
-        "--mqtt-username", default=None, help="broker user name (or $TRAINWARDEN_MQTT_USERNAME)"
-    )
-    parser.add_argument(
-        "--mqtt-password-file",
-        default=None,
-        help="file holding the broker password (or $TRAINWARDEN_MQTT_PASSWORD_FILE)",
-    )
-    parser.add_argument("--mqtt-ca", default=None, help="CA file: connect with TLS")
-    parser.add_argument("--mqtt-cert", default=None, help="client certificate for TLS")
-    parser.add_argument("--mqtt-key", default=None, help="client key for TLS")
+    """``--mqtt-username``/``--mqtt-password-file``/``--mqtt-ca``/``--mqtt-cert``/``--mqtt-key``,
+    each with its variable and its key in the configuration file's shared ``[mqtt]`` table."""
+    for key, name, help_text in (
+        ("username", "TRAINWARDEN_MQTT_USERNAME", "broker user name"),
+        ("password_file", "TRAINWARDEN_MQTT_PASSWORD_FILE", "file holding the broker password"),
+        ("ca", "TRAINWARDEN_MQTT_CA", "CA file: connect with TLS"),
+        ("cert", "TRAINWARDEN_MQTT_CERT", "client certificate for TLS"),
+        ("key", "TRAINWARDEN_MQTT_KEY", "client key for TLS"),
+    ):
+        flag = "--mqtt-" + key.replace("_", "-")
+        action = parser.add_argument(flag, default=None, help=f"{help_text} (default ${name})")
+        config.shared(config.env(action, name), key)
 
 
 def auth_from_args(args: Any, default_username: str | None = None) -> MqttAuth:

@@ -35,6 +35,7 @@ LOGIN_COMMANDS: tuple[str, ...] = (
     "deploy",
     "completion",
     "checkpoints",
+    "config",
 )
 ORDER: tuple[str, ...] = ("agent", *LOGIN_COMMANDS[:9], "vet", "hw", *LOGIN_COMMANDS[9:])
 # commands registered by another command's module

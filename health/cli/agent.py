@@ -12,11 +12,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 from typing import Any
 
+from trainwarden.health import config
 from trainwarden.health.agent import Agent, AgentConfig
 from trainwarden.health.errors import HealthError
 from trainwarden.health.hardware import Hardware
@@ -43,15 +43,17 @@ def register(subparsers: Any) -> None:
         "Checkpoint reports are forwarded at once. Any local user who can write the socket "
         "can report steps for any run on this node (the default mode 666 lets every job "
         "user's ranks in -- the ranks do not run as the agent's user); use --relay-mode 660 "
-        "and a group shared with the job users to narrow it.",
+        "and a group shared with the job users to narrow it. Every option is also a key of "
+        "the configuration file's [agent] table (--config).",
     )
     p.add_argument("--node", help="node name (default: the short hostname)")
-    p.add_argument(
+    broker = p.add_argument(
         "--broker",
         default="127.0.0.1:1883",
         metavar="HOST:PORT",
-        help="MQTT broker (default: %(default)s)",
+        help="MQTT broker (default: $TRAINWARDEN_BROKER, else %(default)s)",
     )
+    config.shared(config.env(broker, "TRAINWARDEN_BROKER"), "broker")
     p.add_argument(
         "--interval",
         type=float,
@@ -66,9 +68,13 @@ def register(subparsers: Any) -> None:
         metavar="S",
         help="seconds between heartbeats (default: %(default)s)",
     )
-    p.add_argument(
-        "--expect-gpus", type=int, metavar="N", help="GPUs this node must have (fewer is a fault)"
+    expect = p.add_argument(
+        "--expect-gpus",
+        type=int,
+        metavar="N",
+        help="GPUs this node must have (fewer is a fault; default $TRAINWARDEN_EXPECT_GPUS)",
     )
+    config.env(expect, "TRAINWARDEN_EXPECT_GPUS")
     p.add_argument(
         "--storage",
         action="append",
@@ -103,20 +109,23 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="GPUs of the simulated hardware (default: %(default)s)",
     )
-    p.add_argument(
+    once = p.add_argument(
         "--once",
         action="store_true",
         help="run one probe round, print it and exit (no broker needed)",
     )
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument(
+    config.flag_only(once)
+    config.flag_only(p.add_argument("--json", action="store_true", help="print the report as JSON"))
+    fabric = p.add_argument(
         "--fabric-domain",
-        default=os.environ.get("TRAINWARDEN_FABRIC_DOMAIN"),
+        default=None,
         metavar="NAME",
         help="the leaf switch / rack / Slingshot group this node's links hang off "
-        "(site topology); link faults name it as their shared cause",
+        "(site topology); link faults name it as their shared cause "
+        "(default $TRAINWARDEN_FABRIC_DOMAIN)",
     )
-    p.add_argument(
+    config.env(fabric, "TRAINWARDEN_FABRIC_DOMAIN")
+    relay = p.add_argument(
         "--relay",
         metavar="PATH",
         help="Unix datagram socket the node's training ranks report to ('off': no relay; "
@@ -124,6 +133,7 @@ def register(subparsers: Any) -> None:
         "node agent: with simulated hardware or a --node other than the host name, the "
         "relay is off unless given)",
     )
+    config.env(relay, "TRAINWARDEN_RELAY")
     p.add_argument(
         "--relay-mode",
         default="666",
@@ -143,9 +153,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     add_log_format_argument(p)
     p.set_defaults(func=run)
+    config.layered(p, "agent")
 
 
 def run(args: argparse.Namespace) -> int:
+    args = config.resolve(args)
     configure_logging("DEBUG" if args.verbose else "INFO", args.log_format)
     node = check_name("node", args.node or short_hostname())
     if args.interval <= 0 or args.heartbeat <= 0 or args.probe_timeout <= 0:
@@ -179,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         raise HealthError(f"cannot set up the simulated hardware: {exc}") from exc
     if args.node is None and args.simulated_hardware:
         node = hardware.node  # an existing simulated node keeps the name it was created with
-    config = AgentConfig(
+    agent_config = AgentConfig(
         node=node,
         broker_host=host,
         broker_port=port,
@@ -191,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         relay_mode=relay_mode,
         relay_flush_interval_s=args.relay_flush,
     )
-    agent = Agent(config, hardware)
+    agent = Agent(agent_config, hardware)
     if args.once:
         report = asyncio.run(agent.collect())
         if args.json:
@@ -204,13 +216,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _relay_path(args: argparse.Namespace, node: str) -> str | None:
-    """The relay socket, or None. By default only the node's real agent binds one: a
-    simulated node (demo, tests) sharing this host would take the real node's ranks."""
+    """The relay socket, or None. By default (and from ``$TRAINWARDEN_RELAY``, which the
+    node's ranks read too) only the node's real agent binds one: a simulated node (demo,
+    tests) sharing this host would take the real node's ranks."""
     value = args.relay
-    if value is None:
+    if config.values(args)["relay"].source.kind in ("env", "default"):
         if args.simulate or args.simulated_hardware or node != short_hostname():
             return None
-        value = os.environ.get("TRAINWARDEN_RELAY") or DEFAULT_RELAY_PATH
+        value = value or DEFAULT_RELAY_PATH
     value = value.strip()
     return None if value.lower() in ("", "off", "none") else value
 

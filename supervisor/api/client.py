@@ -11,6 +11,7 @@ server sends. A daemon that cannot be reached, or a request it refuses, becomes 
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import os
@@ -22,12 +23,13 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from trainwarden.health import config
 from trainwarden.supervisor.api.auth import DEFAULT_API_SOCKET, private_file
 from trainwarden.supervisor.api.contract import (
     ActionRow,
     EventRow,
-    GoodputRow,
     Explanation,
+    GoodputRow,
     IncidentRow,
     NodeDetail,
     NodeRow,
@@ -45,6 +47,8 @@ __all__ = [
     "ApiUnreachableError",
     "OperatorClient",
     "add_api_arguments",
+    "cli_config",
+    "cli_settings",
     "client_for",
     "read_token_file",
     "resolve_api",
@@ -70,10 +74,11 @@ class ApiError(SupervisorError):
 
 
 def resolve_api(api: str | None) -> str:
-    """Where the daemon is: ``api`` if given, else ``$TRAINWARDEN_API``, else the default
-    socket. A socket path (``/run/trainwarden/api.sock`` or ``unix:PATH``) comes back as
-    ``unix:/absolute/path``, an https URL without its trailing '/'."""
-    text = api or os.environ.get(API_ENV) or DEFAULT_API_SOCKET
+    """Where the daemon is: ``api`` if given, else ``$TRAINWARDEN_API``, else ``api`` of the
+    configuration file's ``[cli]``, else the default socket. A socket path
+    (``/run/trainwarden/api.sock`` or ``unix:PATH``) comes back as ``unix:/absolute/path``, an
+    https URL without its trailing '/'."""
+    text = api or str(cli_config()["api"].value)
     if text.startswith("unix:"):
         path = text.removeprefix("unix:")
         path = "/" + path.lstrip("/") if path.startswith("//") else path
@@ -116,37 +121,69 @@ class _WhoIsGone(argparse.Action):
 
 def add_api_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every API command takes."""
-    parser.add_argument(
+    api = parser.add_argument(
         "--api",
         metavar="ADDRESS",
         default=None,
-        help=f"the daemon's socket path or https://HOST:PORT (default: ${API_ENV} or "
-        f"{DEFAULT_API_SOCKET})",
+        help=f"the daemon's socket path or https://HOST:PORT (default: ${API_ENV}, [cli] api "
+        f"of the configuration file, or {DEFAULT_API_SOCKET})",
     )
-    parser.add_argument(
+    token_file = parser.add_argument(
         "--token-file",
         metavar="FILE",
         default=None,
         help=f"https only: the file holding your bearer token, mode 0600 "
-        f"(default: ${TOKEN_FILE_ENV})",
+        f"(default: ${TOKEN_FILE_ENV}, or [cli] token_file)",
     )
-    parser.add_argument(
+    api_ca = parser.add_argument(
         "--api-ca",
         metavar="FILE",
         default=None,
         help=f"https only: the CA (or the certificate) that signed the daemon's certificate "
-        f"(default: ${API_CA_ENV}, else the system's CAs)",
+        f"(default: ${API_CA_ENV}, [cli] api_ca, else the system's CAs)",
     )
+    config.env(api, API_ENV)
+    config.env(token_file, TOKEN_FILE_ENV)
+    config.env(api_ca, API_CA_ENV)
     parser.add_argument("--who", action=_WhoIsGone, help=argparse.SUPPRESS)
+
+
+@functools.cache
+def cli_settings() -> config.Settings:
+    """The ``[cli]`` settings, from the options every API command takes."""
+    parser = argparse.ArgumentParser(prog="trainwarden", add_help=False)
+    add_api_arguments(parser)
+    parser.set_defaults(api=DEFAULT_API_SOCKET)
+    return config.layered(parser, "cli")
+
+
+def cli_config(
+    args: argparse.Namespace | None = None,
+    *,
+    config_path: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, config.Value]:
+    """The CLI's API address, token file and CA: flag (``args``) > ``$TRAINWARDEN_API`` and
+    the like > ``[cli]`` of the configuration file (``config_path``, ``$TRAINWARDEN_CONFIG``
+    or the default file) > default."""
+    e = os.environ if env is None else env
+    settings = cli_settings()
+    given = {
+        s.key: getattr(args, s.key)
+        for s in settings.items
+        if getattr(args, s.key, None) is not None
+    }
+    return settings.resolve(given, config.ConfigFile.load(config_path, e), e)
 
 
 def client_for(args: argparse.Namespace) -> OperatorClient:
     """The client for a parsed command line (``--api``, ``--token-file``, ``--api-ca``)."""
-    target = resolve_api(getattr(args, "api", None))
+    settings = cli_config(args)
+    target = resolve_api(settings["api"].value)
     if target.startswith("unix:"):  # the daemon knows the caller by its uid
         return OperatorClient(target)
-    token_file = getattr(args, "token_file", None) or os.environ.get(TOKEN_FILE_ENV)
-    ca_file = getattr(args, "api_ca", None) or os.environ.get(API_CA_ENV)
+    token_file = settings["token_file"].value
+    ca_file = settings["api_ca"].value
     token = read_token_file(token_file) if token_file else None
     return OperatorClient(target, token=token, ca_file=ca_file or None)
 

@@ -13,6 +13,7 @@ import os
 import re
 from typing import Any
 
+from trainwarden.health.config import env, layered, resolve, shared
 from trainwarden.health.logsetup import (
     add_log_format_argument,
     configure_logging,
@@ -49,95 +50,116 @@ def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "daemon",
         help="run the supervisor daemon (login node)",
-        description="Subscribe to agents and ranks, detect failures, drain and restart.",
+        description="Subscribe to agents and ranks, detect failures, drain and restart. "
+        "Every option is also a key of the configuration file's [daemon] table (--config); "
+        "`trainwarden config show --for daemon` prints what is in effect and why.",
     )
-    p.add_argument(
-        "--db",
-        default=None,
-        help="database URL (default $TRAINWARDEN_DB_URL or a SQLite file in the state dir)",
+    arg = p.add_argument
+    env(
+        arg(
+            "--db",
+            default=None,
+            help="database URL (default $TRAINWARDEN_DB_URL or a SQLite file in the state dir)",
+        ),
+        "TRAINWARDEN_DB_URL",
     )
-    p.add_argument(
-        "--broker",
-        default=os.environ.get("TRAINWARDEN_BROKER", "127.0.0.1:1883"),
-        help="MQTT broker HOST:PORT",
+    broker = arg("--broker", default="127.0.0.1:1883", help="MQTT broker HOST:PORT")
+    shared(env(broker, "TRAINWARDEN_BROKER"), "broker")
+    env(
+        arg(
+            "--api",
+            metavar="PATH",
+            default=DEFAULT_API_SOCKET,
+            help="the operator API's Unix socket (mode 0666: the caller's role decides) "
+            f"(default $TRAINWARDEN_API_SOCKET or {DEFAULT_API_SOCKET})",
+        ),
+        "TRAINWARDEN_API_SOCKET",
     )
-    env = os.environ.get
-    p.add_argument(
-        "--api",
-        metavar="PATH",
-        default=env("TRAINWARDEN_API_SOCKET") or DEFAULT_API_SOCKET,
-        help="the operator API's Unix socket (mode 0666: the caller's role decides) "
-        f"(default $TRAINWARDEN_API_SOCKET or {DEFAULT_API_SOCKET})",
+    env(
+        arg(
+            "--metrics",
+            metavar="HOST:PORT",
+            default="127.0.0.1:8470",
+            help="serve GET /metrics and /healthz, read-only and without credentials, on "
+            "HOST:PORT (default $TRAINWARDEN_METRICS_BIND or 127.0.0.1:8470)",
+        ),
+        "TRAINWARDEN_METRICS_BIND",
     )
-    p.add_argument(
-        "--metrics",
-        metavar="HOST:PORT",
-        default=env("TRAINWARDEN_METRICS_BIND") or "127.0.0.1:8470",
-        help="serve GET /metrics and /healthz, read-only and without credentials, on HOST:PORT "
-        "(default $TRAINWARDEN_METRICS_BIND or 127.0.0.1:8470)",
+    env(
+        arg(
+            "--api-tcp",
+            metavar="HOST:PORT",
+            default=None,
+            help="also serve the API on TCP for remote operators (off by default); needs "
+            "--api-tls-cert, --api-tls-key and --api-tokens ($TRAINWARDEN_API_TCP)",
+        ),
+        "TRAINWARDEN_API_TCP",
     )
-    p.add_argument(
-        "--api-tcp",
-        metavar="HOST:PORT",
-        default=env("TRAINWARDEN_API_TCP") or None,
-        help="also serve the API on TCP for remote operators (off by default); needs "
-        "--api-tls-cert, --api-tls-key and --api-tokens",
-    )
-    p.add_argument("--api-tls-cert", metavar="FILE", default=env("TRAINWARDEN_API_TLS_CERT"))
-    p.add_argument("--api-tls-key", metavar="FILE", default=env("TRAINWARDEN_API_TLS_KEY"))
-    p.add_argument(
-        "--api-tokens",
-        metavar="FILE",
-        default=env("TRAINWARDEN_API_TOKENS"),
-        help="the TCP API's principals: NAME ROLE sha256:HEX per line (trainwarden token new "
-        "prints one); owned by the daemon's user, mode 0600; reread on SIGHUP",
+    env(arg("--api-tls-cert", metavar="FILE", default=None), "TRAINWARDEN_API_TLS_CERT")
+    env(arg("--api-tls-key", metavar="FILE", default=None), "TRAINWARDEN_API_TLS_KEY")
+    env(
+        arg(
+            "--api-tokens",
+            metavar="FILE",
+            default=None,
+            help="the TCP API's principals: NAME ROLE sha256:HEX per line (trainwarden token "
+            "new prints one); owned by the daemon's user, mode 0600; reread on SIGHUP",
+        ),
+        "TRAINWARDEN_API_TOKENS",
     )
     for role, flag, what in (
         (Role.VIEWER, "--viewers", "read nodes, runs, events, actions (default '*': everyone)"),
         (Role.OPERATOR, "--operators", "also drain, undrain, approve, reject, restart, close"),
         (Role.ADMIN, "--admins", "also add runs; root and the daemon's user always are"),
     ):
-        p.add_argument(
+        members = arg(
             flag,
             metavar="LIST",
-            default=env(ROLE_ENV[role], "*" if role is Role.VIEWER else ""),
+            default="*" if role is Role.VIEWER else "",
             help=f"users, @groups or '*', comma-separated, who may {what} "
             f"(default ${ROLE_ENV[role]})",
         )
-    p.add_argument("--scheduler", choices=["local", "slurm"], default="slurm")
-    p.add_argument(
+        env(members, ROLE_ENV[role])
+    env(arg("--scheduler", choices=["local", "slurm"], default="slurm"), "TRAINWARDEN_SCHEDULER")
+    arg(
         "--local-nodes",
         default="",
         metavar="HOSTLIST",
         help="local scheduler: its nodes, as a Slurm hostlist (n1,n2, nid[000000-019999], "
         "rack[1-2]-n[01-16]; repeats dropped)",
     )
-    p.add_argument("--local-log-dir", default="/tmp/trainwarden-local")
-    p.add_argument("--slurm-conf", default=os.environ.get("SLURM_CONF"))
-    p.add_argument("--policy", default=None, help="policy file (default: the shipped policy)")
-    p.add_argument("--mode", choices=["enforce", "dry-run", "approve"], default="enforce")
-    p.add_argument("--heartbeat-misses", type=float, default=3.0)
-    p.add_argument(
+    arg("--local-log-dir", default="/tmp/trainwarden-local")
+    env(arg("--slurm-conf", default=None, help="slurm.conf (default $SLURM_CONF)"), "SLURM_CONF")
+    env(
+        arg("--policy", default=None, help="policy file (default: the shipped policy)"),
+        "TRAINWARDEN_POLICY",
+    )
+    env(
+        arg("--mode", choices=["enforce", "dry-run", "approve"], default="enforce"),
+        "TRAINWARDEN_MODE",
+    )
+    arg("--heartbeat-misses", type=float, default=3.0)
+    arg(
         "--will-confirm",
         type=float,
         default=2.0,
         help="seconds after a last will without heartbeat before a node is dead",
     )
-    p.add_argument("--hang-floor", type=float, default=30.0)
-    p.add_argument("--hang-k", type=float, default=2.0)
-    p.add_argument(
+    arg("--hang-floor", type=float, default=30.0)
+    arg("--hang-k", type=float, default=2.0)
+    arg(
         "--startup-timeout",
         type=float,
         default=1800.0,
         help="seconds an attempt may take to its first step before it is hung",
     )
-    p.add_argument(
+    arg(
         "--client-id",
         default="trainwarden-daemon",
         help="MQTT client id; the broker keeps this daemon's session under it (a broker "
         "with use_username_as_clientid, as shipped, uses the user name instead)",
     )
-    p.add_argument(
+    arg(
         "--lease-ttl",
         type=_positive,
         default=15.0,
@@ -145,9 +167,10 @@ def register(sub: Any) -> None:
         help="leader lease: a standby takes over this long after the leader stops renewing",
     )
     add_auth_arguments(p)
-    p.add_argument("--log-level", default="INFO")
+    arg("--log-level", default="INFO")
     add_log_format_argument(p)
     p.set_defaults(func=run)
+    layered(p, "daemon")
 
 
 def _positive(text: str) -> float:
@@ -203,7 +226,9 @@ def role_map(args: argparse.Namespace) -> RoleMap:
 
 
 def build_config(args: argparse.Namespace) -> DaemonConfig:
-    """The daemon's configuration from its arguments; ConfigError names a bad one."""
+    """The daemon's configuration from its arguments (filled in from the environment and
+    the configuration file first); ConfigError names a bad one."""
+    args = resolve(args)
     bhost, bport = _hostport(args.broker, 1883)
     mhost, mport = _hostport(args.metrics, 8470)
     thost, tport = _hostport(args.api_tcp, 0) if args.api_tcp else (None, 0)
@@ -245,8 +270,11 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    args = resolve(args)
     configure_logging(args.log_level, args.log_format)
     cfg = build_config(args)
+    file = args.config_file
+    log.info("configuration file %s%s", file.path, "" if file.found else " (absent: not read)")
     log.info(
         "trainwarden %s daemon starting (scheduler %s, mode %s, database %s)",
         package_version(),

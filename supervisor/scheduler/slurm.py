@@ -77,16 +77,9 @@ class SlurmScheduler:
     async def job(self, job_id: str) -> JobInfo | None:
         """The job as slurmctld holds it; None once it is unknown (finished longer than
         MinJobAge ago, or never existed)."""
-        _check_job_id(job_id)
-        rc, out, err = await self._call("scontrol", "show", "job", "-o", job_id)
-        if rc != 0:
-            if _UNKNOWN_JOB.search(err):
-                return None
-            raise self._error("scontrol show job", rc, err)
-        line = next((ln for ln in out.splitlines() if ln.startswith("JobId=")), "")
-        if not line:
+        rec = await self._job_record(job_id)
+        if rec is None:
             return None
-        rec = sp.parse_record(line)
         try:
             nodes = sp.expand_hostlist(rec.get("NodeList", ""))
         except ValueError as exc:
@@ -105,6 +98,16 @@ class SlurmScheduler:
         node's, where rank 0 usually prints. The login node reads it, so it must be on a
         shared file system (Slurm's default, the submission directory, usually is). None
         while Slurm does not know the job, or names no single file."""
+        rec = await self._job_record(job_id)
+        if rec is None:
+            return None
+        try:
+            return sp.stdout_path(rec)
+        except ValueError as exc:
+            raise SchedulerError(f"scontrol show job {job_id}: {exc}") from exc
+
+    async def _job_record(self, job_id: str) -> dict[str, str] | None:
+        """``scontrol show job -o``'s fields for ``job_id``; None when Slurm does not know it."""
         _check_job_id(job_id)
         rc, out, err = await self._call("scontrol", "show", "job", "-o", job_id)
         if rc != 0:
@@ -112,12 +115,7 @@ class SlurmScheduler:
                 return None
             raise self._error("scontrol show job", rc, err)
         line = next((ln for ln in out.splitlines() if ln.startswith("JobId=")), "")
-        if not line:
-            return None
-        try:
-            return sp.stdout_path(sp.parse_record(line))
-        except ValueError as exc:
-            raise SchedulerError(f"scontrol show job {job_id}: {exc}") from exc
+        return sp.parse_record(line) if line else None
 
     async def jobs_tagged(self) -> list[tuple[str, str]]:
         """(job_id, run) of every job slurmctld knows that trainwarden submitted (comment or

@@ -252,7 +252,11 @@ def test_daemon_refuses_a_bad_database_url_with_one_line(args: list[str], needle
     )
     assert proc.returncode == 2
     assert needle in proc.stderr and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    # one sentence for the error; the rest are the daemon's start and stop log lines
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("trainwarden: error:")]
+    assert errors == [lines[-1]] and needle in errors[0], proc.stderr
+    assert all(" INFO " in line for line in lines[:-1]), proc.stderr
 
 
 def test_daemon_refuses_an_invalid_policy(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The daemon started exactly as deploy/trainwarden-daemon.service starts it (its ExecStart,
-its Environment defaults; only paths, ports and the scheduler made private): nothing on TCP
-lets an unauthenticated caller act, root's CLI drains with no extra flag, /metrics reads."""
+its Environment defaults, the shipped deploy/trainwarden.toml; only paths, ports, the
+scheduler and the broker login made private): nothing on TCP lets an unauthenticated caller
+act, root's CLI drains with no extra flag, /metrics reads, `config show` names the file."""
 
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ from trainwarden.supervisor.scheduler.local import free_port
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 BIN = str(Path(sys.executable).parent / "trainwarden")
 ME = pwd.getpwuid(os.getuid()).pw_name  # root on CI: an admin by uid 0
-UNIT = Path(__file__).resolve().parents[2] / "deploy" / "trainwarden-daemon.service"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+UNIT = DEPLOY / "trainwarden-daemon.service"
+SHIPPED_CONFIG = "/etc/trainwarden/trainwarden.toml"
 
 
 def unit_command(text: str, overrides: dict[str, str]) -> list[str]:
@@ -53,12 +56,29 @@ def unit_command(text: str, overrides: dict[str, str]) -> list[str]:
     return [expand(w) for w in words]
 
 
+def shipped_config(daemon: dict[str, str | None]) -> str:
+    """deploy/trainwarden.toml with these keys of [daemon] set (TOML values; None: the
+    shipped value commented out)."""
+    out: list[str] = []
+    section = ""
+    for line in (DEPLOY / "trainwarden.toml").read_text().splitlines():
+        if line.startswith("["):
+            section = line.strip("[]")
+        key = line.partition("=")[0].strip()
+        shipped = section == "daemon" and not line.startswith("#") and key in daemon
+        out.append("#" + line if shipped else line)
+        if line == "[daemon]":
+            out += [f"{k} = {v}" for k, v in daemon.items() if v is not None]
+    return "\n".join(out) + "\n"
+
+
 @dataclass
 class UnitDaemon:
     proc: subprocess.Popen[bytes]
     socket: str
     metrics: str
     log: Path
+    config: Path
 
 
 @pytest.fixture
@@ -69,16 +89,14 @@ def unit_daemon(tmp_path: Path) -> Iterator[UnitDaemon]:
     run_dir.chmod(0o755)
     sock = str(run_dir / "api.sock")
     metrics = f"127.0.0.1:{free_port()}"
-    argv = unit_command(
-        UNIT.read_text(),
-        {
-            "TRAINWARDEN_SCHEDULER": "local",
-            "TRAINWARDEN_API_SOCKET": sock,
-            "TRAINWARDEN_METRICS_BIND": metrics,
-        },
-    )
+    conf = tmp_path / "trainwarden.toml"
+    private = {"scheduler": '"local"', "api": json.dumps(sock), "metrics": json.dumps(metrics)}
+    # the machine's broker takes anonymous clients: the shipped daemon login is not there
+    conf.write_text(shipped_config({**private, "mqtt_username": None, "mqtt_password_file": None}))
+    argv = unit_command(UNIT.read_text(), {})
     assert argv[:2] == ["/opt/trainwarden/.venv/bin/trainwarden", "daemon"], argv
-    argv[0] = BIN
+    assert argv[2:4] == ["--config", SHIPPED_CONFIG], argv
+    argv[0], argv[3] = BIN, str(conf)
     # the local scheduler's nodes and job logs; a client id of its own on the shared broker
     argv += ["--local-nodes", "n1,n2", "--local-log-dir", str(tmp_path / "jobs")]
     argv += ["--client-id", f"tw-unit-{uuid.uuid4().hex[:6]}"]
@@ -89,7 +107,7 @@ def unit_daemon(tmp_path: Path) -> Iterator[UnitDaemon]:
     log = tmp_path / "daemon.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env)
-    daemon = UnitDaemon(proc, sock, f"http://{metrics}", log)
+    daemon = UnitDaemon(proc, sock, f"http://{metrics}", log, conf)
     try:
         deadline = time.monotonic() + 30
         while not _nodes_listed(daemon):
@@ -155,3 +173,13 @@ def test_the_unit_serves_no_write_on_tcp_and_roots_cli_drains(unit_daemon: UnitD
     with urllib.request.urlopen(unit_daemon.metrics + "/healthz", timeout=10) as resp:
         assert json.loads(resp.read())["leader"] is True
     assert unit_daemon.proc.poll() is None
+    # what the daemon ran with, and from where: the file's lines, not flags or defaults
+    conf = str(unit_daemon.config)
+    shown = _cli(unit_daemon, "config", "show", "--config", conf, "--for", "daemon", "--json")
+    assert shown.returncode == 0, shown.stderr
+    shown_daemon = json.loads(shown.stdout)["daemon"]
+    for key, value in (("api", unit_daemon.socket), ("metrics", metrics_port)):
+        row = shown_daemon[key]
+        assert row["source"] == "file" and str(value) in str(row["value"]), row
+        assert row["where"].startswith(f"{unit_daemon.config}:"), row
+    assert shown_daemon["mode"]["value"] == "dry-run"  # the shipped choice

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -255,12 +256,10 @@ def _unit_read_write_paths() -> list[str]:
     return paths
 
 
-def test_the_agent_unit_grants_exactly_the_probe_dirs_of_agent_env() -> None:
-    env = (REPO / "deploy" / "agent.env").read_text()
-    args = next(ln for ln in env.splitlines() if ln.startswith("TRAINWARDEN_AGENT_ARGS="))
-    words = args.partition("=")[2].split()
-    storage = [words[i + 1] for i, w in enumerate(words) if w == "--storage"]
-    assert storage, "agent.env names no --storage paths"
+def test_the_agent_unit_grants_exactly_the_probe_dirs_of_the_config_file() -> None:
+    shipped = tomllib.loads((REPO / "deploy" / "trainwarden.toml").read_text())
+    storage = shipped["agent"]["storage"]
+    assert storage, "trainwarden.toml names no [agent] storage paths"
     granted = _unit_read_write_paths()
     # "-": a path that is missing (a file system not mounted) does not stop the unit
     assert sorted(granted) == sorted(f"-{p}/{PROBE_DIR}" for p in storage)
