@@ -244,6 +244,9 @@ class Executor:
         )
         if d.verdict is not Verdict.ALLOW:
             self.ctx.metrics.action(d.request.kind.value, d.verdict.value, "skipped")
+            log.info(
+                "%s: recorded, not carried out (%s)", audit_line(d, action_id), d.verdict.value
+            )
         return action_id
 
     async def perform(self, d: Decision, action_id: int, note: str = "") -> tuple[bool, str]:
@@ -301,5 +304,23 @@ class Executor:
         self.ctx.metrics.action(
             d.request.kind.value, d.verdict.value, "succeeded" if ok else "failed"
         )
-        if not ok:
-            log.error("action %s %s failed: %s", action_id, d.request.kind.value, result)
+        # the audit line: every action carried out, automatic or manual, once in the log
+        log.log(
+            logging.INFO if ok else logging.ERROR,
+            "%s: %s: %s",
+            audit_line(d, action_id),
+            "succeeded" if ok else "failed",
+            result,
+        )
+
+
+def audit_line(d: Decision, action_id: int) -> str:
+    """``action 12 drain nid001234 by rule gpu-fatal (allow), reason ...``: who did what to
+    what, as the store records it."""
+    req = d.request
+    target = " ".join(t for t in (req.node, req.run) if t) or "-"
+    by = f"operator {req.who}" if req.who else f"rule {req.rule}" if req.rule else req.actor.value
+    return (
+        f"action {action_id} {req.kind.value} {target} by {by} ({d.verdict.value}), "
+        f"reason: {req.reason}"
+    )

@@ -338,3 +338,21 @@ async def test_a_restart_that_cannot_be_placed_does_not_cancel_the_job(
     info = await sup.scheduler.job(job)
     assert info is not None and info.state is JobState.RUNNING
     assert run.attempt == 1 and run.job_id == job and run.phase is RunPhase.RUNNING
+
+
+async def test_every_action_carried_out_leaves_one_audit_line_in_the_log(
+    sup: Supervisor, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="trainwarden.supervisor.daemon.executor")
+    await beat(sup, *NODES)
+    await sup.handle(node_topic("n3", "fault"), encode(xid("n3")))
+    await until(lambda: sup.state.nodes["n3"].phase is NodePhase.DRAINED and not sup.tasks)
+    await DaemonService(sup).undrain("n4", "", "alice")  # a manual action: the same line
+    await until(lambda: not sup.tasks)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("action ")]
+    drains = [line for line in lines if " drain n3 by rule gpu-fatal (allow)" in line]
+    assert len(drains) == 1 and ": succeeded: " in drains[0], lines
+    assert "reason: " in drains[0] and "GpuFatal" in drains[0], lines
+    assert any(" undrain n4 by operator alice (allow)" in line for line in lines), lines
