@@ -242,6 +242,15 @@ async def add_run(
     )
     sup.state.runs[name] = run
     sup.metrics.run_known(name)
+    log.info(
+        "run %s registered by %s (%s, %d nodes, command %s)%s",
+        name,
+        who,
+        scheduler,
+        spec.nodes,
+        " ".join(spec.command)[:200],
+        "" if submit else ", adopting its running job",
+    )
     await sup.record_events(
         [
             Event(
