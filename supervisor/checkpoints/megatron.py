@@ -11,8 +11,9 @@ From ``megatron/training/checkpointing.py`` (``get_checkpoint_name``, ``save_che
 - ``torch_dist`` (``--ckpt-format torch_dist``): DCP shards ``__R_N.distcp`` and DCP's
   ``.metadata`` (written by the coordinator once all shards are written), then
   ``metadata.json`` (``{"sharded_backend": "torch_dist", ...}``, written by
-  ``metadata_finalize_fn``: for an async save only once the checkpoint is complete). Older
-  versions also write ``common.pt`` (checked when present).
+  ``metadata_finalize_fn``: for an async save only once the checkpoint is complete). Rank 0
+  also writes ``common.pt`` (the non-tensor entries) first; ``load`` fails without it, so it
+  is required when ``metadata.json``'s ``common_backend`` is ``torch`` (its default).
 - legacy (``--ckpt-format torch``): every model-parallel rank ``torch.save``s
   ``mp_rank_<tp:02d>[_<pp:03d>][_<ep:03d>]/model_optim_rng.pt`` (and, with the
   distributed optimizer, ``distrib_optim.pt`` beside it); each must be a complete torch zip
@@ -233,7 +234,7 @@ def _validate_dist(path: Path, use_torch: bool | None) -> Validation:
     verdict = validate_dcp(path, use_torch=use_torch)
     if not verdict.valid:
         return verdict
-    if (path / COMMON_FILE).exists():
+    if config.get("common_backend", "torch") == "torch" or (path / COMMON_FILE).exists():
         common = check_torch_zip(path / COMMON_FILE)
         if not common.valid:
             return common

@@ -129,6 +129,15 @@ def test_megatron_torch_dist_async_save_not_finished(tmp_path: Path, use_torch: 
     assert validate(tmp_path / "iter_0000100", "megatron", use_torch=use_torch).valid
 
 
+def test_megatron_torch_dist_without_common_pt_is_refused(tmp_path: Path) -> None:
+    """megatron-core writes common.pt (the non-tensor state) whenever common_backend is
+    torch, the only one; loading fails without it (seen with megatron-core 0.16.1)."""
+    it = megatron_dist(tmp_path, 100)
+    (it / "common.pt").unlink()
+    verdict = validate(it, "megatron")
+    assert not verdict.valid and "common.pt is missing" in verdict.reason
+
+
 def test_megatron_torch_dist_metadata_without_config(tmp_path: Path) -> None:
     it = megatron_dist(tmp_path, 100)
     (it / "metadata.json").unlink()
