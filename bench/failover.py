@@ -17,6 +17,15 @@ the job's processes: SIGKILL) and measures, all from the kill:
 - slurm_not_responding_s / slurm_down_s: Slurm itself marks the node NOT_RESPONDING / DOWN;
 - resumed_from_step vs last_checkpoint_step: the newest checkpoint written before the kill.
 
+Then the same again for a run that holds a spare (``--spares 1``: 3 + 1 nodes, sbatch
+--no-kill): trainwarden restarts it inside the same job on the spare, with no new sbatch.
+``recovery`` holds, for both restart kinds, resume_s and its split into detect, drain,
+swap (spare swap: the job relaunched its step; resubmit: cancel + sbatch returned),
+launch_rendezvous (to the ranks' process group; for resubmit it includes the queue wait),
+checkpoint_load and first_step; ``spare_faster``: the in-allocation restart resumed sooner.
+``--busy-s S``: before each kill another job takes every idle node for S s, as on a busy
+machine, so a resubmission queues (default 0: the idle test cluster has no queue).
+
 Prints ONE JSON object; exit 1 (with the JSON) when a check fails: detect_s <= 5, resumed
 from the newest checkpoint, steps consecutive, trainwarden's drain before Slurm's DOWN.
 """
@@ -30,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "slurm_e2e"))
 
@@ -37,14 +47,24 @@ from harness import (
     Failover,
     SlurmTestCluster,
     Stack,
+    attempt_marks,
     check_resumed_exactly,
     follow_failover,
+    job_of,
     read_progress,
     start_run,
+    wait_for,
 )
 
 
-def measure(steps: int, ckpt_every: int, step_time: float, keep: bool) -> dict[str, object]:
+def measure(
+    steps: int,
+    ckpt_every: int,
+    step_time: float,
+    keep: bool,
+    spares: bool = True,
+    busy_s: float = 0.0,
+) -> dict[str, object]:
     cluster = SlurmTestCluster()
     was_up = (cluster.state_dir / "run" / "slurmctld.pid").exists()
     cluster.start()
@@ -60,7 +80,9 @@ def measure(steps: int, ckpt_every: int, step_time: float, keep: bool) -> dict[s
             ckpt_every=ckpt_every,
             at_step=2 * ckpt_every + 2,
             step_time=step_time,
+            timings=True,
         )
+        _occupy_idle(cluster, busy_s)
         victim = nodes[-1]
         t = stack.kill_node(victim)
         fo = follow_failover(
@@ -98,6 +120,20 @@ def measure(steps: int, ckpt_every: int, step_time: float, keep: bool) -> dict[s
             "step_time_s": step_time,
             "error": error,
         }
+        recovery: dict[str, dict[str, Any]] = {"resubmit": _split(stack, fo, "failover")}
+        if spares:
+            stack.stop()
+            cluster.clean_slate()
+            (tmp / "spare").mkdir()
+            stack = Stack(cluster, tmp / "spare")
+            stack.start()
+            recovery["spare"] = _spare(stack, steps, ckpt_every, step_time, busy_s)
+        result["recovery"] = recovery
+        result["busy_s"] = busy_s
+        spare_s = recovery.get("spare", {}).get("resume_s")
+        result["spare_faster"] = (
+            None if spare_s is None or fo.resume_s is None else bool(spare_s < fo.resume_s)
+        )
         return result
     except BaseException:
         sys.stderr.write(stack.logs())
@@ -111,8 +147,101 @@ def measure(steps: int, ckpt_every: int, step_time: float, keep: bool) -> dict[s
             cluster.stop()
 
 
+def _occupy_idle(cluster: SlurmTestCluster, seconds: float) -> None:
+    """A busy machine: another user's job takes every idle node for ``seconds``, so a
+    resubmission waits in the queue for it (a run holding a spare does not)."""
+    if seconds <= 0:
+        return
+    idle = cluster.slurm("sinfo", "-h", "-N", "-t", "idle", "-o", "%N").split()
+    if not idle:
+        return
+    job = cluster.slurm(
+        "sbatch",
+        "--parsable",
+        f"--nodes={len(idle)}",
+        f"--nodelist={','.join(idle)}",
+        "--output=/dev/null",
+        "--job-name=busy",
+        f"--wrap=sleep {seconds:g}",
+    ).strip()
+    wait_for(
+        lambda: cluster.slurm("squeue", "-h", "-j", job, "-o", "%T").strip() == "RUNNING",
+        30,
+        f"filler job {job} running",
+    )
+
+
+def _spare(
+    stack: Stack, steps: int, ckpt_every: int, step_time: float, busy_s: float
+) -> dict[str, Any]:
+    """A 3 + 1 node run with --spares 1 loses its last node: restarted inside its job."""
+    ckpt, nodes = start_run(
+        stack,
+        "spare",
+        steps=steps,
+        ckpt_every=ckpt_every,
+        at_step=2 * ckpt_every + 2,
+        step_time=step_time,
+        nodes=3,
+        spares=1,
+        timings=True,
+    )
+    first_job = job_of(stack, "spare", 1)
+    _occupy_idle(stack.cluster, busy_s)
+    victim = nodes[-1]  # not the batch host
+    t = stack.kill_node(victim)
+    fo = follow_failover(stack, Failover("spare", ckpt, victim, nodes, t), timeout=240)
+    out = _split(stack, fo, "spare")
+    out["same_job"] = job_of(stack, "spare", 2) == first_job
+    out["nodes_before"], out["nodes_after"] = nodes, fo.run_row.get("nodes")
+    try:
+        resumed, last = check_resumed_exactly(read_progress(ckpt), steps)
+        out["resumed_exactly"] = resumed == last
+    except AssertionError as exc:
+        out["resumed_exactly"], out["error"] = False, f"progress logs: {exc}"
+    return out
+
+
+def _split(stack: Stack, fo: Failover, run: str) -> dict[str, Any]:
+    """resume_s of attempt 2 and its parts, each the time between two marks after the kill."""
+    started = next(
+        (
+            e
+            for e in stack.events(run=run, kind="run-started")
+            if e["data"].get("attempt") == 2 and e["data"].get("job_id")
+        ),
+        None,
+    )
+    rec = dict(started["data"].get("recovery") or {}) if started else {}
+    marks = attempt_marks(fo.ckpt, 2)
+    # where the new step began: the job's own launch (spare), the sbatch's return (resubmit)
+    launched = rec.get("launched_at") or (started["ts"] if started else None)
+    points = [
+        ("detect_s", fo.t_fault + fo.detect_s if fo.detect_s is not None else None),
+        ("drain_s", fo.t_fault + fo.drain_s if fo.drain_s is not None else None),
+        ("swap_s", launched),
+        ("launch_rendezvous_s", marks.get("joined")),
+        ("checkpoint_load_s", marks.get("resumed")),
+        ("first_step_s", marks.get("first_step")),
+    ]
+    out: dict[str, Any] = {"kind": "in-allocation" if rec else "resubmit"}
+    prev: float | None = fo.t_fault
+    for key, at in points:
+        out[key] = _r(at - prev) if at is not None and prev is not None else None
+        prev = at if at is not None else prev
+    out["resume_s"] = _r(fo.resume_s)
+    out["daemon"] = {k: v for k, v in rec.items() if k != "launched_at"}
+    return out
+
+
 def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 2)
+
+
+def _spare_ok(result: dict[str, object]) -> bool:
+    recovery = result.get("recovery")
+    spare = recovery.get("spare") if isinstance(recovery, dict) else None
+    return spare is None or bool(spare.get("same_job") and spare.get("resumed_exactly"))
 
 
 def main() -> int:
@@ -122,9 +251,16 @@ def main() -> int:
     p.add_argument("--ckpt-every", type=int, default=5)
     p.add_argument("--step-time", type=float, default=0.25)
     p.add_argument("--keep", action="store_true", help="keep the run's directory (logs)")
+    p.add_argument("--no-spares", action="store_true", help="skip the run with a spare node")
+    p.add_argument(
+        "--busy-s",
+        type=float,
+        default=0.0,
+        help="before the kill, another job takes the idle nodes for this long (a queue)",
+    )
     a = p.parse_args()
     t0 = time.monotonic()
-    result = measure(a.steps, a.ckpt_every, a.step_time, a.keep)
+    result = measure(a.steps, a.ckpt_every, a.step_time, a.keep, not a.no_spares, a.busy_s)
     result["wall_s"] = round(time.monotonic() - t0, 1)
     ok = (
         isinstance(result["detect_s"], float)
@@ -132,6 +268,7 @@ def main() -> int:
         and result["error"] is None
         and result["resumed_from_step"] == result["last_checkpoint_step"]
         and bool(result["drained_before_slurm_down"])
+        and _spare_ok(result)
     )
     result["ok"] = ok
     print(json.dumps(result, sort_keys=True))

@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     reporter = Reporter.from_env()
     log = ProgressLog(ckpt_dir, rank, attempt)
+    if os.environ.get("TRAINWARDEN_LOG_TIMINGS"):  # when the process group formed (bench)
+        log.write(f"joined world={world}")
     model = build_model(args)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     step = 0

@@ -267,6 +267,9 @@ class RunSpecIn(BaseModel):
     # lightning print it, "auto" (detected from its first step line), or "regex:PATTERN"
     # with a named group step (optionally step_s); from a log, hangs are detected, stragglers not
     progress: str = Field(default="reporter", max_length=1000)
+    # Slurm: hold this many nodes beyond ``nodes`` (sbatch --no-kill); a restart then swaps a
+    # spare in for the failed node inside the allocation instead of a new sbatch
+    spares: int = Field(default=0, ge=0, le=1000)
     # do not submit: take over the job already running under the tag trainwarden:<name>
     adopt: bool = False
 

@@ -248,6 +248,8 @@ class DaemonService:
             )
         if spec.min_nodes is not None and spec.min_nodes > spec.nodes:
             raise SupervisorError(f"min_nodes {spec.min_nodes} is more than nodes {spec.nodes}")
+        if spec.spares and spec.scheduler != "slurm":
+            raise SupervisorError("spares need the slurm scheduler (an allocation to swap in)")
         run_spec = RunSpec(
             command=tuple(spec.command),
             nodes=spec.nodes,
@@ -259,6 +261,7 @@ class DaemonService:
             set_by=who,
             checkpoint_format=spec.checkpoint_format,
             progress=spec.progress,
+            spares=spec.spares,
         )
         run = await ops.add_run(
             self.sup, spec.name, spec.scheduler, run_spec, who, submit=not spec.adopt

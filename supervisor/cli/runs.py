@@ -101,6 +101,13 @@ def register(subparsers: Any) -> None:
         help="restart on fewer nodes when not enough are healthy, down to N",
     )
     add.add_argument(
+        "--spares",
+        type=int,
+        default=0,
+        metavar="K",
+        help="slurm: hold K spare nodes in the job; a restart swaps one in without a new sbatch",
+    )
+    add.add_argument(
         "--ranks-per-node",
         type=int,
         default=DEFAULT_RANKS_PER_NODE,
@@ -265,6 +272,7 @@ def run_add(args: argparse.Namespace) -> int:
             checkpoint_format=args.checkpoint_format,
             progress=args.progress,
             adopt=args.adopt,
+            spares=args.spares,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

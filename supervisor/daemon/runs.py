@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from trainwarden.health.clock import Clock
 from trainwarden.policies.model import Event, EventKind
-from trainwarden.supervisor.daemon import checkpoints
+from trainwarden.supervisor.daemon import checkpoints, spares
 from trainwarden.supervisor.detectors.node_faults import Observation
 from trainwarden.supervisor.detectors.progress import ProgressTracker
 from trainwarden.supervisor.errors import SchedulerError
@@ -54,6 +55,7 @@ class RunManager:
         observe: ObservationSink,
         *,
         stop_timeout_s: float = 60.0,
+        swap_timeout_s: float = 20.0,
         fence: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.state = state
@@ -64,11 +66,14 @@ class RunManager:
         self.save_attempt = save_attempt
         self.observe = observe
         self.stop_timeout_s = stop_timeout_s
+        # how long an in-allocation restart waits for the job to relaunch before resubmitting
+        self.swap_timeout_s = swap_timeout_s
         # why this daemon must not touch the scheduler now (its lease may have run out): a
         # restart takes a while, so it is checked again before the cancel and the submit
         self.fence = fence
         self._locks: dict[str, asyncio.Lock] = {}
         self._prewarm: asyncio.Task[bool] | None = None
+        self._spares_left = 0  # healthy spare nodes left in the job at the last swap
 
     def lock(self, run: str) -> asyncio.Lock:
         return self._locks.setdefault(run, asyncio.Lock())
@@ -94,6 +99,10 @@ class RunManager:
             refused = await self._cannot_place(run, exclude)
             if refused is not None:  # the attempt that runs is worth more than none at all
                 return RestartResult(False, refused)
+            if self._uses_spares(run):
+                swapped = await self._swap_in(run, exclude, reason)
+                if swapped is not None:
+                    return swapped
             run.excluded |= exclude
             run.move(RunPhase.RESTARTING)
             await self._stop_current(run, reason)
@@ -239,6 +248,231 @@ class RunManager:
                 usable += 1
         return usable
 
+    # --- restarts inside the allocation (RunSpec.spares) -----------------------------------
+
+    def _uses_spares(self, run: RunInfo) -> bool:
+        return run.spec.spares > 0 and self.scheduler.name == "slurm"
+
+    def _training_nodes(self, run: RunInfo, nodes: Sequence[str]) -> tuple[str, ...]:
+        """The nodes the training step runs on: with spares, the first N of the allocation
+        (what the batch script starts on); the rest wait as spares and are not watched."""
+        if not self._uses_spares(run):
+            return tuple(nodes)
+        return tuple(nodes[: run.spec.nodes])
+
+    async def _with_control(self, run: RunInfo, spec: JobSpec) -> JobSpec:
+        """Hold the spares too, and give the job the control file its script follows."""
+        control = spares.control_path(run.spec.checkpoint_dir)
+        await asyncio.to_thread(spares.write_control, control, spec.attempt, (), _control_env(spec))
+        env = {
+            **spec.env,
+            "TW_CONTROL_FILE": str(control),
+            "TW_TRAIN_NODES": str(spec.nodes),
+        }
+        return replace(spec, spares=run.spec.spares, env=env)
+
+    def _swap_nodes(self, run: RunInfo, exclude: set[str], info: JobInfo) -> list[str] | None:
+        """N healthy nodes of the job's allocation for the next step, survivors first (rank
+        order kept), then spares; None when the job cannot go on (see _swap_in)."""
+        bad = self._unusable(run) | exclude
+        bad |= {n.name for n in self.state.nodes.values() if n.phase is NodePhase.SUSPECT} - set(
+            run.nodes
+        )  # a suspect spare is no replacement; a suspect survivor stays
+        if info.nodes[0] in bad:  # the batch script runs there: the job goes with it
+            log.info("run %s: batch host %s is bad; resubmitting", run.name, info.nodes[0])
+            return None
+        healthy = [n for n in info.nodes if n not in bad]
+        survivors = [n for n in run.nodes if n in healthy]
+        self._spares_left = max(len(healthy) - run.spec.nodes, 0)
+        nodes = (survivors + [n for n in healthy if n not in survivors])[: run.spec.nodes]
+        if len(nodes) < run.spec.nodes:
+            log.info(
+                "run %s: spares used up (%d healthy node(s) in job %s, %d needed); resubmitting",
+                run.name,
+                len(healthy),
+                info.job_id,
+                run.spec.nodes,
+            )
+            return None
+        return nodes
+
+    async def _await_launch(self, control: Path, attempt: int) -> spares.Launch | None:
+        """The batch script's acknowledgement that it relaunched the step as ``attempt``."""
+        deadline = self.clock.monotonic() + self.swap_timeout_s
+        while self.clock.monotonic() < deadline:
+            await self.clock.sleep(0.1)
+            launch = await asyncio.to_thread(spares.launch_of, control, attempt)
+            if launch is not None:
+                return launch
+        return None
+
+    def _recovery(
+        self,
+        exclude: set[str],
+        t_begin: float,
+        t_planned: float,
+        t_written: float,
+        launch: spares.Launch,
+        now: float,
+    ) -> dict[str, Any]:
+        """The daemon's share of an in-allocation restart's time, for the restart event."""
+        heard = [
+            t
+            for n in exclude
+            if (info_n := self.state.nodes.get(n)) is not None
+            for t in (info_n.last_report_at, info_n.last_heartbeat_at)
+            if t is not None
+        ]
+        recovery = {
+            "kind": "in-allocation",
+            # from the bad node's last report or heartbeat to the restart's start (the kill
+            # itself is not known here; bench/failover.py measures from it)
+            "last_heard_s": round(t_begin - max(heard), 3) if heard else None,
+            "drained": all(
+                (ni := self.state.nodes.get(n)) is not None and ni.drained for n in exclude
+            ),
+            "plan_s": round(t_planned - t_begin, 3),  # choosing the checkpoint
+            # control file written -> the batch script relaunched the step
+            "spare_swap_s": round(max(launch.launched_at - t_written, 0.0), 3),
+            "launched_at": launch.launched_at,
+            "restart_s": round(now - t_begin, 3),
+        }
+        return recovery
+
+    async def _end_swapped(
+        self, run: RunInfo, exclude: set[str], reason: str, t_begin: float, t_ended: float
+    ) -> None:
+        """The attempt whose step the job replaced ends as a stopped one would."""
+        run.excluded |= exclude
+        run.move(RunPhase.RESTARTING)
+        self.progress.stop(run.name)
+        run.move_attempt(AttemptPhase.STOPPING)
+        run.move_attempt(AttemptPhase.STOPPED)
+        await self.save_attempt(
+            run,
+            {
+                "state": "stopped",
+                "ended_at": t_ended,
+                "end_reason": f"stopped by trainwarden: {reason}",
+                "last_step": run.last_step,
+            },
+        )
+        run.restarts += 1
+        run.restart_times.append(t_begin)
+        run.failure_steps.append(run.last_step)
+
+    async def _swap_in(self, run: RunInfo, exclude: set[str], reason: str) -> RestartResult | None:
+        """Relaunch the training step inside the running job on N healthy nodes, a spare in
+        place of the bad one: no new sbatch, so no queue wait. None when it cannot (no job
+        running, the batch host is bad, spares used up, the job did not relaunch in time):
+        the caller then resubmits as without spares."""
+        if run.job_id is None or run.attempt_phase not in (
+            AttemptPhase.SUBMITTED,
+            AttemptPhase.RUNNING,
+        ):
+            return None
+        t_begin = self.clock.now()
+        job_id = run.job_id
+        try:
+            info = await self.scheduler.job(job_id)
+        except SchedulerError as exc:
+            log.warning("run %s: no in-allocation restart: %s", run.name, exc)
+            return None
+        if info is None or info.state is not JobState.RUNNING or not info.nodes:
+            return None
+        nodes = self._swap_nodes(run, exclude, info)
+        if nodes is None:
+            return None
+        survivors = [n for n in run.nodes if n in nodes]
+        plan = await self._plan_resume(run)
+        t_planned = self.clock.now()
+        ckpt = plan.checkpoint
+        attempt = run.attempt + 1
+        spec = JobSpec(
+            run=run.name,
+            attempt=attempt,
+            nodes=run.spec.nodes,
+            command=run.spec.command,
+            resume_from=ckpt.path if ckpt else None,
+            env=dict(plan.env) if ckpt else {},
+        )
+        control = spares.control_path(run.spec.checkpoint_dir)
+        fenced = self.fence()
+        if fenced is not None:
+            raise SchedulerError(fenced)
+        try:
+            await asyncio.to_thread(
+                spares.write_control, control, attempt, nodes, _control_env(spec)
+            )
+        except (OSError, ValueError) as exc:
+            log.warning("run %s: cannot write control file %s: %s", run.name, control, exc)
+            return None
+        t_written = self.clock.now()
+        launch = await self._await_launch(control, attempt)
+        if launch is None:
+            log.warning(
+                "run %s: job %s did not relaunch within %.0f s; resubmitting",
+                run.name,
+                job_id,
+                self.swap_timeout_s,
+            )
+            return None
+        # the old step is gone, the new one runs: account for it as a new attempt
+        await self._end_swapped(run, exclude, reason, t_begin, t_written)
+        run.attempt = attempt
+        run.begin_attempt(AttemptPhase.RUNNING)
+        run.move(RunPhase.RUNNING)
+        run.resumed_from_step = ckpt.step if ckpt else None
+        run.attempt_first_step = None
+        self.state.place(run, nodes)
+        now = self.clock.now()
+        cleared = self.progress.start_attempt(run.name, attempt, now, run.spec.target_step)
+        recovery = self._recovery(exclude, t_begin, t_planned, t_written, launch, now)
+        await self.save_attempt(
+            run,
+            {
+                "state": "submitted",
+                "job_id": job_id,
+                "nodes": list(nodes),
+                "excluded": sorted(run.excluded),
+                "resumed_from": ckpt.path if ckpt else None,
+                "resumed_from_step": ckpt.step if ckpt else None,
+                "submitted_at": now,
+            },
+        )
+        await self.save_attempt(run, {"state": "running", "started_at": launch.launched_at})
+        spare = [n for n in nodes if n not in survivors]
+        what = (
+            f"attempt {attempt} relaunched inside job {job_id} on {len(nodes)} node(s) "
+            f"(spare {', '.join(spare) or 'none'} in for {', '.join(sorted(exclude)) or '-'})"
+            + (f", resuming from step {ckpt.step}" if ckpt else ", fresh")
+        )
+        await self.emit(
+            [
+                Event(
+                    now,
+                    EventKind.RUN_STARTED,
+                    run=run.name,
+                    message=what,
+                    data={
+                        "attempt": attempt,
+                        "job_id": job_id,
+                        "nodes": list(nodes),
+                        "exclude": sorted(run.excluded),
+                        "resume_from": ckpt.path if ckpt else None,
+                        "resumed_from_step": ckpt.step if ckpt else None,
+                        "in_allocation": True,
+                        "spares_left": self._spares_left,
+                        "recovery": recovery,
+                        "checkpoint": plan.as_dict(),
+                    },
+                )
+            ]
+        )
+        if cleared:
+            await self.observe(cleared)
+        return RestartResult(True, what, job_id, ckpt.step if ckpt else None)
+
     async def _submit(
         self,
         run: RunInfo,
@@ -264,6 +498,11 @@ class RunManager:
             env={**run.spec.env, **(plan.env if plan and resume else {})},
             workdir=run.spec.workdir,
         )
+        if self._uses_spares(run):
+            if await self._placeable(run) >= want + run.spec.spares:
+                spec = await self._with_control(run, spec)
+            else:  # N + K would wait for nodes the cluster lacks: this attempt goes without
+                log.info("run %s: too few nodes to hold spares; submitting without", run.name)
         now = self.clock.now()
         try:
             fenced = self.fence()
@@ -291,7 +530,7 @@ class RunManager:
         run.resumed_from_step = resume_step
         run.attempt_first_step = None
         info = await self.scheduler.job(job_id)
-        self.state.place(run, info.nodes if info else ())
+        self.state.place(run, self._training_nodes(run, info.nodes if info else ()))
         cleared = self.progress.start_attempt(run.name, attempt, now, run.spec.target_step)
         await self.save_attempt(
             run,
@@ -427,7 +666,10 @@ class RunManager:
             return None
         if info is None:
             return None
-        if info.nodes and info.nodes != run.nodes:
+        if self._uses_spares(run):
+            if info.nodes and not run.nodes:  # the job started: its step runs on the first N
+                self.state.place(run, self._training_nodes(run, info.nodes))
+        elif info.nodes and info.nodes != run.nodes:
             self.state.place(run, info.nodes)
         if info.state is JobState.RUNNING and run.attempt_phase is AttemptPhase.SUBMITTED:
             run.move_attempt(AttemptPhase.RUNNING)
@@ -453,3 +695,11 @@ class RunManager:
         if ok:  # the job itself says it reached its end
             run.move(RunPhase.COMPLETED)
         return info.state
+
+
+def _control_env(spec: JobSpec) -> dict[str, str]:
+    """What changes from one attempt to the next: the attempt and its resume contract."""
+    env = {k: v for k, v in spec.job_env().items() if k.startswith("TRAINWARDEN_")}
+    if spec.resume_from:
+        env.update({k: v for k, v in spec.env.items() if k not in env})
+    return env

@@ -52,6 +52,8 @@ class RunSpec:
     # where progress comes from: the ranks' reporter, or the job's log parsed as one
     # framework prints it (trainwarden.supervisor.detectors.logprogress.parsers.CHOICES)
     progress: str = "reporter"
+    # Slurm: nodes held beyond ``nodes`` so a restart can swap one in inside the allocation
+    spares: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +68,7 @@ class RunSpec:
             "set_by": self.set_by,
             "checkpoint_format": self.checkpoint_format,
             "progress": self.progress,
+            **({"spares": self.spares} if self.spares else {}),
         }
 
     @classmethod
@@ -83,6 +86,7 @@ class RunSpec:
                 set_by=None if d.get("set_by") is None else str(d["set_by"]),
                 checkpoint_format=str(d.get("checkpoint_format") or "auto"),
                 progress=str(d.get("progress") or "reporter"),
+                spares=int(d.get("spares") or 0),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"invalid run spec: {exc}") from None
@@ -102,6 +106,8 @@ class RunSpec:
                 f"invalid run spec: ranks_per_node={spec.ranks_per_node} "
                 f"(1 to {MAX_RANKS_PER_NODE})"
             )
+        if spec.spares < 0:
+            raise ConfigError(f"invalid run spec: spares={spec.spares}")
         if spec.nodes < 1 or (spec.min_nodes is not None and not 1 <= spec.min_nodes <= spec.nodes):
             raise ConfigError(f"invalid run spec: nodes={spec.nodes}, min_nodes={spec.min_nodes}")
         return spec

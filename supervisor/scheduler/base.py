@@ -62,6 +62,8 @@ class JobSpec:
     resume_from: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     workdir: str | None = None
+    # slurm: extra nodes the job holds (sbatch --no-kill) for in-allocation restarts
+    spares: int = 0
 
     def job_env(self) -> dict[str, str]:
         env = dict(self.env)

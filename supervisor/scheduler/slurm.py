@@ -172,13 +172,15 @@ class SlurmScheduler:
         args = [
             "sbatch",
             "--parsable",
-            f"--nodes={spec.nodes}",
+            f"--nodes={spec.nodes + max(spec.spares, 0)}",
             "--exclusive",
             "--no-requeue",
             f"--job-name={tag}",
             f"--comment={tag}",
             f"--export={exports}",
         ]
+        if spec.spares > 0:  # a failed node must not end the allocation the spares are in
+            args.append("--no-kill")
         if spec.exclude:
             args.append(f"--exclude={','.join(spec.exclude)}")
         if spec.workdir:

@@ -377,6 +377,8 @@ class Stack:
         ckpt_every: int = 5,
         step_time: float = 0.25,
         script: Path = SBATCH,
+        spares: int = 0,
+        timings: bool = False,
     ) -> Path:
         """``trainwarden runs add`` of the example job; its checkpoint directory."""
         ckpt = self.tmp / "ckpt" / name
@@ -389,6 +391,8 @@ class Stack:
             "TW_STEP_TIME": str(step_time),
             "TRAINWARDEN_BROKER": self.broker,
         }
+        if timings:  # ranks log when their process group formed (attempt_marks)
+            env["TRAINWARDEN_LOG_TIMINGS"] = "1"
         args = [
             "runs",
             "add",
@@ -402,6 +406,8 @@ class Stack:
             "--target-step",
             str(steps),
         ]
+        if spares:
+            args += ["--spares", str(spares)]
         for k, v in env.items():
             args += ["--env", f"{k}={v}"]
         self.cli(*args, "--", str(script))
@@ -493,6 +499,19 @@ def read_progress(ckpt_dir: Path, rank: int = 0) -> Progress:
     return Progress(steps, resumed, ckpts, done, first)
 
 
+def attempt_marks(ckpt_dir: Path, attempt: int, rank: int = 0) -> dict[str, float]:
+    """Wall times rank ``rank`` logged in ``attempt``: joined (process group formed, with
+    TRAINWARDEN_LOG_TIMINGS), resumed (checkpoint loaded), first_step."""
+    marks: dict[str, float] = {}
+    path = ckpt_dir / f"progress-rank{rank}.log"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        m = re.match(rf"attempt={attempt} (joined|resume step|step)=?.* ts=([0-9.]+)$", line)
+        if m:
+            key = {"joined": "joined", "resume step": "resumed", "step": "first_step"}[m[1]]
+            marks.setdefault(key, float(m[2]))
+    return marks
+
+
 def check_resumed_exactly(p: Progress, final_step: int) -> tuple[int, int]:
     """Every attempt's steps are consecutive; a resumed attempt starts right after the newest
     checkpoint written before it (nothing repeated beyond the checkpoint, nothing skipped);
@@ -548,12 +567,23 @@ def start_run(
     ckpt_every: int = 5,
     at_step: int = 12,
     step_time: float = 0.25,
+    nodes: int = 2,
+    spares: int = 0,
+    timings: bool = False,
 ) -> tuple[Path, list[str]]:
-    """Register the example job on 2 nodes; return once it is past ``at_step``."""
-    ckpt = stack.add_run(name, nodes=2, steps=steps, ckpt_every=ckpt_every, step_time=step_time)
-    nodes = stack.running_on(name, 1, timeout=120)
+    """Register the example job (default: on 2 nodes); return once it is past ``at_step``."""
+    ckpt = stack.add_run(
+        name,
+        nodes=nodes,
+        steps=steps,
+        ckpt_every=ckpt_every,
+        step_time=step_time,
+        spares=spares,
+        timings=timings,
+    )
+    running = stack.running_on(name, 1, timeout=120)
     stack.wait_step(name, at_step, timeout=90)
-    return ckpt, nodes
+    return ckpt, running
 
 
 def job_of(stack: Stack, run: str, attempt: int) -> str | None:
