@@ -428,50 +428,71 @@ class RunManager:
         now = self.clock.now()
         cleared = self.progress.start_attempt(run.name, attempt, now, run.spec.target_step)
         recovery = self._recovery(exclude, t_begin, t_planned, t_written, launch, now)
-        await self.save_attempt(
-            run,
-            {
-                "state": "submitted",
-                "job_id": job_id,
-                "nodes": list(nodes),
-                "excluded": sorted(run.excluded),
-                "resumed_from": ckpt.path if ckpt else None,
-                "resumed_from_step": ckpt.step if ckpt else None,
-                "submitted_at": now,
-            },
-        )
-        await self.save_attempt(run, {"state": "running", "started_at": launch.launched_at})
         spare = [n for n in nodes if n not in survivors]
         what = (
             f"attempt {attempt} relaunched inside job {job_id} on {len(nodes)} node(s) "
             f"(spare {', '.join(spare) or 'none'} in for {', '.join(sorted(exclude)) or '-'})"
             + (f", resuming from step {ckpt.step}" if ckpt else ", fresh")
         )
-        await self.emit(
-            [
-                Event(
-                    now,
-                    EventKind.RUN_STARTED,
-                    run=run.name,
-                    message=what,
-                    data={
-                        "attempt": attempt,
-                        "job_id": job_id,
-                        "nodes": list(nodes),
-                        "exclude": sorted(run.excluded),
-                        "resume_from": ckpt.path if ckpt else None,
-                        "resumed_from_step": ckpt.step if ckpt else None,
-                        "in_allocation": True,
-                        "spares_left": self._spares_left,
-                        "recovery": recovery,
-                        "checkpoint": plan.as_dict(),
-                    },
-                )
-            ]
+        await self._record_started(
+            run,
+            what,
+            job_id,
+            sorted(run.excluded),
+            ckpt.path if ckpt else None,
+            started_at=launch.launched_at,
+            cleared=cleared,
+            extra={
+                "in_allocation": True,
+                "spares_left": self._spares_left,
+                "recovery": recovery,
+                "checkpoint": plan.as_dict(),
+            },
         )
+        return RestartResult(True, what, job_id, ckpt.step if ckpt else None)
+
+    async def _record_started(
+        self,
+        run: RunInfo,
+        what: str,
+        job_id: str,
+        excluded: list[str],
+        resume: str | None,
+        *,
+        cleared: list[Observation],
+        started_at: float | None = None,
+        extra: dict[str, Any],
+    ) -> None:
+        """The new attempt (placed on ``run.nodes``) in the store and as a run-started event,
+        for a submission and an in-allocation relaunch alike."""
+        now = self.clock.now()
+        await self.save_attempt(
+            run,
+            {
+                "state": "submitted",
+                "job_id": job_id,
+                "nodes": list(run.nodes),
+                "excluded": excluded,
+                "resumed_from": resume,
+                "resumed_from_step": run.resumed_from_step,
+                "submitted_at": now,
+            },
+        )
+        if started_at is not None:  # already running: no queue wait
+            await self.save_attempt(run, {"state": "running", "started_at": started_at})
+        data = {
+            "attempt": run.attempt,
+            "job_id": job_id,
+            "nodes": list(run.nodes),
+            "exclude": excluded,
+            "resume_from": resume,
+            "resumed_from_step": run.resumed_from_step,
+            **extra,
+        }
+        event = Event(now, EventKind.RUN_STARTED, run=run.name, message=what, data=data)
+        await self.emit([event])
         if cleared:
             await self.observe(cleared)
-        return RestartResult(True, what, job_id, ckpt.step if ckpt else None)
 
     async def _submit(
         self,
@@ -532,43 +553,19 @@ class RunManager:
         info = await self.scheduler.job(job_id)
         self.state.place(run, self._training_nodes(run, info.nodes if info else ()))
         cleared = self.progress.start_attempt(run.name, attempt, now, run.spec.target_step)
-        await self.save_attempt(
-            run,
-            {
-                "state": "submitted",
-                "job_id": job_id,
-                "nodes": list(run.nodes),
-                "excluded": list(exclude),
-                "resumed_from": resume,
-                "resumed_from_step": resume_step,
-                "submitted_at": now,
-            },
-        )
         what = (
             f"attempt {attempt} submitted as job {job_id} on {len(run.nodes) or want} "
             f"node(s)" + (f", resuming from step {resume_step}" if resume else ", fresh")
         )
-        await self.emit(
-            [
-                Event(
-                    now,
-                    EventKind.RUN_STARTED,
-                    run=run.name,
-                    message=what,
-                    data={
-                        "attempt": attempt,
-                        "job_id": job_id,
-                        "nodes": list(run.nodes),
-                        "exclude": list(exclude),
-                        "resume_from": resume,
-                        "resumed_from_step": resume_step,
-                        **({"checkpoint": plan.as_dict()} if plan else {}),
-                    },
-                )
-            ]
+        await self._record_started(
+            run,
+            what,
+            job_id,
+            list(exclude),
+            resume,
+            cleared=cleared,
+            extra={"checkpoint": plan.as_dict()} if plan else {},
         )
-        if cleared:
-            await self.observe(cleared)
         return RestartResult(True, what, job_id, resume_step)
 
     async def adopt(self, run: RunInfo, info: JobInfo) -> None:
