@@ -54,6 +54,7 @@ from trainwarden.supervisor.store.records import CheckpointRecord
 
 log = logging.getLogger(__name__)
 NODE_TOPICS = f"{TOPIC_PREFIX}/node/"
+MAX_VETTING = 64  # checkpoint reports checked on disk at once; more are refused, counted
 DECISION_BATCH = 5000  # observations recorded in one transaction by the decision loop
 
 
@@ -85,6 +86,7 @@ class Supervisor(DaemonContext):
         self.logs = LogWatch(scheduler, self.progress)  # runs whose progress is their log
         self.rejected = 0
         self.vetter = evidence.CheckpointVetter()
+        self._vetting = 0  # checkpoint reports being checked on disk now
         self.goodput = gp.GoodputLedger()  # save stalls seen in step reports; advice given
         self._goodput_at = float("-inf")
         self._origin: dict[tuple[str, ConditionType], float] = {}
@@ -109,7 +111,7 @@ class Supervisor(DaemonContext):
         elif isinstance(msg, CheckpointReport):
             if topic.startswith(NODE_TOPICS) and not await self._from_node(msg.node, topic, now):
                 return
-            self._on_checkpoint(msg, now, topic)
+            await self._on_checkpoint(msg, now, topic)
             return
         elif not await self._from_node(msg.node, topic, now):
             return
@@ -222,15 +224,33 @@ class Supervisor(DaemonContext):
                 run.attempt_first_step = min(s.step for s in msg.samples)
         return obs
 
-    def _on_checkpoint(self, msg: CheckpointReport, now: float, topic: str) -> None:
+    async def _on_checkpoint(self, msg: CheckpointReport, now: float, topic: str) -> None:
         """A rank saved a checkpoint: it counts once found complete on disk (looked at in
-        the background, so a slow file system never holds up ingestion)."""
+        the background, so a slow file system never holds up ingestion). At most
+        MAX_VETTING are looked at at once: a flood of reports is refused, not queued."""
         run = self.state.runs.get(msg.run)
         if run is None or msg.attempt != run.attempt:
             return
+        if self._vetting >= MAX_VETTING:
+            await self._reject(
+                f"checkpoint report of run {run.name} step {msg.step} from node {msg.node} "
+                f"not checked: {MAX_VETTING} checkpoint reports are being checked already",
+                now,
+                "checkpoint",
+            )
+            return
+        self._vetting += 1
         self.spawn(self._vet_checkpoint(run, msg, now, topic))
 
     async def _vet_checkpoint(
+        self, run: RunInfo, msg: CheckpointReport, now: float, topic: str
+    ) -> None:
+        try:
+            await self._count_checkpoint(run, msg, now, topic)
+        finally:
+            self._vetting -= 1
+
+    async def _count_checkpoint(
         self, run: RunInfo, msg: CheckpointReport, now: float, topic: str
     ) -> None:
         why = evidence.roster_problem(run, msg.rank, msg.node, "checkpoint")

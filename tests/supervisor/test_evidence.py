@@ -356,3 +356,36 @@ async def test_every_action_carried_out_leaves_one_audit_line_in_the_log(
     assert len(drains) == 1 and ": succeeded: " in drains[0], lines
     assert "reason: " in drains[0] and "GpuFatal" in drains[0], lines
     assert any(" undrain n4 by operator alice (allow)" in line for line in lines), lines
+
+
+async def test_a_flood_of_checkpoint_reports_is_refused_not_queued(
+    sup: Supervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node may report any number of checkpoints for its own run; at most MAX_VETTING are
+    looked at on disk at once, the rest are refused and counted, and the next one is handled."""
+    from trainwarden.supervisor.daemon import supervisor as supervisor_module
+
+    monkeypatch.setattr(supervisor_module, "MAX_VETTING", 3)
+    run = placed_run(sup, tmp_path, ("n1", "n2"))
+    release = asyncio.Event()
+    original = sup.vetter.vet
+
+    async def slow_vet(*args: object) -> object:  # a file system that hangs
+        await release.wait()
+        return await original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sup.vetter, "vet", slow_vet)
+    for step in range(10):
+        report = ckpt(run, tmp_path / "ck" / f"step-{step:08d}", step)
+        await sup.handle(node_checkpoint_topic("n1"), encode(report))
+    await asyncio.sleep(0)
+    assert rejected(sup, "checkpoint") == 7 and sup._vetting == 3
+    release.set()
+    await until(lambda: not sup.tasks)
+    assert sup._vetting == 0 and rejected(sup, "checkpoint") == 10  # the 3 had nothing on disk
+    save_dcp(tmp_path / "ck" / "step-00000040")
+    await sup.handle(
+        node_checkpoint_topic("n1"), encode(ckpt(run, tmp_path / "ck" / "step-00000040", 40))
+    )
+    await until(lambda: not sup.tasks)
+    assert run.last_checkpoint_step == 40
