@@ -237,7 +237,13 @@ def run_goodput(args: argparse.Namespace) -> int:
         out.print(
             f"checkpoint every {float(adv.get('interval_s') or 0):.0f} s"
             + (f" (now {now:.0f} s)" if isinstance(now, int | float) else "")
-            + f" for a save cost of {float(adv.get('checkpoint_cost_s') or 0):.0f} s and one "
+            + f" for a save cost of {float(adv.get('checkpoint_cost_s') or 0):.1f} s"
+            + (
+                f" (asynchronous: written in {persist:.0f} s)"
+                if isinstance(persist := adv.get("persist_s"), int | float) and persist > 0
+                else ""
+            )
+            + " and one "
             f"interruption every {float(adv.get('mtbf_s') or 0) / 3600:.1f} h: expected ETTR "
             + (f"{before:.3f} now, " if isinstance(before, int | float) else "")
             + (f"{after:.3f} advised" if isinstance(after, int | float) else "unknown"),

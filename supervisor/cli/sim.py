@@ -93,6 +93,14 @@ def _print_human(f: dict[str, Any]) -> None:
         f"  assumptions: checkpoint every {a['checkpoint_interval_s'] / 3600:g} h, restart "
         f"costs {a['restart_cost_s'] / 60:g} min (see --json for sources)"
     )
+    for r in f.get("ladder", ()):
+        print(
+            f"  {r['ettr']:.3f}  {r['variant']} (every {r['checkpoint_interval_s']:g} s, save "
+            f"costs {r['checkpoint_cost_s']:g} s, restart {r['restart_cost_s']:g} s)"
+        )
+    target = f.get("target")
+    if target and target.get("why"):
+        print(f"  target ETTR {target['ettr']} not met: {target['why']}")
     exp = f["expectations"]
     if exp["checked"]:
         status = "all met" if not exp["failed"] else "NOT MET: " + "; ".join(exp["failed"])

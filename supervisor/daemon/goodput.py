@@ -8,6 +8,9 @@ stall event, else its newest checkpoint plus its steps since at the median step 
 fault's time is one step after the last step. ``GoodputLedger`` is the live part: the save
 stalls seen in the step reports (a gap between consecutive steps beyond the median around a
 checkpoint) and the last advice given per run (an event when it moves by more than 20 %).
+An asynchronous save shows as a short stall and a checkpoint reported well after it: the time
+from the step's end (plus its stall) to the report is the background write, which the advice
+counts (``advice.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from trainwarden.supervisor.store.records import AttemptRecord, CheckpointRecord
 EXPORT_EVERY_S = 60.0  # counters and advice are recomputed from the store this often
 GPUS_PER_NODE = 8  # for the prior when the run does not say (ranks per node is GPUs per node)
 STALL_MIN_S = 1.0
+PERSIST_MIN_S = 2.0  # a report this soon after the stall is a synchronous save
+STEP_TIMES = 8192  # step end times kept per run, to time a checkpoint report against
 
 
 @dataclass
@@ -56,13 +61,18 @@ class GoodputLedger:
     stalls: dict[str, deque[tuple[float, float, int]]] = field(default_factory=dict)
     advised: dict[str, float] = field(default_factory=dict)
     _front: dict[str, _Frontier] = field(default_factory=dict)
+    _ends: dict[str, deque[tuple[int, int, float, float]]] = field(default_factory=dict)
+    _reports: dict[str, deque[tuple[int, int, float, float]]] = field(default_factory=dict)
 
     def steps(self, run: str, attempt: int, samples: Sequence[StepSample]) -> None:
         """The run's progress frontier; a gap between consecutive steps longer than the
         median step by more than ``STALL_MIN_S`` is a stall at that step (kept if a
         checkpoint of that step is recorded)."""
         f = self._front.get(run)
+        ends = self._ends.setdefault(run, deque(maxlen=STEP_TIMES))
         for s in sorted(samples, key=lambda s: s.step):
+            if not ends or (attempt, s.step) > ends[-1][:2]:
+                ends.append((attempt, s.step, s.ts, s.step_s))
             if f is None or f.attempt != attempt:
                 f = self._front[run] = _Frontier(attempt, s.step, s.ts)
                 continue
@@ -78,6 +88,43 @@ class GoodputLedger:
 
     def save_stalls(self, run: str, checkpoint_steps: set[int]) -> list[tuple[float, float]]:
         return [(t, d) for t, d, k in self.stalls.get(run, ()) if k in checkpoint_steps]
+
+    def checkpoint(self, run: str, attempt: int, step: int, reported_at: float) -> None:
+        """A checkpoint of ``step`` was reported; timed against the step's end in
+        ``persist_s``, once the next step shows whether the save stalled training."""
+        end = next(
+            (ts for a, k, ts, _ in reversed(self._ends.get(run, ())) if (a, k) == (attempt, step)),
+            None,
+        )
+        if end is not None:  # else the step's end was not seen (a log-only run, or long ago)
+            self._reports.setdefault(run, deque(maxlen=1000)).append(
+                (attempt, step, end, reported_at)
+            )
+
+    def background(self, run: str) -> tuple[float, float, float]:
+        """Asynchronous saves, as medians over their reports: the background write (the
+        report's delay after the step's end and its stall), the training time it cost (steps
+        slower than the median while it ran) and the stall (the copy to host memory, often too
+        short to count as a stall in ``steps``); zeros for synchronous saves."""
+        ends = list(self._ends.get(run, ()))
+        med = statistics.median(d for *_, d in ends) if ends else 0.0
+        at_step = {(a, k): i for i, (a, k, _, _) in enumerate(ends)}
+        wrote, lost, stalls = [], [], []
+        for attempt, step, end, at in self._reports.get(run, ()):
+            i = at_step.get((attempt, step))
+            if i is None or i + 1 >= len(ends) or ends[i + 1][:2] != (attempt, step + 1):
+                continue  # the next step has not come (or was not seen): the stall is unknown
+            stall = max(0.0, ends[i + 1][2] - end - ends[i + 1][3])
+            if at - end - stall < 0:
+                continue
+            wrote.append(at - end - stall)
+            stalls.append(stall)
+            during = (d for a, k, ts, d in ends[i + 1 :] if a == attempt and ts <= at)
+            lost.append(sum(max(0.0, d - med) for d in during))
+        persist = statistics.median(wrote) if wrote else 0.0
+        if persist < PERSIST_MIN_S:
+            return 0.0, 0.0, 0.0
+        return persist, statistics.median(lost), statistics.median(stalls)
 
     def advice_event(self, run: str, adv: Advice, now: float) -> Event | None:
         """An event when the advice moved by more than 20 % (or is the first)."""
@@ -190,12 +237,20 @@ def advice_for(
     stalls: Sequence[tuple[float, float]],
     current_interval_s: float | None,
     restart_s: float | None = None,
+    persist_s: float = 0.0,
+    background_loss_s: float = 0.0,
+    async_stall_s: float = 0.0,
 ) -> Advice | None:
     """The advice from the measured save stalls and the run's own interruptions, pooled with
-    the Llama 3 prior; None until a save stall has been measured."""
-    if not stalls:
+    the Llama 3 prior; None until a save has been measured. An asynchronous save costs its
+    stall (``async_stall_s``, as ``GoodputLedger.background`` measures it) plus what its
+    background write slowed training (``background_loss_s``)."""
+    if persist_s > 0:
+        delta = max(async_stall_s, 1e-3) + background_loss_s
+    elif stalls:
+        delta = statistics.median(d for _, d in stalls)
+    else:
         return None
-    delta = statistics.median(d for _, d in stalls)
     per = (g.restart_overhead_s + g.buckets.get("detection", 0) + g.buckets.get("hung", 0)) / max(
         1, g.interruptions
     )
@@ -206,6 +261,7 @@ def advice_for(
         prior_mtbf_s=prior.prior_mtbf_s(gpus),
         restart_s=restart_s if restart_s is not None else per,
         current_interval_s=current_interval_s,
+        persist_s=persist_s,
     )
 
 
@@ -248,8 +304,15 @@ def report(
         completed_at=completed_at,
     )
     g = account(h)
+    persist, lost, staged = ledger.background(run)
     adv = advice_for(
-        g, gpus=gpus, stalls=stalls, current_interval_s=checkpoint_interval(checkpoints)
+        g,
+        gpus=gpus,
+        stalls=stalls,
+        current_interval_s=checkpoint_interval(checkpoints),
+        persist_s=persist,
+        background_loss_s=lost,
+        async_stall_s=staged,
     )
     return g, adv
 

@@ -277,6 +277,7 @@ class Supervisor(DaemonContext):
                 run=msg.run, step=msg.step, path=msg.path, reported_at=now, attempt=msg.attempt
             ),
         )
+        self.goodput.checkpoint(msg.run, msg.attempt, msg.step, msg.ts)
         waiter = self._checkpoint_waiters.get(msg.run)
         if waiter is not None:
             waiter.set()

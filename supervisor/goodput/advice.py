@@ -7,6 +7,11 @@ interruptions. Expected ETTR, from the same paper's complete model (exponential 
 may also strike during a restart of R seconds): T_wall / T_solve = M e^(R/M) (e^((tau+delta)/M) - 1)
 / tau, so ETTR = tau / (M e^(R/M) (e^((tau+delta)/M) - 1)).
 
+An asynchronous save stops training only for its copy to host memory (delta) and is written in
+the background for P seconds more; the newest checkpoint is usable only once written, so a
+failure loses P more work on average (the restart cost is taken as R + P, first order), and a
+save cannot start before the previous one is written: the interval is at least P.
+
 The rate M is pooled (Gamma-Poisson): a Gamma prior worth ``PRIOR_EVENTS`` interruptions at the
 shipped traces' rate (``prior.py``), updated with the interruptions observed on the run's own
 allocation over its exposure; the posterior mean is used. The prior dominates until the run has
@@ -47,15 +52,52 @@ def posterior_mtbf(
     return (prior_events * prior_mtbf_s + max(0.0, exposure_s)) / (prior_events + interruptions)
 
 
-def stall_for(target: float, mtbf_s: float, restart_s: float) -> float | None:
+def advised_interval(delta_s: float, mtbf_s: float, persist_s: float = 0.0) -> float:
+    """Daly's optimum, but never shorter than an asynchronous save takes to be written."""
+    return max(daly_interval(delta_s, mtbf_s), persist_s)
+
+
+def ettr_at(
+    interval_s: float, delta_s: float, mtbf_s: float, restart_s: float, persist_s: float = 0.0
+) -> float:
+    """Expected ETTR at an interval, an asynchronous save's write counted as lost work."""
+    return expected_ettr(max(interval_s, persist_s), delta_s, mtbf_s, restart_s + persist_s)
+
+
+def stall_for(
+    target: float, mtbf_s: float, restart_s: float, persist_s: float = 0.0
+) -> float | None:
     """The largest save stall at which the advised interval still reaches ``target`` ETTR
     (None: unreachable even with a free checkpoint, the restart alone costs too much)."""
-    if expected_ettr(daly_interval(1e-6, mtbf_s), 1e-6, mtbf_s, restart_s) < target:
+
+    def ettr(delta: float) -> float:
+        tau = advised_interval(delta, mtbf_s, persist_s)
+        return ettr_at(tau, delta, mtbf_s, restart_s, persist_s)
+
+    if ettr(1e-6) < target:
         return None
     lo, hi = 1e-6, mtbf_s
     for _ in range(60):
         mid = (lo + hi) / 2
-        if expected_ettr(daly_interval(mid, mtbf_s), mid, mtbf_s, restart_s) >= target:
+        if ettr(mid) >= target:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def restart_for(
+    target: float, delta_s: float, mtbf_s: float, persist_s: float = 0.0
+) -> float | None:
+    """The largest restart cost at which the advised interval still reaches ``target`` ETTR
+    (None: unreachable even with an instant restart, the checkpoints alone cost too much)."""
+    tau = advised_interval(delta_s, mtbf_s, persist_s)
+    if ettr_at(tau, delta_s, mtbf_s, 0.0, persist_s) < target:
+        return None
+    lo, hi = 0.0, mtbf_s
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if ettr_at(tau, delta_s, mtbf_s, mid, persist_s) >= target:
             lo = mid
         else:
             hi = mid
@@ -67,6 +109,7 @@ class Advice:
     interval_s: float  # advised compute time between checkpoints
     current_interval_s: float | None
     checkpoint_cost_s: float  # delta: what one save stops training for
+    persist_s: float  # P: an asynchronous save's background write (0: synchronous)
     mtbf_s: float  # M used (posterior mean)
     restart_s: float  # R used in the expected ETTR
     ettr_current: float | None
@@ -89,9 +132,11 @@ def advise(
     restart_s: float,
     current_interval_s: float | None = None,
     prior_events: float = PRIOR_EVENTS,
+    persist_s: float = 0.0,
 ) -> Advice:
     m = posterior_mtbf(interruptions, exposure_s, prior_mtbf_s, prior_events)
-    tau = daly_interval(checkpoint_cost_s, m)
+    p = max(0.0, persist_s)
+    tau = advised_interval(checkpoint_cost_s, m, p)
     basis = (
         f"pooled Gamma-Poisson: prior worth {prior_events:g} interruptions at "
         f"{prior_mtbf_s / 3600:.2f} h, observed {interruptions} in {exposure_s / 3600:.1f} h"
@@ -100,12 +145,13 @@ def advise(
         tau,
         current_interval_s,
         checkpoint_cost_s,
+        p,
         m,
         restart_s,
         None
         if current_interval_s is None
-        else expected_ettr(current_interval_s, checkpoint_cost_s, m, restart_s),
-        expected_ettr(tau, checkpoint_cost_s, m, restart_s),
+        else ettr_at(current_interval_s, checkpoint_cost_s, m, restart_s, p),
+        ettr_at(tau, checkpoint_cost_s, m, restart_s, p),
         interruptions,
         exposure_s,
         prior_mtbf_s,

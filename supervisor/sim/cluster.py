@@ -5,8 +5,12 @@ causes come from the daemon's decision core, ``supervisor.decide``). Training pr
 counted in seconds of nominal training: it advances at ``1 / slowdown`` while the run is
 running, periodic checkpoints fall every ``checkpoint_interval`` of progress, and a failure
 rolls progress back to the last checkpoint; a save may stop training for
-``checkpoint_stall`` (0 unless a scenario says). ETTR = kept progress / wall time, so lost work,
-restart time, hangs and time blocked by guards all count against it.
+``checkpoint_stall`` (0 unless a scenario says). An asynchronous save (``checkpoint_persist``
+> 0) goes on writing in the background after its stall: the checkpoint counts only once
+written, a failure before then loses it, and a save due while the previous one is still being
+written waits for it (as torch DCP's ``async_save`` and Megatron's async save do), training
+stopped. ETTR = kept progress / wall time, so lost work, restart time, hangs and time blocked
+by guards all count against it.
 """
 
 from __future__ import annotations
@@ -76,11 +80,13 @@ class SimRun:
     slowdown: float = 1.0
     lost_work_s: float = 0.0
     checkpoints: int = 0
+    ckpts_lost_in_flight: int = 0  # asynchronous saves whose write the failure cut short
     time_in: dict[str, float] = field(default_factory=dict)  # wall seconds per state
     reported_step: int | None = None  # highest step the ranks reported (the daemon's last_step)
     stall_start: float = 0.0  # a periodic save in progress: since, until, the progress it saves
     stall_until: float | None = None
     pending_ckpt: float = 0.0
+    persisting: tuple[float, float] | None = None  # an async save being written: (done, progress)
     stall_log: list[tuple[float, float]] = field(default_factory=list)  # (start, seconds)
     ckpt_log: list[tuple[int, float]] = field(default_factory=list)  # (step, written at)
 
@@ -105,7 +111,15 @@ class SimRun:
             )
         if self.state is RunState.RUNNING and now > self.updated:
             self._train(self.updated, now)
+        self._persisted(now)
         self.updated = now
+
+    def _persisted(self, now: float) -> None:
+        """An asynchronous save whose background write has finished by ``now`` counts."""
+        if self.persisting is not None and self.persisting[0] <= now:
+            done, progress = self.persisting
+            self.persisting = None
+            self._saved(progress, done)
 
     def _train(self, t: float, now: float) -> None:
         """Progress from ``t`` to ``now``: steps, and at every interval a checkpoint, which
@@ -118,7 +132,7 @@ class SimRun:
                     return
                 t = self.stall_until
                 self.stall_until = None
-                self._saved(self.pending_ckpt, t)
+                self._staged(self.pending_ckpt, t)
                 continue
             boundary = (math.floor(self.progress / every + 1e-9) + 1) * every
             dt = (boundary - self.progress) * self.slowdown
@@ -127,11 +141,23 @@ class SimRun:
                 return
             self.progress = boundary
             t += dt
-            if stall > 0:
-                self.stall_start, self.stall_until, self.pending_ckpt = t, t + stall, boundary
-                self.stall_log.append((t, stall))
+            self._persisted(t)
+            # a save due while the previous one is still being written waits for it
+            wait = self.persisting[0] - t if self.persisting is not None else 0.0
+            if stall > 0 or wait > 0:
+                self.stall_start, self.stall_until = t, t + wait + stall
+                self.pending_ckpt = boundary
+                self.stall_log.append((t, wait + stall))
             else:
-                self._saved(boundary, t)
+                self._staged(boundary, t)
+
+    def _staged(self, progress: float, at: float) -> None:
+        """The save's stall is over: written now (synchronous), or after the background write."""
+        self._persisted(at)
+        if self.spec.checkpoint_persist_s > 0:
+            self.persisting = (at + self.spec.checkpoint_persist_s, progress)
+        else:
+            self._saved(progress, at)
 
     def _saved(self, progress: float, at: float) -> None:
         self.ckpt = progress
@@ -139,12 +165,16 @@ class SimRun:
         self.ckpt_log.append((int(progress // self.spec.step_s), at))
 
     def lose(self, now: float) -> None:
-        """The attempt is gone: work since the last checkpoint is lost (and a save in flight)."""
+        """The attempt is gone: work since the last written checkpoint is lost (and a save in
+        flight, stalled or still being written in the background)."""
         self.advance(now)
         if self.stall_until is not None:
             start, _ = self.stall_log[-1]
             self.stall_log[-1] = (start, now - start)
             self.stall_until = None
+        if self.persisting is not None:  # its writer died with the job
+            self.persisting = None
+            self.ckpts_lost_in_flight += 1
         self.lost_work_s += self.progress - self.ckpt
         self.progress = self.ckpt
 

@@ -108,6 +108,9 @@ class RunSpec:
     # how the restart cost splits, for the goodput buckets only (timing is restart_cost's):
     queue_wait_s: float = 0.0  # submitted -> the scheduler runs it
     checkpoint_load_s: float = 0.0  # the end of start-up spent loading the checkpoint
+    # asynchronous saves: after the stall (the copy to host memory) the write goes on in the
+    # background this long; the checkpoint is valid only then, and lost if the job dies first
+    checkpoint_persist_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,7 @@ def _run(r: Reader, node: Any, cluster_nodes: int) -> RunSpec:
         "checkpoint_stall",
         "queue_wait",
         "checkpoint_load",
+        "checkpoint_persist",
     }
     m = r.mapping(node, "run", allowed=keys) or {}
     d = RunSpec()
@@ -306,6 +310,7 @@ def _run(r: Reader, node: Any, cluster_nodes: int) -> RunSpec:
         dur("checkpoint_stall", d.checkpoint_stall_s),
         dur("queue_wait", d.queue_wait_s),
         dur("checkpoint_load", d.checkpoint_load_s),
+        dur("checkpoint_persist", d.checkpoint_persist_s),
     )
 
 

@@ -60,3 +60,31 @@ def test_stall_needed_for_a_target() -> None:
     assert expected_ettr(tau, need, 11_135.0, 300.0) == pytest.approx(0.95, abs=1e-6)
     assert stall_for(0.99, 1000.0, 600.0) is None
     assert not math.isnan(need)
+
+
+def test_an_asynchronous_save_is_never_advised_more_often_than_it_can_be_written() -> None:
+    from trainwarden.supervisor.goodput.advice import advised_interval, ettr_at
+
+    m = 11_135.0
+    assert advised_interval(0.5, m) < 120.0  # Daly alone: a cheap save, often
+    assert advised_interval(0.5, m, persist_s=120.0) == 120.0
+    a = advise(0.5, interruptions=0, exposure_s=0.0, prior_mtbf_s=m, restart_s=300.0)
+    b = advise(
+        0.5, interruptions=0, exposure_s=0.0, prior_mtbf_s=m, restart_s=300.0, persist_s=120.0
+    )
+    assert b.interval_s == 120.0 and b.persist_s == 120.0
+    # the newest save is not usable while it is written: a failure loses that much more
+    assert b.ettr_advised < a.ettr_advised
+    assert b.ettr_advised == pytest.approx(ettr_at(120.0, 0.5, m, 300.0, 120.0))
+
+
+def test_restart_for_is_the_largest_restart_cost_that_still_meets_the_target() -> None:
+    from trainwarden.supervisor.goodput.advice import advised_interval, ettr_at, restart_for
+
+    m, delta = 11_135.0, 5.0
+    r = restart_for(0.95, delta, m)
+    assert r is not None and r > 0
+    tau = advised_interval(delta, m)
+    assert ettr_at(tau, delta, m, r) == pytest.approx(0.95, abs=1e-6)
+    assert ettr_at(tau, delta, m, r * 1.1) < 0.95
+    assert restart_for(0.999, 400.0, m) is None  # the saves alone cost more than 0.1 %
