@@ -119,8 +119,12 @@ class GoodputLedger:
                 continue
             wrote.append(at - end - stall)
             stalls.append(stall)
-            during = (d for a, k, ts, d in ends[i + 1 :] if a == attempt and ts <= at)
-            lost.append(sum(max(0.0, d - med) for d in during))
+            slower = 0.0
+            for a, _, ts, d in itertools.islice(ends, i + 1, None):
+                if a != attempt or ts > at:
+                    break  # steps come in order: the write was over by then
+                slower += max(0.0, d - med)
+            lost.append(slower)
         persist = statistics.median(wrote) if wrote else 0.0
         if persist < PERSIST_MIN_S:
             return 0.0, 0.0, 0.0
