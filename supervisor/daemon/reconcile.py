@@ -106,6 +106,14 @@ async def _reconcile_restart(sup: Supervisor, rec: ActionRecord, d: Decision) ->
     after = [a for a in attempts if a.submitted_at is not None and a.submitted_at > rec.ts]
     if after:
         a = after[-1]
+        announced = await sup.store.call(
+            sup.store.store.events, run=run.name, kinds=[EventKind.RUN_STARTED], limit=50
+        )
+        if not any(e.data.get("attempt") == a.attempt for e in announced):
+            # stored, then the daemon died before its run-started event: recorded now
+            before = [b for b in attempts if b.attempt < a.attempt]
+            in_job = bool(before) and before[-1].job_id == a.job_id
+            await sup.runs.announce_stored(run, a, in_job=in_job)
         await sup.executor.finish(
             d, rec.id, True,
             f"reconciled after a daemon restart: attempt {a.attempt} (job {a.job_id}) was "

@@ -25,6 +25,7 @@ from trainwarden.supervisor.errors import SchedulerError
 from trainwarden.supervisor.model.cluster import ClusterState, RunInfo
 from trainwarden.supervisor.model.lifecycle import AttemptPhase, NodePhase, RunPhase
 from trainwarden.supervisor.scheduler.base import JobInfo, JobSpec, JobState, NodeState, Scheduler
+from trainwarden.supervisor.store.records import AttemptRecord
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,21 @@ class RunManager:
             return
         run.move_attempt(AttemptPhase.STOPPING)
         self.progress.stop(run.name)
-        job_id = run.job_id
+        await self._cancel_and_wait(run, run.job_id)
+        run.move_attempt(AttemptPhase.STOPPED)
+        await self.save_attempt(
+            run,
+            {
+                "state": "stopped",
+                "ended_at": self.clock.now(),
+                "end_reason": f"stopped by trainwarden: {reason}",
+                "last_step": run.last_step,
+            },
+        )
+
+    async def _cancel_and_wait(self, run: RunInfo, job_id: str) -> None:
+        """Cancel the job and wait (up to stop_timeout_s) until it no longer holds a node
+        the next attempt may use."""
         try:
             await self.scheduler.cancel(job_id)
         except SchedulerError as exc:
@@ -187,16 +202,6 @@ class RunManager:
                 final = info
                 break
             await self.clock.sleep(0.25)
-        run.move_attempt(AttemptPhase.STOPPED)
-        await self.save_attempt(
-            run,
-            {
-                "state": "stopped",
-                "ended_at": self.clock.now(),
-                "end_reason": f"stopped by trainwarden: {reason}",
-                "last_step": run.last_step,
-            },
-        )
         if final is None:
             log.warning(
                 "run %s: job %s still not finished after %.0f s",
@@ -342,21 +347,24 @@ class RunManager:
     async def _end_swapped(
         self, run: RunInfo, exclude: set[str], reason: str, t_begin: float, t_ended: float
     ) -> None:
-        """The attempt whose step the job replaced ends as a stopped one would."""
+        """The attempt whose step the job replaced ends as a stopped one would (stored once:
+        a daemon that died after storing it left it stopped)."""
         run.excluded |= exclude
-        run.move(RunPhase.RESTARTING)
+        if run.phase is not RunPhase.RESTARTING:
+            run.move(RunPhase.RESTARTING)
         self.progress.stop(run.name)
-        run.move_attempt(AttemptPhase.STOPPING)
-        run.move_attempt(AttemptPhase.STOPPED)
-        await self.save_attempt(
-            run,
-            {
-                "state": "stopped",
-                "ended_at": t_ended,
-                "end_reason": f"stopped by trainwarden: {reason}",
-                "last_step": run.last_step,
-            },
-        )
+        if run.attempt_phase is not AttemptPhase.STOPPED:
+            run.move_attempt(AttemptPhase.STOPPING)
+            run.move_attempt(AttemptPhase.STOPPED)
+            await self.save_attempt(
+                run,
+                {
+                    "state": "stopped",
+                    "ended_at": t_ended,
+                    "end_reason": f"stopped by trainwarden: {reason}",
+                    "last_step": run.last_step,
+                },
+            )
         run.restarts += 1
         run.restart_times.append(t_begin)
         run.failure_steps.append(run.last_step)
@@ -365,11 +373,18 @@ class RunManager:
         """Relaunch the training step inside the running job on N healthy nodes, a spare in
         place of the bad one: no new sbatch, so no queue wait. None when it cannot (no job
         running, the batch host is bad, spares used up, the job did not relaunch in time):
-        the caller then resubmits as without spares."""
-        if run.job_id is None or run.attempt_phase not in (
-            AttemptPhase.SUBMITTED,
-            AttemptPhase.RUNNING,
-        ):
+        the caller then resubmits as without spares. A swap a crashed daemon left unrecorded
+        is finished first (see _finish_swap)."""
+        if run.job_id is None:
+            return None
+        control = spares.control_path(run.spec.checkpoint_dir)
+        written = await asyncio.to_thread(spares.read_control, control)
+        if written is not None and written.generation == run.attempt + 1 and written.nodes:
+            finished = await self._finish_swap(run, exclude, reason, control, written)
+            if finished is None or not set(run.nodes) & (self._unusable(run) | exclude):
+                return finished
+            # the job relaunched on a node this restart must leave: swap again from there
+        if run.attempt_phase not in (AttemptPhase.SUBMITTED, AttemptPhase.RUNNING):
             return None
         t_begin = self.clock.now()
         job_id = run.job_id
@@ -383,7 +398,6 @@ class RunManager:
         nodes = self._swap_nodes(run, exclude, info)
         if nodes is None:
             return None
-        survivors = [n for n in run.nodes if n in nodes]
         plan = await self._plan_resume(run)
         t_planned = self.clock.now()
         ckpt = plan.checkpoint
@@ -396,11 +410,12 @@ class RunManager:
             resume_from=ckpt.path if ckpt else None,
             env=dict(plan.env) if ckpt else {},
         )
-        control = spares.control_path(run.spec.checkpoint_dir)
         fenced = self.fence()
         if fenced is not None:
             raise SchedulerError(fenced)
         try:
+            # the swap's intent, durable before the job acts on it: a daemon that dies from
+            # here on leaves it for the next one to finish (never to write again)
             await asyncio.to_thread(
                 spares.write_control, control, attempt, nodes, _control_env(spec)
             )
@@ -417,39 +432,192 @@ class RunManager:
                 self.swap_timeout_s,
             )
             return None
-        # the old step is gone, the new one runs: account for it as a new attempt
-        await self._end_swapped(run, exclude, reason, t_begin, t_written)
-        run.attempt = attempt
+        recovery = self._recovery(exclude, t_begin, t_planned, t_written, launch, self.clock.now())
+        return await self._adopt_launch(
+            run,
+            exclude,
+            reason,
+            launch,
+            resume=ckpt.path if ckpt else None,
+            resume_step=ckpt.step if ckpt else None,
+            before=run.nodes,
+            t_begin=t_begin,
+            t_ended=t_written,
+            extra={"recovery": recovery, "checkpoint": plan.as_dict()},
+        )
+
+    async def _finish_swap(
+        self,
+        run: RunInfo,
+        exclude: set[str],
+        reason: str,
+        control: Path,
+        written: spares.Control,
+    ) -> RestartResult | None:
+        """A swap the previous daemon wrote to the control file and died before recording
+        (the control file is its intent): adopted as the next attempt if the job launched
+        it (even if the job has ended since: the poll then records how), on the nodes and
+        from the checkpoint the job was given; abandoned (None: the caller resubmits) if it
+        did not launch it and is gone, or does not launch it within swap_timeout_s.
+        The control file is never written again for it, so the step is never relaunched
+        twice and the store never names a checkpoint the step did not get."""
+        t_begin = self.clock.now()
+        job_id = run.job_id
+        assert job_id is not None  # checked by the caller
+        try:
+            info = await self.scheduler.job(job_id)
+        except SchedulerError as exc:
+            log.warning("run %s: cannot finish the in-allocation restart: %s", run.name, exc)
+            info = None
+        if info is not None and info.state is JobState.RUNNING:
+            launch = await self._await_launch(control, written.generation)
+        else:  # the job ended meanwhile, perhaps after the relaunch: its end is polled next
+            launch = await asyncio.to_thread(spares.launch_of, control, written.generation)
+        if launch is None:
+            log.warning(
+                "run %s: job %s did not relaunch as attempt %d, which the previous daemon "
+                "asked for before it stopped; resubmitting",
+                run.name,
+                job_id,
+                written.generation,
+            )
+            await self._abandon_swap(run, info, exclude)
+            return None
+        if info is not None and info.nodes:
+            healthy = [n for n in info.nodes if n not in self._unusable(run) | exclude]
+            self._spares_left = max(len(healthy) - run.spec.nodes, 0)
+        # the step it replaced ran where the job's previous launch says (the store may not
+        # know: an attempt is stored before its job is placed)
+        before = await asyncio.to_thread(spares.launch_of, control, written.generation - 1)
+        step = written.env.get("TRAINWARDEN_RESUME_STEP", "")
+        log.warning(
+            "run %s: job %s relaunched as attempt %d before the daemon stopped; adopting it",
+            run.name,
+            job_id,
+            written.generation,
+        )
+        return await self._adopt_launch(
+            run,
+            exclude,
+            reason,
+            launch,
+            resume=written.env.get("TRAINWARDEN_RESUME_FROM"),
+            resume_step=int(step) if step.isdigit() else None,
+            before=before.nodes if before is not None else run.nodes,
+            t_begin=t_begin,
+            t_ended=launch.launched_at,
+            extra={
+                "recovery": {
+                    "kind": "in-allocation",
+                    "after_daemon_restart": True,
+                    "launched_at": launch.launched_at,
+                },
+            },
+        )
+
+    async def _abandon_swap(self, run: RunInfo, info: JobInfo | None, exclude: set[str]) -> None:
+        """Before the resubmission: a job whose attempt the store already shows stopped (the
+        previous daemon died after storing that) is not stopped again by the caller, so it
+        is cancelled here; never two attempts of one run at once."""
+        if run.attempt_phase is not AttemptPhase.STOPPED or info is None or info.state.finished:
+            return
+        fenced = self.fence()  # checked again: the swap's wait may have been long
+        if fenced is not None:
+            raise SchedulerError(fenced)
+        log.warning("run %s: stopping job %s before resubmitting", run.name, info.job_id)
+        run.excluded |= exclude
+        await self._cancel_and_wait(run, info.job_id)
+
+    async def _adopt_launch(
+        self,
+        run: RunInfo,
+        exclude: set[str],
+        reason: str,
+        launch: spares.Launch,
+        *,
+        resume: str | None,
+        resume_step: int | None,
+        before: Sequence[str],
+        t_begin: float,
+        t_ended: float,
+        extra: dict[str, Any],
+    ) -> RestartResult:
+        """The job relaunched the step as attempt ``launch.generation``: the old attempt
+        (its step on ``before``) ends, the new one runs on the nodes the job acknowledged."""
+        job_id = run.job_id
+        assert job_id is not None
+        survivors = set(before)
+        await self._end_swapped(run, exclude, reason, t_begin, t_ended)
+        run.attempt = launch.generation
         run.begin_attempt(AttemptPhase.RUNNING)
         run.move(RunPhase.RUNNING)
-        run.resumed_from_step = ckpt.step if ckpt else None
+        run.resumed_from_step = resume_step
         run.attempt_first_step = None
-        self.state.place(run, nodes)
-        now = self.clock.now()
-        cleared = self.progress.start_attempt(run.name, attempt, now, run.spec.target_step)
-        recovery = self._recovery(exclude, t_begin, t_planned, t_written, launch, now)
-        spare = [n for n in nodes if n not in survivors]
+        self.state.place(run, launch.nodes)
+        cleared = self.progress.start_attempt(
+            run.name, run.attempt, self.clock.now(), run.spec.target_step
+        )
+        spare = [n for n in launch.nodes if n not in survivors]
         what = (
-            f"attempt {attempt} relaunched inside job {job_id} on {len(nodes)} node(s) "
-            f"(spare {', '.join(spare) or 'none'} in for {', '.join(sorted(exclude)) or '-'})"
-            + (f", resuming from step {ckpt.step}" if ckpt else ", fresh")
+            f"attempt {run.attempt} relaunched inside job {job_id} on {len(launch.nodes)} "
+            f"node(s) (spare {', '.join(spare) or 'none'} in for "
+            f"{', '.join(sorted(exclude)) or '-'})"
+            + (f", resuming from step {resume_step}" if resume else ", fresh")
         )
         await self._record_started(
             run,
             what,
             job_id,
             sorted(run.excluded),
-            ckpt.path if ckpt else None,
+            resume,
             started_at=launch.launched_at,
             cleared=cleared,
-            extra={
-                "in_allocation": True,
-                "spares_left": self._spares_left,
-                "recovery": recovery,
-                "checkpoint": plan.as_dict(),
-            },
+            extra={"in_allocation": True, "spares_left": self._spares_left, **extra},
         )
-        return RestartResult(True, what, job_id, ckpt.step if ckpt else None)
+        return RestartResult(True, what, job_id, resume_step)
+
+    async def announce_stored(self, run: RunInfo, attempt: AttemptRecord, *, in_job: bool) -> None:
+        """The run-started event of ``run``'s current attempt, stored by a daemon that died
+        before it announced it (the store is the truth; the event is the record). An
+        attempt relaunched inside its job (``in_job``) that is stored as submitted is
+        running since the job acknowledged it, as the dead daemon would have stored."""
+        async with self.lock(run.name):
+            if attempt.attempt != run.attempt or attempt.job_id != run.job_id:
+                return  # a later attempt replaced it meanwhile: announced on its own
+            if in_job and run.attempt_phase is AttemptPhase.SUBMITTED:
+                control = spares.control_path(run.spec.checkpoint_dir)
+                launch = await asyncio.to_thread(spares.launch_of, control, run.attempt)
+                if launch is not None:
+                    run.move_attempt(AttemptPhase.RUNNING)
+                    await self.save_attempt(
+                        run, {"state": "running", "started_at": launch.launched_at}
+                    )
+            how = "relaunched inside job" if in_job else "submitted as job"
+            what = (
+                f"attempt {run.attempt} {how} {attempt.job_id} on {len(attempt.nodes)} "
+                "node(s) before the daemon stopped (announced by the next one)"
+            )
+            data = {
+                "attempt": run.attempt,
+                "job_id": attempt.job_id,
+                "nodes": list(attempt.nodes),
+                "exclude": list(attempt.excluded),
+                "resume_from": attempt.resumed_from,
+                "resumed_from_step": attempt.resumed_from_step,
+                "after_daemon_restart": True,
+                **({"in_allocation": True} if in_job else {}),
+            }
+            await self.emit(
+                [
+                    Event(
+                        self.clock.now(),
+                        EventKind.RUN_STARTED,
+                        run=run.name,
+                        message=what,
+                        data=data,
+                    )
+                ]
+            )
 
     async def _record_started(
         self,

@@ -6,6 +6,10 @@ the nodes the control file names and relaunches it when the file's generation ch
 restart is a file write instead of a new sbatch: no queue wait. The script appends one
 ``generation=G launched=T nodes=L`` line to ``<control>.ack`` per launch, which tells the
 daemon that (and when) its relaunch happened.
+
+The file is also the daemon's record of a swap it decided: a generation one past the run's
+stored attempt, naming nodes, is a swap a crashed daemon wrote and did not record. The next
+daemon finishes that swap from the file (see RunManager._finish_swap), never writes it again.
 """
 
 from __future__ import annotations
@@ -43,6 +47,39 @@ def write_control(
     tmp = control.with_name(control.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, control)
+
+
+@dataclass(frozen=True)
+class Control:
+    """What a control file asks the job for: the generation, its nodes, its environment."""
+
+    generation: int
+    nodes: tuple[str, ...]  # empty: the first N of the allocation (a fresh submission)
+    env: dict[str, str]
+
+
+def read_control(control: Path) -> Control | None:
+    """The control file as the script reads it; None when it is missing or has no
+    generation (the daemon then knows of no swap in flight)."""
+    try:
+        text = control.read_text()
+    except OSError:
+        return None
+    head: dict[str, str] = {}  # the script takes the first generation= and nodes= line
+    env: dict[str, str] = {}  # and exports the other lines in order
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        if key in ("generation", "nodes"):
+            head.setdefault(key, value)
+        else:
+            env[key] = value
+    try:
+        generation = int(head["generation"])
+    except (KeyError, ValueError):
+        return None
+    return Control(generation, tuple(n for n in head.get("nodes", "").split(",") if n), env)
 
 
 @dataclass(frozen=True)

@@ -212,6 +212,8 @@ class Stack:
     hang_floor_s: float = 10.0
     will_confirm_s: float = 1.0
     policy: Path | None = None  # a site policy file (default: the shipped policy)
+    lease_ttl_s: float | None = None  # the leader lease (a restarted daemon waits it out)
+    _daemon_argv: list[str] = field(default_factory=list)
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     broker_port: int = 0
@@ -245,35 +247,31 @@ class Stack:
         )
         # the API's socket, in a directory short enough for one; metrics on a free port
         self.api = os.path.join(tempfile.mkdtemp(prefix="tw-", dir="/tmp"), "api.sock")
-        env = {**os.environ, "SLURM_CONF": self.cluster.conf}
-        self._spawn(
+        self._daemon_argv = [
+            BIN,
             "daemon",
-            [
-                BIN,
-                "daemon",
-                "--scheduler",
-                "slurm",
-                "--slurm-conf",
-                self.cluster.conf,
-                "--db",
-                db,
-                "--broker",
-                self.broker,
-                "--api",
-                self.api,
-                "--metrics",
-                f"127.0.0.1:{free_port()}",
-                "--client-id",
-                f"tw-slurm-{self.tag}",
-                "--will-confirm",
-                str(self.will_confirm_s),
-                "--hang-floor",
-                str(self.hang_floor_s),
-                *(["--policy", str(self.policy)] if self.policy else []),
-            ],
-            cwd=self.tmp / "jobs",
-            env=env,
-        )
+            "--scheduler",
+            "slurm",
+            "--slurm-conf",
+            self.cluster.conf,
+            "--db",
+            db,
+            "--broker",
+            self.broker,
+            "--api",
+            self.api,
+            "--metrics",
+            f"127.0.0.1:{free_port()}",
+            "--client-id",
+            f"tw-slurm-{self.tag}",
+            "--will-confirm",
+            str(self.will_confirm_s),
+            "--hang-floor",
+            str(self.hang_floor_s),
+            *(["--policy", str(self.policy)] if self.policy else []),
+            *(["--lease-ttl", str(self.lease_ttl_s)] if self.lease_ttl_s else []),
+        ]
+        self.start_daemon()
         for node in self.cluster.nodes:
             self.start_agent(node)
         wait_for(
@@ -281,6 +279,31 @@ class Stack:
             60,
             "every node healthy in trainwarden",
         )
+
+    def start_daemon(self, *, wait: bool = False) -> None:
+        """The daemon, with the same arguments every time (a restart after a kill);
+        ``wait``: until its API answers (a killed one's socket file is left behind)."""
+        env = {**os.environ, "SLURM_CONF": self.cluster.conf}
+        self._spawn("daemon", self._daemon_argv, cwd=self.tmp / "jobs", env=env)
+        if wait:
+            wait_for(self._answers, 60, "the daemon's API")
+
+    def _answers(self) -> bool:
+        try:
+            self.get("/runs")
+        except (OSError, SupervisorError):
+            return False
+        return True
+
+    def kill_daemon(self) -> float:
+        """SIGKILL the daemon (nothing of it runs after this returns); the wall time."""
+        p = self.procs["daemon"]
+        p.send_signal(signal.SIGKILL)
+        t = time.time()
+        p.wait(10)
+        with (self.tmp / "daemon.log").open("a") as f:
+            f.write(f"===== harness: daemon pid {p.pid} killed with SIGKILL =====\n")
+        return t
 
     def start_agent(self, node: str) -> None:
         self._spawn(
