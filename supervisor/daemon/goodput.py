@@ -60,6 +60,7 @@ class GoodputLedger:
 
     stalls: dict[str, deque[tuple[float, float, int]]] = field(default_factory=dict)
     advised: dict[str, float] = field(default_factory=dict)
+    persist_min_s: float = PERSIST_MIN_S
     _front: dict[str, _Frontier] = field(default_factory=dict)
     _ends: dict[str, deque[tuple[int, int, float, float]]] = field(default_factory=dict)
     _reports: dict[str, deque[tuple[int, int, float, float]]] = field(default_factory=dict)
@@ -126,7 +127,7 @@ class GoodputLedger:
                 slower += max(0.0, d - med)
             lost.append(slower)
         persist = statistics.median(wrote) if wrote else 0.0
-        if persist < PERSIST_MIN_S:
+        if persist < self.persist_min_s:
             return 0.0, 0.0, 0.0
         return persist, statistics.median(lost), statistics.median(stalls)
 
