@@ -96,7 +96,9 @@ async def _reconcile_restart(sup: Supervisor, rec: ActionRecord, d: Decision) ->
     """An open restart, against the store's attempts and the scheduler's jobs: done if an
     attempt was submitted after it was decided; a job of the run unknown to the store is the
     attempt it submitted before the crash (adopted, never submitted again); otherwise it
-    never reached the scheduler and is carried out now. Exactly one new attempt either way."""
+    never reached the scheduler and is carried out now: the old attempt's job is cancelled
+    first (even one stored stopped), and if it cannot be, the restart fails with the reason
+    and submits nothing. Exactly one new attempt, never two jobs at once."""
     run = sup.state.runs.get(rec.run or "")
     if run is None:
         await sup.executor.finish(d, rec.id, False, f"unknown run {rec.run!r}")

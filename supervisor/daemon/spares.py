@@ -9,7 +9,10 @@ daemon that (and when) its relaunch happened.
 
 The file is also the daemon's record of a swap it decided: a generation one past the run's
 stored attempt, naming nodes, is a swap a crashed daemon wrote and did not record. The next
-daemon finishes that swap from the file (see RunManager._finish_swap), never writes it again.
+daemon finishes that swap from the file, never writes it again.
+
+This module is the file protocol alone, as the script follows it; when to swap, onto which
+nodes, and how a swap becomes the run's next attempt are ``in_allocation``'s.
 """
 
 from __future__ import annotations

@@ -87,6 +87,13 @@ class ProgressTracker:
         if p is not None:
             p.active = False
 
+    def resume(self, run: str, attempt: int) -> None:
+        """Follow ``attempt`` again after a ``stop`` that did not happen (its job could not be
+        cancelled and goes on): its reports count and a hang of it is caught again."""
+        p = self._runs.get(run)
+        if p is not None and p.attempt == attempt:
+            p.active = True
+
     def on_steps(
         self, run: str, attempt: int, rank: int, node: str, samples: list[StepSample], now: float
     ) -> list[Observation]:

@@ -420,13 +420,48 @@ async def test_killed_after_the_control_file_and_the_job_died_before_relaunching
     assert await reconcile(third) == 0 and len(world.slurm.submitted) == 2
 
 
+async def test_a_swap_that_timed_out_and_whose_cancel_failed_submits_nothing(
+    world: World,
+) -> None:
+    """The job never acknowledged and the fall-back's scancel failed: job 1001 may still
+    run, so no attempt is submitted beside it; attempt 1 stays running, the action fails
+    naming the job and scancel's error. Once slurmctld answers, the next restart stops job
+    1001 first, then submits once."""
+    sup, d, action = await started(world)
+    world.slurm.jobs["1001"].script_alive = False
+    world.slurm.cancel_failures = 1
+    ok, result = await sup.perform(d, action)
+    assert not ok and "job 1001" in result and "Unable to contact slurm controller" in result
+    assert [s.attempt for s in world.slurm.submitted] == [1] and world.slurm.cancelled == []
+    st = sup.store.store
+    assert [(a.attempt, a.job_id, a.state) for a in st.attempts("r1")] == [(1, "1001", "running")]
+    run = sup.state.runs["r1"]
+    assert (run.attempt, run.restarts, run.phase.value) == (1, 0, "running")
+    world.clock.advance(60.0)
+    req = ActionRequest(
+        ActionKind.RESTART_RUN, Actor.RULE, "NodeDead set on n3", run="r1", exclude=("n3",)
+    )
+    d2 = Decision(req, Verdict.ALLOW, ())
+    ok, result = await sup.perform(d2, st.record_action(d2, ts=sup.clock.now()))
+    assert ok, result
+    assert world.slurm.cancelled == ["1001"] and [s.attempt for s in world.slurm.submitted] == [
+        1,
+        2,
+    ]
+    live = [j.job_id for j in world.slurm.jobs.values() if not j.state.finished]
+    assert live == ["1002"] and "n3" in world.slurm.submitted[1].exclude
+    assert [(a.attempt, a.job_id, a.state) for a in st.attempts("r1")] == [
+        (1, "1001", "stopped"),
+        (2, "1002", "submitted"),
+    ]
+
+
 async def test_killed_after_a_swap_timed_out_and_its_cancel_failed(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The job never acknowledged; the fall-back's scancel failed, so attempt 1 is stored
-    stopped while job 1001 still runs; the daemon died before the resubmission. The next
-    one gives the swap its time, then stops job 1001 itself before it submits: never two
-    jobs of the run at once."""
+    """As above, and the daemon died at its next durable step (the resubmission, or the
+    action's result): the next one gives the swap its time, then stops job 1001 before it
+    submits: never two jobs of the run at once."""
     sup, d, action = await started(world)
     world.slurm.jobs["1001"].script_alive = False
     world.slurm.cancel_failures = 1
@@ -439,10 +474,14 @@ async def test_killed_after_a_swap_timed_out_and_its_cancel_failed(
             raise Killed("before the resubmission")
         return world.plan(root, fmt, now=now)
 
+    async def dying_finish(*args: Any) -> None:
+        raise Killed("before the action's result")
+
     monkeypatch.setattr(checkpoints, "plan_resume", plan_then_die)
+    sup.executor.finish = dying_finish  # type: ignore[method-assign]
     with pytest.raises(Killed):
         await sup.perform(d, action)
-    assert sup.store.store.attempts("r1")[-1].state == "stopped"
+    assert sup.store.store.attempts("r1")[-1].state != "stopped"  # job 1001 may still run
     assert world.slurm.jobs["1001"].state is JobState.RUNNING
     monkeypatch.setattr(checkpoints, "plan_resume", world.plan)
     again = await world.next_daemon()
@@ -454,6 +493,31 @@ async def test_killed_after_a_swap_timed_out_and_its_cancel_failed(
     st = again.store.store
     assert [(a.attempt, a.job_id) for a in st.attempts("r1")] == [(1, "1001"), (2, "1002")]
     rec = st.action(action)
+    assert rec is not None and rec.status == "succeeded", rec
+
+
+async def test_an_attempt_stored_stopped_while_its_job_runs_is_cancelled_before_resubmitting(
+    world: World,
+) -> None:
+    """What a daemon before this fix could leave: its swap timed out, its scancel failed,
+    it stored attempt 1 stopped anyway and died before the resubmission. The next daemon
+    gives the swap its time, then stops job 1001 itself before it submits."""
+    sup, _, action = await started(world)
+    world.slurm.jobs["1001"].script_alive = False
+    control = spares.control_path(str(world.tmp_path / "ck"))
+    spares.write_control(control, 2, ("n1", "n2", "n4"), {"TRAINWARDEN_ATTEMPT": "2"})
+    st = sup.store.store
+    st.update_attempt("r1", 1, state="stopped", ended_at=sup.clock.now(), end_reason="stopped")
+    again = await world.next_daemon()
+    assert world.slurm.cancelled == ["1001"]
+    assert [s.attempt for s in world.slurm.submitted] == [1, 2]
+    live = [j.job_id for j in world.slurm.jobs.values() if not j.state.finished]
+    assert live == ["1002"]
+    assert [(a.attempt, a.job_id) for a in again.store.store.attempts("r1")] == [
+        (1, "1001"),
+        (2, "1002"),
+    ]
+    rec = again.store.store.action(action)
     assert rec is not None and rec.status == "succeeded", rec
 
 
