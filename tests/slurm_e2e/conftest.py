@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import HarnessError, SlurmTestCluster, Stack
+from harness import HarnessError, SlurmTestCluster, Stack, time_scale
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ def e2e_cluster() -> Iterator[SlurmTestCluster]:
         pytest.fail(f"test Slurm cluster did not start: {exc}")
     print(
         f"\nslurm e2e cluster ({len(cluster.nodes)} nodes, {cluster.state_dir}) "
-        f"up in {cluster.start_s:.1f} s"
+        f"up in {cluster.start_s:.1f} s; start-up waits scaled x{time_scale():.2f}"
     )
     yield cluster
     if not was_up and not os.environ.get("TW_SLURM_KEEP"):

@@ -22,6 +22,7 @@ from harness import (
     check_resumed_exactly,
     follow_failover,
     read_progress,
+    scaled,
     start_run,
     wait_for,
 )
@@ -33,14 +34,16 @@ STEPS = 30
 ME = pwd.getpwuid(os.getuid()).pw_name  # who the daemon records: the CLI's user
 
 
-def _check_failover(stack: Stack, fo: Failover, rule: str) -> None:
+def _check_failover(stack: Stack, fo: Failover, rule: str) -> str:
+    """Checks common to every failover; Slurm's reason for the victim's drain."""
     row = fo.run_row
     assert row["state"] == "completed" and row["attempt"] == 2 and row["restarts"] == 1
     assert fo.victim not in row["nodes"], f"attempt 2 placed on {fo.victim}: {row['nodes']}"
-    # the node is drained in Slurm with trainwarden's reason (sinfo -R), by the rule
-    reason = stack.cluster.drain_reasons()[fo.victim]
+    # the node is drained in Slurm with trainwarden's reason (sinfo -R), by the rule; Slurm's
+    # view, read once trainwarden has recorded every action's outcome
+    actions = stack.settled_actions()
+    reason = stack.cluster.wait_drain_reason(fo.victim, 30)
     assert reason.startswith("trainwarden:") and "by trainwarden" in reason, reason
-    actions = stack.actions()
     drain = [a for a in actions if a["kind"] == "drain"]
     assert [(a["node"], a["rule"], a["status"]) for a in drain] == [(fo.victim, rule, "succeeded")]
     restart = [a for a in actions if a["kind"] == "restart-run"]
@@ -59,6 +62,7 @@ def _check_failover(stack: Stack, fo: Failover, rule: str) -> None:
     assert fo.detect_s is not None and fo.drain_s is not None
     assert fo.resubmit_s is not None and fo.resume_s is not None
     assert fo.detect_s <= fo.drain_s and fo.resubmit_s <= fo.resume_s
+    return reason
 
 
 def test_killed_node_is_drained_and_the_run_resumes_elsewhere(stack: Stack) -> None:
@@ -86,10 +90,11 @@ def test_gpu_fault_drains_the_node_and_the_run_resumes(stack: Stack) -> None:
         timeout=30,
     )
     fo = follow_failover(stack, Failover("xid", ckpt, victim, nodes, t), timeout=150)
-    _check_failover(stack, fo, "gpu-fatal")
+    reason = _check_failover(stack, fo, "gpu-fatal")
     assert stack.node(victim)["drained_by"] == "trainwarden"
     assert "GpuFatal" in stack.node(victim)["conditions"]
-    assert "GpuFatal" in stack.cluster.drain_reasons()[victim]
+    assert "GpuFatal" in reason, reason
+    assert stack.cluster.drain_reasons().get(victim) == reason  # still drained, as recorded
 
 
 def _stop_job_processes(stack: Stack, node: str) -> list[int]:
@@ -105,7 +110,9 @@ def test_hung_rank_restarts_the_run_without_draining(stack: Stack) -> None:
     stopped = _stop_job_processes(stack, nodes[1])
     t = time.time()
     try:
-        wait_for(lambda: stack.run("hang").get("attempt") == 2, 60, "the restart after the hang")
+        wait_for(
+            lambda: stack.run("hang").get("attempt") == 2, scaled(60), "the restart after the hang"
+        )
     finally:
         for pid in stopped:  # Slurm kills them at the cancel; make sure none stays stopped
             with contextlib.suppress(ProcessLookupError):
@@ -118,7 +125,7 @@ def test_hung_rank_restarts_the_run_without_draining(stack: Stack) -> None:
     assert hung, "no hang detection recorded"
     row = stack.wait_completed("hang", timeout=150)
     assert row["attempt"] == 2 and row["restarts"] == 1
-    actions = stack.actions()
+    actions = stack.settled_actions()
     assert [a["kind"] for a in actions] == ["restart-run"]
     assert actions[0]["rule"] == "run-hung" and actions[0]["status"] == "succeeded"
     # no evidence against any node: none drained, in trainwarden or in Slurm
@@ -133,7 +140,7 @@ def test_operator_drain_is_recorded_and_the_run_moves(stack: Stack) -> None:
     ckpt, nodes = start_run(stack, "opdrain", steps=STEPS, at_step=7)
     node = nodes[1]
     stack.cli("drain", node, "--reason", "fan noise")
-    action = next(a for a in stack.actions() if a["kind"] == "drain")
+    action = next(a for a in stack.settled_actions() if a["kind"] == "drain")
     assert (action["actor"], action["who"], action["reason"], action["node"], action["status"]) == (
         "operator",
         ME,
@@ -141,12 +148,14 @@ def test_operator_drain_is_recorded_and_the_run_moves(stack: Stack) -> None:
         node,
         "succeeded",
     )
-    reason = stack.cluster.drain_reasons()[node]
+    reason = stack.cluster.wait_drain_reason(node, 30)
     assert reason.startswith("trainwarden: fan noise") and f"operator {ME}" in reason, reason
     assert stack.node(node)["drained_by"] == "operator"
     row = stack.wait_completed("opdrain", timeout=150)
     assert row["attempt"] == 2 and row["restarts"] == 1 and node not in row["nodes"]
-    done = [(a["kind"], a["actor"], a["rule"] or a["who"], a["status"]) for a in stack.actions()]
+    done = [
+        (a["kind"], a["actor"], a["rule"] or a["who"], a["status"]) for a in stack.settled_actions()
+    ]
     assert done == [
         ("drain", "operator", ME, "succeeded"),
         ("checkpoint-now", "rule", "operator-drain", "succeeded"),
@@ -158,7 +167,7 @@ def test_operator_drain_is_recorded_and_the_run_moves(stack: Stack) -> None:
     # the node stays out of service until an operator returns it
     assert stack.cluster.node_flags(node) == {"IDLE", "DRAIN"}
     stack.cli("undrain", node, "--reason", "fan replaced")
-    wait_for(lambda: "DRAIN" not in stack.cluster.node_flags(node), 30, f"{node} returned")
+    wait_for(lambda: "DRAIN" not in stack.cluster.node_flags(node), scaled(30), f"{node} returned")
     assert node not in stack.cluster.drain_reasons()
 
 

@@ -19,6 +19,7 @@ from harness import (
     check_resumed_exactly,
     job_of,
     read_progress,
+    scaled,
     start_run,
     wait_for,
 )
@@ -73,14 +74,16 @@ def test_daemon_killed_between_control_file_and_relaunch(short_lease_stack: Stac
     victim = nodes[-1]
     stack.kill_node(victim)
     try:
-        wait_for(lambda: killer.killed_at is not None, 90, "the daemon writing generation 2")
+        wait_for(
+            lambda: killer.killed_at is not None, scaled(90), "the daemon writing generation 2"
+        )
     finally:
         killer.stop.set()
     assert killer.acked_before_kill is False  # killed before the job relaunched
     written = spares.read_control(control)
     assert written is not None and victim not in written.nodes
     # no daemon runs: the job relaunches by itself on what the control file names
-    launch = wait_for(lambda: spares.launch_of(control, 2), 60, "the job's relaunch")
+    launch = wait_for(lambda: spares.launch_of(control, 2), scaled(60), "the job's relaunch")
     assert launch.nodes == written.nodes
     stack.start_daemon(wait=True)
     row = stack.wait_completed("spare-crash", timeout=150)

@@ -14,6 +14,10 @@ if [[ -z ${TW_SLURM_PORT_BASE:-} ]]; then
         TW_SLURM_PORT_BASE=$((17000 + ($(cksum <<<"$TW_SLURM_DIR" | cut -d' ' -f1) % 200) * 50))
     fi
 fi
+# The first job id. Give each cluster on one machine its own range (the e2e harness starts at
+# 10001): the example job (examples/slurm/train.sbatch) derives its rendezvous port from the
+# job id, so two clusters counting from 1 hand out the same ports.
+TW_SLURM_FIRST_JOB_ID=${TW_SLURM_FIRST_JOB_ID:-1}
 TW_SLURM_SLURMD_TIMEOUT=${TW_SLURM_SLURMD_TIMEOUT:-30}
 TW_SLURM_RETURN_TO_SERVICE=${TW_SLURM_RETURN_TO_SERVICE:-1}
 TW_SLURM_CLUSTER=${TW_SLURM_CLUSTER:-twtest}
