@@ -37,7 +37,7 @@ test: $(VENV)/.dev-installed services tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q -ra
+	$(VENV)/bin/pytest -q -ra --durations=25
 
 unit: $(VENV)/.dev-installed
 	$(VENV)/bin/pytest -q -m "not integration and not slurm and not e2e"

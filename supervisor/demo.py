@@ -372,8 +372,19 @@ async def _record_outcome(
     )
     if injected_at is not None:
         _measure_detection(cfg, result, run, sup, injected_at)
-    result.recovered = _recovered(cfg, result, run, sup)
     await sup.store.flush()  # the accounting reads the recorded history
+    at_step = result.fault.get("at_step")
+    if isinstance(at_step, int):
+        # the newest checkpoint of a step the run had reached when the fault struck: one the
+        # ranks wrote just before it may still have been being checked on disk at that moment
+        written = [
+            c.step
+            for c in sup.store.store.checkpoints(run.name)
+            if c.attempt == 1 and c.valid is not False and c.step <= at_step
+        ]
+        if written:
+            result.last_checkpoint_before_fault = max(written)
+    result.recovered = _recovered(cfg, result, run, sup)
     row = await DaemonService(sup).goodput(run.name)
     result.ettr = round(row.ettr, 4)
     result.goodput = {
