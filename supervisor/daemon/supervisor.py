@@ -277,7 +277,9 @@ class Supervisor(DaemonContext):
                 run=msg.run, step=msg.step, path=msg.path, reported_at=now, attempt=msg.attempt
             ),
         )
-        self.goodput.checkpoint(msg.run, msg.attempt, msg.step, msg.ts)
+        # the node's own time of the report, never later than it arrived (a claimed future
+        # time would read as a long background write and move the interval advice)
+        self.goodput.checkpoint(msg.run, msg.attempt, msg.step, min(msg.ts, now))
         waiter = self._checkpoint_waiters.get(msg.run)
         if waiter is not None:
             waiter.set()

@@ -114,3 +114,47 @@ async def test_the_advice_counts_an_asynchronous_saves_background_write(
     # its cost: the 0.3 s stall plus 0.2 s for each of the 6 steps that ended while written
     assert adv["checkpoint_cost_s"] == pytest.approx(0.3 + 6 * 0.2, abs=0.01)
     assert adv["interval_s"] >= 8.0
+
+
+async def test_a_checkpoint_report_claiming_a_future_time_moves_no_advice(
+    sup: Supervisor, tmp_path: Path
+) -> None:
+    torch = pytest.importorskip("torch")
+    dcp = pytest.importorskip("torch.distributed.checkpoint")
+    for n in NODES:
+        hb = Heartbeat(node=n, ts=time.time(), seq=1, interval_s=1.0)
+        await sup.handle(node_topic(n, "heartbeat"), encode(hb))
+    ck = tmp_path / "ck"
+    spec = RunSpec(
+        command=(sys.executable, "-c", "import time; time.sleep(120)"),
+        nodes=2,
+        checkpoint_dir=str(ck),
+        ranks_per_node=1,
+    )
+    run = await ops.add_run(sup, "r1", "local", spec, "tester")
+    node = next(iter(run.nodes))
+    t0 = time.time() - 40.0
+    for k in range(1, 31):  # 1 s steps, a synchronous 2 s save at step 20
+        ts = t0 + k + (2.0 if k > 20 else 0.0)
+        sample = StepSample(step=k, step_s=1.0, ts=ts)
+        report = StepReport(run="r1", attempt=1, rank=0, node=node, samples=[sample])
+        await sup.handle(steps_topic("r1", 0), encode(report))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"w": torch.zeros(4)}, checkpoint_id=str(ck / "step-00000020"))
+    forged = CheckpointReport(
+        run="r1",
+        attempt=1,
+        rank=0,
+        node=node,
+        step=20,
+        path=str(ck / "step-00000020"),
+        ts=time.time() + 86_400.0,  # a day ahead
+    )
+    await sup.handle(node_checkpoint_topic(node), encode(forged))
+    deadline = time.monotonic() + 20
+    while run.last_checkpoint_step != 20 or sup.tasks:
+        assert time.monotonic() < deadline, "the checkpoint never counted"
+        await asyncio.sleep(0.05)
+    persist, _, _ = sup.goodput.background("r1")
+    assert persist < 60.0  # at most the time it took to arrive, never the day it claimed
