@@ -238,6 +238,9 @@ def test_postgres_stopped_for_twenty_seconds_with_an_xid_meanwhile(
 # --- 2. the daemon killed with SIGKILL after a fatal fault ---------------------------------------
 
 BASELINE_GUARDS = {"drain": 1, "restart-run": 1}  # what one fatal XID costs a daemon that lives
+# A liveness bound, not a timing claim: recovery takes 5-16 s here (2 cores, up to two CPU
+# burners beside it); the report line carries the figure.
+RECOVERY_S = 90.0
 CASES = [
     pytest.param("sqlite", None, id="sqlite-no-kill"),
     *(pytest.param("sqlite", d, id=f"sqlite-{d:g}s") for d in (0.0, 0.1, 0.5, 2.0)),
@@ -380,14 +383,28 @@ def test_daemon_killed_after_a_fatal_fault_recovers_exactly_once(
         else:
             killed_at = injected_at
 
-        def recovered() -> bool:
-            row = stack.run_row(run)
-            if row is None or row["attempt"] < 2 or row["state"] != "running":
-                return False
-            steps = progress(ckpt).get(row["attempt"], [])
-            return stack.node_state(victim) in ("drained", "draining") and len(steps) >= 3
+        changes: list[tuple[float, dict[str, object]]] = []  # (second of the case, seen)
 
-        recovered_s = poll(recovered, 60)
+        def recovered() -> bool:
+            """Attempt >= 2 running and stepping, the victim drained; what was seen is kept
+            (with the second it changed) so that a time-out says which part never came."""
+            row = stack.run_row(run)
+            now: dict[str, object] = {"api": row is not None}
+            if row is not None:
+                now |= {"attempt": row["attempt"], "run_state": row["state"]}
+                now["steps"] = min(3, len(progress(ckpt).get(row["attempt"], [])))
+                now["victim"] = stack.node_state(victim)
+            if not changes or changes[-1][1] != now:
+                changes.append((round(time.monotonic() - t0, 1), now))
+            return (
+                row is not None
+                and row["attempt"] >= 2
+                and row["state"] == "running"
+                and now["victim"] in ("drained", "draining")
+                and now["steps"] == 3
+            )
+
+        recovered_s = poll(recovered, RECOVERY_S)
         recovered_at = time.monotonic()
         time.sleep(4.0)  # past two health reports: a second fault event or drain would show
         row = stack.run_row(run) or {}
@@ -418,7 +435,12 @@ def test_daemon_killed_after_a_fatal_fault_recovers_exactly_once(
         attempts_logged = sorted(progress(ckpt))
         new_steps = progress(ckpt).get(attempt, []) if isinstance(attempt, int) else []
 
-        check(recovered_s is not None, "no recovery within 60 s (drained node + attempt >= 2)")
+        check(
+            recovered_s is not None,
+            f"no recovery within {RECOVERY_S:.0f} s (drained node + attempt >= 2 stepping); "
+            f"seen (second of the case, state): {changes}; the daemon's last "
+            f"words: {stack.log_lines('daemon', ' WARNING ', ' ERROR ', 'restart')[-8:]}",
+        )
         check(
             len(ok_drains) == 1 and len(drains) == 1,
             f"drain actions of {victim}: {[(a['status'], a['result']) for a in drains]}",
@@ -452,6 +474,7 @@ def test_daemon_killed_after_a_fatal_fault_recovers_exactly_once(
                 delay, injected_wall + (killed_at - injected_at), faults, drains, restarts
             ),
             timeline_s=_timeline(injected_wall, faults, drains, restarts),
+            recovery_seen=changes,
             current_attempt_processes=len(current),
             attempt=attempt,
             run_state=row.get("state"),
