@@ -159,6 +159,7 @@ class _LocalJob:
     state: JobState = JobState.RUNNING
     cancelled: bool = False
     node_failed: str | None = None
+    failure: str | None = None  # why it failed, when no exit code tells (a cut-off launch)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -457,7 +458,9 @@ class LocalScheduler:
             return None
         codes = [c for c in job.exit_codes.values() if c is not None and c != 0]
         unknown = [n for n, c in job.exit_codes.items() if c is None]
-        if job.node_failed:
+        if job.failure:
+            reason = job.failure
+        elif job.node_failed:
             reason = f"node {job.node_failed} failed"
         elif unknown and job.state is JobState.FAILED and not codes:
             reason = f"{', '.join(unknown)}: {AWAY}"
@@ -654,6 +657,7 @@ class LocalScheduler:
             "exit_codes": dict(job.exit_codes),
             "cancelled": job.cancelled,
             "node_failed": job.node_failed,
+            "failure": job.failure,
         }
 
     def _damaged(self, what: str) -> SchedulerError:
@@ -720,7 +724,10 @@ class LocalScheduler:
 
     def _restore(self, job: _LocalJob, recorded: dict[str, tuple[int, float | None]]) -> None:
         """An unfinished job from the file: adopt its live processes, and take the exit
-        codes of those that ended while no daemon watched them."""
+        codes of those that ended while no daemon watched them. A launch the last daemon
+        died in (no pids on disk, a node with neither a process nor an exit file) is
+        failed: its started ranks wait for peers that will never come."""
+        never: list[str] = []
         for node in job.nodes:
             if node not in self._nodes:
                 log.warning("job %s runs on node %r, no longer in the cluster", job.job_id, node)
@@ -737,11 +744,34 @@ class LocalScheduler:
             found = self._scanned.get((job.job_id, node))
             if found is not None:  # its pid was never recorded (or its create time drifted)
                 self._adopt(job, node, _Proc(*found))
-            else:
-                job.exit_codes[node] = _read_exit(self._exit_file(job.job_id, node))
+                continue
+            job.exit_codes[node] = _read_exit(self._exit_file(job.job_id, node))
+            if not recorded and not self._exit_file(job.job_id, node).exists():
+                never.append(node)
+        if never:
+            self._cut_off(job, never)
         if all(n in job.exit_codes for n in job.nodes):
             self._settle(job)
             log.info("job %s ended while no daemon watched it: %s", job.job_id, job.state)
+
+    def _cut_off(self, job: _LocalJob, never: list[str]) -> None:
+        """Fail a job whose launch a daemon crash cut short, as Slurm fails a job whose
+        step cannot start on every node; the ranks that did start are killed (they hold
+        nothing yet: they wait for the rendezvous)."""
+        started = [n for n in job.nodes if n in job.procs]
+        job.failure = (
+            f"its launch was cut short by a daemon crash: started on "
+            f"{', '.join(started) or 'no node'}, never on {', '.join(never)}"
+        )
+        for node in started:
+            for pid in _tree(job.procs[node].pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            job.exit_codes[node] = None
+        self._unwatched = [u for u in self._unwatched if u[0] is not job]
+        self._record("launch-cut-off", job=job.job_id, reason=job.failure)
+        self._dirty = True
+        log.warning("job %s: %s; failed", job.job_id, job.failure)
 
     def _adopt(self, job: _LocalJob, node: str, proc: _Proc) -> None:
         job.procs[node] = proc
@@ -879,5 +909,6 @@ def _parse_job(j: dict[str, Any]) -> tuple[_LocalJob, dict[str, tuple[int, float
         state=JobState(_str(j["state"], f"{w} state")),
         cancelled=_bool(j["cancelled"], f"{w} cancelled"),
         node_failed=_opt_str(j["node_failed"], f"{w} node_failed"),
+        failure=_opt_str(j.get("failure"), f"{w} failure"),  # absent in older files
     )
     return job, recorded

@@ -279,11 +279,16 @@ def _scheduler_drains(history: list[dict[str, Any]], node: str) -> int:
 
 
 def _scheduler_submits(history: list[dict[str, Any]], run: str) -> int:
-    """Submissions of ``run``'s jobs in the scheduler's history (the reason names the run)."""
+    """Submissions of ``run``'s jobs in the scheduler's history (the reason names the run)
+    that started: a launch the kill cut short (the local scheduler fails it on the next
+    start, and nothing of it ran) is not a second job."""
+    cut = {op.get("job") for op in history if _op_name(op).lower() == "launch-cut-off"}
     return sum(
         1
         for op in history
-        if _op_name(op).lower() == "submit" and f"run {run} " in str(op.get("reason", ""))
+        if _op_name(op).lower() == "submit"
+        and f"run {run} " in str(op.get("reason", ""))
+        and op.get("job") not in cut
     )
 
 

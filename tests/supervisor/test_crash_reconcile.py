@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -116,6 +117,54 @@ async def test_a_restart_submitted_but_not_recorded_is_adopted_not_repeated(
     assert (run.attempt, run.job_id, run.restarts) == (2, "local-2", 1)
     rec = again.store.store.action(restart)
     assert rec is not None and rec.status == "succeeded" and "adopted" in (rec.result or "")
+
+
+class _Died(BaseException):
+    """The daemon's death at that line (nothing after it runs, nothing catches it)."""
+
+
+async def test_a_restart_whose_launch_the_crash_cut_short_is_submitted_once_more(
+    tmp_path: Path,
+    sched: LocalScheduler,
+    closing: list[Supervisor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon died between the ranks of attempt 2's launch: rank 0 waits for a rank 1
+    that never comes. The next daemon (its scheduler read from the state file) must not
+    adopt that job as the attempt, or the run never steps again."""
+    restart = await first_daemon(tmp_path, sched, closing)
+    await sched.cancel("local-1")
+    spawn = LocalScheduler._spawn
+
+    async def die_at_rank_1(
+        self: LocalScheduler, job: Any, rank: int, node: str, port: int
+    ) -> None:
+        if rank == 1:
+            raise _Died
+        await spawn(self, job, rank, node, port)
+
+    monkeypatch.setattr(LocalScheduler, "_spawn", die_at_rank_1)
+    with pytest.raises(_Died):
+        await sched.submit(JobSpec("r1", 2, 2, SPEC.command, exclude=("n1",)))
+    monkeypatch.setattr(LocalScheduler, "_spawn", spawn)
+    [rank_0] = sched.pids("local-2").values()
+
+    reread = LocalScheduler(NODES[:4], tmp_path / "logs", stop_grace_s=5.0)
+    try:
+        cut = await reread.job("local-2")
+        assert cut is not None and cut.state is JobState.FAILED
+        assert "cut short by a daemon crash" in cut.reason
+        again = await next_daemon(tmp_path, reread, closing)
+        assert await live_jobs(reread) == ["local-3"]
+        assert not psutil.pid_exists(rank_0) or psutil.Process(rank_0).status() == "zombie"
+        [_, second] = again.store.store.attempts("r1")
+        assert (second.attempt, second.job_id) == (2, "local-3")
+        rec = again.store.store.action(restart)
+        assert rec is not None and rec.status == "succeeded"
+        assert "never submitted" in (rec.result or "")
+    finally:
+        for job_id in await live_jobs(reread):
+            await reread.cancel(job_id)
 
 
 async def test_a_restart_done_but_not_marked_done_is_only_marked(

@@ -315,6 +315,70 @@ async def test_a_job_whose_pids_were_never_recorded_is_found_by_its_environment(
     until(lambda: all(gone(p) for p in pids.values()), 5)
 
 
+# A daemon killed with -9 in the middle of a launch: rank 0 started, rank 1 never.
+DAEMON_CUT = """
+import asyncio, json, os, signal, sys
+from trainwarden.supervisor.scheduler.base import JobSpec
+from trainwarden.supervisor.scheduler.local import LocalScheduler
+
+spawn = LocalScheduler._spawn
+
+async def spawn_then_die(self, job, rank, node, port):
+    if rank == 1:
+        print(json.dumps(self.pids(job.job_id)), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    await spawn(self, job, rank, node, port)
+
+LocalScheduler._spawn = spawn_then_die
+
+async def main() -> None:
+    s = LocalScheduler(sys.argv[2].split(","), sys.argv[1])
+    await s.submit(JobSpec("r1", 1, 2, tuple(json.loads(sys.argv[3]))))
+
+asyncio.run(main())
+"""
+
+
+def cut_daemon(logs: Path) -> dict[str, int]:
+    """Run a daemon that dies by SIGKILL between the two ranks of a launch; the pids of
+    the ranks it started, by node."""
+    r = subprocess.run(
+        [PY, "-c", DAEMON_CUT, str(logs), ",".join(NODES), json.dumps(TREE)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    started: dict[str, int] = json.loads(r.stdout)
+    return started
+
+
+async def test_a_launch_a_crash_cut_short_is_failed_and_its_started_rank_killed(
+    logs: Path,
+) -> None:
+    """Its rank 0 would wait for rank 1 forever; a daemon that adopted it as running would
+    never restart the run (seen: a chaos test's run with no step for 60 s)."""
+    started = cut_daemon(logs)
+    assert list(started) == ["n1"]
+    until(lambda: len(local._tree(started["n1"])) >= 3)  # wrapper, launcher, grandchild
+    everyone = local._tree(started["n1"])
+    assert job_record(read_state(logs), "local-1")["procs"] == {}  # pids not on disk yet
+
+    b = LocalScheduler(NODES, logs)
+    info = await b.job("local-1")
+    assert info is not None and info.state is JobState.FAILED
+    assert info.reason == ("its launch was cut short by a daemon crash: started on n1, never on n2")
+    until(lambda: all(gone(p) for p in everyone), 5)
+    assert {n.state for n in await b.nodes()} == {NodeState.IDLE}
+    assert [h["op"] for h in b.history()][-1] == "launch-cut-off"
+    rec = job_record(read_state(logs), "local-1")
+    assert rec["state"] == "failed" and rec["failure"] == info.reason
+    c = LocalScheduler(NODES, logs)  # read back from the file by a third daemon
+    again = await c.job("local-1")
+    assert again is not None and again.state is JobState.FAILED and again.reason == info.reason
+    assert await c.submit(spec(SLEEP, nodes=2)) == "local-2"
+
+
 async def test_a_recycled_pid_is_never_taken_for_the_job(logs: Path, reap: list[int]) -> None:
     pids = killed_daemon(logs, [SLEEP])
     ours = pids["local-1"]["n1"]
