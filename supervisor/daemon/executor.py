@@ -43,8 +43,11 @@ def drain_reason(d: Decision, action_id: int) -> str:
 RETRYABLE_KINDS = frozenset({ActionKind.DRAIN, ActionKind.UNDRAIN})
 
 
-async def attempt(sup: DaemonContext, d: Decision, action_id: int) -> tuple[bool, str, bool]:
-    """Carry the action out once: (ok, what happened, whether a retry is safe and useful)."""
+async def attempt(
+    sup: DaemonContext, d: Decision, action_id: int, attempt_then: int | None = None
+) -> tuple[bool, str, bool]:
+    """Carry the action out once: (ok, what happened, whether a retry is safe and useful).
+    ``attempt_then``: for a restart, the run's attempt when it was first carried out."""
     req = d.request
     try:
         if req.kind is ActionKind.DRAIN and req.node:
@@ -52,7 +55,7 @@ async def attempt(sup: DaemonContext, d: Decision, action_id: int) -> tuple[bool
         if req.kind is ActionKind.UNDRAIN and req.node:
             return (*await _undrain(sup, d), False)
         if req.kind is ActionKind.RESTART_RUN and req.run:
-            return (*await _restart(sup, d), False)
+            return await _restart(sup, d, attempt_then)
         if req.kind is ActionKind.CHECKPOINT_NOW and req.run:
             return (*await _checkpoint_now(sup, d), False)
         if req.kind is ActionKind.ALERT:
@@ -127,16 +130,30 @@ async def _vet(sup: DaemonContext, d: Decision) -> tuple[bool, str]:
     )
 
 
-async def _restart(sup: DaemonContext, d: Decision) -> tuple[bool, str]:
+async def _restart(
+    sup: DaemonContext, d: Decision, attempt_then: int | None
+) -> tuple[bool, str, bool]:
+    """A restart of the attempt that ran when it was carried out (a second one waiting on
+    the run's lock meanwhile restarts nothing). It is retried only when it was refused
+    because the running attempt's job could not be stopped (nothing was submitted); never
+    after a submission failed, which may have reached the scheduler all the same."""
     run = sup.state.runs.get(d.request.run or "")
     if run is None:
-        return False, f"unknown run {d.request.run!r}"
+        return False, f"unknown run {d.request.run!r}", False
     if run.phase in (RunPhase.COMPLETED, RunPhase.GAVE_UP):
-        return True, f"run {run.name} is {run.phase.value}; nothing to restart"
-    result = await sup.runs.restart(run, set(d.request.exclude), d.request.reason)
+        return True, f"run {run.name} is {run.phase.value}; nothing to restart", False
+    result = await sup.runs.restart(
+        run, set(d.request.exclude), d.request.reason, attempt=attempt_then
+    )
     if result.ok:
         sup.metrics.run_restarted(run.name)
-    return result.ok, result.detail
+    return result.ok, result.detail, result.retry
+
+
+def _attempt_of(ctx: DaemonContext, d: Decision) -> int | None:
+    """The run's attempt a restart is about (None for other actions, or an unknown run)."""
+    run = ctx.state.runs.get(d.request.run or "")
+    return run.attempt if run is not None and d.request.kind is ActionKind.RESTART_RUN else None
 
 
 async def _checkpoint_now(sup: DaemonContext, d: Decision) -> tuple[bool, str]:
@@ -264,24 +281,29 @@ class Executor:
             result=None,
             finished_at=None,
         )
-        ok, result, retry = await attempt(self.ctx, d, action_id)
+        attempt_then = _attempt_of(self.ctx, d)
+        ok, result, retry = await attempt(self.ctx, d, action_id, attempt_then)
         if retry:
             result += f" (retrying up to {len(self.ctx.config.retry_delays_s)} times)"
         result = f"{note}; {result}" if note else result
         await self.finish(d, action_id, ok, result)
         if retry:
-            self.ctx.spawn(self._retry(d, action_id, note))
+            self.ctx.spawn(self._retry(d, action_id, note, attempt_then))
         return ok, result
 
-    async def _retry(self, d: Decision, action_id: int, note: str = "") -> None:
-        """Retry an idempotent action after a transient scheduler failure, with backoff."""
+    async def _retry(
+        self, d: Decision, action_id: int, note: str = "", attempt_then: int | None = None
+    ) -> None:
+        """Retry an action after a transient failure, with backoff: an idempotent one after
+        a scheduler error, a restart the running job's failed stop refused (it restarts
+        nothing once another restart started a newer attempt of the run)."""
         for n, delay in enumerate(self.ctx.config.retry_delays_s, start=1):
             await self.ctx.clock.sleep(delay)
             fenced = self.ctx.fence()
             if fenced is not None:
                 await self.finish(d, action_id, False, f"retry {n}: {fenced}")
                 return
-            ok, result, again = await attempt(self.ctx, d, action_id)
+            ok, result, again = await attempt(self.ctx, d, action_id, attempt_then)
             if ok or not again or n == len(self.ctx.config.retry_delays_s):
                 result = f"retry {n}: {result}"
                 await self.finish(d, action_id, ok, f"{note}; {result}" if note else result)

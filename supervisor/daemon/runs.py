@@ -3,12 +3,14 @@
 A restart stops what is left of the current attempt, picks the newest checkpoint that
 validates (a half-written newest one is skipped), and submits the next attempt on healthy
 nodes with ``TRAINWARDEN_RESUME_FROM`` and the rest of its format's resume contract (see
-``trainwarden.supervisor.checkpoints.resume``). Restarts of one run are serialised.
+``trainwarden.supervisor.checkpoints.resume``). Restarts of one run are serialised, and
+each restarts the attempt it was carried out against: one that waited on the lock while
+another started a newer attempt restarts nothing (one restart per failure).
 
 The current attempt is stored stopped only once the scheduler shows its job gone: when the
 cancel fails and the job may still run, the restart does not go on (never two jobs of one
-run at once). A run that holds spares is first restarted inside its job
-(``in_allocation``), and resubmitted only when that cannot be done.
+run at once) and the executor retries it with backoff. A run that holds spares is first
+restarted inside its job (``in_allocation``), and resubmitted only when that cannot be done.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class RestartResult:
     detail: str
     job_id: str | None = None
     resumed_from_step: int | None = None
+    retry: bool = False  # refused while the attempt's job may run: worth trying again later
 
 
 class RunManager:
@@ -96,14 +99,24 @@ class RunManager:
         async with self.lock(run.name):
             return await self._submit(run, resume=None, resume_step=None)
 
-    async def restart(self, run: RunInfo, exclude: set[str], reason: str) -> RestartResult:
+    async def restart(
+        self, run: RunInfo, exclude: set[str], reason: str, attempt: int | None = None
+    ) -> RestartResult:
         """Stop the current attempt, choose the checkpoint, submit the next attempt; or
         relaunch the step inside the job, for a run with spares. Nothing is submitted while
-        the current attempt's job may still run (its cancel failed): the result says why."""
+        the current attempt's job may still run (its cancel failed): the result says why.
+        ``attempt``: the attempt to restart; when another restart (waited for on the lock)
+        has started a newer one, nothing is done (never two restarts for one failure)."""
         async with self.lock(run.name):
             fenced = self.fence()  # checked again here: the lock may have made it wait
             if fenced is not None:
                 raise SchedulerError(fenced)
+            if attempt is not None and run.attempt != attempt:
+                return RestartResult(
+                    False,
+                    f"not restarted: attempt {run.attempt} of run {run.name} started since "
+                    f"this restart of attempt {attempt} was carried out",
+                )
             refused = await self._cannot_place(run, exclude)
             if refused is not None:  # the attempt that runs is worth more than none at all
                 return RestartResult(False, refused)
@@ -119,7 +132,7 @@ class RunManager:
             running = await self._stop_current(run, reason)
             if running is not None:  # never a second job while the first may run
                 run.move(was if was in (RunPhase.RUNNING, RunPhase.HELD) else RunPhase.RUNNING)
-                return RestartResult(False, f"not restarted: {running}")
+                return RestartResult(False, f"not restarted: {running}", retry=True)
             run.restarts += 1
             run.restart_times.append(self.clock.now())
             run.failure_steps.append(run.last_step)
@@ -174,8 +187,8 @@ class RunManager:
         """Cancel the current attempt's job and store the attempt stopped once the scheduler
         shows the job gone. When it may still run (the cancel failed, slurmctld away), why:
         the attempt stays as it was and is followed as before, and the caller submits
-        nothing beside it. A later restart (a hang of it, its end, the next daemon's
-        reconcile, an operator) tries again."""
+        nothing beside it. The executor retries the restart with backoff; a later one (a
+        hang of it, its end, the next daemon's reconcile, an operator) tries again too."""
         if run.job_id is None or run.attempt_phase in (AttemptPhase.COMPLETED, AttemptPhase.FAILED):
             return None
         if run.attempt_phase is AttemptPhase.STOPPED:

@@ -11,13 +11,14 @@ catches.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_crash_reconcile import SPEC, alive, live_jobs, next_daemon
-from test_decision_path import NODES, closing, make, policy_file
+from test_decision_path import NODES, closing, make, policy_file, settle
 
 from trainwarden.health.clock import VirtualClock
 from trainwarden.policies.model import (
@@ -137,13 +138,15 @@ async def test_a_failed_cancel_stops_the_restart_and_the_attempt_runs_on(
         if e.kind is EventKind.ACTION and "local-1" in e.message and SCANCEL in e.message
     ]
     assert said, sup.store.store.events(run="r1", limit=50)
-    # slurmctld answers again: the next restart stops job local-1, then submits one attempt
-    d2, again = await recorded_restart(sup)
-    ok, result = await sup.perform(d2, again)
-    assert ok, result
+    # slurmctld answers again: the restart's retry stops job local-1, then submits one attempt
+    await settle(sup)
     assert await live_jobs(sched) == ["local-2"] and not alive(sched, "local-1")
     assert attempt_states(sup)[0] == (1, "local-1", "stopped")
     assert [(a, j) for a, j, _ in attempt_states(sup)] == [(1, "local-1"), (2, "local-2")]
+    rec = sup.store.store.action(action)
+    assert rec is not None and rec.status == "succeeded"
+    assert (rec.result or "").startswith("retry 1: ")
+    assert sup.state.runs["r1"].restarts == 1
 
 
 async def test_a_daemon_killed_after_a_failed_cancel_never_runs_two_jobs(
@@ -180,13 +183,16 @@ async def test_the_next_daemon_whose_cancel_fails_too_submits_nothing(
     with pytest.raises(Killed):
         await sup.perform(d, action)
     monkeypatch.undo()  # the scheduler outlives the daemon as it is
-    sched.cancel_failures = 1  # slurmctld still away when the next daemon starts
+    sched.cancel_failures = 10  # slurmctld still away when the next daemon starts, and after
     again = await next_daemon(tmp_path, sched, closing)
     assert await live_jobs(sched) == ["local-1"] and alive(sched, "local-1")
     assert [(a, j) for a, j, _ in attempt_states(again)] == [(1, "local-1")]
     rec = again.store.store.action(action)
     assert rec is not None and rec.status == "failed", rec
     assert "local-1" in (rec.result or "") and SCANCEL in (rec.result or "")
+    retries = len(again.config.retry_delays_s)
+    assert f"; retry {retries}: not restarted" in (rec.result or "")  # each one refused too
+    assert sched.cancel_failures == 10 - 1 - retries
     run = again.state.runs["r1"]
     assert (run.attempt, run.phase) == (1, RunPhase.RUNNING)
 
@@ -328,3 +334,47 @@ async def test_the_restart_goes_on_only_once_the_job_is_gone(
     )
     [event] = [e for e in events if e.kind is EventKind.ACTION]
     assert event.data["stopped"] is False and refused in event.message
+
+
+async def test_a_retried_restart_restarts_nothing_once_another_started_a_newer_attempt(
+    tmp_path: Path, sched: UnreachableController, closing: list[Supervisor]
+) -> None:
+    """The first restart is refused (the cancel failed) and will be retried; a second
+    restart of the same attempt (an operator's, a hang's) gets through first. The retry
+    then finds attempt 2 running and submits nothing: one restart for one failure."""
+    sup, d, action = await running_run(tmp_path, sched, closing)
+    sched.cancel_failures = 1
+    d2, second = await recorded_restart(sup)
+    # whichever takes the run's lock first is refused (its retry spawned), the other waits
+    # for the lock and restarts
+    outcomes = await asyncio.gather(sup.perform(d, action), sup.perform(d2, second))
+    [(refused, said)] = [
+        (a, r) for a, (ok, r) in zip((action, second), outcomes, strict=True) if not ok
+    ]
+    assert SCANCEL in said and "retrying" in said
+    assert [ok for ok, _ in outcomes].count(True) == 1
+    await settle(sup)  # the refused one's retries
+    assert await live_jobs(sched) == ["local-2"]
+    assert [(a, j) for a, j, _ in attempt_states(sup)] == [(1, "local-1"), (2, "local-2")]
+    rec = sup.store.store.action(refused)
+    assert rec is not None and rec.status == "failed"
+    assert "retry 1: not restarted: attempt 2 of run r1 started since" in (rec.result or "")
+    assert sup.state.runs["r1"].restarts == 1
+
+
+async def test_two_restarts_of_one_attempt_at_once_restart_it_once(
+    tmp_path: Path, sched: UnreachableController, closing: list[Supervisor]
+) -> None:
+    """Two rules (a fatal XID and a hang) decide a restart of attempt 1 at the same moment:
+    the second waits for the run's lock and then finds attempt 2 already started."""
+    sup, d, action = await running_run(tmp_path, sched, closing)
+    d2, second = await recorded_restart(sup)
+    (ok, result), (ok2, result2) = await asyncio.gather(
+        sup.perform(d, action), sup.perform(d2, second)
+    )
+    assert [ok, ok2].count(True) == 1, (result, result2)
+    assert "attempt 2 of run r1 started since" in (result2 if ok else result)
+    await settle(sup)
+    assert await live_jobs(sched) == ["local-2"]
+    assert [(a, j) for a, j, _ in attempt_states(sup)] == [(1, "local-1"), (2, "local-2")]
+    assert sup.state.runs["r1"].restarts == 1
