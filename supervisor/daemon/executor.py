@@ -286,10 +286,22 @@ class Executor:
         if retry:
             result += f" (retrying up to {len(self.ctx.config.retry_delays_s)} times)"
         result = f"{note}; {result}" if note else result
-        await self.finish(d, action_id, ok, result)
         if retry:
+            await self._failed_once(d, action_id, result)
             self.ctx.spawn(self._retry(d, action_id, note, attempt_then))
+        else:
+            await self.finish(d, action_id, ok, result)
         return ok, result
+
+    async def _failed_once(self, d: Decision, action_id: int, result: str) -> None:
+        """A try that failed with a retry to come: the action stays open (running) in the
+        store, so that a daemon that dies before the retry leaves it to the next one's
+        reconcile instead of dropping it; the engine learns the outcome once, at the end."""
+        await self.ctx.store.write(
+            self.ctx.store.store.update_action, action_id, status="running", result=result
+        )
+        self.ctx.metrics.action(d.request.kind.value, d.verdict.value, "failed")
+        log.error("%s: failed: %s", audit_line(d, action_id), result)
 
     async def _retry(
         self, d: Decision, action_id: int, note: str = "", attempt_then: int | None = None
@@ -311,6 +323,15 @@ class Executor:
             log.warning(
                 "action %s %s: retry %d failed: %s", action_id, d.request.kind.value, n, result
             )
+            try:  # the progress is shown; the outcome is what must be stored
+                await self.ctx.store.write(
+                    self.ctx.store.store.update_action,
+                    action_id,
+                    status="running",
+                    result=f"{note}; retry {n}: {result}" if note else f"retry {n}: {result}",
+                )
+            except StoreUnavailable as exc:
+                log.warning("action %s: retry %d not written: %s", action_id, n, exc)
 
     async def finish(self, d: Decision, action_id: int, ok: bool, result: str) -> None:
         """The action's end: its result in the store, the engine and the metrics."""

@@ -107,6 +107,7 @@ def die_after_the_cancel(
 
     monkeypatch.setattr(sched, "submit", dying_submit)
     sup.executor.finish = dying_finish  # type: ignore[method-assign]
+    sup.executor._failed_once = dying_finish  # type: ignore[method-assign]  # a retry's note
 
 
 def attempt_states(sup: Supervisor) -> list[tuple[int, str | None, str]]:
@@ -124,8 +125,9 @@ async def test_a_failed_cancel_stops_the_restart_and_the_attempt_runs_on(
     assert await live_jobs(sched) == ["local-1"] and alive(sched, "local-1")
     assert [(a, j) for a, j, _ in attempt_states(sup)] == [(1, "local-1")]
     assert attempt_states(sup)[0][2] != "stopped"
-    rec = sup.store.store.action(action)
-    assert rec is not None and rec.status == "failed" and SCANCEL in (rec.result or "")
+    rec = sup.store.store.action(action)  # open until its retries are done
+    assert rec is not None and rec.status == "running" and SCANCEL in (rec.result or "")
+    assert "retrying" in (rec.result or "")
     run = sup.state.runs["r1"]
     assert (run.attempt, run.job_id, run.restarts) == (1, "local-1", 0)
     assert run.phase is RunPhase.RUNNING and run.attempt_phase is not AttemptPhase.STOPPED
@@ -378,3 +380,26 @@ async def test_two_restarts_of_one_attempt_at_once_restart_it_once(
     assert await live_jobs(sched) == ["local-2"]
     assert [(a, j) for a, j, _ in attempt_states(sup)] == [(1, "local-1"), (2, "local-2")]
     assert sup.state.runs["r1"].restarts == 1
+
+
+async def test_a_daemon_killed_while_a_refused_restart_waits_for_its_retry(
+    tmp_path: Path, sched: UnreachableController, closing: list[Supervisor]
+) -> None:
+    """The retry lived only in the dead daemon's memory: the action it left open (running,
+    its result saying a retry would come) is finished by the next daemon's reconcile,
+    once: job local-1 cancelled, then one new attempt."""
+    sup, d, action = await running_run(tmp_path, sched, closing)
+    sched.cancel_failures = 1
+    ok, result = await sup.perform(d, action)
+    assert not ok and "retrying" in result
+    for task in list(sup.tasks):  # SIGKILL: the retry never runs
+        task.cancel()
+    rec = sup.store.store.action(action)
+    assert rec is not None and rec.status == "running"
+    again = await next_daemon(tmp_path, sched, closing)
+    assert await live_jobs(sched) == ["local-2"] and not alive(sched, "local-1")
+    assert [(a, j) for a, j, _ in attempt_states(again)] == [(1, "local-1"), (2, "local-2")]
+    rec = again.store.store.action(action)
+    assert rec is not None and rec.status == "succeeded", rec
+    assert "carried out after a daemon restart" in (rec.result or "")
+    assert again.state.runs["r1"].restarts == 1

@@ -312,3 +312,23 @@ async def test_a_fault_stored_without_its_condition_is_settled_once_on_start(
     assert list(drains(again)) == ["n3"]
     states = {n.name: n.state for n in await again.scheduler.nodes()}
     assert states["n3"] is NodeState.DRAINED
+
+
+async def test_a_drain_that_succeeds_on_its_retry_counts_in_the_drain_window(
+    tmp_path: Path, closing: list[Supervisor]
+) -> None:
+    """With a window of one drain, a drain done on its retry spends it: the next fatal XID
+    is blocked (the engine hears of the drain's outcome once, at its end)."""
+    sched = FlakyScheduler(NODES, tmp_path / "logs")
+    sup = await make(tmp_path, policy_file(tmp_path, drains_per_window=1), scheduler=sched)
+    closing.append(sup)
+    await xid(sup, "n3", 79)
+    await settle(sup)  # the retry after the scheduler's transient refusal
+    [first] = [a for a in sup.store.store.actions() if a.kind is ActionKind.DRAIN]
+    assert first.status == "succeeded" and (first.result or "").startswith("retry 1: ")
+    await xid(sup, "n4", 79)
+    await settle(sup)
+    [second] = [a for a in sup.store.store.actions() if a.node == "n4"]
+    assert second.kind is ActionKind.DRAIN and second.verdict is Verdict.BLOCK, second
+    nodes = {n.name: n.state for n in await sup.scheduler.nodes()}
+    assert nodes["n3"] is NodeState.DRAINED and nodes["n4"] is not NodeState.DRAINED
