@@ -119,17 +119,22 @@ asyncio.run(main())
 """
 
 
-def killed_daemon(logs: Path, commands: list[list[str]]) -> dict[str, dict[str, int]]:
-    """Run a daemon that submits ``commands`` (one node each) and dies by SIGKILL; returns
-    the pids of its jobs' launchers by job id."""
+def _die_by_sigkill(script: str, logs: Path, arg: object) -> Any:
+    """Run a daemon ``script`` that dies by SIGKILL; what it printed before, parsed."""
     r = subprocess.run(
-        [PY, "-c", DAEMON, str(logs), ",".join(NODES), json.dumps(commands)],
+        [PY, "-c", script, str(logs), ",".join(NODES), json.dumps(arg)],
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert r.returncode == -signal.SIGKILL, r.stderr
-    pids: dict[str, dict[str, int]] = json.loads(r.stdout)
+    return json.loads(r.stdout)
+
+
+def killed_daemon(logs: Path, commands: list[list[str]]) -> dict[str, dict[str, int]]:
+    """Run a daemon that submits ``commands`` (one node each) and dies by SIGKILL; returns
+    the pids of its jobs' launchers by job id."""
+    pids: dict[str, dict[str, int]] = _die_by_sigkill(DAEMON, logs, commands)
     return pids
 
 
@@ -342,14 +347,7 @@ asyncio.run(main())
 def cut_daemon(logs: Path) -> dict[str, int]:
     """Run a daemon that dies by SIGKILL between the two ranks of a launch; the pids of
     the ranks it started, by node."""
-    r = subprocess.run(
-        [PY, "-c", DAEMON_CUT, str(logs), ",".join(NODES), json.dumps(TREE)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert r.returncode == -signal.SIGKILL, r.stderr
-    started: dict[str, int] = json.loads(r.stdout)
+    started: dict[str, int] = _die_by_sigkill(DAEMON_CUT, logs, TREE)
     return started
 
 
