@@ -270,6 +270,7 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    given = args  # as parsed: SIGHUP resolves it again against the file and the environment
     args = resolve(args)
     configure_logging(args.log_level, args.log_format)
     cfg = build_config(args)
@@ -283,6 +284,6 @@ def run(args: argparse.Namespace) -> int:
         cfg.db_url.split("://", 1)[0],
     )
     try:
-        return run_daemon(cfg)
+        return run_daemon(cfg, reread=lambda: build_config(given))
     finally:
         log.info("trainwarden %s daemon stopped", package_version())

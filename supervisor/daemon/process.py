@@ -2,8 +2,10 @@
 
 The MQTT session is persistent (``clean_session=False``, QoS 1 subscriptions) so messages
 published while the daemon restarts are delivered when it comes back; the store keeps
-everything else. SIGHUP reloads the policy (an invalid file keeps the last good one);
-SIGTERM/SIGINT stop cleanly. systemd: READY=1 once serving, WATCHDOG=1 from the main loop.
+everything else. SIGHUP reads the configuration again (the roles and the policy file's
+path are taken, a change to anything else is named as needing a restart: ``reload``) and
+reloads the policy (an invalid file keeps the last good one); SIGTERM/SIGINT stop cleanly.
+systemd: READY=1 once serving, WATCHDOG=1 from the main loop.
 
 The operator API is served on a Unix socket (callers known by uid), and on TCP with TLS
 and bearer tokens only when asked; ``/metrics`` and ``/healthz`` on a read-only listener of
@@ -26,6 +28,7 @@ from typing import Any
 import aiomqtt
 
 from trainwarden.health.clock import Clock, SystemClock
+from trainwarden.health.config import ConfigFileError
 from trainwarden.health.mqtt import MqttAuth
 from trainwarden.health.report import SUBSCRIPTIONS
 from trainwarden.policies import hostlist
@@ -46,6 +49,7 @@ from trainwarden.supervisor.daemon import operations as ops
 from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.reconcile import reconcile
+from trainwarden.supervisor.daemon.reload import split_changes
 from trainwarden.supervisor.daemon.sdnotify import Notifier
 from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
 from trainwarden.supervisor.errors import ConfigError, StoreError, SupervisorError
@@ -160,9 +164,15 @@ class Daemon:
     """One daemon process. ``run`` returns when ``stop`` is set."""
 
     def __init__(
-        self, cfg: DaemonConfig, *, clock: Clock | None = None, scheduler: Scheduler | None = None
+        self,
+        cfg: DaemonConfig,
+        *,
+        clock: Clock | None = None,
+        scheduler: Scheduler | None = None,
+        reread: Callable[[], DaemonConfig] | None = None,
     ) -> None:
         self.cfg = cfg
+        self._reread = reread  # the configuration read again (file, environment), on SIGHUP
         self.clock = clock or SystemClock()
         self._scheduler = scheduler
         self.sup: Supervisor | None = None
@@ -423,7 +433,9 @@ class Daemon:
             stop.set()
 
     def _reload(self) -> None:
-        """SIGHUP: the policy, and the tokens file (a revoked token stops working now)."""
+        """SIGHUP: the configuration file (see :mod:`.reload`), the policy, and the tokens
+        file (a revoked token stops working now)."""
+        self._reload_config()
         self._reload_policy()
         if self.auth is not None and self.auth.tokens is not None and self.cfg.api_tokens:
             try:
@@ -432,6 +444,32 @@ class Daemon:
                 log.error("tokens reload failed, keeping the tokens read before: %s", exc)
             else:
                 log.info("tokens reloaded from %s", self.cfg.api_tokens)
+
+    def _reload_config(self) -> None:
+        """Take the settings a running daemon can change (the roles, the policy file), name
+        the others; a file that no longer reads, or roles naming someone NSS does not
+        know, keep everything as it was."""
+        if self._reread is None:
+            return
+        try:
+            new = self._reread()
+            new.roles.validate()
+        except (ConfigError, ConfigFileError) as exc:  # each names the file:line or the name
+            log.error("configuration reload failed, keeping the settings read before: %s", exc)
+            return
+        self.cfg, taken, later = split_changes(self.cfg, new)
+        if "roles" in taken and self.auth is not None:
+            self.auth.roles = self.cfg.roles
+        if taken:
+            log.info("configuration reloaded: %s now in effect", ", ".join(taken))
+        if later:
+            log.warning(
+                "configuration changed, but only a restart applies it (systemctl restart "
+                "trainwarden-daemon): %s",
+                ", ".join(later),
+            )
+        if not taken and not later:
+            log.info("configuration reread: no setting changed")
 
     def _reload_policy(self) -> None:
         if self.sup is None:
@@ -564,11 +602,15 @@ def _code(granted: object) -> int:
     return value if isinstance(value, int) else 0x80
 
 
-def run_daemon(cfg: DaemonConfig, on_ready: Callable[[Daemon], None] | None = None) -> int:
+def run_daemon(
+    cfg: DaemonConfig,
+    on_ready: Callable[[Daemon], None] | None = None,
+    reread: Callable[[], DaemonConfig] | None = None,
+) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or until another daemon took the leader lease
     (``LOST_LEASE_EXIT``: a failure for ``Restart=on-failure``, which brings it back as the
-    standby)."""
-    daemon = Daemon(cfg)
+    standby). ``reread`` builds the configuration again for SIGHUP."""
+    daemon = Daemon(cfg, reread=reread)
 
     async def main() -> None:
         stop = asyncio.Event()
