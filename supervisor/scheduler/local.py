@@ -725,8 +725,9 @@ class LocalScheduler:
     def _restore(self, job: _LocalJob, recorded: dict[str, tuple[int, float | None]]) -> None:
         """An unfinished job from the file: adopt its live processes, and take the exit
         codes of those that ended while no daemon watched them. A launch the last daemon
-        died in (no pids on disk, a node with neither a process nor an exit file) is
-        failed: its started ranks wait for peers that will never come."""
+        died in (a node with no pid on disk, no process and no exit file: never started;
+        the pids of the ranks before it may have been written meanwhile) is failed: its
+        started ranks wait for peers that will never come."""
         never: list[str] = []
         for node in job.nodes:
             if node not in self._nodes:
@@ -746,8 +747,8 @@ class LocalScheduler:
                 self._adopt(job, node, _Proc(*found))
                 continue
             job.exit_codes[node] = _read_exit(self._exit_file(job.job_id, node))
-            if not recorded and not self._exit_file(job.job_id, node).exists():
-                never.append(node)
+            if rec is None and not self._exit_file(job.job_id, node).exists():
+                never.append(node)  # no pid on disk, no process, no exit: never started
         if never:
             self._cut_off(job, never)
         if all(n in job.exit_codes for n in job.nodes):

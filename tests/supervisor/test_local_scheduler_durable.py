@@ -119,10 +119,10 @@ asyncio.run(main())
 """
 
 
-def _die_by_sigkill(script: str, logs: Path, arg: object) -> Any:
+def _die_by_sigkill(script: str, logs: Path, arg: object, *more: str) -> Any:
     """Run a daemon ``script`` that dies by SIGKILL; what it printed before, parsed."""
     r = subprocess.run(
-        [PY, "-c", script, str(logs), ",".join(NODES), json.dumps(arg)],
+        [PY, "-c", script, str(logs), ",".join(NODES), json.dumps(arg), *more],
         capture_output=True,
         text=True,
         timeout=30,
@@ -330,6 +330,8 @@ spawn = LocalScheduler._spawn
 
 async def spawn_then_die(self, job, rank, node, port):
     if rank == 1:
+        if sys.argv[4] == "drain":  # a change written meanwhile: rank 0's pid is on disk
+            await self.drain("n3", "someone else's drain")
         print(json.dumps(self.pids(job.job_id)), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     await spawn(self, job, rank, node, port)
@@ -344,30 +346,32 @@ asyncio.run(main())
 """
 
 
-def cut_daemon(logs: Path) -> dict[str, int]:
-    """Run a daemon that dies by SIGKILL between the two ranks of a launch; the pids of
-    the ranks it started, by node."""
-    started: dict[str, int] = _die_by_sigkill(DAEMON_CUT, logs, TREE)
+def cut_daemon(logs: Path, meanwhile: str) -> dict[str, int]:
+    """Run a daemon that dies by SIGKILL between the two ranks of a launch (after a drain
+    of n3 if ``meanwhile`` says so); the pids of the ranks it started, by node."""
+    started: dict[str, int] = _die_by_sigkill(DAEMON_CUT, logs, TREE, meanwhile)
     return started
 
 
+@pytest.mark.parametrize("meanwhile", ["nothing", "drain"])
 async def test_a_launch_a_crash_cut_short_is_failed_and_its_started_rank_killed(
-    logs: Path,
+    logs: Path, meanwhile: str
 ) -> None:
     """Its rank 0 would wait for rank 1 forever; a daemon that adopted it as running would
     never restart the run (seen: a chaos test's run with no step for 60 s)."""
-    started = cut_daemon(logs)
+    started = cut_daemon(logs, meanwhile)
     assert list(started) == ["n1"]
     until(lambda: len(local._tree(started["n1"])) >= 3)  # wrapper, launcher, grandchild
     everyone = local._tree(started["n1"])
-    assert job_record(read_state(logs), "local-1")["procs"] == {}  # pids not on disk yet
+    on_disk = job_record(read_state(logs), "local-1")["procs"]
+    assert list(on_disk) == ([] if meanwhile == "nothing" else ["n1"])  # never n2's
 
     b = LocalScheduler(NODES, logs)
     info = await b.job("local-1")
     assert info is not None and info.state is JobState.FAILED
     assert info.reason == ("its launch was cut short by a daemon crash: started on n1, never on n2")
     until(lambda: all(gone(p) for p in everyone), 5)
-    assert {n.state for n in await b.nodes()} == {NodeState.IDLE}
+    assert {n.state for n in await b.nodes() if n.name != "n3"} == {NodeState.IDLE}
     assert [h["op"] for h in b.history()][-1] == "launch-cut-off"
     rec = job_record(read_state(logs), "local-1")
     assert rec["state"] == "failed" and rec["failure"] == info.reason
