@@ -29,6 +29,7 @@ from trainwarden.policies.decisions import DecisionMaker, Held, Mode, RunBook, a
 from trainwarden.policies.model import (
     ActionKind,
     ActionRequest,
+    Actor,
     ClusterView,
     Condition,
     ConditionType,
@@ -153,8 +154,19 @@ class PolicyEngine(DecisionMaker):
         return out
 
     def record_result(self, decision: Decision, ok: bool, ts: float) -> None:
-        """Tell the engine whether an allowed action worked; a failed one stops counting."""
+        """Tell the engine whether an allowed action worked; a failed one stops counting,
+        and a failed restart no longer stands for its attempt (a hang of it, or its end,
+        may restart it again). An operator's action was never decided here: it has no
+        entry, and must not settle the automatic one of the same kind."""
         req = decision.request
+        if req.actor is Actor.OPERATOR:
+            return
+        if not ok and req.kind is ActionKind.RESTART_RUN and req.run in self._runs:
+            book = self._runs[req.run]
+            if book.restarted_attempt is not None and book.restarted_attempt == self._attempts.get(
+                req.run
+            ):
+                book.restarted_attempt = None
         for entry in reversed(self._past):
             p = entry.past
             if p.kind is req.kind and p.node == req.node and p.run == req.run and entry.ok is None:

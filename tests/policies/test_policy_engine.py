@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from policy_views import nodes, view, with_node
 
 from trainwarden.policies.engine import Mode, PolicyEngine
 from trainwarden.policies.explain import explain
 from trainwarden.policies.model import (
     ActionKind,
+    Actor,
     Condition,
     ConditionType,
     Decision,
@@ -359,3 +362,33 @@ def test_a_held_restart_is_dropped_when_the_run_was_restarted_meanwhile() -> Non
     assert kinds(ds) == [("restart-run", "block")]
     assert ds[0].guards[0].guard == "still-needed"
     assert not eng.pending()
+
+
+def test_a_restart_that_finally_failed_no_longer_stands_for_its_attempt() -> None:
+    """Its job could not be stopped through all its retries: the attempt's end an hour
+    later restarts it (while the restart stood, every later one of the attempt was taken
+    for a duplicate and dropped)."""
+    eng = PolicyEngine(load_policy())
+    hung = cond("llm", ConditionType.RUN_HUNG)
+    [d] = eng.on_condition(hung, view(T0, nodes(8), attempt=1), [])
+    failed = {"failed": True, "attempt": 1}
+    ended = Event(T0 + 3600, EventKind.ATTEMPT_ENDED, run="llm", data=failed)
+    assert eng.on_event(ended, view(T0 + 60, nodes(8), attempt=1), []) == []  # in progress
+    eng.record_result(d, False, T0 + 600)
+    later = eng.on_event(ended, view(T0 + 3600, nodes(8), attempt=1), [])
+    assert kinds(later) == [("restart-run", "allow")]
+
+
+def test_an_operators_result_does_not_settle_the_automatic_action_of_the_same_kind() -> None:
+    """An automatic drain still being retried, and an operator's drain of that node done
+    meanwhile: the operator's outcome leaves the automatic entry open."""
+    eng = PolicyEngine(load_policy())
+    nv = with_node(nodes(8), "n001", conditions=[ConditionType.GPU_FATAL], run=None)
+    [auto] = [d for d in eng.on_condition(cond("n001"), view(T0, nv), []) if d.request.node]
+    assert auto.request.kind is ActionKind.DRAIN
+    manual = replace(auto, request=replace(auto.request, actor=Actor.OPERATOR, who="alice"))
+    eng.record_result(manual, True, T0 + 5)
+    [entry] = [e for e in eng._past if e.past.node == "n001"]
+    assert entry.ok is None  # the automatic drain's outcome is still to come
+    eng.record_result(auto, False, T0 + 600)
+    assert entry.ok is False
