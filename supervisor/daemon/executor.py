@@ -41,6 +41,8 @@ def drain_reason(d: Decision, action_id: int) -> str:
 # Drains and resumes are idempotent in every back-end, so a transient scheduler failure
 # (slurmctld restarting, a timeout) is retried; a submission is not (it may have gone in).
 RETRYABLE_KINDS = frozenset({ActionKind.DRAIN, ActionKind.UNDRAIN})
+FENCE_POLL_S = 1.0  # a retry that finds the lease not renewed looks again this often
+FENCE_WAIT_S = 3600.0  # ... for this long: a daemon that lost its lease has exited by then
 
 
 async def attempt(
@@ -311,9 +313,7 @@ class Executor:
         nothing once another restart started a newer attempt of the run)."""
         for n, delay in enumerate(self.ctx.config.retry_delays_s, start=1):
             await self.ctx.clock.sleep(delay)
-            fenced = self.ctx.fence()
-            if fenced is not None:
-                await self.finish(d, action_id, False, f"retry {n}: {fenced}")
+            if not await self._unfenced(d, action_id, n):
                 return
             ok, result, again = await attempt(self.ctx, d, action_id, attempt_then)
             if ok or not again or n == len(self.ctx.config.retry_delays_s):
@@ -323,15 +323,41 @@ class Executor:
             log.warning(
                 "action %s %s: retry %d failed: %s", action_id, d.request.kind.value, n, result
             )
-            try:  # the progress is shown; the outcome is what must be stored
-                await self.ctx.store.write(
-                    self.ctx.store.store.update_action,
-                    action_id,
-                    status="running",
-                    result=f"{note}; retry {n}: {result}" if note else f"retry {n}: {result}",
-                )
-            except StoreUnavailable as exc:
-                log.warning("action %s: retry %d not written: %s", action_id, n, exc)
+            await self.ctx.store.write(  # still open; the result says what was tried
+                self.ctx.store.store.update_action,
+                action_id,
+                status="running",
+                result=f"{note}; retry {n}: {result}" if note else f"retry {n}: {result}",
+            )
+
+    async def _unfenced(self, d: Decision, action_id: int, n: int) -> bool:
+        """Wait while this daemon may not act (its lease not renewed: the database away).
+        True once it may again; False after FENCE_WAIT_S, the action left open. Never
+        closed from here: a daemon that lost its lease exits, and the next leader's
+        reconcile finishes the open action; one that renewed it retries."""
+        fenced = self.ctx.fence()
+        if fenced is None:
+            return True
+        log.warning(
+            "action %s %s: retry %d waits until this daemon may act again: %s",
+            action_id,
+            d.request.kind.value,
+            n,
+            fenced,
+        )
+        for _ in range(int(FENCE_WAIT_S / FENCE_POLL_S)):
+            await self.ctx.clock.sleep(FENCE_POLL_S)
+            if self.ctx.fence() is None:
+                return True
+        log.error(
+            "action %s %s: retry %d not carried out after %.0f s without a lease; left open "
+            "for the next daemon's reconcile",
+            action_id,
+            d.request.kind.value,
+            n,
+            FENCE_WAIT_S,
+        )
+        return False
 
     async def finish(self, d: Decision, action_id: int, ok: bool, result: str) -> None:
         """The action's end: its result in the store, the engine and the metrics."""
@@ -347,7 +373,8 @@ class Executor:
         self.ctx.metrics.action(
             d.request.kind.value, d.verdict.value, "succeeded" if ok else "failed"
         )
-        # the audit line: every action carried out, automatic or manual, once in the log
+        # the audit line: every action carried out, automatic or manual, with its outcome
+        # (a retried one also logged each failed try before it)
         log.log(
             logging.INFO if ok else logging.ERROR,
             "%s: %s: %s",

@@ -295,6 +295,22 @@ async def after_operator_drain(sup: Supervisor, node: str, action_id: int) -> No
     sup.execute(sup.policy.on_event(with_id(ev, eid), sup.view(), sup.history))
 
 
+async def _restarted_since(sup: Supervisor, rec: ActionRecord) -> str | None:
+    """Why a queued restart must not be carried out on approval: an attempt of its run
+    was submitted after it was decided (an operator's restart, say), and approving it
+    would restart that one too."""
+    if rec.kind is not ActionKind.RESTART_RUN or not rec.run:
+        return None
+    attempts = await sup.store.call(sup.store.store.attempts, rec.run)
+    newer = [a for a in attempts if a.submitted_at is not None and a.submitted_at > rec.ts]
+    if not newer:
+        return None
+    return (
+        f"not carried out: attempt {newer[-1].attempt} of run {rec.run} was submitted after "
+        "this restart was decided, and it would be restarted too"
+    )
+
+
 async def resolve_queued(
     sup: Supervisor, action_id: int, *, approve: bool, who: str, reason: str
 ) -> None:
@@ -325,12 +341,14 @@ async def resolve_queued(
         ]
     )
     queued = Decision(rec.request, Verdict.QUEUED, rec.guards)
-    resolved = sup.policy.resolve(queued, approve, sup.view(), who)
+    stale = await _restarted_since(sup, rec) if approve else None
+    resolved = sup.policy.resolve(queued, approve and stale is None, sup.view(), who)
     if resolved.verdict is not Verdict.ALLOW:
         why = (
             reason
             if not approve
-            else "; ".join(g.detail for g in resolved.guards if not g.passed)
+            else stale
+            or "; ".join(g.detail for g in resolved.guards if not g.passed)
             or resolved.verdict.value
         )
         await sup.store.call(

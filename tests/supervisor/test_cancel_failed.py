@@ -403,3 +403,55 @@ async def test_a_daemon_killed_while_a_refused_restart_waits_for_its_retry(
     assert rec is not None and rec.status == "succeeded", rec
     assert "carried out after a daemon restart" in (rec.result or "")
     assert again.state.runs["r1"].restarts == 1
+
+
+async def test_a_retry_waits_while_the_lease_is_not_renewed_and_never_closes_the_action(
+    tmp_path: Path,
+    sched: UnreachableController,
+    closing: list[Supervisor],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The database is away while a refused restart waits for its retry, so the leader
+    lease is not renewed: the retry neither acts nor closes the action (closed failed, the
+    restart would be dropped once the same daemon renews its lease). It goes on once the
+    lease is renewed."""
+    sup, d, action = await running_run(tmp_path, sched, closing)
+    sched.cancel_failures = 1
+    ok, _ = await sup.perform(d, action)
+    assert not ok
+    looks = iter(["not carried out: the leader lease may have run out"] * 5)
+    sup.fence = lambda: next(looks, None)  # five looks fenced, then renewed
+    await settle(sup)
+    assert "waits until this daemon may act again" in caplog.text
+    assert await live_jobs(sched) == ["local-2"] and not alive(sched, "local-1")
+    rec = sup.store.store.action(action)
+    assert rec is not None and rec.status == "succeeded" and "retry 1: " in (rec.result or "")
+    assert sup.state.runs["r1"].restarts == 1
+
+
+async def test_a_queued_restart_approved_after_an_operators_restart_restarts_nothing(
+    tmp_path: Path, sched: UnreachableController, closing: list[Supervisor]
+) -> None:
+    """Approve mode: a restart of attempt 1 waits for approval; an operator restarts the
+    run by hand meanwhile (attempt 2). Approving the queued one must not restart attempt 2:
+    it is closed as skipped, naming the newer attempt."""
+    sup, _, _ = await running_run(tmp_path, sched, closing)
+    req = ActionRequest(ActionKind.RESTART_RUN, Actor.RULE, "RunHung set on r1", run="r1")
+    queued = sup.store.store.record_action(Decision(req, Verdict.QUEUED, ()), ts=sup.clock.now())
+    sup.clock.advance(30.0)  # type: ignore[attr-defined]
+    by_hand = ActionRequest(
+        ActionKind.RESTART_RUN, Actor.OPERATOR, "moving it", run="r1", who="bob"
+    )
+    manual = Decision(by_hand, Verdict.ALLOW, ())
+    ok, result = await sup.perform(
+        manual, sup.store.store.record_action(manual, ts=sup.clock.now())
+    )
+    assert ok, result
+    sup.clock.advance(30.0)  # type: ignore[attr-defined]
+    await operations.resolve_queued(sup, queued, approve=True, who="alice", reason="go")
+    await settle(sup)
+    assert await live_jobs(sched) == ["local-2"]
+    assert [(a, j) for a, j, _ in attempt_states(sup)] == [(1, "local-1"), (2, "local-2")]
+    rec = sup.store.store.action(queued)
+    assert rec is not None and rec.status == "skipped", rec
+    assert "attempt 2 of run r1 was submitted after this restart was decided" in (rec.result or "")
