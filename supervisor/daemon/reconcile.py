@@ -60,6 +60,11 @@ async def _close_open(
     for rec in open_:
         if rec.kind in (ActionKind.DRAIN, ActionKind.UNDRAIN) and rec.node:
             newest[rec.node] = rec.id
+    for node in list(newest):  # a newer one carried out meanwhile supersedes it too (an
+        # operator's undrain while a drain waited for its retry)
+        done = await sup.store.call(st.actions, node=node, status=ActionStatus.SUCCEEDED, limit=5)
+        newer = [a.id for a in done if a.kind in (ActionKind.DRAIN, ActionKind.UNDRAIN)]
+        newest[node] = max([newest[node], *newer])
     now = sup.clock.now()
 
     async def close(rec: ActionRecord, why: str) -> None:

@@ -344,3 +344,25 @@ async def test_an_operator_closes_the_crash_loop_incident_and_restarts_resume(
     await fail_attempt(sup)  # the failure memory went with the incident: restarted again
     last = next(a for a in sup.store.store.actions() if a.kind is ActionKind.RESTART_RUN)
     assert last.verdict is Verdict.ALLOW
+
+
+async def test_a_drain_left_open_for_its_retry_is_superseded_by_a_later_undrain(
+    tmp_path: Path, sched: LocalScheduler, closing: list[Supervisor]
+) -> None:
+    """The drain of n3 waited for its retry (slurmctld away) when an operator undrained n3
+    (a false alarm); then the daemon died. The next one must not drain n3 again."""
+    sup = await make(tmp_path, policy_file(tmp_path), scheduler=sched)
+    closing.append(sup)
+    st = sup.store.store
+    req = ActionRequest(ActionKind.DRAIN, Actor.RULE, "GpuFatal set on n3", node="n3")
+    drain = st.record_action(Decision(req, Verdict.ALLOW, ()), ts=sup.clock.now())
+    st.update_action(drain, status="running", result="local refused: away (retrying up to 2 times)")
+    sup.clock.advance(10.0)  # type: ignore[attr-defined]
+    back = ActionRequest(ActionKind.UNDRAIN, Actor.OPERATOR, "false alarm", node="n3", who="al")
+    undrain = st.record_action(Decision(back, Verdict.ALLOW, ()), ts=sup.clock.now())
+    st.update_action(undrain, status="succeeded", result="n3 resumed", finished_at=sup.clock.now())
+    again = await next_daemon(tmp_path, sched, closing)
+    assert {n.name: n.state for n in await sched.nodes()}["n3"] is not NodeState.DRAINED
+    rec = again.store.store.action(drain)
+    assert rec is not None and rec.status == "skipped"
+    assert f"superseded by action #{undrain} on n3" in (rec.result or "")
