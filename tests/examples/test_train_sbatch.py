@@ -82,6 +82,7 @@ def test_tw_master_port_sets_the_port(tmp_path: Path) -> None:
         ("0", "TW_MASTER_PORT=0 is not a port number"),
         ("80", "TW_MASTER_PORT=80 is outside 1024-65000"),
         ("70000", "TW_MASTER_PORT=70000 is outside 1024-65000"),
+        ("123456789012345678901", "TW_MASTER_PORT=123456789012345678901 is outside 1024-65000"),
     ],
 )
 def test_a_bad_tw_master_port_is_refused_by_name(tmp_path: Path, value: str, said: str) -> None:
