@@ -11,9 +11,10 @@ import argparse
 import logging
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
-from trainwarden.health.config import env, layered, resolve, shared
+from trainwarden.health.config import SHARED_SECTION, ConfigFile, env, layered, resolve, shared
 from trainwarden.health.logsetup import (
     add_log_format_argument,
     configure_logging,
@@ -269,8 +270,33 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
     )
 
 
+def rereader(given: argparse.Namespace, first: ConfigFile) -> Callable[[], DaemonConfig]:
+    """What SIGHUP calls: ``given`` (the arguments as parsed) resolved again against the
+    file, as the daemon's environment still is (a changed ``daemon.env`` needs a restart).
+    A file read at start that is now gone, or now names no setting at all (being rewritten,
+    truncated), is refused: read as no file, it would put every setting, the roles among
+    them, back to its default."""
+
+    def settings(f: ConfigFile) -> int:
+        return sum(len(f.table(section)) for section in ("daemon", SHARED_SECTION))
+
+    def reread() -> DaemonConfig:
+        again = resolve(given)
+        now: ConfigFile = again.config_file
+        if first.found and not now.found:
+            raise ConfigError(f"{now.path} was read at start and is gone now")
+        if settings(first) and not settings(now):
+            raise ConfigError(
+                f"{now.path} names no setting now (it named {settings(first)} at start); "
+                "restart the daemon to run with the defaults"
+            )
+        return build_config(again)
+
+    return reread
+
+
 def run(args: argparse.Namespace) -> int:
-    given = args  # as parsed: SIGHUP resolves it again against the file and the environment
+    given = args  # as parsed: SIGHUP resolves it again against the file
     args = resolve(args)
     configure_logging(args.log_level, args.log_format)
     cfg = build_config(args)
@@ -284,6 +310,6 @@ def run(args: argparse.Namespace) -> int:
         cfg.db_url.split("://", 1)[0],
     )
     try:
-        return run_daemon(cfg, reread=lambda: build_config(given))
+        return run_daemon(cfg, reread=rereader(given, file))
     finally:
         log.info("trainwarden %s daemon stopped", package_version())

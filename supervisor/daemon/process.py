@@ -28,7 +28,7 @@ from typing import Any
 import aiomqtt
 
 from trainwarden.health.clock import Clock, SystemClock
-from trainwarden.health.config import ConfigFileError
+from trainwarden.health.errors import HealthError
 from trainwarden.health.mqtt import MqttAuth
 from trainwarden.health.report import SUBSCRIPTIONS
 from trainwarden.policies import hostlist
@@ -172,7 +172,9 @@ class Daemon:
         reread: Callable[[], DaemonConfig] | None = None,
     ) -> None:
         self.cfg = cfg
-        self._reread = reread  # the configuration read again (file, environment), on SIGHUP
+        self._reread = reread  # the configuration read again (the file), on SIGHUP
+        self._reloads: set[asyncio.Task[None]] = set()
+        self._reload_lock = asyncio.Lock()
         self.clock = clock or SystemClock()
         self._scheduler = scheduler
         self.sup: Supervisor | None = None
@@ -433,28 +435,52 @@ class Daemon:
             stop.set()
 
     def _reload(self) -> None:
-        """SIGHUP: the configuration file (see :mod:`.reload`), the policy, and the tokens
-        file (a revoked token stops working now)."""
-        self._reload_config()
-        self._reload_policy()
-        if self.auth is not None and self.auth.tokens is not None and self.cfg.api_tokens:
-            try:
-                self.auth.tokens = Tokens.load(self.cfg.api_tokens)
-            except ConfigError as exc:
-                log.error("tokens reload failed, keeping the tokens read before: %s", exc)
-            else:
-                log.info("tokens reloaded from %s", self.cfg.api_tokens)
+        """SIGHUP: :meth:`reload`, off the signal handler (it reads files and asks NSS in
+        a thread, never stalling the loop that renews the lease)."""
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
-    def _reload_config(self) -> None:
+    async def reload(self) -> None:
+        """The configuration file (see :mod:`.reload`), the policy, and the tokens file (a
+        revoked token stops working now), one after the other; each step that fails says
+        why and keeps what it had, and the next step runs all the same."""
+        async with self._reload_lock:
+            for step in (self._reload_config, self._reload_policy_async, self._reload_tokens):
+                try:
+                    await step()
+                except Exception as exc:  # said, and the next step runs all the same
+                    log.error("reload: %s failed: %s: %s", step.__name__, type(exc).__name__, exc)
+
+    async def _reload_policy_async(self) -> None:
+        self._reload_policy()
+
+    async def _reload_tokens(self) -> None:
+        if self.auth is None or self.auth.tokens is None or not self.cfg.api_tokens:
+            return
+        try:
+            tokens = await asyncio.to_thread(Tokens.load, self.cfg.api_tokens)
+        except ConfigError as exc:
+            log.error("tokens reload failed, keeping the tokens read before: %s", exc)
+        else:
+            self.auth.tokens = tokens
+            log.info("tokens reloaded from %s", self.cfg.api_tokens)
+
+    def _read_again(self) -> DaemonConfig:
+        assert self._reread is not None
+        new = self._reread()
+        new.roles.validate()  # every user and group known to NSS
+        return new
+
+    async def _reload_config(self) -> None:
         """Take the settings a running daemon can change (the roles, the policy file), name
-        the others; a file that no longer reads, or roles naming someone NSS does not
-        know, keep everything as it was."""
+        the others; a file that no longer reads, is gone, or names no setting any more,
+        or roles naming someone NSS does not know, keep everything as it was."""
         if self._reread is None:
             return
         try:
-            new = self._reread()
-            new.roles.validate()
-        except (ConfigError, ConfigFileError) as exc:  # each names the file:line or the name
+            new = await asyncio.to_thread(self._read_again)
+        except (ConfigError, HealthError) as exc:  # each names the file:line, or the name
             log.error("configuration reload failed, keeping the settings read before: %s", exc)
             return
         self.cfg, taken, later = split_changes(self.cfg, new)

@@ -5,6 +5,7 @@ in effect. A real daemon process on the machine's broker, and the daemon object 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -20,8 +21,9 @@ import pytest
 
 from trainwarden.cli import build_parser
 from trainwarden.health import config
-from trainwarden.supervisor.api.auth import Authenticator, RoleMap
-from trainwarden.supervisor.cli.daemon import build_config
+from trainwarden.health.errors import HealthError
+from trainwarden.supervisor.api.auth import Authenticator, RoleMap, Tokens
+from trainwarden.supervisor.cli.daemon import build_config, rereader
 from trainwarden.supervisor.daemon.process import Daemon, DaemonConfig
 from trainwarden.supervisor.daemon.reload import split_changes
 from trainwarden.supervisor.errors import ConfigError
@@ -51,7 +53,7 @@ def test_split_changes_takes_the_live_settings_and_names_the_rest() -> None:
     assert split_changes(old, old)[1:] == ((), ())
 
 
-def test_reload_takes_the_roles_and_keeps_everything_on_a_bad_file(
+async def test_reload_takes_the_roles_and_keeps_everything_on_a_bad_file(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     before = DaemonConfig(db_url="sqlite://", roles=RoleMap(operators=("daemon",)))
@@ -68,7 +70,7 @@ def test_reload_takes_the_roles_and_keeps_everything_on_a_bad_file(
     caplog.set_level(logging.INFO, "trainwarden")
 
     reread.append(DaemonConfig(db_url="sqlite://", roles=RoleMap(), lease_ttl_s=30.0))
-    d._reload_config()
+    await d._reload_config()
     assert d.auth.roles == RoleMap() and d.cfg.roles == RoleMap()  # revoked now
     assert d.cfg.lease_ttl_s == 15.0
     said = caplog.text
@@ -77,30 +79,78 @@ def test_reload_takes_the_roles_and_keeps_everything_on_a_bad_file(
 
     caplog.clear()
     reread.append(ConfigError("trainwarden.toml:3: lease_ttl: not a number"))
-    d._reload_config()
+    await d._reload_config()
     assert "configuration reload failed, keeping the settings read before" in caplog.text
     assert "trainwarden.toml:3" in caplog.text and d.auth.roles == RoleMap()
 
     caplog.clear()
     nobody_known = f"no-such-user-{uuid.uuid4().hex[:6]}"
     reread.append(DaemonConfig(db_url="sqlite://", roles=RoleMap(operators=(nobody_known,))))
-    d._reload_config()  # a typo must not take the on-call operator's rights away
+    await d._reload_config()  # a typo must not take the on-call operator's rights away
     assert nobody_known in caplog.text and d.auth.roles == RoleMap()
 
 
-def test_build_config_of_the_parsed_arguments_reads_the_file_again(tmp_path: Path) -> None:
+def _given(*argv: str) -> argparse.Namespace:
+    return build_parser(("daemon",)).parse_args(["daemon", "--db", "sqlite://", *argv])
+
+
+def test_the_reread_resolves_the_parsed_arguments_against_the_file_again(
+    tmp_path: Path,
+) -> None:
     """What the daemon's SIGHUP calls: the flags as parsed, resolved again (a flag still
     beats the file; the file's new value beats the old one)."""
     toml = tmp_path / "trainwarden.toml"
     toml.write_text('[daemon]\noperators = "daemon"\nlease_ttl = 15\n')
-    given = build_parser(("daemon",)).parse_args(
-        ["daemon", "--config", str(toml), "--db", "sqlite://", "--lease-ttl", "20"]
-    )
-    first = build_config(given)
+    given = _given("--config", str(toml), "--lease-ttl", "20")
+    start = config.resolve(given)
+    first = build_config(start)
     toml.write_text('[daemon]\noperators = ""\nlease_ttl = 30\n')
-    second = build_config(given)
+    second = rereader(given, start.config_file)()
     assert first.roles.operators == ("daemon",) and second.roles.operators == ()
     assert first.lease_ttl_s == second.lease_ttl_s == 20.0
+
+
+@pytest.mark.parametrize("how", ["removed", "emptied", "commented out"])
+def test_a_file_gone_or_emptied_is_refused_not_read_as_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Read as no file, it would make everyone a viewer again and drop the policy named
+    there; a configuration manager rewriting it, or an rm, must not do that."""
+    toml = tmp_path / "etc.toml"
+    toml.write_text('[daemon]\nviewers = "root"\npolicy = "/etc/strict.yaml"\n')
+    monkeypatch.setattr(config, "DEFAULT_PATH", str(toml))  # the file nobody names
+    given = _given()
+    start = config.resolve(given)
+    assert build_config(start).roles.viewers == ("root",)
+    if how == "removed":
+        toml.unlink()
+    else:
+        toml.write_text("" if how == "emptied" else '#viewers = "root"\n')
+    with pytest.raises(ConfigError, match=r"etc\.toml (was read at start|names no setting)"):
+        rereader(given, start.config_file)()
+
+
+async def test_a_reload_step_that_fails_does_not_keep_the_others_from_running(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unreadable MQTT password file (mid-rotation) fails the configuration step; the
+    tokens file is reread all the same (a revoked token must stop working)."""
+
+    def unreadable() -> DaemonConfig:
+        raise HealthError("/etc/trainwarden/mqtt.password: cannot read it: Permission denied")
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("")
+    tokens.chmod(0o600)
+    cfg = DaemonConfig(db_url="sqlite://", api_tokens=str(tokens))
+    d = Daemon(cfg, reread=unreadable)
+    d.auth = Authenticator(cfg.roles, Tokens.load(str(tokens)))
+    before = d.auth.tokens
+    caplog.set_level(logging.INFO, "trainwarden")
+    await d.reload()
+    assert "configuration reload failed" in caplog.text and "mqtt.password" in caplog.text
+    assert "tokens reloaded from" in caplog.text and d.auth.tokens is not before
+    assert "Traceback" not in caplog.text
 
 
 @pytest.fixture
