@@ -13,6 +13,7 @@ saw last. Timings the tests assert are never scaled.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -634,10 +635,28 @@ def attempt_marks(ckpt_dir: Path, attempt: int, rank: int = 0) -> dict[str, floa
     return marks
 
 
-def check_resumed_exactly(p: Progress, final_step: int) -> tuple[int, int]:
+def complete_before(ckpt_dir: Path, ts: float) -> list[int]:
+    """Steps of the checkpoints in ``ckpt_dir`` complete (``.metadata`` written) before the
+    wall time ``ts``: one whose save a cancel cut off after rank 0 wrote ``.metadata`` but
+    before its ``ckpt step=`` line is complete all the same, and the daemon rightly resumes
+    from it."""
+    out = []
+    for d in ckpt_dir.glob("step-*"):
+        meta = d / ".metadata"
+        with contextlib.suppress(OSError, ValueError):
+            if meta.stat().st_mtime < ts:
+                out.append(int(d.name.removeprefix("step-")))
+    return out
+
+
+def check_resumed_exactly(
+    p: Progress, final_step: int, ckpt_dir: Path | None = None
+) -> tuple[int, int]:
     """Every attempt's steps are consecutive; a resumed attempt starts right after the newest
     checkpoint written before it (nothing repeated beyond the checkpoint, nothing skipped);
-    the last attempt reaches ``final_step``. Returns (resumed_from_step, last checkpoint)."""
+    the last attempt reaches ``final_step``. Written: logged by rank 0, or (given
+    ``ckpt_dir``) complete on disk before the attempt's first step. Returns
+    (resumed_from_step, last checkpoint)."""
     attempts = sorted(p.steps)
     assert attempts, "no step logged at all"
     assert p.steps[attempts[0]][0] == 1, f"first attempt began at {p.steps[attempts[0]][0]}"
@@ -648,7 +667,8 @@ def check_resumed_exactly(p: Progress, final_step: int) -> tuple[int, int]:
         assert s == list(range(s[0], s[-1] + 1)), f"attempt {a} skipped or repeated: {s}"
         if a != attempts[0]:
             assert a in p.resumed, f"attempt {a} did not resume from a checkpoint"
-            last_ckpt = max(written)
+            on_disk = complete_before(ckpt_dir, p.first_step_ts[a]) if ckpt_dir else []
+            last_ckpt = max(written + on_disk)
             resumed_from = p.resumed[a]
             assert resumed_from == last_ckpt, (
                 f"attempt {a} resumed from {resumed_from}, newest checkpoint {last_ckpt}"

@@ -57,7 +57,7 @@ def _check_failover(stack: Stack, fo: Failover, rule: str) -> str:
         first["JobState"] == "COMPLETING" and first["NodeList"] == fo.victim
     ), first
     # resumed from the newest valid checkpoint: nothing skipped, nothing repeated beyond it
-    resumed_from, last_ckpt = check_resumed_exactly(read_progress(fo.ckpt), STEPS)
+    resumed_from, last_ckpt = check_resumed_exactly(read_progress(fo.ckpt), STEPS, fo.ckpt)
     assert resumed_from == last_ckpt == row["resumed_from_step"]
     assert fo.detect_s is not None and fo.drain_s is not None
     assert fo.resubmit_s is not None and fo.resume_s is not None
@@ -131,7 +131,7 @@ def test_hung_rank_restarts_the_run_without_draining(stack: Stack) -> None:
     # no evidence against any node: none drained, in trainwarden or in Slurm
     assert stack.cluster.drain_reasons() == {}
     assert all(n["state"] == "healthy" for n in stack.nodes().values())
-    resumed_from, last_ckpt = check_resumed_exactly(read_progress(ckpt), STEPS)
+    resumed_from, last_ckpt = check_resumed_exactly(read_progress(ckpt), STEPS, ckpt)
     assert resumed_from == last_ckpt == row["resumed_from_step"]
 
 
@@ -162,7 +162,7 @@ def test_operator_drain_is_recorded_and_the_run_moves(stack: Stack) -> None:
         ("restart-run", "rule", "operator-drain", "succeeded"),
     ]
     # resumed from the checkpoint taken on request: nothing skipped, nothing repeated
-    resumed_from, last_ckpt = check_resumed_exactly(read_progress(ckpt), STEPS)
+    resumed_from, last_ckpt = check_resumed_exactly(read_progress(ckpt), STEPS, ckpt)
     assert resumed_from == last_ckpt == row["resumed_from_step"]
     # the node stays out of service until an operator returns it
     assert stack.cluster.node_flags(node) == {"IDLE", "DRAIN"}

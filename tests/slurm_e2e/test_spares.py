@@ -45,7 +45,7 @@ def test_killed_node_is_replaced_by_the_spare_inside_the_job(stack: Stack) -> No
     rec = data["recovery"]
     assert rec["kind"] == "in-allocation" and rec["spare_swap_s"] is not None, rec
     assert rec["spare_swap_s"] < 10, rec
-    resumed_from, last_ckpt = check_resumed_exactly(read_progress(ckpt), STEPS)
+    resumed_from, last_ckpt = check_resumed_exactly(read_progress(ckpt), STEPS, ckpt)
     assert resumed_from == last_ckpt == row["resumed_from_step"]
     # no second sbatch: the first job is the only one trainwarden submitted for the run
     jobs = {e["data"].get("job_id") for e in stack.events(run="spare", kind="run-started")}
@@ -71,5 +71,5 @@ def test_batch_host_lost_falls_back_to_a_resubmission(stack: Stack) -> None:
     ]
     assert not started[0]["data"].get("in_allocation") and victim in started[0]["data"]["exclude"]
     # rank 1's log: rank 0 died with the batch host, perhaps before logging its last save
-    resumed_from, last_ckpt = check_resumed_exactly(read_progress(ckpt, rank=1), STEPS)
+    resumed_from, last_ckpt = check_resumed_exactly(read_progress(ckpt, rank=1), STEPS, ckpt)
     assert resumed_from == last_ckpt == row["resumed_from_step"]

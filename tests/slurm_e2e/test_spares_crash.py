@@ -107,7 +107,7 @@ def test_daemon_killed_between_control_file_and_relaunch(short_lease_stack: Stac
     assert tagged.split() in ([], [first_job]), tagged
     restart = [a for a in stack.actions() if a["kind"] == "restart-run"]
     assert [a["status"] for a in restart] == ["succeeded"], restart
-    resumed_from, last_ckpt = check_resumed_exactly(read_progress(ckpt), STEPS)
+    resumed_from, last_ckpt = check_resumed_exactly(read_progress(ckpt), STEPS, ckpt)
     assert (
         resumed_from == row["resumed_from_step"] == int(written.env["TRAINWARDEN_RESUME_STEP"])
     ), (resumed_from, last_ckpt, row["resumed_from_step"], written.env)
