@@ -153,20 +153,22 @@ class PolicyEngine(DecisionMaker):
         )
         return out
 
+    def restart_not_done(self, run: str) -> None:
+        """A restart of ``run`` that stopped and submitted nothing (its job could not be
+        stopped, or the next attempt placed): it no longer stands for the attempt, so a
+        hang of it, or its end, restarts it again (the supervisor restarts an attempt at
+        most once however many restarts of it are decided)."""
+        book = self._runs.get(run)
+        if book is not None and book.restarted_attempt == self._attempts.get(run):
+            book.restarted_attempt = None
+
     def record_result(self, decision: Decision, ok: bool, ts: float) -> None:
-        """Tell the engine whether an allowed action worked; a failed one stops counting,
-        and a failed restart no longer stands for its attempt (a hang of it, or its end,
-        may restart it again). An operator's action was never decided here: it has no
-        entry, and must not settle the automatic one of the same kind."""
+        """Tell the engine whether an allowed action worked; a failed one stops counting.
+        An operator's action was never decided here: it has no entry, and must not settle
+        the automatic one of the same kind."""
         req = decision.request
         if req.actor is Actor.OPERATOR:
             return
-        if not ok and req.kind is ActionKind.RESTART_RUN and req.run in self._runs:
-            book = self._runs[req.run]
-            if book.restarted_attempt is not None and book.restarted_attempt == self._attempts.get(
-                req.run
-            ):
-                book.restarted_attempt = None
         for entry in reversed(self._past):
             p = entry.past
             if p.kind is req.kind and p.node == req.node and p.run == req.run and entry.ok is None:

@@ -149,6 +149,8 @@ async def _restart(
     )
     if result.ok:
         sup.metrics.run_restarted(run.name)
+    elif result.untouched:  # a later failure of the attempt may restart it again
+        sup.policy.restart_not_done(run.name)
     return result.ok, result.detail, result.retry
 
 
@@ -332,12 +334,14 @@ class Executor:
 
     async def _unfenced(self, d: Decision, action_id: int, n: int) -> bool:
         """Wait while this daemon may not act (its lease not renewed: the database away).
-        True once it may again; False after FENCE_WAIT_S, the action left open. Never
-        closed from here: a daemon that lost its lease exits, and the next leader's
-        reconcile finishes the open action; one that renewed it retries."""
+        True once it may again and the action is still as this daemon left it; False when
+        another daemon finished it meanwhile (a leader that took over reconciled it), or
+        after FENCE_WAIT_S without a lease (left open: a daemon that lost its lease exits,
+        and the next leader's reconcile finishes it)."""
         fenced = self.ctx.fence()
         if fenced is None:
             return True
+        left = await self.ctx.store.call(self.ctx.store.store.action, action_id)
         log.warning(
             "action %s %s: retry %d waits until this daemon may act again: %s",
             action_id,
@@ -348,16 +352,27 @@ class Executor:
         for _ in range(int(FENCE_WAIT_S / FENCE_POLL_S)):
             await self.ctx.clock.sleep(FENCE_POLL_S)
             if self.ctx.fence() is None:
-                return True
-        log.error(
-            "action %s %s: retry %d not carried out after %.0f s without a lease; left open "
-            "for the next daemon's reconcile",
-            action_id,
-            d.request.kind.value,
-            n,
-            FENCE_WAIT_S,
-        )
-        return False
+                break
+        else:
+            log.error(
+                "action %s %s: retry %d not carried out after %.0f s without a lease; left "
+                "open for the next daemon's reconcile",
+                action_id,
+                d.request.kind.value,
+                n,
+                FENCE_WAIT_S,
+            )
+            return False
+        now = await self.ctx.store.call(self.ctx.store.store.action, action_id)
+        if left is None or now is None or (now.status, now.result) != (left.status, left.result):
+            log.warning(
+                "action %s %s: finished meanwhile by another daemon (%s); not retried",
+                action_id,
+                d.request.kind.value,
+                "gone" if now is None else now.status.value,
+            )
+            return False
+        return True
 
     async def finish(self, d: Decision, action_id: int, ok: bool, result: str) -> None:
         """The action's end: its result in the store, the engine and the metrics."""

@@ -60,9 +60,12 @@ async def _close_open(
     for rec in open_:
         if rec.kind in (ActionKind.DRAIN, ActionKind.UNDRAIN) and rec.node:
             newest[rec.node] = rec.id
+    oldest_ts = min(r.ts for r in open_)  # what came after the oldest open action
     for node in list(newest):  # a newer one carried out meanwhile supersedes it too (an
         # operator's undrain while a drain waited for its retry)
-        done = await sup.store.call(st.actions, node=node, status=ActionStatus.SUCCEEDED, limit=5)
+        done = await sup.store.call(
+            st.actions, node=node, status=ActionStatus.SUCCEEDED, since=oldest_ts, limit=None
+        )
         newer = [a.id for a in done if a.kind in (ActionKind.DRAIN, ActionKind.UNDRAIN)]
         newest[node] = max([newest[node], *newer])
     now = sup.clock.now()

@@ -48,6 +48,7 @@ class RestartResult:
     job_id: str | None = None
     resumed_from_step: int | None = None
     retry: bool = False  # refused while the attempt's job may run: worth trying again later
+    untouched: bool = False  # nothing was stopped or submitted: the attempt runs on
 
 
 class RunManager:
@@ -119,7 +120,7 @@ class RunManager:
                 )
             refused = await self._cannot_place(run, exclude)
             if refused is not None:  # the attempt that runs is worth more than none at all
-                return RestartResult(False, refused)
+                return RestartResult(False, refused, untouched=True)
             if self.in_allocation.uses_spares(run):
                 swapped = await self.in_allocation.swap_in(run, exclude, reason)
                 if swapped is not None:
@@ -132,7 +133,7 @@ class RunManager:
             running = await self._stop_current(run, reason)
             if running is not None:  # never a second job while the first may run
                 run.move(was if was in (RunPhase.RUNNING, RunPhase.HELD) else RunPhase.RUNNING)
-                return RestartResult(False, f"not restarted: {running}", retry=True)
+                return RestartResult(False, f"not restarted: {running}", retry=True, untouched=True)
             run.restarts += 1
             run.restart_times.append(self.clock.now())
             run.failure_steps.append(run.last_step)

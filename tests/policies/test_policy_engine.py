@@ -364,10 +364,11 @@ def test_a_held_restart_is_dropped_when_the_run_was_restarted_meanwhile() -> Non
     assert not eng.pending()
 
 
-def test_a_restart_that_finally_failed_no_longer_stands_for_its_attempt() -> None:
-    """Its job could not be stopped through all its retries: the attempt's end an hour
-    later restarts it (while the restart stood, every later one of the attempt was taken
-    for a duplicate and dropped)."""
+def test_a_restart_that_did_nothing_no_longer_stands_for_its_attempt() -> None:
+    """Its job could not be stopped (the supervisor says so: nothing stopped, nothing
+    submitted): the attempt's end an hour later restarts it (while the restart stood, every
+    later one of the attempt was taken for a duplicate and dropped). A restart that merely
+    failed (its submission may have reached the scheduler) still stands."""
     eng = PolicyEngine(load_policy())
     hung = cond("llm", ConditionType.RUN_HUNG)
     [d] = eng.on_condition(hung, view(T0, nodes(8), attempt=1), [])
@@ -375,6 +376,8 @@ def test_a_restart_that_finally_failed_no_longer_stands_for_its_attempt() -> Non
     ended = Event(T0 + 3600, EventKind.ATTEMPT_ENDED, run="llm", data=failed)
     assert eng.on_event(ended, view(T0 + 60, nodes(8), attempt=1), []) == []  # in progress
     eng.record_result(d, False, T0 + 600)
+    assert eng.on_event(ended, view(T0 + 3000, nodes(8), attempt=1), []) == []
+    eng.restart_not_done("llm")
     later = eng.on_event(ended, view(T0 + 3600, nodes(8), attempt=1), [])
     assert kinds(later) == [("restart-run", "allow")]
 

@@ -119,9 +119,12 @@ async def test_a_failed_cancel_stops_the_restart_and_the_attempt_runs_on(
 ) -> None:
     sup, d, action = await running_run(tmp_path, sched, closing)
     sched.cancel_failures = 1
+    told: list[str] = []
+    sup.policy.restart_not_done = told.append  # type: ignore[method-assign]
     ok, result = await sup.perform(d, action)
     assert not ok, result
     assert "local-1" in result and SCANCEL in result and "attempt 1" in result
+    assert told == ["r1"]  # the engine may decide a restart of attempt 1 again
     assert await live_jobs(sched) == ["local-1"] and alive(sched, "local-1")
     assert [(a, j) for a, j, _ in attempt_states(sup)] == [(1, "local-1")]
     assert attempt_states(sup)[0][2] != "stopped"
@@ -455,3 +458,31 @@ async def test_a_queued_restart_approved_after_an_operators_restart_restarts_not
     rec = sup.store.store.action(queued)
     assert rec is not None and rec.status == "skipped", rec
     assert "attempt 2 of run r1 was submitted after this restart was decided" in (rec.result or "")
+
+
+async def test_a_retry_after_a_lease_gap_leaves_an_action_another_leader_finished(
+    tmp_path: Path, sched: UnreachableController, closing: list[Supervisor]
+) -> None:
+    """While this daemon had no lease, a leader that took over reconciled the open restart
+    and then stopped; this one renews the free lease. Its retry must not restart the run a
+    second time, nor overwrite the other leader's result."""
+    sup, d, action = await running_run(tmp_path, sched, closing)
+    sched.cancel_failures = 1
+    ok, _ = await sup.perform(d, action)
+    assert not ok
+    st = sup.store.store
+    looks = 0
+
+    def fence() -> str | None:
+        nonlocal looks
+        looks += 1
+        if looks == 3:  # meanwhile the other leader's reconcile finished it
+            st.update_action(action, status="succeeded", result="reconciled by b", finished_at=1.0)
+        return "not carried out: the leader lease may have run out" if looks <= 5 else None
+
+    sup.fence = fence
+    await settle(sup)
+    assert await live_jobs(sched) == ["local-1"]  # not restarted by this daemon
+    rec = st.action(action)
+    assert rec is not None and (rec.status, rec.result) == ("succeeded", "reconciled by b")
+    assert sup.state.runs["r1"].restarts == 0
