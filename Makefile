@@ -22,9 +22,11 @@ demo: $(VENV)/.demo-installed
 services:
 	bash tests/infra/ensure-services.sh
 
-# command-line tools the suite checks the shipped files with (promtool)
+# command-line tools the suite checks the shipped files with (promtool), and Slurm before
+# the suite is collected (the hostlist tests compare with scontrol and skip without it)
 tools:
 	bash tests/infra/install-tools.sh
+	bash tests/infra/slurm/install.sh || echo "tools: Slurm not installed; the tests that need it say so"
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .

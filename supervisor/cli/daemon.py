@@ -233,11 +233,6 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
     bhost, bport = _hostport(args.broker, 1883)
     mhost, mport = _hostport(args.metrics, 8470)
     thost, tport = _hostport(args.api_tcp, 0) if args.api_tcp else (None, 0)
-    if os.environ.get("TRAINWARDEN_API_BIND"):
-        log.warning(
-            "$TRAINWARDEN_API_BIND is no longer read: the API is a Unix socket (--api, "
-            "$TRAINWARDEN_API_SOCKET), /metrics is on --metrics ($TRAINWARDEN_METRICS_BIND)"
-        )
     return DaemonConfig(
         db_url=args.db or default_url(),
         broker_host=bhost,
@@ -300,6 +295,11 @@ def run(args: argparse.Namespace) -> int:
     args = resolve(args)
     configure_logging(args.log_level, args.log_format)
     cfg = build_config(args)
+    if os.environ.get("TRAINWARDEN_API_BIND"):  # said once, not at every SIGHUP
+        log.warning(
+            "$TRAINWARDEN_API_BIND is no longer read: the API is a Unix socket (--api, "
+            "$TRAINWARDEN_API_SOCKET), /metrics is on --metrics ($TRAINWARDEN_METRICS_BIND)"
+        )
     file = args.config_file
     log.info("configuration file %s%s", file.path, "" if file.found else " (absent: not read)")
     log.info(
