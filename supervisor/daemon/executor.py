@@ -26,6 +26,7 @@ from trainwarden.supervisor.daemon.context import DaemonContext
 from trainwarden.supervisor.errors import SchedulerError
 from trainwarden.supervisor.model.lifecycle import LifecycleError, NodePhase, RunPhase
 from trainwarden.supervisor.store.base import StoreUnavailable
+from trainwarden.supervisor.store.records import ActionStatus
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ class Executor:
         result = f"{note}; {result}" if note else result
         if retry:
             await self._failed_once(d, action_id, result)
-            self.ctx.spawn(self._retry(d, action_id, note, attempt_then))
+            self.ctx.spawn(self._retry(d, action_id, note, attempt_then, written=result))
         else:
             await self.finish(d, action_id, ok, result)
         return ok, result
@@ -308,14 +309,21 @@ class Executor:
         log.error("%s: failed: %s", audit_line(d, action_id), result)
 
     async def _retry(
-        self, d: Decision, action_id: int, note: str = "", attempt_then: int | None = None
+        self,
+        d: Decision,
+        action_id: int,
+        note: str = "",
+        attempt_then: int | None = None,
+        *,
+        written: str | None = None,
     ) -> None:
         """Retry an action after a transient failure, with backoff: an idempotent one after
         a scheduler error, a restart the running job's failed stop refused (it restarts
-        nothing once another restart started a newer attempt of the run)."""
+        nothing once another restart started a newer attempt of the run). ``written``: the
+        result this daemon last stored for it (open, running)."""
         for n, delay in enumerate(self.ctx.config.retry_delays_s, start=1):
             await self.ctx.clock.sleep(delay)
-            if not await self._unfenced(d, action_id, n):
+            if not await self._unfenced(d, action_id, n, written):
                 return
             ok, result, again = await attempt(self.ctx, d, action_id, attempt_then)
             if ok or not again or n == len(self.ctx.config.retry_delays_s):
@@ -325,23 +333,22 @@ class Executor:
             log.warning(
                 "action %s %s: retry %d failed: %s", action_id, d.request.kind.value, n, result
             )
+            written = f"{note}; retry {n}: {result}" if note else f"retry {n}: {result}"
             await self.ctx.store.write(  # still open; the result says what was tried
-                self.ctx.store.store.update_action,
-                action_id,
-                status="running",
-                result=f"{note}; retry {n}: {result}" if note else f"retry {n}: {result}",
+                self.ctx.store.store.update_action, action_id, status="running", result=written
             )
 
-    async def _unfenced(self, d: Decision, action_id: int, n: int) -> bool:
+    async def _unfenced(
+        self, d: Decision, action_id: int, n: int, written: str | None = None
+    ) -> bool:
         """Wait while this daemon may not act (its lease not renewed: the database away).
-        True once it may again and the action is still as this daemon left it; False when
-        another daemon finished it meanwhile (a leader that took over reconciled it), or
-        after FENCE_WAIT_S without a lease (left open: a daemon that lost its lease exits,
-        and the next leader's reconcile finishes it)."""
+        True once it may again and the action is still as this daemon left it (running,
+        ``written``); False when another daemon finished it meanwhile (a leader that took
+        over reconciled it), or after FENCE_WAIT_S without a lease (left open: a daemon that
+        lost its lease exits, and the next leader's reconcile finishes it)."""
         fenced = self.ctx.fence()
         if fenced is None:
             return True
-        left = await self.ctx.store.call(self.ctx.store.store.action, action_id)
         log.warning(
             "action %s %s: retry %d waits until this daemon may act again: %s",
             action_id,
@@ -351,28 +358,30 @@ class Executor:
         )
         for _ in range(int(FENCE_WAIT_S / FENCE_POLL_S)):
             await self.ctx.clock.sleep(FENCE_POLL_S)
-            if self.ctx.fence() is None:
-                break
-        else:
-            log.error(
-                "action %s %s: retry %d not carried out after %.0f s without a lease; left "
-                "open for the next daemon's reconcile",
-                action_id,
-                d.request.kind.value,
-                n,
-                FENCE_WAIT_S,
-            )
-            return False
-        now = await self.ctx.store.call(self.ctx.store.store.action, action_id)
-        if left is None or now is None or (now.status, now.result) != (left.status, left.result):
-            log.warning(
-                "action %s %s: finished meanwhile by another daemon (%s); not retried",
-                action_id,
-                d.request.kind.value,
-                "gone" if now is None else now.status.value,
-            )
-            return False
-        return True
+            if self.ctx.fence() is not None:
+                continue
+            try:  # after this daemon's own waiting writes, so it sees what it last wrote
+                now = await self.ctx.store.call(self.ctx.store.store.action, action_id)
+            except StoreUnavailable:
+                continue
+            if now is None or now.status is not ActionStatus.RUNNING or now.result != written:
+                log.warning(
+                    "action %s %s: finished meanwhile by another daemon (%s); not retried",
+                    action_id,
+                    d.request.kind.value,
+                    "gone" if now is None else now.status.value,
+                )
+                return False
+            return True
+        log.error(
+            "action %s %s: retry %d not carried out after %.0f s without a lease; left open "
+            "for the next daemon's reconcile",
+            action_id,
+            d.request.kind.value,
+            n,
+            FENCE_WAIT_S,
+        )
+        return False
 
     async def finish(self, d: Decision, action_id: int, ok: bool, result: str) -> None:
         """The action's end: its result in the store, the engine and the metrics."""
