@@ -33,7 +33,7 @@ from trainwarden.supervisor.daemon.context import CoreConfig
 from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.supervisor import Supervisor
-from trainwarden.supervisor.model.cluster import RunSpec
+from trainwarden.supervisor.model.cluster import RunInfo, RunSpec
 from trainwarden.supervisor.scheduler.local import LocalScheduler
 from trainwarden.supervisor.store.migrate import upgrade
 from trainwarden.supervisor.store.store import open_store
@@ -60,11 +60,9 @@ async def sup(tmp_path: Path) -> AsyncIterator[Supervisor]:
     s.store.close()
 
 
-async def test_the_advice_counts_an_asynchronous_saves_background_write(
-    sup: Supervisor, tmp_path: Path
-) -> None:
-    torch = pytest.importorskip("torch")
-    dcp = pytest.importorskip("torch.distributed.checkpoint")
+async def _running(sup: Supervisor, tmp_path: Path) -> tuple[RunInfo, Path]:
+    """Run r1 on two heard-from nodes (idle processes; the test reports for its ranks),
+    and its checkpoint folder."""
     for n in NODES:
         hb = Heartbeat(node=n, ts=time.time(), seq=1, interval_s=1.0)
         await sup.handle(node_topic(n, "heartbeat"), encode(hb))
@@ -75,7 +73,23 @@ async def test_the_advice_counts_an_asynchronous_saves_background_write(
         checkpoint_dir=str(ck),
         ranks_per_node=1,
     )
-    run = await ops.add_run(sup, "r1", "local", spec, "tester")
+    return await ops.add_run(sup, "r1", "local", spec, "tester"), ck
+
+
+async def _counted(sup: Supervisor, run: RunInfo, step: int) -> None:
+    """Until the daemon counted the checkpoint of ``step`` (checked on disk, in a task)."""
+    deadline = time.monotonic() + 20
+    while run.last_checkpoint_step != step or sup.tasks:
+        assert time.monotonic() < deadline, "the checkpoint never counted"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_advice_counts_an_asynchronous_saves_background_write(
+    sup: Supervisor, tmp_path: Path
+) -> None:
+    torch = pytest.importorskip("torch")
+    dcp = pytest.importorskip("torch.distributed.checkpoint")
+    run, ck = await _running(sup, tmp_path)
     nodes = list(run.nodes)
     # the ranks' step reports: 1 s steps; step 20 is saved asynchronously, training stops
     # 0.3 s for the copy to host memory and goes on while the write takes 8 s (steps 1.2 s)
@@ -92,7 +106,7 @@ async def test_the_advice_counts_an_asynchronous_saves_background_write(
         warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
         fut = dcp.async_save({"w": torch.zeros(64)}, checkpoint_id=str(ck / "step-00000020"))
     await asyncio.wrap_future(fut)  # reported when written, as examples/README.md says
-    report = CheckpointReport(
+    saved = CheckpointReport(
         run="r1",
         attempt=1,
         rank=0,
@@ -101,11 +115,8 @@ async def test_the_advice_counts_an_asynchronous_saves_background_write(
         path=str(ck / "step-00000020"),
         ts=ts[20] + 0.3 + 8.0,
     )
-    await sup.handle(node_checkpoint_topic(nodes[0]), encode(report))
-    deadline = time.monotonic() + 20
-    while run.last_checkpoint_step != 20 or sup.tasks:
-        assert time.monotonic() < deadline, "the checkpoint never counted"
-        await asyncio.sleep(0.05)
+    await sup.handle(node_checkpoint_topic(nodes[0]), encode(saved))
+    await _counted(sup, run, 20)
     await sup.store.flush()
     row = await DaemonService(sup).goodput("r1")
     adv = row.advice
@@ -121,17 +132,7 @@ async def test_a_checkpoint_report_claiming_a_future_time_moves_no_advice(
 ) -> None:
     torch = pytest.importorskip("torch")
     dcp = pytest.importorskip("torch.distributed.checkpoint")
-    for n in NODES:
-        hb = Heartbeat(node=n, ts=time.time(), seq=1, interval_s=1.0)
-        await sup.handle(node_topic(n, "heartbeat"), encode(hb))
-    ck = tmp_path / "ck"
-    spec = RunSpec(
-        command=(sys.executable, "-c", "import time; time.sleep(120)"),
-        nodes=2,
-        checkpoint_dir=str(ck),
-        ranks_per_node=1,
-    )
-    run = await ops.add_run(sup, "r1", "local", spec, "tester")
+    run, ck = await _running(sup, tmp_path)
     node = next(iter(run.nodes))
     t0 = time.time() - 40.0
     for k in range(1, 31):  # 1 s steps, a synchronous 2 s save at step 20
@@ -152,9 +153,6 @@ async def test_a_checkpoint_report_claiming_a_future_time_moves_no_advice(
         ts=time.time() + 86_400.0,  # a day ahead
     )
     await sup.handle(node_checkpoint_topic(node), encode(forged))
-    deadline = time.monotonic() + 20
-    while run.last_checkpoint_step != 20 or sup.tasks:
-        assert time.monotonic() < deadline, "the checkpoint never counted"
-        await asyncio.sleep(0.05)
+    await _counted(sup, run, 20)
     persist, _, _ = sup.goodput.background("r1")
     assert persist < 60.0  # at most the time it took to arrive, never the day it claimed
