@@ -28,7 +28,6 @@ from typing import Any
 import aiomqtt
 
 from trainwarden.health.clock import Clock, SystemClock
-from trainwarden.health.errors import HealthError
 from trainwarden.health.mqtt import MqttAuth
 from trainwarden.health.report import SUBSCRIPTIONS
 from trainwarden.policies import hostlist
@@ -49,7 +48,7 @@ from trainwarden.supervisor.daemon import operations as ops
 from trainwarden.supervisor.daemon.metrics import Metrics
 from trainwarden.supervisor.daemon.persist import AsyncStore
 from trainwarden.supervisor.daemon.reconcile import reconcile
-from trainwarden.supervisor.daemon.reload import split_changes
+from trainwarden.supervisor.daemon.reload import reread
 from trainwarden.supervisor.daemon.sdnotify import Notifier
 from trainwarden.supervisor.daemon.supervisor import CoreConfig, Supervisor
 from trainwarden.supervisor.errors import ConfigError, StoreError, SupervisorError
@@ -473,29 +472,13 @@ class Daemon:
         return new
 
     async def _reload_config(self) -> None:
-        """Take the settings a running daemon can change (the roles, the policy file), name
-        the others; a file that no longer reads, is gone, or names no setting any more,
-        or roles naming someone NSS does not know, keep everything as it was."""
+        """Take the settings a running daemon can change (the roles, the policy file) and
+        name the others (:func:`.reload.reread`)."""
         if self._reread is None:
             return
-        try:
-            new = await asyncio.to_thread(self._read_again)
-        except (ConfigError, HealthError) as exc:  # each names the file:line, or the name
-            log.error("configuration reload failed, keeping the settings read before: %s", exc)
-            return
-        self.cfg, taken, later = split_changes(self.cfg, new)
-        if "roles" in taken and self.auth is not None:
+        self.cfg = await reread(self.cfg, self._read_again)
+        if self.auth is not None:
             self.auth.roles = self.cfg.roles
-        if taken:
-            log.info("configuration reloaded: %s now in effect", ", ".join(taken))
-        if later:
-            log.warning(
-                "configuration changed, but only a restart applies it (systemctl restart "
-                "trainwarden-daemon): %s",
-                ", ".join(later),
-            )
-        if not taken and not later:
-            log.info("configuration reread: no setting changed")
 
     def _reload_policy(self) -> None:
         if self.sup is None:
