@@ -41,7 +41,6 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,16 @@ import psutil
 
 from trainwarden.supervisor.errors import SchedulerError
 from trainwarden.supervisor.scheduler.base import JobInfo, JobSpec, JobState, NodeState, SchedNode
+from trainwarden.supervisor.scheduler.local_state import (
+    LocalJob,
+    LocalNode,
+    ParsedState,
+    Proc,
+    alive,
+    create_time,
+    job_record,
+    parse_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +70,6 @@ ENV_STATE = "TRAINWARDEN_SCHEDULER_STATE"  # marks a job process as this schedul
 AWAY = "ended while the daemon was away, exit status unknown"
 # Runs the node's command and leaves its exit status in a file ($1), for a later daemon.
 _WRAPPER = 'f=$1; shift; "$@"; c=$?; echo "$c" > "$f"; exit "$c"'
-_CT_SLACK_S = 0.05  # create times read by two processes may differ by rounding
 
 
 def _tree(pid: int) -> list[int]:
@@ -78,27 +86,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def _alive(pid: int, create_time: float | None) -> bool:
-    """The process ``pid`` runs and is the one started at ``create_time`` (not a recycled
-    pid); a zombie has ended (nobody may reap an orphan in a container)."""
-    if create_time is None:
-        return False
-    try:
-        p = psutil.Process(pid)
-        return (
-            abs(p.create_time() - create_time) < _CT_SLACK_S and p.status() != psutil.STATUS_ZOMBIE
-        )
-    except psutil.Error:
-        return False
 
 
 def _read_exit(path: Path) -> int | None:
@@ -125,55 +112,6 @@ def _check_runnable(argv: Sequence[str], env: Mapping[str, str], cwd: str | None
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT) + " on PATH", prog)
 
 
-@dataclass
-class _Proc:
-    """One node's launcher (the shell wrapper): a child this instance started, which it
-    waits for, or a process adopted from an earlier daemon, which it can only poll."""
-
-    pid: int
-    create_time: float | None
-    child: asyncio.subprocess.Process | None = None
-
-    def running(self) -> bool:
-        if self.child is not None:
-            return self.child.returncode is None
-        return _alive(self.pid, self.create_time)
-
-
-@dataclass
-class _LocalNode:
-    name: str
-    drained: bool = False
-    down: bool = False
-    reason: str = ""
-    job: str | None = None
-
-
-@dataclass
-class _LocalJob:
-    job_id: str
-    spec: JobSpec
-    nodes: tuple[str, ...]
-    procs: dict[str, _Proc] = field(default_factory=dict)
-    exit_codes: dict[str, int | None] = field(default_factory=dict)  # None: unknown
-    state: JobState = JobState.RUNNING
-    cancelled: bool = False
-    node_failed: str | None = None
-    failure: str | None = None  # why it failed, when no exit code tells (a cut-off launch)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def number(self) -> int:
-        return _job_number(self.job_id)
-
-
-def _job_number(job_id: str) -> int:
-    prefix, _, num = job_id.rpartition("-")
-    if prefix != "local" or not num.isdigit():
-        raise ValueError(f"job id {job_id!r} is not of the form local-<number>")
-    return int(num)
-
-
 class LocalScheduler:
     """Runs jobs as local process groups on named, simulated nodes; its state is on disk."""
 
@@ -182,8 +120,8 @@ class LocalScheduler:
     ) -> None:
         if not nodes:
             raise SchedulerError("the local scheduler needs at least one node")
-        self._nodes = {n: _LocalNode(n) for n in nodes}
-        self._jobs: dict[str, _LocalJob] = {}
+        self._nodes = {n: LocalNode(n) for n in nodes}
+        self._jobs: dict[str, LocalJob] = {}
         self._log_dir = Path(log_dir)
         self._log_dir.mkdir(parents=True, exist_ok=True)
         self._path = (self._log_dir / STATE_FILE).absolute()  # in the jobs' environment
@@ -193,7 +131,7 @@ class LocalScheduler:
         self._throttles: dict[str, asyncio.Task[None]] = {}
         self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY_MAX)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._unwatched: list[tuple[_LocalJob, str, _Proc]] = []  # adopted, no loop yet
+        self._unwatched: list[tuple[LocalJob, str, Proc]] = []  # adopted, no loop yet
         self._written: tuple[int, int, int] | None = None  # the file as we last left it
         self._superseded = False
         self._dirty = True
@@ -215,7 +153,7 @@ class LocalScheduler:
         restarts. A drain is recorded only when it changed the node's state or reason."""
         return [dict(h) for h in self._history]
 
-    def _node(self, node: str) -> _LocalNode:
+    def _node(self, node: str) -> LocalNode:
         try:
             return self._nodes[node]
         except KeyError:
@@ -227,7 +165,7 @@ class LocalScheduler:
         self._watch_adopted()
         return [SchedNode(n.name, self._state(n), n.reason) for n in self._nodes.values()]
 
-    def _state(self, n: _LocalNode) -> NodeState:
+    def _state(self, n: LocalNode) -> NodeState:
         if n.down:
             return NodeState.DOWN
         if n.drained:
@@ -270,7 +208,7 @@ class LocalScheduler:
         job_id = f"local-{self._next_id}"
         self._next_id += 1
         chosen = tuple(free[: spec.nodes])
-        job = _LocalJob(job_id, spec, chosen)
+        job = LocalJob(job_id, spec, chosen)
         self._jobs[job_id] = job
         for node in chosen:
             self._nodes[node].job = job_id
@@ -297,7 +235,7 @@ class LocalScheduler:
         self._persist()  # the pids
         return job_id
 
-    async def _spawn(self, job: _LocalJob, rank: int, node: str, port: int) -> None:
+    async def _spawn(self, job: LocalJob, rank: int, node: str, port: int) -> None:
         spec = job.spec
         values = {
             "node": node,
@@ -340,7 +278,7 @@ class LocalScheduler:
             )
         finally:
             logf.close()
-        proc = _Proc(child.pid, _create_time(child.pid), child)
+        proc = Proc(child.pid, create_time(child.pid), child)
         job.procs[node] = proc
         self._task(self._watch_child(job, node, child))
 
@@ -353,11 +291,11 @@ class LocalScheduler:
         task.add_done_callback(self._tasks.discard)
 
     async def _watch_child(
-        self, job: _LocalJob, node: str, child: asyncio.subprocess.Process
+        self, job: LocalJob, node: str, child: asyncio.subprocess.Process
     ) -> None:
         self._ended(job, node, await child.wait())
 
-    async def _poll(self, job: _LocalJob, node: str, proc: _Proc) -> None:
+    async def _poll(self, job: LocalJob, node: str, proc: Proc) -> None:
         """Watch an adopted process until it ends (it is not our child: no wait())."""
         while proc.running():  # noqa: ASYNC110 -- nothing to wait on but the process table
             await asyncio.sleep(POLL_S)
@@ -376,7 +314,7 @@ class LocalScheduler:
             self._task(self._poll(job, node, proc))
         self._unwatched.clear()
 
-    def _ended(self, job: _LocalJob, node: str, code: int | None) -> None:
+    def _ended(self, job: LocalJob, node: str, code: int | None) -> None:
         if node in job.exit_codes:
             return
         job.exit_codes[node] = code
@@ -386,7 +324,7 @@ class LocalScheduler:
         else:
             self._persist()
 
-    def _finish(self, job: _LocalJob) -> None:
+    def _finish(self, job: LocalJob) -> None:
         if job.done.is_set():
             return
         self._settle(job)
@@ -395,7 +333,7 @@ class LocalScheduler:
         self._persist()
         job.done.set()
 
-    def _settle(self, job: _LocalJob) -> None:
+    def _settle(self, job: LocalJob) -> None:
         """The job's final state from what is known of it; its nodes are free again."""
         if job.node_failed is not None:
             job.state = JobState.NODE_FAIL
@@ -442,7 +380,7 @@ class LocalScheduler:
             self._finish(job)
 
     @staticmethod
-    def _signal(job: _LocalJob, sig: signal.Signals, only: str | None = None) -> None:
+    def _signal(job: LocalJob, sig: signal.Signals, only: str | None = None) -> None:
         """Signal every process of the job on a node: the launcher and all its descendants
         (torchrun starts its workers in sessions of their own, out of a group's reach)."""
         for node, proc in job.procs.items():
@@ -630,34 +568,8 @@ class LocalScheduler:
                 n.name: {"drained": n.drained, "down": n.down, "reason": n.reason}
                 for n in self._nodes.values()
             },
-            "jobs": [self._job_record(j) for j in self._jobs.values()],
+            "jobs": [job_record(j) for j in self._jobs.values()],
             "history": list(self._history),
-        }
-
-    @staticmethod
-    def _job_record(job: _LocalJob) -> dict[str, Any]:
-        s = job.spec
-        return {
-            "job_id": job.job_id,
-            "spec": {
-                "run": s.run,
-                "attempt": s.attempt,
-                "nodes": s.nodes,
-                "command": list(s.command),
-                "exclude": list(s.exclude),
-                "resume_from": s.resume_from,
-                "env": dict(s.env),
-                "workdir": s.workdir,
-            },
-            "placed": list(job.nodes),
-            "procs": {
-                n: {"pid": p.pid, "create_time": p.create_time} for n, p in job.procs.items()
-            },
-            "state": job.state.value,
-            "exit_codes": dict(job.exit_codes),
-            "cancelled": job.cancelled,
-            "node_failed": job.node_failed,
-            "failure": job.failure,
         }
 
     def _damaged(self, what: str) -> SchedulerError:
@@ -667,7 +579,7 @@ class LocalScheduler:
             "to start with a fresh state (its drains and job ids are then forgotten)"
         )
 
-    def _read(self) -> _Parsed | None:
+    def _read(self) -> ParsedState | None:
         """The state file's content, checked; None when there is no file."""
         try:
             text = self._path.read_text(encoding="utf-8")
@@ -688,7 +600,7 @@ class LocalScheduler:
                 f"{STATE_VERSION} only (written by a newer trainwarden?)"
             )
         try:
-            return _parse(data)
+            return parse_state(data)
         except (KeyError, TypeError, ValueError) as exc:
             raise self._damaged(f"damaged ({exc})") from exc
 
@@ -716,13 +628,13 @@ class LocalScheduler:
         for job, recorded in jobs:
             self._jobs[job.job_id] = job
             if job.state.finished:  # its pids for the record; never signalled again
-                job.procs = {n: _Proc(*rec) for n, rec in recorded.items()}
+                job.procs = {n: Proc(*rec) for n, rec in recorded.items()}
                 job.done.set()
             else:
                 self._restore(job, recorded)
         self._prune()
 
-    def _restore(self, job: _LocalJob, recorded: dict[str, tuple[int, float | None]]) -> None:
+    def _restore(self, job: LocalJob, recorded: dict[str, tuple[int, float | None]]) -> None:
         """An unfinished job from the file: adopt its live processes, and take the exit
         codes of those that ended while no daemon watched them. A launch the last daemon
         died in (a node with no pid on disk, no process and no exit file: never started;
@@ -737,14 +649,14 @@ class LocalScheduler:
             if node in job.exit_codes:
                 continue
             rec = recorded.get(node)
-            if rec is not None and _alive(*rec) and self._ours(rec[0], job.job_id):
-                self._adopt(job, node, _Proc(*rec))
+            if rec is not None and alive(*rec) and self._ours(rec[0], job.job_id):
+                self._adopt(job, node, Proc(*rec))
                 continue
             if self._scanned is None:
                 self._scanned = self._scan()
             found = self._scanned.get((job.job_id, node))
             if found is not None:  # its pid was never recorded (or its create time drifted)
-                self._adopt(job, node, _Proc(*found))
+                self._adopt(job, node, Proc(*found))
                 continue
             job.exit_codes[node] = _read_exit(self._exit_file(job.job_id, node))
             if rec is None and not self._exit_file(job.job_id, node).exists():
@@ -755,7 +667,7 @@ class LocalScheduler:
             self._settle(job)
             log.info("job %s ended while no daemon watched it: %s", job.job_id, job.state)
 
-    def _cut_off(self, job: _LocalJob, never: list[str]) -> None:
+    def _cut_off(self, job: LocalJob, never: list[str]) -> None:
         """Fail a job whose launch a daemon crash cut short, as Slurm fails a job whose
         step cannot start on every node; the ranks that did start are killed (they hold
         nothing yet: they wait for the rendezvous)."""
@@ -774,7 +686,7 @@ class LocalScheduler:
         self._dirty = True
         log.warning("job %s: %s; failed", job.job_id, job.failure)
 
-    def _adopt(self, job: _LocalJob, node: str, proc: _Proc) -> None:
+    def _adopt(self, job: LocalJob, node: str, proc: Proc) -> None:
         job.procs[node] = proc
         self._unwatched.append((job, node, proc))
         log.info("adopted job %s on node %s (pid %d)", job.job_id, node, proc.pid)
@@ -811,105 +723,3 @@ class LocalScheduler:
             if roots:
                 found[key] = (roots[0][1], roots[0][0])
         return found
-
-
-# -- parsing the state file (every field checked: a damaged file must not half-load) -------
-
-
-def _obj(x: object, where: str) -> dict[str, Any]:
-    if not isinstance(x, dict):
-        raise ValueError(f"{where} is not an object")
-    return x
-
-
-def _str(x: object, where: str) -> str:
-    if not isinstance(x, str):
-        raise ValueError(f"{where} is not a string")
-    return x
-
-
-def _opt_str(x: object, where: str) -> str | None:
-    return None if x is None else _str(x, where)
-
-
-def _int(x: object, where: str) -> int:
-    if isinstance(x, bool) or not isinstance(x, int):
-        raise ValueError(f"{where} is not an integer")
-    return x
-
-
-def _bool(x: object, where: str) -> bool:
-    if not isinstance(x, bool):
-        raise ValueError(f"{where} is not true/false")
-    return x
-
-
-def _strs(x: object, where: str) -> tuple[str, ...]:
-    if not isinstance(x, list):
-        raise ValueError(f"{where} is not a list")
-    return tuple(_str(v, where) for v in x)
-
-
-_Parsed = tuple[
-    int,
-    dict[str, tuple[bool, bool, str]],
-    list[tuple[_LocalJob, dict[str, tuple[int, float | None]]]],
-    list[dict[str, Any]],
-]
-
-
-def _parse(data: dict[str, Any]) -> _Parsed:
-    next_id = _int(data["next_job"], "next_job")
-    nodes = {
-        name: (
-            _bool(_obj(n, f"node {name}")["drained"], f"node {name} drained"),
-            _bool(n["down"], f"node {name} down"),
-            _str(n["reason"], f"node {name} reason"),
-        )
-        for name, n in _obj(data["nodes"], "nodes").items()
-    }
-    if not isinstance(data["jobs"], list):
-        raise ValueError("jobs is not a list")
-    jobs = [_parse_job(_obj(j, "a job")) for j in data["jobs"]]
-    if not isinstance(data["history"], list):
-        raise ValueError("history is not a list")
-    history = [_obj(h, "a history entry") for h in data["history"]]
-    return next_id, nodes, jobs, history
-
-
-def _parse_job(j: dict[str, Any]) -> tuple[_LocalJob, dict[str, tuple[int, float | None]]]:
-    job_id = _str(j["job_id"], "job_id")
-    _job_number(job_id)
-    w = f"job {job_id}"
-    s = _obj(j["spec"], f"{w} spec")
-    env = _obj(s["env"], f"{w} env")
-    spec = JobSpec(
-        run=_str(s["run"], f"{w} run"),
-        attempt=_int(s["attempt"], f"{w} attempt"),
-        nodes=_int(s["nodes"], f"{w} nodes"),
-        command=_strs(s["command"], f"{w} command"),
-        exclude=_strs(s["exclude"], f"{w} exclude"),
-        resume_from=_opt_str(s["resume_from"], f"{w} resume_from"),
-        env={_str(k, f"{w} env"): _str(v, f"{w} env") for k, v in env.items()},
-        workdir=_opt_str(s["workdir"], f"{w} workdir"),
-    )
-    recorded: dict[str, tuple[int, float | None]] = {}
-    for node, p in _obj(j["procs"], f"{w} procs").items():
-        ct = _obj(p, f"{w} procs")["create_time"]
-        if ct is not None and (isinstance(ct, bool) or not isinstance(ct, int | float)):
-            raise ValueError(f"{w} create_time is not a number")
-        recorded[node] = (_int(p["pid"], f"{w} pid"), None if ct is None else float(ct))
-    codes: dict[str, int | None] = {}
-    for node, c in _obj(j["exit_codes"], f"{w} exit_codes").items():
-        codes[node] = None if c is None else _int(c, f"{w} exit code")
-    job = _LocalJob(
-        job_id,
-        spec,
-        _strs(j["placed"], f"{w} placed"),
-        exit_codes=codes,
-        state=JobState(_str(j["state"], f"{w} state")),
-        cancelled=_bool(j["cancelled"], f"{w} cancelled"),
-        node_failed=_opt_str(j["node_failed"], f"{w} node_failed"),
-        failure=_opt_str(j.get("failure"), f"{w} failure"),  # absent in older files
-    )
-    return job, recorded
